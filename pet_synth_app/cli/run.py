@@ -1,0 +1,356 @@
+"""`petsynth BIDS_DIR OUTPUT_DIR {participant,group}`: the BIDS-App entry point."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from .. import __version__
+from ..config import (
+    DEVICES,
+    OUTPUT_SPACES,
+    REFERENCE_REGIONS,
+    REGISTRATION_PRESETS,
+    Settings,
+)
+from ..errors import PetSynthError, UsageError
+
+LOGGER = logging.getLogger("petsynth")
+
+
+def get_parser() -> argparse.ArgumentParser:
+    """The argument parser (fMRIPrep conventions: groups, defaults shown)."""
+    parser = argparse.ArgumentParser(
+        prog="petsynth",
+        description=(
+            "PetSynth: synthesize a pseudo-normal FDG PET from a T1w MRI, compare it with "
+            "the real PET and write hypometabolism maps as BIDS-Derivatives."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("bids_dir", type=Path, help="root folder of a BIDS dataset")
+    parser.add_argument("output_dir", type=Path, help="folder for the derivatives")
+    parser.add_argument(
+        "analysis_level", choices=["participant", "group"], help="processing stage"
+    )
+    parser.add_argument("--version", action="version", version=f"petsynth {__version__}")
+
+    g_bids = parser.add_argument_group("Options for filtering BIDS queries")
+    g_bids.add_argument(
+        "--participant-label",
+        "--participant_label",
+        dest="participant_label",
+        nargs="+",
+        default=[],
+        metavar="LABEL",
+        help="participants to process (with or without 'sub-'); default: all",
+    )
+    g_bids.add_argument(
+        "--session-label",
+        "--session_label",
+        dest="session_label",
+        nargs="+",
+        default=[],
+        metavar="LABEL",
+        help="sessions to process (with or without 'ses-'); default: all",
+    )
+    g_bids.add_argument(
+        "--bids-filter-file",
+        "--bids_filter_file",
+        dest="bids_filter_file",
+        type=Path,
+        metavar="FILE",
+        help="JSON file with pybids queries for the 't1w' and 'pet' inputs",
+    )
+    g_bids.add_argument(
+        "--skip-bids-validation",
+        "--skip_bids_validation",
+        dest="skip_bids_validation",
+        action="store_true",
+        help="do not check file names against the BIDS specification",
+    )
+
+    g_perf = parser.add_argument_group("Options to handle performance")
+    g_perf.add_argument(
+        "--nprocs", "--n-cpus", "--n_cpus", dest="nprocs", type=int,
+        default=os.cpu_count() or 1, help="maximum number of processes",
+    )  # fmt: skip
+    g_perf.add_argument(
+        "--omp-nthreads", "--omp_nthreads", dest="omp_nthreads", type=int, default=0,
+        help="threads per process (0: min(nprocs, 8))",
+    )  # fmt: skip
+    g_perf.add_argument(
+        "--mem-mb", "--mem_mb", dest="mem_mb", type=int, default=0,
+        help="memory limit in MB for the scheduler (0: no limit)",
+    )  # fmt: skip
+    g_perf.add_argument(
+        "--use-plugin", "--use_plugin", dest="use_plugin", type=Path, metavar="FILE",
+        help="Nipype plugin YAML (e.g. {plugin: SLURM, plugin_args: {...}})",
+    )  # fmt: skip
+    g_perf.add_argument(
+        "--device", choices=DEVICES, default="auto",
+        help="torch device for the deep models (auto: CUDA when available)",
+    )  # fmt: skip
+
+    g_wf = parser.add_argument_group("Workflow configuration")
+    g_wf.add_argument(
+        "--output-spaces", "--output_spaces", dest="output_spaces", nargs="+",
+        choices=OUTPUT_SPACES, default=list(OUTPUT_SPACES),
+        help="spaces of the PET outputs",
+    )  # fmt: skip
+    g_wf.add_argument(
+        "--reference-region", "--reference_region", dest="reference_region",
+        choices=REFERENCE_REGIONS, default="gm-mean",
+        help="SUVR reference region for PET intensity normalization",
+    )  # fmt: skip
+    g_wf.add_argument(
+        "--registration", dest="registration_preset", choices=REGISTRATION_PRESETS,
+        default="default", help="T1w-to-MNI registration preset (see docs/usage.md)",
+    )  # fmt: skip
+    g_wf.add_argument(
+        "--brain-extraction", "--brain_extraction", dest="brain_extraction",
+        choices=["deepbet", "ants"], default="deepbet",
+        help="brain extraction method (deepbet falls back to ants on failure)",
+    )  # fmt: skip
+    g_wf.add_argument(
+        "--mni-resolution", "--mni_resolution", dest="mni_resolution", type=int,
+        choices=[1, 2], default=2, help="voxel size (mm) of the MNI-space outputs",
+    )  # fmt: skip
+    g_wf.add_argument(
+        "--random-seed", "--random_seed", dest="random_seed", type=int, default=0,
+        help="seed for every random step (registration sampling, models)",
+    )  # fmt: skip
+    g_wf.add_argument(
+        "--sloppy", action="store_true",
+        help="fast, low-accuracy settings for testing only",
+    )  # fmt: skip
+
+    g_other = parser.add_argument_group("Other options")
+    g_other.add_argument(
+        "-w", "--work-dir", "--work_dir", dest="work_dir", type=Path,
+        default=Path("work").absolute(),
+        help="Nipype working directory (reused on reruns to resume)",
+    )  # fmt: skip
+    g_other.add_argument(
+        "--stop-on-first-crash", "--stop_on_first_crash", dest="stop_on_first_crash",
+        action="store_true", help="stop at the first failing step",
+    )  # fmt: skip
+    g_other.add_argument(
+        "-v", "--verbose", dest="verbose", action="count", default=0,
+        help="more log output (-vv for debug)",
+    )  # fmt: skip
+    return parser
+
+
+def _inside(child: Path, parent: Path) -> bool:
+    child, parent = child.resolve(), parent.resolve()
+    return child == parent or parent in child.parents
+
+
+def settings_from_args(opts: argparse.Namespace) -> Settings:
+    """Check the paths and options and build the Settings (UsageError when invalid)."""
+    bids_dir = opts.bids_dir.absolute()
+    output_dir = opts.output_dir.absolute()
+    work_dir = opts.work_dir.absolute()
+    if bids_dir.exists() and not bids_dir.is_dir():
+        raise UsageError("BIDS_DIR is not a directory", str(bids_dir))
+    if _inside(output_dir, bids_dir):
+        raise UsageError(
+            "OUTPUT_DIR must not be the BIDS directory or inside it "
+            "(use e.g. BIDS_DIR/derivatives/petsynth only via a path outside the raw data)",
+            str(output_dir),
+        )
+    if _inside(work_dir, bids_dir):
+        raise UsageError("the work directory must not be inside the BIDS directory", str(work_dir))
+    if opts.nprocs < 1 or opts.omp_nthreads < 0 or opts.mem_mb < 0:
+        raise UsageError("--nprocs must be >= 1, --omp-nthreads and --mem-mb >= 0")
+    filters = {}
+    if opts.bids_filter_file:
+        try:
+            filters = json.loads(Path(opts.bids_filter_file).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise UsageError(
+                f"cannot read the BIDS filter file ({exc})", str(opts.bids_filter_file)
+            ) from None
+        bad = set(filters) - {"t1w", "pet"}
+        if not isinstance(filters, dict) or bad:
+            raise UsageError(
+                "BIDS filter file must be a JSON object with keys 't1w' and/or 'pet'",
+                str(opts.bids_filter_file),
+            )
+    if opts.use_plugin and not Path(opts.use_plugin).is_file():
+        raise UsageError("plugin file does not exist", str(opts.use_plugin))
+    return Settings(
+        bids_dir=bids_dir,
+        output_dir=output_dir,
+        analysis_level=opts.analysis_level,
+        work_dir=work_dir,
+        participant_label=list(opts.participant_label),
+        session_label=list(opts.session_label),
+        bids_filters=filters,
+        nprocs=opts.nprocs,
+        omp_nthreads=opts.omp_nthreads,
+        mem_mb=opts.mem_mb,
+        use_plugin=opts.use_plugin.absolute() if opts.use_plugin else None,
+        skip_bids_validation=opts.skip_bids_validation,
+        random_seed=opts.random_seed,
+        output_spaces=list(dict.fromkeys(opts.output_spaces)),
+        reference_region=opts.reference_region,
+        device=opts.device,
+        stop_on_first_crash=opts.stop_on_first_crash,
+        sloppy=opts.sloppy,
+        registration_preset=opts.registration_preset,
+        brain_extraction=opts.brain_extraction,
+        mni_resolution=opts.mni_resolution,
+        verbose=opts.verbose,
+    )
+
+
+def _setup_logging(verbose: int) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose >= 2 else logging.WARNING,
+        format="%(asctime)s [%(name)s] %(levelname)s: %(message)s",
+        force=True,
+    )
+    LOGGER.setLevel(logging.DEBUG if verbose >= 2 else logging.INFO)
+    nipype_level = logging.INFO if verbose >= 1 else logging.WARNING
+    for name in ("nipype.workflow", "nipype.interface", "nipype.utils"):
+        logging.getLogger(name).setLevel(nipype_level)
+    logging.getLogger("bidsschematools").setLevel(logging.WARNING)
+
+
+def _error(exc: Exception) -> None:
+    print(f"petsynth: error: {exc}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the BIDS-App; returns the exit code (0 ok, 1 input/processing error, 2 usage)."""
+    parser = get_parser()
+    opts = parser.parse_args(argv)
+    try:
+        settings = settings_from_args(opts)
+    except UsageError as exc:
+        parser.print_usage(sys.stderr)
+        _error(exc)
+        return exc.exit_code
+    _setup_logging(settings.verbose)
+    try:
+        if settings.analysis_level == "participant":
+            return run_participant(settings)
+        return run_group(settings)
+    except PetSynthError as exc:
+        _error(exc)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        _error("interrupted; rerun with the same --work-dir to resume")
+        return 130
+
+
+def resolve_device(device: str) -> str:
+    """`auto` -> `cuda` when a GPU is usable, else `cpu`; a clear error for unusable cuda."""
+    import torch
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    elif device == "cuda" and not torch.cuda.is_available():
+        raise PetSynthError("--device cuda requested but no CUDA device is available")
+    return device
+
+
+def run_participant(settings: Settings) -> int:
+    """Validate inputs, build and run the participant workflow; 1 if any unit failed."""
+    from .. import bids as pbids
+
+    layout = pbids.load_layout(settings.bids_dir, validate=not settings.skip_bids_validation)
+    units, errors = pbids.collect_inputs(
+        layout, settings.participant_label, settings.session_label, settings.bids_filters
+    )
+    good = []
+    for unit in units:
+        problems = pbids.validate_inputs(unit)
+        if problems:
+            errors.extend(PetSynthError(f"{unit.name} skipped: {p}") for p in problems)
+        else:
+            good.append(unit)
+    for err in errors:
+        _error(err)
+    if not good:
+        raise PetSynthError("no participant has usable inputs; nothing was written")
+
+    device = resolve_device(settings.device)
+    run_id = time.strftime("%Y%m%d-%H%M%S")
+    log_dir = settings.output_dir / "logs"
+    settings.output_dir.mkdir(parents=True, exist_ok=True)
+    settings_file = settings.to_toml(log_dir / f"config-{run_id}.toml")
+    pbids.write_derivative_description(
+        settings.bids_dir, settings.output_dir, container=_container_info()
+    )
+    LOGGER.info(
+        "PetSynth %s: %d unit(s) to process on device %s (nprocs=%d, omp_nthreads=%d)",
+        __version__,
+        len(good),
+        device,
+        settings.nprocs,
+        settings.omp_nthreads,
+    )
+    for unit in good:  # the report is written last: its absence marks an unfinished unit
+        report = settings.output_dir / f"sub-{unit.subject}.html"
+        report.unlink(missing_ok=True)
+
+    from ..workflows.base import init_petsynth_wf, run_workflow
+
+    wf = init_petsynth_wf(settings, good, device=device, run_id=run_id)
+    failed = run_workflow(wf, settings, run_id)
+    for name, message in failed:
+        _error(PetSynthError(f"{name} failed: {message}"))
+    _write_citation(wf, log_dir)
+    from ..reports.subject import write_subject_report
+
+    failed_names = {name for name, _ in failed}
+    done_subjects = {u.subject for u in good} if "workflow" not in failed_names else set()
+    for unit in good:  # a subject is done when all its sessions are
+        if unit.name in failed_names:
+            done_subjects.discard(unit.subject)
+    for subject in sorted(done_subjects):
+        write_subject_report(settings.output_dir, subject, run_id, settings_file)
+    n_ok = len(good) - len(failed)
+    LOGGER.info("finished: %d of %d unit(s) succeeded", n_ok, len(units) + len(errors))
+    return 1 if (failed or errors) else 0
+
+
+def _write_citation(wf, log_dir: Path) -> None:
+    """Methods boilerplate collected from the workflows' descriptions."""
+    try:
+        text = wf.visit_desc()
+    except Exception:  # the boilerplate must never fail a run
+        return
+    (log_dir / "CITATION.md").write_text("# Methods (generated by PetSynth)\n\n" + text)
+
+
+def run_group(settings: Settings) -> int:
+    """Group level: needs finished participant outputs (later issues add the models)."""
+    out = settings.output_dir
+    if not (out / "dataset_description.json").is_file():
+        raise PetSynthError(
+            "no participant-level outputs found; run the participant level first", str(out)
+        )
+    reports = sorted(out.glob("sub-*.html"))
+    if not reports:
+        raise PetSynthError("no finished participant (no sub-*.html report)", str(out))
+    raise PetSynthError("the group level is not implemented in this version")
+
+
+def _container_info() -> dict | None:
+    kind = os.environ.get("PETSYNTH_CONTAINER")
+    if not kind:
+        return None
+    return {"Type": kind, "Tag": os.environ.get("PETSYNTH_CONTAINER_TAG", __version__)}
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

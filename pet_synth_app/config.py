@@ -1,0 +1,86 @@
+"""One typed settings object for a PetSynth run; every default has its home here."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import tomli_w
+
+TEMPLATE_SPACE = "MNI152NLin2009aSym"
+OUTPUT_SPACES = (TEMPLATE_SPACE, "T1w")
+REFERENCE_REGIONS = ("gm-mean", "cerebellum", "pons")
+REGISTRATION_PRESETS = ("sloppy", "default", "precise")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass
+class Settings:
+    """All options of one run (CLI flags map 1:1 to these fields)."""
+
+    bids_dir: Path
+    output_dir: Path
+    analysis_level: str = "participant"
+    work_dir: Path = field(default_factory=lambda: Path("work").absolute())
+    participant_label: list[str] = field(default_factory=list)
+    session_label: list[str] = field(default_factory=list)
+    bids_filters: dict = field(default_factory=dict)
+    nprocs: int = field(default_factory=lambda: os.cpu_count() or 1)
+    omp_nthreads: int = 0  # 0: min(nprocs, 8)
+    mem_mb: int = 0  # 0: no limit
+    use_plugin: Path | None = None
+    skip_bids_validation: bool = False
+    random_seed: int = 0
+    output_spaces: list[str] = field(default_factory=lambda: list(OUTPUT_SPACES))
+    reference_region: str = "gm-mean"
+    device: str = "auto"
+    stop_on_first_crash: bool = False
+    sloppy: bool = False
+    registration_preset: str = "default"
+    brain_extraction: str = "deepbet"
+    mni_resolution: int = 2
+    verbose: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.omp_nthreads:
+            self.omp_nthreads = min(self.nprocs, 8)
+        if self.sloppy and self.registration_preset == "default":
+            self.registration_preset = "sloppy"
+
+    def to_dict(self) -> dict:
+        """Plain-types view (paths as strings, None dropped) for TOML/JSON."""
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is None:
+                continue
+            out[f.name] = _plain(value)
+        return out
+
+    def to_toml(self, path: Path) -> Path:
+        """Write the settings to a TOML file and return its path."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(tomli_w.dumps({"petsynth": self.to_dict()}))
+        return path
+
+
+def _plain(value):
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+__all__ = [
+    "DEVICES",
+    "OUTPUT_SPACES",
+    "REFERENCE_REGIONS",
+    "REGISTRATION_PRESETS",
+    "TEMPLATE_SPACE",
+    "Settings",
+]

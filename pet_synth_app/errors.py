@@ -1,0 +1,20 @@
+"""User-facing errors: one line that names the file and the problem."""
+
+from __future__ import annotations
+
+
+class PetSynthError(Exception):
+    """A problem with the user's input or environment (exit code 1, no traceback)."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, path: str | None = None) -> None:
+        self.path = path
+        msg = " ".join(str(message).split())  # always a single line
+        super().__init__(f"{path}: {msg}" if path else msg)
+
+
+class UsageError(PetSynthError):
+    """Invalid command-line usage (exit code 2)."""
+
+    exit_code = 2

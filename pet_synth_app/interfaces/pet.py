@@ -1,0 +1,158 @@
+"""Nipype interfaces around the PET preprocessing functions (preproc.pet)."""
+
+from __future__ import annotations
+
+import os
+
+import nibabel as nib
+import numpy as np
+from nipype.interfaces.base import (
+    BaseInterfaceInputSpec,
+    File,
+    InputMultiObject,
+    OutputMultiObject,
+    SimpleInterface,
+    TraitedSpec,
+    traits,
+)
+
+
+class _FrameAverageInputSpec(BaseInterfaceInputSpec):
+    in_file = File(exists=True, mandatory=True, desc="3D or 4D PET")
+    frame_durations = traits.Either(None, traits.List(traits.Float), usedefault=True,
+                                    desc="frame durations in s (BIDS FrameDuration)")  # fmt: skip
+    motion_correct = traits.Bool(True, usedefault=True)
+    seed = traits.Int(0, usedefault=True)
+
+
+class _FrameAverageOutputSpec(TraitedSpec):
+    out_file = File(exists=True, desc="duration-weighted mean PET (scanner space)")
+    motion_file = File(exists=True, desc="per-frame motion estimates (TSV)")
+    n_frames = traits.Int()
+
+
+class FrameAverage(SimpleInterface):
+    """Motion-corrected, duration-weighted frame average of a (4D) PET."""
+
+    input_spec = _FrameAverageInputSpec
+    output_spec = _FrameAverageOutputSpec
+
+    def _run_interface(self, runtime):
+        from ..preproc.pet import frame_average
+
+        img = nib.load(self.inputs.in_file)
+        mean, motion = frame_average(
+            img,
+            frame_durations=self.inputs.frame_durations,
+            motion_correct=self.inputs.motion_correct,
+            seed=self.inputs.seed,
+        )
+        self._results["out_file"] = os.path.join(runtime.cwd, "pet_mean.nii.gz")
+        mean.to_filename(self._results["out_file"])
+        self._results["motion_file"] = os.path.join(runtime.cwd, "pet_motion.tsv")
+        motion = np.atleast_2d(np.asarray(motion, dtype=float))
+        np.savetxt(self._results["motion_file"], motion, delimiter="\t", fmt="%.4f")
+        self._results["n_frames"] = img.shape[3] if img.ndim == 4 else 1
+        return runtime
+
+
+class _CoregInputSpec(BaseInterfaceInputSpec):
+    in_file = File(exists=True, mandatory=True, desc="mean PET")
+    t1w_brain = File(exists=True, mandatory=True, desc="skull-stripped T1w")
+    seed = traits.Int(0, usedefault=True)
+
+
+class _CoregOutputSpec(TraitedSpec):
+    out_xfm = File(exists=True, desc="PET -> T1w rigid transform (ANTs .mat)")
+    out_file = File(exists=True, desc="PET resampled on the T1w grid")
+
+
+class CoregisterPET(SimpleInterface):
+    """Rigid PET -> T1w coregistration (mutual information)."""
+
+    input_spec = _CoregInputSpec
+    output_spec = _CoregOutputSpec
+
+    def _run_interface(self, runtime):
+        from ..preproc.pet import coregister_pet_to_t1
+
+        xfm, pet_t1w = coregister_pet_to_t1(
+            nib.load(self.inputs.in_file),
+            nib.load(self.inputs.t1w_brain),
+            out_dir=runtime.cwd,
+            seed=self.inputs.seed,
+        )
+        self._results["out_xfm"] = xfm
+        self._results["out_file"] = os.path.join(runtime.cwd, "pet_space-T1w.nii.gz")
+        pet_t1w.to_filename(self._results["out_file"])
+        return runtime
+
+
+class _RefMaskInputSpec(BaseInterfaceInputSpec):
+    region = traits.Enum("gm-mean", "cerebellum", "pons", usedefault=True)
+    gm_probability = File(exists=True, mandatory=True, desc="GM probability in MNI")
+
+
+class _RefMaskOutputSpec(TraitedSpec):
+    out_file = File(exists=True)
+
+
+class ReferenceMask(SimpleInterface):
+    """SUVR reference-region mask in MNI space."""
+
+    input_spec = _RefMaskInputSpec
+    output_spec = _RefMaskOutputSpec
+
+    def _run_interface(self, runtime):
+        from ..preproc.reference import reference_mask
+
+        mask = reference_mask(self.inputs.region, nib.load(self.inputs.gm_probability))
+        self._results["out_file"] = os.path.join(runtime.cwd, "refmask.nii.gz")
+        mask.to_filename(self._results["out_file"])
+        return runtime
+
+
+class _SUVRInputSpec(BaseInterfaceInputSpec):
+    in_file = File(exists=True, mandatory=True, desc="PET on the mask's grid (MNI)")
+    mask = File(exists=True, mandatory=True, desc="reference-region mask")
+    other_files = InputMultiObject(File(exists=True), desc="same PET in other spaces")
+    region = traits.Str("gm-mean", usedefault=True)
+
+
+class _SUVROutputSpec(TraitedSpec):
+    out_file = File(exists=True)
+    other_out = OutputMultiObject(File(exists=True))
+    reference_value = traits.Float(desc="mean uptake in the reference region (input units)")
+    metadata = traits.Dict(desc="sidecar entries")
+
+
+class SUVR(SimpleInterface):
+    """Divide PET images by the mean uptake in a reference region (SUVR)."""
+
+    input_spec = _SUVRInputSpec
+    output_spec = _SUVROutputSpec
+
+    def _run_interface(self, runtime):
+        from ..preproc.pet import suvr_normalize
+
+        img, ref = suvr_normalize(nib.load(self.inputs.in_file), nib.load(self.inputs.mask))
+        self._results["out_file"] = os.path.join(runtime.cwd, "pet_suvr.nii.gz")
+        img.to_filename(self._results["out_file"])
+        others = []
+        for i, path in enumerate(self.inputs.other_files or []):
+            other = nib.load(path)
+            data = np.asarray(other.dataobj, dtype=np.float32) / np.float32(ref)
+            out = os.path.join(runtime.cwd, f"pet_suvr_{i}.nii.gz")
+            hdr = other.header.copy()
+            hdr.set_data_dtype(np.float32)
+            nib.Nifti1Image(data, other.affine, hdr).to_filename(out)
+            others.append(out)
+        self._results["other_out"] = others
+        self._results["reference_value"] = float(ref)
+        self._results["metadata"] = {
+            "Units": "unitless",
+            "IntensityNormalization": "SUVR",
+            "ReferenceRegion": self.inputs.region,
+            "ReferenceValue": float(ref),
+        }
+        return runtime

@@ -1,0 +1,134 @@
+"""Anatomical preprocessing: N4, brain extraction, MNI registration, tissue maps."""
+
+from __future__ import annotations
+
+from nipype.interfaces import utility as niu
+from nipype.pipeline import engine as pe
+from niworkflows.engine.workflows import LiterateWorkflow as Workflow
+
+from ..config import TEMPLATE_SPACE, Settings
+from ..interfaces.anat import (
+    ApplyTransforms,
+    BrainExtraction,
+    N4BiasCorrection,
+    NormalizeT1,
+    RegisterToTemplate,
+    SegmentTissues,
+    TemplateFiles,
+)
+
+ANAT_OUTPUTS = [
+    "t1w_preproc",  # N4-corrected T1w head, native space
+    "t1w_brain",
+    "t1w_mask",
+    "gm",  # GM/WM/CSF probabilities, native space
+    "wm",
+    "csf",
+    "skullstrip_method",
+    "t1w2std_xfm",  # composite .h5, T1w -> MNI
+    "std2t1w_xfm",  # composite .h5, MNI -> T1w
+    "std_ref",  # MNI template at the output resolution (output grid)
+    "t1w_std",  # N4 T1w in MNI
+    "mask_std",
+    "gm_std",
+    "t1w_std_norm",  # brain T1w in MNI scaled to [0, 1] (model input)
+]
+
+
+def init_anat_preproc_wf(
+    settings: Settings, device: str = "cpu", name: str = "anat_preproc_wf"
+) -> Workflow:
+    """T1w -> bias-corrected head, brain mask, tissue maps and MNI152NLin2009aSym warps.
+
+    Inputs: ``t1w`` (path). Outputs: see ``ANAT_OUTPUTS``.
+    """
+    workflow = Workflow(name=name)
+    workflow.__desc__ = f"""
+The T1-weighted (T1w) image was corrected for intensity non-uniformity with N4
+[@n4] (ANTsPy), and skull-stripped with deepbet [@deepbet] (with an ANTsPy
+template-based fallback). The brain was registered nonlinearly to the ICBM 2009a
+symmetric template (`{TEMPLATE_SPACE}`, as distributed with nilearn) with ANTs SyN
+[@ants] (preset `{settings.registration_preset}`, random seed {settings.random_seed}).
+Gray-matter, white-matter and CSF probability maps were estimated with prior-based
+Atropos using the template tissue maps warped into the T1w space as priors.
+"""
+    inputnode = pe.Node(niu.IdentityInterface(fields=["t1w"]), name="inputnode")
+    outputnode = pe.Node(niu.IdentityInterface(fields=ANAT_OUTPUTS), name="outputnode")
+    nthreads = settings.omp_nthreads
+
+    tpl_reg = pe.Node(TemplateFiles(resolution=2), name="tpl_reg")
+    tpl_out = pe.Node(TemplateFiles(resolution=settings.mni_resolution), name="tpl_out")
+    n4 = pe.Node(N4BiasCorrection(), name="n4", n_procs=nthreads, mem_gb=1.5)
+    skullstrip = pe.Node(
+        BrainExtraction(method=settings.brain_extraction, device=device),
+        name="skullstrip",
+        n_procs=nthreads,
+        mem_gb=2.0,
+    )
+    reg = pe.Node(
+        RegisterToTemplate(
+            resolution=2,
+            preset=settings.registration_preset,
+            seed=settings.random_seed,
+            num_threads=nthreads,
+        ),
+        name="register",
+        n_procs=nthreads,
+        mem_gb=2.0,
+    )
+    priors = pe.MapNode(
+        ApplyTransforms(interpolation="linear", out_name="prior.nii.gz"),
+        iterfield=["in_file"],
+        name="priors_to_t1w",
+    )
+    merge_priors = pe.Node(niu.Merge(3), name="merge_priors")
+    seg = pe.Node(SegmentTissues(), name="segment", n_procs=nthreads, mem_gb=1.5)
+    t1w_std = pe.Node(ApplyTransforms(out_name="t1w_std.nii.gz"), name="t1w_to_std")
+    brain_std = pe.Node(ApplyTransforms(out_name="brain_std.nii.gz"), name="brain_to_std")
+    mask_std = pe.Node(
+        ApplyTransforms(interpolation="nearestNeighbor", out_name="mask_std.nii.gz"),
+        name="mask_to_std",
+    )
+    gm_std = pe.Node(ApplyTransforms(out_name="gm_std.nii.gz"), name="gm_to_std")
+    norm = pe.Node(NormalizeT1(), name="normalize_t1w")
+
+    # fmt: off
+    workflow.connect([
+        (inputnode, n4, [("t1w", "in_file")]),
+        (n4, skullstrip, [("out_file", "in_file")]),
+        (skullstrip, reg, [("out_brain", "in_file")]),
+        (tpl_reg, merge_priors, [("gm", "in1"), ("wm", "in2"), ("csf", "in3")]),
+        (merge_priors, priors, [("out", "in_file")]),
+        (n4, priors, [("out_file", "reference")]),
+        (reg, priors, [("inverse_composite", "transforms")]),
+        (n4, seg, [("out_file", "in_file")]),
+        (skullstrip, seg, [("out_mask", "mask")]),
+        (priors, seg, [("out_file", "priors")]),
+        (n4, t1w_std, [("out_file", "in_file")]),
+        (skullstrip, brain_std, [("out_brain", "in_file")]),
+        (skullstrip, mask_std, [("out_mask", "in_file")]),
+        (seg, gm_std, [("gm", "in_file")]),
+        (tpl_out, t1w_std, [("t1w", "reference")]),
+        (tpl_out, brain_std, [("t1w", "reference")]),
+        (tpl_out, mask_std, [("t1w", "reference")]),
+        (tpl_out, gm_std, [("t1w", "reference")]),
+        (reg, t1w_std, [("composite", "transforms")]),
+        (reg, brain_std, [("composite", "transforms")]),
+        (reg, mask_std, [("composite", "transforms")]),
+        (reg, gm_std, [("composite", "transforms")]),
+        (brain_std, norm, [("out_file", "in_file")]),
+        (mask_std, norm, [("out_file", "mask")]),
+        (n4, outputnode, [("out_file", "t1w_preproc")]),
+        (skullstrip, outputnode, [("out_brain", "t1w_brain"), ("out_mask", "t1w_mask"),
+                                  ("method", "skullstrip_method")]),
+        (seg, outputnode, [("gm", "gm"), ("wm", "wm"), ("csf", "csf")]),
+        (reg, outputnode, [("composite", "t1w2std_xfm"),
+                           ("inverse_composite", "std2t1w_xfm")]),
+        (tpl_out, outputnode, [("t1w", "std_ref")]),
+        (t1w_std, outputnode, [("out_file", "t1w_std")]),
+        (mask_std, outputnode, [("out_file", "mask_std")]),
+        (gm_std, outputnode, [("out_file", "gm_std")]),
+        (norm, outputnode, [("out_file", "t1w_std_norm")]),
+    ])
+    # fmt: on
+    return workflow

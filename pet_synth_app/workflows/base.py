@@ -1,0 +1,151 @@
+"""Top-level workflows: one sub-workflow per (subject, session) unit."""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+from nipype.interfaces import utility as niu
+from nipype.pipeline import engine as pe
+from niworkflows.engine.workflows import LiterateWorkflow as Workflow
+
+from ..bids import SubjectInputs
+from ..config import Settings
+from .anatomical import init_anat_preproc_wf
+from .outputs import init_anat_derivatives_wf, init_pet_derivatives_wf
+from .pet import init_pet_preproc_wf
+
+LOGGER = logging.getLogger("petsynth")
+
+
+def unit_wf_name(unit: SubjectInputs) -> str:
+    """Nipype-safe workflow name of a unit (`single_subject_<sub>[_ses_<ses>]_wf`)."""
+    name = f"single_subject_{unit.subject}" + (f"_ses_{unit.session}" if unit.session else "")
+    return re.sub(r"[^A-Za-z0-9_]", "_", name) + "_wf"
+
+
+def _pet_wf_name(path: str) -> str:
+    stem = Path(path).name.split(".")[0]
+    stem = re.sub(r"^sub-[^_]+_(ses-[^_]+_)?", "", stem).removesuffix("_pet")
+    return "pet_" + (re.sub(r"[^A-Za-z0-9]", "_", stem) or "main") + "_wf"
+
+
+def init_petsynth_wf(
+    settings: Settings, units: list[SubjectInputs], device: str = "cpu", run_id: str = ""
+) -> Workflow:
+    """The whole participant-level graph."""
+    workflow = Workflow(name="petsynth_wf")
+    workflow.base_dir = str(settings.work_dir)
+    for unit in units:
+        workflow.add_nodes([init_single_subject_wf(unit, settings, device)])
+    return workflow
+
+
+def init_single_subject_wf(
+    unit: SubjectInputs, settings: Settings, device: str = "cpu"
+) -> Workflow:
+    """Anatomical + PET preprocessing and derivatives of one subject/session."""
+    workflow = Workflow(name=unit_wf_name(unit))
+    workflow.__desc__ = (
+        "Results included in this manuscript come from preprocessing performed with "
+        "PetSynth, a BIDS-App built on Nipype [@nipype] and NiWorkflows.\n"
+    )
+    inputnode = pe.Node(niu.IdentityInterface(fields=["t1w"]), name="inputnode")
+    inputnode.inputs.t1w = unit.t1w
+    anat_wf = init_anat_preproc_wf(settings, device=device)
+    anat_ds = init_anat_derivatives_wf(settings, unit.t1w)
+    anat_fields = ["t1w_preproc", "t1w_mask", "gm", "wm", "csf", "t1w2std_xfm",
+                   "std2t1w_xfm", "t1w_std", "std_ref", "skullstrip_method"]  # fmt: skip
+    workflow.connect(inputnode, "t1w", anat_wf, "inputnode.t1w")
+    for f in anat_fields:
+        workflow.connect(anat_wf, f"outputnode.{f}", anat_ds, f"inputnode.{f}")
+
+    for pet in unit.pet:
+        pet_wf = init_pet_preproc_wf(pet, settings, name=_pet_wf_name(pet.path))
+        pet_wf.inputs.inputnode.pet_file = pet.path
+        pet_ds = init_pet_derivatives_wf(
+            settings, pet.path, unit.t1w, name=_pet_wf_name(pet.path) + "_derivatives"
+        )
+        # fmt: off
+        workflow.connect([
+            (anat_wf, pet_wf, [("outputnode.t1w_brain", "inputnode.t1w_brain"),
+                               ("outputnode.t1w2std_xfm", "inputnode.t1w2std_xfm"),
+                               ("outputnode.std_ref", "inputnode.std_ref"),
+                               ("outputnode.gm_std", "inputnode.gm_std")]),
+            (pet_wf, pet_ds, [("outputnode.pet_t1w", "inputnode.pet_t1w"),
+                              ("outputnode.pet_std", "inputnode.pet_std"),
+                              ("outputnode.pet2t1w_xfm", "inputnode.pet2t1w_xfm"),
+                              ("outputnode.suvr_metadata", "inputnode.suvr_metadata")]),
+            (anat_wf, pet_ds, [("outputnode.t1w_preproc", "inputnode.t1w_preproc")]),
+        ])
+        # fmt: on
+    return workflow
+
+
+def _plugin(settings: Settings) -> tuple[str, dict]:
+    if settings.use_plugin:
+        import yaml
+
+        spec = yaml.safe_load(Path(settings.use_plugin).read_text()) or {}
+        return spec.get("plugin", "MultiProc"), spec.get("plugin_args", {}) or {}
+    if settings.nprocs == 1:
+        return "Linear", {}
+    args = {"n_procs": settings.nprocs, "raise_insufficient": False,
+            "maxtasksperchild": 1}  # fmt: skip
+    if settings.mem_mb:
+        args["memory_gb"] = settings.mem_mb / 1024
+    return "MultiProc", args
+
+
+def configure_nipype(settings: Settings, crash_dir: Path) -> None:
+    """Nipype execution settings: crash files, resume, no version checks."""
+    from nipype import config as ncfg
+
+    ncfg.update_config(
+        {
+            "execution": {
+                "crashdump_dir": str(crash_dir),
+                "crashfile_format": "txt",
+                "stop_on_first_crash": settings.stop_on_first_crash,
+                "remove_unnecessary_outputs": False,
+                "check_version": False,
+                "parameterize_dirs": False,
+                "get_linked_libs": False,
+            },
+            "monitoring": {"enabled": False},
+        }
+    )
+
+
+def run_workflow(workflow: Workflow, settings: Settings, run_id: str) -> list[tuple[str, str]]:
+    """Run the graph; return [(unit workflow name, one-line reason)] of failed units."""
+    crash_dir = settings.output_dir / "logs" / f"crash-{run_id}"
+    configure_nipype(settings, crash_dir)
+    plugin, args = _plugin(settings)
+    try:
+        workflow.run(plugin=plugin, plugin_args=args)
+    except RuntimeError as exc:
+        failed = failed_units(crash_dir)
+        if not failed:
+            return [("workflow", " ".join(str(exc).split()))]
+        return failed
+    return []
+
+
+def failed_units(crash_dir: Path) -> list[tuple[str, str]]:
+    """Parse Nipype crash files: [(unit, 'node <name>: <exception>; see <crashfile>')]."""
+    out: dict[str, str] = {}
+    for crash in sorted(Path(crash_dir).glob("crash-*.txt")):
+        text = crash.read_text(errors="replace")
+        node = re.search(r"^Node: (\S+)", text, re.M)
+        node_name = node.group(1) if node else "?"
+        unit = re.search(r"single_subject_(\w+?)_wf", node_name)
+        unit_name = "sub-" + unit.group(1).replace("_ses_", "_ses-") if unit else node_name
+        lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+        exc_lines = [ln for ln in lines if re.match(r"^[A-Za-z_.]*(Error|Exception)\b", ln)]
+        reason = exc_lines[-1] if exc_lines else (lines[-1] if lines else "unknown error")
+        out.setdefault(
+            unit_name, f"step {node_name.split('.')[-1]}: {reason[:300]} (see {crash})"
+        )
+    return sorted(out.items())

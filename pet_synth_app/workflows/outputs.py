@@ -1,0 +1,136 @@
+"""Derivatives writers: every output goes through DerivativesDataSink (DESIGN.md contract)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from nipype.interfaces import utility as niu
+from nipype.pipeline import engine as pe
+from niworkflows.engine.workflows import LiterateWorkflow as Workflow
+
+from .. import __version__
+from ..config import TEMPLATE_SPACE, Settings
+from ..interfaces.bids import DerivativesDataSink
+from ..interfaces.reports import OverlayFigure
+
+
+def bids_uri(path: str, settings: Settings) -> str:
+    """`bids:raw:<relative path>` for a file of the input dataset."""
+    try:
+        return "bids:raw:" + str(Path(path).absolute().relative_to(settings.bids_dir))
+    except ValueError:
+        return str(path)
+
+
+def _common_meta(settings: Settings) -> dict:
+    return {"SoftwareVersion": f"petsynth {__version__}", "RandomSeed": settings.random_seed}
+
+
+def _sink(settings: Settings, name: str, **kwargs) -> pe.Node:
+    return pe.Node(
+        DerivativesDataSink(base_directory=str(settings.output_dir), **kwargs),
+        name=name,
+        run_without_submitting=True,
+    )
+
+
+def init_anat_derivatives_wf(
+    settings: Settings, t1w_source: str, name: str = "anat_derivatives_wf"
+) -> Workflow:
+    """Write the anatomical derivatives (inputs: the anat_preproc_wf outputs)."""
+    workflow = Workflow(name=name)
+    fields = ["t1w_preproc", "t1w_mask", "gm", "wm", "csf", "t1w2std_xfm", "std2t1w_xfm",
+              "t1w_std", "std_ref", "skullstrip_method"]  # fmt: skip
+    inputnode = pe.Node(niu.IdentityInterface(fields=fields), name="inputnode")
+    outputnode = pe.Node(niu.IdentityInterface(fields=["out_files"]), name="outputnode")
+    src = {"source_file": t1w_source, "Sources": [bids_uri(t1w_source, settings)]}
+    meta = _common_meta(settings)
+    sinks = {
+        "t1w_preproc": _sink(settings, "ds_t1w_preproc", desc="preproc", suffix="T1w",
+                             datatype="anat", compress=True, **src, **meta),
+        "t1w_mask": _sink(settings, "ds_t1w_mask", desc="brain", suffix="mask",
+                          datatype="anat", compress=True, Type="Brain", **src, **meta),
+        "gm": _sink(settings, "ds_gm", label="GM", suffix="probseg", datatype="anat",
+                    compress=True, **src, **meta),
+        "wm": _sink(settings, "ds_wm", label="WM", suffix="probseg", datatype="anat",
+                    compress=True, **src, **meta),
+        "csf": _sink(settings, "ds_csf", label="CSF", suffix="probseg", datatype="anat",
+                     compress=True, **src, **meta),
+        "t1w2std_xfm": _sink(settings, "ds_t1w2std_xfm", suffix="xfm", datatype="anat",
+                             mode="image", to=TEMPLATE_SPACE, **{"from": "T1w"}, **src),
+        "std2t1w_xfm": _sink(settings, "ds_std2t1w_xfm", suffix="xfm", datatype="anat",
+                             mode="image", to="T1w", **{"from": TEMPLATE_SPACE}, **src),
+        "t1w_std": _sink(settings, "ds_t1w_std", space=TEMPLATE_SPACE, desc="preproc",
+                         suffix="T1w", datatype="anat", compress=True,
+                         RegistrationPreset=settings.registration_preset, **src, **meta),
+    }  # fmt: skip
+    merge = pe.Node(niu.Merge(len(sinks) + 2), name="merge_outputs")
+    for i, (field, sink) in enumerate(sinks.items(), start=1):
+        workflow.connect(inputnode, field, sink, "in_file")
+        workflow.connect(sink, "out_file", merge, f"in{i}")
+    # figures: brain mask on the T1w, T1w in MNI with the template outline
+    fig_mask = pe.Node(OverlayFigure(title="brain mask"), name="fig_mask")
+    fig_reg = pe.Node(OverlayFigure(title="T1w in MNI, template outline", contour_level=0.3),
+                      name="fig_registration")  # fmt: skip
+    ds_fig_mask = _sink(settings, "ds_fig_mask", desc="brain", suffix="mask",
+                        datatype="figures", source_file=t1w_source)  # fmt: skip
+    ds_fig_reg = _sink(settings, "ds_fig_registration", space=TEMPLATE_SPACE, suffix="T1w",
+                       datatype="figures", source_file=t1w_source)  # fmt: skip
+    # fmt: off
+    workflow.connect([
+        (inputnode, fig_mask, [("t1w_preproc", "background"), ("t1w_mask", "contour")]),
+        (inputnode, fig_reg, [("t1w_std", "background"), ("std_ref", "contour")]),
+        (fig_mask, ds_fig_mask, [("out_file", "in_file")]),
+        (fig_reg, ds_fig_reg, [("out_file", "in_file")]),
+        (ds_fig_mask, merge, [("out_file", f"in{len(sinks) + 1}")]),
+        (ds_fig_reg, merge, [("out_file", f"in{len(sinks) + 2}")]),
+        (inputnode, sinks["t1w_mask"], [(("skullstrip_method", _method_meta), "meta_dict")]),
+        (merge, outputnode, [("out", "out_files")]),
+    ])
+    # fmt: on
+    return workflow
+
+
+def _method_meta(method):
+    return {"BrainExtractionMethod": method}
+
+
+def init_pet_derivatives_wf(
+    settings: Settings, pet_source: str, t1w_source: str, name: str = "pet_derivatives_wf"
+) -> Workflow:
+    """Write the PET derivatives of one series (inputs: pet_preproc_wf outputs)."""
+    workflow = Workflow(name=name)
+    fields = ["pet_t1w", "pet_std", "pet2t1w_xfm", "suvr_metadata", "t1w_preproc"]
+    inputnode = pe.Node(niu.IdentityInterface(fields=fields), name="inputnode")
+    outputnode = pe.Node(niu.IdentityInterface(fields=["out_files"]), name="outputnode")
+    src = {
+        "source_file": pet_source,
+        "Sources": [bids_uri(pet_source, settings), bids_uri(t1w_source, settings)],
+    }
+    meta = _common_meta(settings)
+    sinks = {
+        "pet2t1w_xfm": _sink(settings, "ds_pet2t1w_xfm", suffix="xfm", datatype="pet",
+                             mode="image", to="T1w", **{"from": "petref"}, **src),
+    }  # fmt: skip
+    for space, field in (("T1w", "pet_t1w"), (TEMPLATE_SPACE, "pet_std")):
+        if space in settings.output_spaces:
+            sinks[field] = _sink(settings, f"ds_{field}", space=space, desc="preproc",
+                                 suffix="pet", datatype="pet", compress=True, **src, **meta)
+    merge = pe.Node(niu.Merge(len(sinks) + 1), name="merge_outputs")
+    for i, (field, sink) in enumerate(sinks.items(), start=1):
+        workflow.connect(inputnode, field, sink, "in_file")
+        workflow.connect(sink, "out_file", merge, f"in{i}")
+        if field.startswith("pet_"):
+            workflow.connect(inputnode, "suvr_metadata", sink, "meta_dict")
+    fig = pe.Node(OverlayFigure(title="PET (SUVR) on T1w"), name="fig_coreg")
+    ds_fig = _sink(settings, "ds_fig_coreg", space="T1w", desc="coreg", suffix="pet",
+                   datatype="figures", source_file=pet_source)  # fmt: skip
+    # fmt: off
+    workflow.connect([
+        (inputnode, fig, [("t1w_preproc", "background"), ("pet_t1w", "overlay")]),
+        (fig, ds_fig, [("out_file", "in_file")]),
+        (ds_fig, merge, [("out_file", f"in{len(sinks) + 1}")]),
+        (merge, outputnode, [("out", "out_files")]),
+    ])
+    # fmt: on
+    return workflow
