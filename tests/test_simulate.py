@@ -1,0 +1,321 @@
+"""Digital phantom cohort generator (simulate/ and petsynth-simulate), on fast 2 mm cohorts."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+
+from pet_synth_app.cli.simulate import main
+from pet_synth_app.simulate import phantom
+from pet_synth_app.simulate.cohort import (
+    CohortConfig,
+    plan_cohort,
+    write_cohort,
+    write_subject,
+)
+
+SEED = 7
+CONFIG = CohortConfig(n_controls=2, n_patients=1, seed=SEED, voxel_size=2.0, n_t1w_only=1, n_4d=1)
+TRUTH = Path("derivatives") / "truth"
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """c01: T1w + 3D PET, c02: T1w only, p01: patient with 4D PET."""
+    out = tmp_path_factory.mktemp("sim") / "bids"
+    write_cohort(out, CONFIG)
+    return out
+
+
+def _load(path: Path) -> np.ndarray:
+    return np.asarray(nib.load(path).get_fdata(), dtype=np.float64)
+
+
+def _truth(root: Path, sub: str, name: str) -> Path:
+    return root / TRUTH / sub / "anat" / f"{sub}_{name}.nii.gz"
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_plan_defaults() -> None:
+    plans = plan_cohort(CohortConfig(n_controls=8, n_patients=4, seed=1))
+    labels = [p.label for p in plans]
+    assert labels[:2] == ["c01", "c02"] and labels[-1] == "p04"
+    t1_only = [p.label for p in plans if not p.with_pet]
+    assert t1_only == ["c07", "c08"]  # 8 // 4 controls, the last ones
+    assert sum(p.is_4d for p in plans) == 10 // 3
+    assert all(p.with_pet for p in plans if p.is_4d)
+    assert {p.orientation for p in plans} >= {"LAS", "PSR", "RAS"}
+    assert not any(not p.with_pet for p in plan_cohort(CohortConfig(3, 1, 0)))
+    with pytest.raises(ValueError, match="--n-4d"):
+        plan_cohort(CohortConfig(n_controls=1, n_patients=0, n_4d=2))
+    with pytest.raises(ValueError, match="--lesion-loss"):
+        plan_cohort(CohortConfig(lesion_loss=(0.3, 0.1)))
+
+
+def test_bids_layout(cohort: Path) -> None:
+    import bids
+
+    layout = bids.BIDSLayout(str(cohort), validate=True)
+    assert sorted(layout.get_subjects()) == ["c01", "c02", "p01"]
+    t1 = layout.get(suffix="T1w", extension=[".nii.gz"])
+    pet = layout.get(suffix="pet", extension=[".nii.gz"])
+    assert len(t1) == 3
+    assert sorted(f.entities["subject"] for f in pet) == ["c01", "p01"]
+    assert all(f.entities["tracer"] == "FDG" for f in pet)
+    meta = pet[0].get_metadata()
+    for key in (
+        "TracerName",
+        "TracerRadionuclide",
+        "Units",
+        "InjectedRadioactivity",
+        "InjectedMass",
+        "SpecificRadioactivity",
+        "ModeOfAdministration",
+        "TimeZero",
+        "ScanStart",
+        "InjectionStart",
+        "FrameTimesStart",
+        "FrameDuration",
+        "AcquisitionMode",
+        "ImageDecayCorrected",
+        "ImageDecayCorrectionTime",
+        "ReconMethodName",
+        "ReconMethodParameterLabels",
+        "ReconFilterType",
+        "ReconFilterSize",
+        "AttenuationCorrection",
+    ):
+        assert key in meta, key
+    assert meta["Units"] == "Bq/mL" and meta["TracerRadionuclide"] == "F18"
+    desc = json.loads((cohort / "dataset_description.json").read_text())
+    assert desc["BIDSVersion"] == "1.9.0" and desc["DatasetType"] == "raw"
+    assert desc["GeneratedBy"][0]["Name"] == "petsynth-simulate"
+    truth_desc = json.loads((cohort / TRUTH / "dataset_description.json").read_text())
+    assert truth_desc["DatasetType"] == "derivative"
+    rows = (cohort / "participants.tsv").read_text().split("\n")
+    assert rows[0].split("\t") == ["participant_id", "group", "age", "sex"]
+    groups = dict(r.split("\t")[:2] for r in rows[1:] if r)
+    assert groups == {"sub-c01": "control", "sub-c02": "control", "sub-p01": "patient"}
+
+
+def test_t1w_only_and_4d(cohort: Path) -> None:
+    assert not (cohort / "sub-c02" / "pet").exists()
+    assert (cohort / "sub-c02" / "anat" / "sub-c02_T1w.nii.gz").is_file()
+    pet3d = nib.load(cohort / "sub-c01" / "pet" / "sub-c01_trc-FDG_pet.nii.gz")
+    assert pet3d.ndim == 3
+    img = nib.load(cohort / "sub-p01" / "pet" / "sub-p01_trc-FDG_pet.nii.gz")
+    side = json.loads((cohort / "sub-p01" / "pet" / "sub-p01_trc-FDG_pet.json").read_text())
+    assert img.ndim == 4 and img.shape[3] in (3, 4)
+    assert len(side["FrameTimesStart"]) == len(side["FrameDuration"]) == img.shape[3]
+    starts, durations = np.array(side["FrameTimesStart"]), np.array(side["FrameDuration"])
+    assert np.allclose(starts[1:], starts[:-1] + durations[:-1])
+    assert side["ScanStart"] == starts[0]
+    geo = json.loads((cohort / TRUTH / "sub-p01" / "sub-p01_geometry.json").read_text())
+    frames = np.array(geo["pet_frames_from_t1w"])
+    assert frames.shape == (img.shape[3], 4, 4)
+    assert np.allclose(frames[0], geo["pet_from_t1w"])
+    # frame motion is small but present (<= ~3 mm at the brain)
+    centre = np.append(geo["pet_from_t1w_center_mm"], 1.0)
+    shifts = [np.linalg.norm((f - frames[0]) @ centre) for f in frames[1:]]
+    assert all(0.05 < s < 6.0 for s in shifts)
+
+
+def test_t1w_geometry_and_contrast(cohort: Path) -> None:
+    codes = set()
+    for sub in ("c01", "c02", "p01"):
+        t1 = nib.load(cohort / f"sub-{sub}" / "anat" / f"sub-{sub}_T1w.nii.gz")
+        codes.add(nib.aff2axcodes(t1.affine))
+        assert np.allclose(t1.header.get_zooms(), 2.0)
+        assert t1.get_data_dtype() == np.int16
+        data = _load(cohort / f"sub-{sub}" / "anat" / f"sub-{sub}_T1w.nii.gz")
+        gm = _load(_truth(cohort, f"sub-{sub}", "label-GM_probseg"))
+        wm = _load(_truth(cohort, f"sub-{sub}", "label-WM_probseg"))
+        csf = _load(_truth(cohort, f"sub-{sub}", "label-CSF_probseg"))
+        brain = _load(_truth(cohort, f"sub-{sub}", "desc-brain_mask")) > 0
+        assert gm.shape == data.shape and np.allclose(
+            nib.load(_truth(cohort, f"sub-{sub}", "label-GM_probseg")).affine, t1.affine
+        )
+        m_wm, m_gm, m_csf = (data[p > 0.9].mean() for p in (wm, gm, csf))
+        assert m_wm > 1.2 * m_gm > 1.2 * 1.2 * m_csf
+        # Skull and scalp: a shell 8-16 mm outside the brain holds bright scalp (fat)
+        dist = ndi.distance_transform_edt(~brain, sampling=2.0)
+        shell = data[(dist > 8) & (dist < 16)]
+        assert np.percentile(shell, 95) > max(m_csf, 0.6 * m_wm)
+        near = data[(dist > 4) & (dist < 10)]
+        assert np.percentile(near, 5) < m_csf  # dark bone close to the brain
+        volume_l = brain.sum() * 8.0 / 1e6
+        assert 1.0 < volume_l < 1.8
+        assert np.all(gm + wm + csf <= 1.0 + 1e-4)
+    assert ("R", "A", "S") in codes and len(codes) >= 2
+
+
+def test_truth_geometry_maps_to_mni(cohort: Path) -> None:
+    from nilearn import datasets
+
+    sub = "sub-p01"
+    geo = json.loads((cohort / TRUTH / sub / f"{sub}_geometry.json").read_text())
+    warp = nib.load(cohort / TRUTH / sub / geo["warp_file"])
+    gm_img = nib.load(_truth(cohort, sub, "label-GM_probseg"))
+    gm = np.asarray(gm_img.dataobj)
+    ijk = np.array(np.nonzero(gm > 0.02))[:, ::7].astype(float)
+    pts = (gm_img.affine[:3, :3] @ ijk + gm_img.affine[:3, 3:4]).T
+    mni = phantom.t1w_points_to_mni(pts, np.array(geo["mni_from_t1w"]), warp)
+    tpl = datasets.load_mni152_gm_template(resolution=2)
+    vox = np.linalg.solve(tpl.affine, np.vstack([mni.T, np.ones(len(mni))]))[:3]
+    expected = ndi.map_coordinates(tpl.get_fdata(), vox, order=1)
+    assert np.corrcoef(expected, gm[tuple(ijk.astype(int))])[0, 1] > 0.9
+    # MNI -> T1w -> MNI round trip of the lesion centres
+    lesions = geo["lesions"]
+    assert 1 <= len(lesions) <= 2
+    centres_t1 = np.array([les["center_t1w"] for les in lesions])
+    back = phantom.t1w_points_to_mni(centres_t1, np.array(geo["mni_from_t1w"]), warp)
+    assert np.allclose(back, [les["center_mni"] for les in lesions], atol=0.05)
+    assert np.allclose(np.linalg.inv(geo["mni_from_t1w"]), geo["t1w_from_mni"])
+    assert 1.0 < geo["warp_max_displacement_mm"] < 5.0
+
+
+def test_pet_grid_alignment_and_values(cohort: Path) -> None:
+    sub = "sub-c01"
+    t1 = nib.load(cohort / sub / "anat" / f"{sub}_T1w.nii.gz")
+    pet = nib.load(cohort / sub / "pet" / f"{sub}_trc-FDG_pet.nii.gz")
+    assert pet.shape != t1.shape or not np.allclose(pet.affine, t1.affine)
+    geo = json.loads((cohort / TRUTH / sub / f"{sub}_geometry.json").read_text())
+    pet_from_t1w = np.array(geo["pet_from_t1w"])
+    assert not np.allclose(pet_from_t1w, np.eye(4), atol=1e-3)
+    err = phantom.pet_coregistration_error_mm(np.eye(4), pet_from_t1w, np.zeros((1, 3)))
+    assert err[0] > 0.5  # a real misalignment to recover
+    assert np.allclose(
+        phantom.pet_coregistration_error_mm(
+            np.array(geo["t1w_from_pet"]),
+            pet_from_t1w,
+            np.random.default_rng(0).normal(0, 50, (20, 3)),
+        ),
+        0.0,
+        atol=1e-6,
+    )
+    # Truth GM/WM cores mapped through the true transform into the PET grid.
+    data = np.asarray(pet.get_fdata())
+    gm = _load(_truth(cohort, sub, "label-GM_probseg"))
+    wm = _load(_truth(cohort, sub, "label-WM_probseg"))
+
+    def pet_at(mask: np.ndarray) -> np.ndarray:
+        ijk = np.array(np.nonzero(mask)).astype(float)
+        world = t1.affine[:3, :3] @ ijk + t1.affine[:3, 3:4]
+        world_pet = pet_from_t1w[:3, :3] @ world + pet_from_t1w[:3, 3:4]
+        vox = np.linalg.solve(pet.affine, np.vstack([world_pet, np.ones(world.shape[1])]))
+        return ndi.map_coordinates(data, vox[:3], order=1)
+
+    gm_pet, wm_pet = pet_at(gm > 0.9).mean(), pet_at(wm > 0.95).mean()
+    assert gm_pet > 1.4 * wm_pet
+    assert 3000.0 < gm_pet < 25000.0  # Bq/mL
+
+
+def test_lesion_uptake_loss_before_blur() -> None:
+    space = phantom.load_template_space(2)
+    rng = np.random.default_rng(3)
+    anat = phantom.random_anatomy(rng)
+    uptake = phantom.random_uptake(rng)
+    lesions = phantom.place_lesions(rng, space, 2, (0.2, 0.2), (6.0, 6.0), jacobian=0.75)
+    assert len(lesions) == 2
+    args = (space, uptake, anat, space.dist_out)
+    pattern = space.uptake_pattern
+    with_les = phantom.pet_activity_mni(None, *args, lesions, pattern_field=pattern)
+    without = phantom.pet_activity_mni(None, *args, (), pattern_field=pattern)
+    mirrored = with_les[::-1]  # the work grid is symmetric about x = 0
+    for lesion in lesions:
+        assert lesion.hemisphere in ("L", "R") and lesion.lobe != "unknown"
+        sl, prof = lesion.profile_box(space)
+        core = (prof > 0.9) & (space.gm[sl] > 0.8)
+        assert core.sum() > 5
+        ratio = with_les[sl][core].mean() / without[sl][core].mean()
+        assert 0.78 < ratio < 0.86  # 20 % GM loss, diluted by WM/CSF partial volume
+        mirror = with_les[sl][core].mean() / mirrored[sl][core].mean()
+        assert 0.7 < mirror < 0.95
+        # GM-weighted native volume ~ the requested 6 ml
+        gm_ml = (prof * space.gm[sl]).sum() * 8.0 * 0.75 / 1000.0
+        assert gm_ml == pytest.approx(6.0, rel=0.02)
+
+
+def test_lesion_truth_written(cohort: Path) -> None:
+    sub = "sub-p01"
+    mask = _load(_truth(cohort, sub, "desc-lesion_mask")).astype(int)
+    rows = [r.split("\t") for r in (cohort / TRUTH / "lesions.tsv").read_text().split("\n") if r]
+    header, body = rows[0], rows[1:]
+    assert header[:13] == [
+        "participant_id",
+        "lesion",
+        "hemisphere",
+        "lobe",
+        "region",
+        "center_mni_x",
+        "center_mni_y",
+        "center_mni_z",
+        "center_t1w_x",
+        "center_t1w_y",
+        "center_t1w_z",
+        "volume_ml",
+        "uptake_loss",
+    ]
+    assert {r[0] for r in body} == {sub}
+    assert set(np.unique(mask)) == {0, *range(1, len(body) + 1)}
+    gm = _load(_truth(cohort, sub, "label-GM_probseg"))
+    assert gm[mask > 0].min() >= 0.3
+    for row in body:
+        rec = dict(zip(header, row, strict=True))
+        assert 0.10 <= float(rec["uptake_loss"]) <= 0.30
+        assert 0.7 <= float(rec["volume_ml"]) <= 22.0
+        assert rec["hemisphere"] in ("L", "R")
+        vox_ml = (mask == int(rec["lesion"])).sum() * 8.0 / 1000.0
+        assert vox_ml == pytest.approx(float(rec["mask_volume_ml"]), abs=1e-3)
+        # The mask surrounds the recorded T1w centre.
+        img = nib.load(_truth(cohort, sub, "desc-lesion_mask"))
+        centre = [float(rec[f"center_t1w_{a}"]) for a in "xyz"]
+        ijk = np.array(np.nonzero(mask == int(rec["lesion"])))
+        world = img.affine[:3, :3] @ ijk + img.affine[:3, 3:4]
+        assert np.linalg.norm(world.mean(1) - centre) < 15.0
+
+
+def test_deterministic(cohort: Path, tmp_path: Path) -> None:
+    plan = next(p for p in plan_cohort(CONFIG) if p.label == "p01")
+    write_subject(tmp_path / "again", plan, CONFIG)
+    files = [
+        Path("sub-p01/anat/sub-p01_T1w.nii.gz"),
+        Path("sub-p01/pet/sub-p01_trc-FDG_pet.nii.gz"),
+        TRUTH / "sub-p01/anat/sub-p01_desc-lesion_mask.nii.gz",
+        TRUTH / "sub-p01/anat/sub-p01_label-GM_probseg.nii.gz",
+        TRUTH / "sub-p01/sub-p01_geometry.json",
+    ]
+    for rel in files:
+        assert _digest(cohort / rel) == _digest(tmp_path / "again" / rel), rel
+    other = CohortConfig(**{**CONFIG.__dict__, "seed": SEED + 1})
+    write_subject(tmp_path / "other", plan, other)
+    a = _load(cohort / files[0])
+    b = _load(tmp_path / "other" / files[0])
+    assert a.shape != b.shape or not np.array_equal(a, b)
+
+
+def test_cli_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "busy"
+    out.mkdir()
+    (out / "something.txt").write_text("x")
+    assert main([str(out), "--n-controls", "1", "--n-patients", "0"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("petsynth-simulate: error:") and "not empty" in err
+    assert "Traceback" not in err and err.count("\n") == 1
+    # --overwrite never deletes a folder that is not a petsynth-simulate dataset
+    assert main([str(out), "--overwrite", "--n-controls", "1", "--n-patients", "0"]) == 1
+    assert (out / "something.txt").exists()
+    assert main([str(tmp_path / "x"), "--lesion-loss", "0.5", "0.1"]) == 1
+    assert "--lesion-loss" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "y"), "--n-controls", "many"])
