@@ -218,9 +218,6 @@ def _setup_logging(verbose: int) -> None:
         force=True,
     )
     LOGGER.setLevel(logging.DEBUG if verbose >= 2 else logging.INFO)
-    nipype_level = logging.INFO if verbose >= 1 else logging.WARNING
-    for name in ("nipype.workflow", "nipype.interface", "nipype.utils"):
-        logging.getLogger(name).setLevel(nipype_level)
     logging.getLogger("bidsschematools").setLevel(logging.WARNING)
 
 

@@ -99,11 +99,19 @@ def _plugin(settings: Settings) -> tuple[str, dict]:
 
 
 def configure_nipype(settings: Settings, crash_dir: Path) -> None:
-    """Nipype execution settings: crash files, resume, no version checks."""
+    """Nipype execution settings: crash files, resume, no version checks, log levels."""
     from nipype import config as ncfg
+    from nipype import logging as nlogging
 
+    level = "INFO" if settings.verbose >= 1 else "WARNING"
     ncfg.update_config(
         {
+            "logging": {
+                "workflow_level": level,
+                "interface_level": level,
+                "utils_level": level,
+                "log_to_file": False,
+            },
             "execution": {
                 "crashdump_dir": str(crash_dir),
                 "crashfile_format": "txt",
@@ -116,6 +124,9 @@ def configure_nipype(settings: Settings, crash_dir: Path) -> None:
             "monitoring": {"enabled": False},
         }
     )
+    nlogging.update_logging(ncfg)
+    for name in ("nipype.workflow", "nipype.interface", "nipype.utils"):
+        logging.getLogger(name).propagate = False  # nipype has its own handler
 
 
 def run_workflow(workflow: Workflow, settings: Settings, run_id: str) -> list[tuple[str, str]]:

@@ -1,0 +1,110 @@
+"""Integration: the participant workflow on a tiny phantom cohort (2 mm, --sloppy)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from pet_synth_app.cli import run
+from pet_synth_app.cli import simulate as sim_cli
+
+pytestmark = pytest.mark.slow
+
+SPACE = "MNI152NLin2009aSym"
+
+
+@pytest.fixture(scope="module")
+def phantom(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("phantom") / "bids"
+    code = sim_cli.main([str(root), "--n-controls", "1", "--n-patients", "1", "--seed", "7",
+                         "--voxel-size", "2", "--n-t1w-only", "0", "--n-4d", "1"])  # fmt: skip
+    assert code == 0
+    return root
+
+
+@pytest.fixture(scope="module")
+def first_run(phantom, tmp_path_factory):
+    base = tmp_path_factory.mktemp("run")
+    out, work = base / "out", base / "work"
+    args = [str(phantom), str(out), "participant", "-w", str(work), "--sloppy",
+            "--nprocs", "2", "--omp-nthreads", "1", "--random-seed", "3"]  # fmt: skip
+    t0 = time.time()
+    code = run.main(args)
+    return {"code": code, "out": out, "work": work, "args": args, "wall": time.time() - t0}
+
+
+def _one(out: Path, pattern: str) -> Path:
+    hits = sorted(out.glob(pattern))
+    assert len(hits) == 1, (pattern, [str(h) for h in out.rglob("*")][:50])
+    return hits[0]
+
+
+def test_participant_outputs(first_run):
+    assert first_run["code"] == 0
+    out = first_run["out"]
+    desc = json.loads((out / "dataset_description.json").read_text())
+    assert desc["DatasetType"] == "derivative"
+    assert list((out / "logs").glob("config-*.toml"))
+    assert "N4" in (out / "logs" / "CITATION.md").read_text()
+    for sub in ("c01", "p01"):
+        anat = out / f"sub-{sub}" / "anat"
+        t1w = _one(anat, f"sub-{sub}_desc-preproc_T1w.nii.gz")
+        mask = _one(anat, f"sub-{sub}_desc-brain_mask.nii.gz")
+        for label in ("GM", "WM", "CSF"):
+            _one(anat, f"sub-{sub}_label-{label}_probseg.nii.gz")
+        _one(anat, f"sub-{sub}_from-T1w_to-{SPACE}_mode-image_xfm.h5")
+        _one(anat, f"sub-{sub}_from-{SPACE}_to-T1w_mode-image_xfm.h5")
+        std = _one(anat, f"sub-{sub}_space-{SPACE}_desc-preproc_T1w.nii.gz")
+        assert nib.load(std).shape == (99, 117, 95)
+        assert nib.load(t1w).shape == nib.load(mask).shape
+        vol_ml = np.asarray(nib.load(mask).dataobj).astype(bool).sum() * np.prod(
+            nib.load(mask).header.get_zooms()[:3]) / 1000  # fmt: skip
+        assert 900 < vol_ml < 2000
+        side = json.loads(mask.with_name(mask.name.replace(".nii.gz", ".json")).read_text())
+        assert side["Sources"] == [f"bids:raw:sub-{sub}/anat/sub-{sub}_T1w.nii.gz"]
+        assert side["RandomSeed"] == 3 and side["BrainExtractionMethod"] in ("deepbet", "ants")
+        pet = out / f"sub-{sub}" / "pet"
+        pet_std = _one(pet, f"sub-{sub}_trc-FDG_space-{SPACE}_desc-preproc_pet.nii.gz")
+        pet_t1w = _one(pet, f"sub-{sub}_trc-FDG_space-T1w_desc-preproc_pet.nii.gz")
+        _one(pet, f"sub-{sub}_trc-FDG_from-petref_to-T1w_mode-image_xfm.mat")
+        meta = json.loads(pet_std.with_name(pet_std.name.replace(".nii.gz", ".json")).read_text())
+        assert meta["IntensityNormalization"] == "SUVR" and meta["ReferenceValue"] > 0
+        # SUVR against mean GM: the GM mean in MNI must be ~1
+        gm = np.asarray(nib.load(_one(anat, f"sub-{sub}_label-GM_probseg.nii.gz")).dataobj)
+        suvr_t1w = np.asarray(nib.load(pet_t1w).dataobj)
+        assert suvr_t1w.shape == gm.shape
+        assert 0.8 < suvr_t1w[gm > 0.5].mean() < 1.2
+        assert (out / f"sub-{sub}.html").is_file()
+        assert list((out / f"sub-{sub}" / "figures").glob("*.svg"))
+
+
+def test_rerun_reuses_finished_nodes(first_run):
+    work = first_run["work"]
+    result = next(work.rglob("anat_preproc_wf/register/result_register.pklz"))
+    before = result.stat().st_mtime
+    t0 = time.time()
+    assert run.main(first_run["args"]) == 0
+    assert result.stat().st_mtime == before  # cached, not recomputed
+    assert time.time() - t0 < first_run["wall"]
+
+
+def test_one_bad_subject_others_finish(phantom, tmp_path, capsys):
+    bids = tmp_path / "bids"
+    shutil.copytree(phantom, bids)
+    bad = bids / "sub-c01" / "anat" / "sub-c01_T1w.nii.gz"
+    bad.write_text("<!DOCTYPE html><html>not an image</html>" + " " * 400)
+    out = tmp_path / "out"
+    code = run.main([str(bids), str(out), "participant", "-w", str(tmp_path / "w"),
+                     "--sloppy", "--nprocs", "2", "--output-spaces", SPACE])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "sub-c01 skipped" in err and "HTML" in err and "Traceback" not in err
+    assert (out / "sub-p01.html").is_file() and not (out / "sub-c01.html").exists()
+    assert not (out / "sub-c01").exists()
+    assert not list((out / "sub-p01" / "pet").glob("*space-T1w*"))  # only MNI requested
