@@ -9,8 +9,6 @@ import numpy as np
 from nipype.interfaces.base import (
     BaseInterfaceInputSpec,
     File,
-    InputMultiObject,
-    OutputMultiObject,
     SimpleInterface,
     TraitedSpec,
     traits,
@@ -115,13 +113,13 @@ class ReferenceMask(SimpleInterface):
 class _SUVRInputSpec(BaseInterfaceInputSpec):
     in_file = File(exists=True, mandatory=True, desc="PET on the mask's grid (MNI)")
     mask = File(exists=True, mandatory=True, desc="reference-region mask")
-    other_files = InputMultiObject(File(exists=True), desc="same PET in other spaces")
+    other_file = File(exists=True, desc="the same PET in another space (e.g. T1w)")
     region = traits.Str("gm-mean", usedefault=True)
 
 
 class _SUVROutputSpec(TraitedSpec):
     out_file = File(exists=True)
-    other_out = OutputMultiObject(File(exists=True))
+    other_out = File(desc="other_file normalized by the same reference value")
     reference_value = traits.Float(desc="mean uptake in the reference region (input units)")
     metadata = traits.Dict(desc="sidecar entries")
 
@@ -138,16 +136,14 @@ class SUVR(SimpleInterface):
         img, ref = suvr_normalize(nib.load(self.inputs.in_file), nib.load(self.inputs.mask))
         self._results["out_file"] = os.path.join(runtime.cwd, "pet_suvr.nii.gz")
         img.to_filename(self._results["out_file"])
-        others = []
-        for i, path in enumerate(self.inputs.other_files or []):
-            other = nib.load(path)
+        if self.inputs.other_file:
+            other = nib.load(self.inputs.other_file)
             data = np.asarray(other.dataobj, dtype=np.float32) / np.float32(ref)
-            out = os.path.join(runtime.cwd, f"pet_suvr_{i}.nii.gz")
             hdr = other.header.copy()
             hdr.set_data_dtype(np.float32)
+            out = os.path.join(runtime.cwd, "pet_suvr_other.nii.gz")
             nib.Nifti1Image(data, other.affine, hdr).to_filename(out)
-            others.append(out)
-        self._results["other_out"] = others
+            self._results["other_out"] = out
         self._results["reference_value"] = float(ref)
         self._results["metadata"] = {
             "Units": "unitless",

@@ -31,7 +31,7 @@ def plot_overlay(
     if overlay is not None:
         data = np.asarray(overlay.dataobj, dtype=np.float32)
         vmax = float(np.percentile(data[data > 0], 99)) if np.any(data > 0) else 1.0
-        display.add_overlay(overlay, cmap="hot", alpha=0.5, vmin=0.0, vmax=vmax)
+        display.add_overlay(overlay, cmap="hot", transparency=0.5, vmin=0.0, vmax=vmax)
     if contour is not None:
         display.add_contours(contour, levels=[contour_level], colors="r", linewidths=1.0)
     display.savefig(out_file)

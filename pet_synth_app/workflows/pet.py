@@ -76,15 +76,11 @@ mean in the reference region (`{settings.reference_region}`).
         (inputnode, refmask, [("gm_std", "gm_probability")]),
         (to_std, suvr, [("out_file", "in_file")]),
         (refmask, suvr, [("out_file", "mask")]),
-        (coreg, suvr, [("out_file", "other_files")]),
+        (coreg, suvr, [("out_file", "other_file")]),
         (avg, outputnode, [("out_file", "pet_ref"), ("motion_file", "motion_file")]),
         (coreg, outputnode, [("out_xfm", "pet2t1w_xfm")]),
-        (suvr, outputnode, [("out_file", "pet_std"), (("other_out", _first), "pet_t1w"),
+        (suvr, outputnode, [("out_file", "pet_std"), ("other_out", "pet_t1w"),
                             ("metadata", "suvr_metadata")]),
     ])
     # fmt: on
     return workflow
-
-
-def _first(inlist):
-    return inlist[0]

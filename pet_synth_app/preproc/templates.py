@@ -1,0 +1,122 @@
+"""Offline access to the MNI152NLin2009aSym template that nilearn ships.
+
+All images are in template world space (RAS mm), 1 or 2 mm isotropic grids sharing the
+nilearn ICBM 2009a affine. Nothing is downloaded: the maps come from files bundled with
+nilearn.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+
+import nibabel as nib
+import numpy as np
+from scipy import ndimage as ndi
+
+TEMPLATE_SPACE = "MNI152NLin2009aSym"
+KINDS = ("T1w", "mask", "GM", "WM", "CSF", "head")
+RESOLUTIONS = (1, 2)
+
+
+def _check(kind: str, resolution: int) -> None:
+    if kind not in KINDS:
+        raise ValueError(f"Unknown template kind {kind!r}; expected one of {KINDS}")
+    if int(resolution) not in RESOLUTIONS:
+        raise ValueError(f"Template resolution must be 1 or 2 mm, got {resolution!r}")
+
+
+def _new(data: np.ndarray, ref: nib.Nifti1Image, dtype: type = np.float32) -> nib.Nifti1Image:
+    img = nib.Nifti1Image(np.asarray(data, dtype=dtype), ref.affine)
+    img.header.set_xyzt_units("mm", "sec")
+    img.header.set_sform(ref.affine, code=4)  # 4 = MNI152
+    img.header.set_qform(ref.affine, code=4)
+    return img
+
+
+@lru_cache(maxsize=16)
+def get_template(kind: str = "T1w", resolution: int = 2) -> nib.Nifti1Image:
+    """Return a MNI152NLin2009aSym template image (cached; treat it as read-only).
+
+    Parameters
+    ----------
+    kind
+        ``"T1w"``: brain-only T1w template, intensities scaled to [0, 1];
+        ``"mask"``: brain mask (uint8, T1w template > 0.2, nilearn's definition, 1.88 L);
+        ``"GM"``, ``"WM"``: tissue probability maps in [0, 1];
+        ``"CSF"``: ``clip(mask - GM - WM, 0, 1)`` (ventricles and the sulcal/outer CSF rim);
+        ``"head"``: the T1w template with a synthetic CSF/skull/scalp shell (see
+        :func:`synthetic_head`), used to initialize registrations of skull-on heads.
+    resolution
+        Isotropic voxel size in mm, 1 or 2.
+    """
+    from nilearn import datasets
+
+    _check(kind, resolution)
+    res = int(resolution)
+    if kind == "T1w":
+        ref = datasets.load_mni152_template(resolution=res)
+        return _new(np.clip(ref.get_fdata(), 0, None), ref)
+    if kind == "mask":
+        ref = datasets.load_mni152_brain_mask(resolution=res)
+        return _new(np.asanyarray(ref.dataobj) > 0, ref, np.uint8)
+    if kind == "GM":
+        ref = datasets.load_mni152_gm_template(resolution=res)
+        return _new(np.clip(ref.get_fdata(), 0, 1), ref)
+    if kind == "WM":
+        ref = datasets.load_mni152_wm_template(resolution=res)
+        return _new(np.clip(ref.get_fdata(), 0, 1), ref)
+    if kind == "CSF":
+        mask = get_template("mask", res)
+        gm = get_template("GM", res).get_fdata()
+        wm = get_template("WM", res).get_fdata()
+        csf = np.clip(mask.get_fdata() - gm - wm, 0, 1)
+        return _new(csf, mask)
+    return synthetic_head(res)
+
+
+def synthetic_head(resolution: int = 2) -> nib.Nifti1Image:
+    """T1w-like head: the brain template wrapped in CSF (3 mm), skull (6 mm), scalp (6 mm).
+
+    Intensities mimic a T1w scan in template units (WM ~0.9, CSF 0.15, skull 0.05,
+    scalp/fat 0.75). The shell follows a smoothed, dilated brain outline, so it is only a
+    coarse head model: good for center/scale initialization, not for fine alignment.
+    """
+    brain = get_template("T1w", resolution)
+    vox = float(resolution)
+    mask = np.asanyarray(get_template("mask", resolution).dataobj) > 0
+    # Smooth the outline first so that the shell is convex-ish like a real skull.
+    hull = ndi.gaussian_filter(mask.astype(np.float32), 6.0 / vox) > 0.2
+    dist = ndi.distance_transform_edt(~hull, sampling=vox)
+    data = brain.get_fdata().astype(np.float32)
+    out = data.copy()
+    rim = ~mask
+    out[rim & (dist <= 3.0)] = 0.15
+    out[rim & (dist > 3.0) & (dist <= 9.0)] = 0.05
+    out[rim & (dist > 9.0) & (dist <= 15.0)] = 0.75
+    out[rim & (dist > 15.0)] = 0.0
+    out = ndi.gaussian_filter(out, 1.0 / vox)
+    return _new(out, brain)
+
+
+def write_template(kind: str, resolution: int, out_dir: str) -> str:
+    """Write a template image as ``tpl-MNI152NLin2009aSym_res-<r>_<kind>.nii.gz``; return path.
+
+    An existing file with the same name is reused (templates are immutable).
+    """
+    _check(kind, resolution)
+    suffix = {
+        "T1w": "desc-brain_T1w",
+        "mask": "desc-brain_mask",
+        "GM": "label-GM_probseg",
+        "WM": "label-WM_probseg",
+        "CSF": "label-CSF_probseg",
+        "head": "desc-synthhead_T1w",
+    }[kind]
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, f"tpl-{TEMPLATE_SPACE}_res-{int(resolution):02d}_{suffix}.nii.gz")
+    if not os.path.exists(path):
+        tmp = path + f".tmp{os.getpid()}.nii.gz"
+        nib.save(get_template(kind, resolution), tmp)
+        os.replace(tmp, path)
+    return path
