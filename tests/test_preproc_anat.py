@@ -11,6 +11,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from conftest import REALDATA
 from scipy import ndimage as ndi
 
 from pet_synth_app.preproc import anat, templates
@@ -23,7 +24,6 @@ from pet_synth_app.preproc.anat import (
     segment_tissues,
 )
 
-REALDATA = Path(__file__).resolve().parents[1].parent / "shared" / "realdata"
 CH2 = REALDATA / "debian-mricron-data" / "ch2.nii.gz"
 FDG = REALDATA / "mghdickersonlab-neurolib" / "fdg.nii.gz"
 needs_ch2 = pytest.mark.skipif(not CH2.exists(), reason="shared/realdata not available")

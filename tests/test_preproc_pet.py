@@ -10,6 +10,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import REALDATA
 from scipy import ndimage as ndi
 from scipy.spatial.transform import Rotation
 
@@ -23,7 +24,6 @@ from pet_synth_app.preproc.pet import (
     write_ants_rigid,
 )
 
-REALDATA = Path(__file__).resolve().parents[1].parent / "shared" / "realdata"
 CH2 = REALDATA / "debian-mricron-data" / "ch2.nii.gz"
 FDG = REALDATA / "mghdickersonlab-neurolib" / "fdg.nii.gz"
 needs_data = pytest.mark.skipif(

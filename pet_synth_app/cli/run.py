@@ -10,15 +10,17 @@ import sys
 import time
 from pathlib import Path
 
-from .. import __version__
-from ..config import (
+os.environ.setdefault("NO_ET", "1")  # no telemetry: Nipype's etelemetry check stays off
+
+from .. import __version__  # noqa: E402
+from ..config import (  # noqa: E402
     DEVICES,
     OUTPUT_SPACES,
     REFERENCE_REGIONS,
     REGISTRATION_PRESETS,
     Settings,
 )
-from ..errors import PetSynthError, UsageError
+from ..errors import PetSynthError, UsageError  # noqa: E402
 
 LOGGER = logging.getLogger("petsynth")
 
@@ -299,6 +301,9 @@ def run_participant(settings: Settings) -> int:
         report = settings.output_dir / f"sub-{unit.subject}.html"
         report.unlink(missing_ok=True)
 
+    # ITK reads its thread count once per process: set it before any worker starts
+    os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(settings.omp_nthreads)
+    os.environ.setdefault("OMP_NUM_THREADS", str(settings.omp_nthreads))
     from ..workflows.base import init_petsynth_wf, run_workflow
 
     wf = init_petsynth_wf(settings, good, device=device, run_id=run_id)

@@ -75,13 +75,12 @@ class N4BiasCorrection(SimpleInterface):
 
 
 class _BrainExtractionInputSpec(BaseInterfaceInputSpec):
-    in_file = File(exists=True, mandatory=True, desc="bias-corrected T1w head")
+    in_file = File(exists=True, mandatory=True, desc="T1w head")
     method = traits.Enum("deepbet", "ants", usedefault=True)
     device = traits.Str("cpu", usedefault=True)
 
 
 class _BrainExtractionOutputSpec(TraitedSpec):
-    out_brain = File(exists=True)
     out_mask = File(exists=True)
     method = traits.Str(desc="method actually used (deepbet or ants fallback)")
 
@@ -95,12 +94,10 @@ class BrainExtraction(SimpleInterface):
     def _run_interface(self, runtime):
         from ..preproc.anat import brain_extract
 
-        brain, mask, method = brain_extract(
+        _, mask, method = brain_extract(
             nib.load(self.inputs.in_file), method=self.inputs.method, device=self.inputs.device
         )
-        self._results["out_brain"] = _out(runtime, "t1w_brain.nii.gz")
         self._results["out_mask"] = _out(runtime, "t1w_brain_mask.nii.gz")
-        brain.to_filename(self._results["out_brain"])
         mask.to_filename(self._results["out_mask"])
         self._results["method"] = method
         return runtime
@@ -198,6 +195,26 @@ class SegmentTissues(SimpleInterface):
         for key, img in zip(("gm", "wm", "csf"), maps, strict=True):
             self._results[key] = _out(runtime, f"t1w_label-{key.upper()}_probseg.nii.gz")
             img.to_filename(self._results[key])
+        return runtime
+
+
+class _ApplyMaskInputSpec(BaseInterfaceInputSpec):
+    in_file = File(exists=True, mandatory=True)
+    mask = File(exists=True, mandatory=True)
+
+
+class ApplyMask(SimpleInterface):
+    """Zero an image outside a mask (skull-stripped T1w)."""
+
+    input_spec = _ApplyMaskInputSpec
+    output_spec = _SingleOutputSpec
+
+    def _run_interface(self, runtime):
+        from ..preproc.anat import apply_mask
+
+        img = apply_mask(nib.load(self.inputs.in_file), nib.load(self.inputs.mask))
+        self._results["out_file"] = _out(runtime, "t1w_brain.nii.gz")
+        img.to_filename(self._results["out_file"])
         return runtime
 
 

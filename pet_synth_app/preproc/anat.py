@@ -915,3 +915,12 @@ def normalize_t1_intensity(
 
 if __name__ == "__main__":  # worker entry point of run_with_threads
     _worker_main(sys.argv[1])
+
+
+def apply_mask(img: nib.Nifti1Image, mask: nib.Nifti1Image) -> nib.Nifti1Image:
+    """Zero `img` outside `mask` (same grid); float32, same space and units."""
+    data = np.asarray(img.dataobj, dtype=np.float32)
+    keep = np.asarray(mask.dataobj) > 0
+    if data.shape != keep.shape:
+        raise ValueError(f"image {data.shape} and mask {keep.shape} grids differ")
+    return _like(np.where(keep, data, 0).astype(np.float32), img)

@@ -8,6 +8,7 @@ from niworkflows.engine.workflows import LiterateWorkflow as Workflow
 
 from ..config import TEMPLATE_SPACE, Settings
 from ..interfaces.anat import (
+    ApplyMask,
     ApplyTransforms,
     BrainExtraction,
     N4BiasCorrection,
@@ -44,13 +45,14 @@ def init_anat_preproc_wf(
     """
     workflow = Workflow(name=name)
     workflow.__desc__ = f"""
-The T1-weighted (T1w) image was corrected for intensity non-uniformity with N4
-[@n4] (ANTsPy), and skull-stripped with deepbet [@deepbet] (with an ANTsPy
-template-based fallback). The brain was registered nonlinearly to the ICBM 2009a
+The T1-weighted (T1w) image was skull-stripped with deepbet [@deepbet] (with an
+ANTsPy template-based fallback) and corrected for intensity non-uniformity with N4
+[@n4] (ANTsPy) fitted inside the brain mask. The brain was registered nonlinearly to the ICBM 2009a
 symmetric template (`{TEMPLATE_SPACE}`, as distributed with nilearn) with ANTs SyN
 [@ants] (preset `{settings.registration_preset}`, random seed {settings.random_seed}).
-Gray-matter, white-matter and CSF probability maps were estimated with prior-based
-Atropos using the template tissue maps warped into the T1w space as priors.
+Gray-matter, white-matter and CSF probability maps were estimated with a
+three-class Gaussian mixture (EM) guided by the template tissue maps warped into the
+T1w space as priors, with neighbourhood smoothing.
 """
     inputnode = pe.Node(niu.IdentityInterface(fields=["t1w"]), name="inputnode")
     outputnode = pe.Node(niu.IdentityInterface(fields=ANAT_OUTPUTS), name="outputnode")
@@ -65,6 +67,7 @@ Atropos using the template tissue maps warped into the T1w space as priors.
         n_procs=nthreads,
         mem_gb=2.0,
     )
+    brain = pe.Node(ApplyMask(), name="apply_mask")
     reg = pe.Node(
         RegisterToTemplate(
             resolution=2,
@@ -94,9 +97,12 @@ Atropos using the template tissue maps warped into the T1w space as priors.
 
     # fmt: off
     workflow.connect([
+        (inputnode, skullstrip, [("t1w", "in_file")]),
         (inputnode, n4, [("t1w", "in_file")]),
-        (n4, skullstrip, [("out_file", "in_file")]),
-        (skullstrip, reg, [("out_brain", "in_file")]),
+        (skullstrip, n4, [("out_mask", "mask")]),
+        (n4, brain, [("out_file", "in_file")]),
+        (skullstrip, brain, [("out_mask", "mask")]),
+        (brain, reg, [("out_file", "in_file")]),
         (tpl_reg, merge_priors, [("gm", "in1"), ("wm", "in2"), ("csf", "in3")]),
         (merge_priors, priors, [("out", "in_file")]),
         (n4, priors, [("out_file", "reference")]),
@@ -105,7 +111,7 @@ Atropos using the template tissue maps warped into the T1w space as priors.
         (skullstrip, seg, [("out_mask", "mask")]),
         (priors, seg, [("out_file", "priors")]),
         (n4, t1w_std, [("out_file", "in_file")]),
-        (skullstrip, brain_std, [("out_brain", "in_file")]),
+        (brain, brain_std, [("out_file", "in_file")]),
         (skullstrip, mask_std, [("out_mask", "in_file")]),
         (seg, gm_std, [("gm", "in_file")]),
         (tpl_out, t1w_std, [("t1w", "reference")]),
@@ -119,8 +125,8 @@ Atropos using the template tissue maps warped into the T1w space as priors.
         (brain_std, norm, [("out_file", "in_file")]),
         (mask_std, norm, [("out_file", "mask")]),
         (n4, outputnode, [("out_file", "t1w_preproc")]),
-        (skullstrip, outputnode, [("out_brain", "t1w_brain"), ("out_mask", "t1w_mask"),
-                                  ("method", "skullstrip_method")]),
+        (brain, outputnode, [("out_file", "t1w_brain")]),
+        (skullstrip, outputnode, [("out_mask", "t1w_mask"), ("method", "skullstrip_method")]),
         (seg, outputnode, [("gm", "gm"), ("wm", "wm"), ("csf", "csf")]),
         (reg, outputnode, [("composite", "t1w2std_xfm"),
                            ("inverse_composite", "std2t1w_xfm")]),

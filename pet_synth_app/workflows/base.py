@@ -27,7 +27,7 @@ def unit_wf_name(unit: SubjectInputs) -> str:
 
 def _pet_wf_name(path: str) -> str:
     stem = Path(path).name.split(".")[0]
-    stem = re.sub(r"^sub-[^_]+_(ses-[^_]+_)?", "", stem).removesuffix("_pet")
+    stem = re.sub(r"^sub-[^_]+(_ses-[^_]+)?", "", stem).removesuffix("_pet").strip("_")
     return "pet_" + (re.sub(r"[^A-Za-z0-9]", "_", stem) or "main") + "_wf"
 
 

@@ -1,0 +1,103 @@
+"""Workflow construction and run plumbing, without executing the heavy steps."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import make_bids
+
+from pet_synth_app import bids as pbids
+from pet_synth_app.cli.run import resolve_device
+from pet_synth_app.config import Settings
+from pet_synth_app.errors import PetSynthError
+from pet_synth_app.workflows import base
+
+
+def _units(tmp_path, **kw):
+    root = make_bids(tmp_path / "ds", subjects=("01", "02"), **kw)
+    units, _ = pbids.collect_inputs(pbids.load_layout(root))
+    return root, units
+
+
+def test_graph_has_every_step_and_sink(tmp_path):
+    root, units = _units(tmp_path, frames=2)
+    settings = Settings(bids_dir=root, output_dir=tmp_path / "out", work_dir=tmp_path / "w")
+    wf = base.init_petsynth_wf(settings, units)
+    names = set(wf.list_node_names())
+    for step in ("anat_preproc_wf.skullstrip", "anat_preproc_wf.n4", "anat_preproc_wf.register",
+                 "anat_preproc_wf.segment", "pet_trc_FDG_wf.frame_average",
+                 "pet_trc_FDG_wf.coregister", "pet_trc_FDG_wf.suvr",
+                 "pet_trc_FDG_wf_derivatives.ds_pet_std",
+                 "pet_trc_FDG_wf_derivatives.ds_pet_t1w"):  # fmt: skip
+        for sub in ("01", "02"):
+            assert f"single_subject_{sub}_wf.{step}" in names, step
+    # the frame durations from the sidecar reach the frame-average step
+    node = wf.get_node("single_subject_01_wf.pet_trc_FDG_wf.frame_average")
+    assert node.inputs.frame_durations == [600.0, 600.0]
+    assert "N4" in wf.visit_desc()
+
+
+def test_output_spaces_select_sinks(tmp_path):
+    root, units = _units(tmp_path)
+    settings = Settings(bids_dir=root, output_dir=tmp_path / "o", work_dir=tmp_path / "w",
+                        output_spaces=["T1w"])  # fmt: skip
+    names = base.init_petsynth_wf(settings, units).list_node_names()
+    assert any(n.endswith("ds_pet_t1w") for n in names)
+    assert not any(n.endswith("ds_pet_std") for n in names)
+
+
+def test_names():
+    unit = pbids.SubjectInputs(subject="01", session="A", t1w="x")
+    assert base.unit_wf_name(unit) == "single_subject_01_ses_A_wf"
+    assert base._pet_wf_name("/d/sub-01_ses-A_trc-FDG_run-2_pet.nii.gz") == "pet_trc_FDG_run_2_wf"
+    assert base._pet_wf_name("/d/sub-01_pet.nii.gz") == "pet_main_wf"
+
+
+def test_plugin_selection(tmp_path):
+    s = Settings(bids_dir=tmp_path, output_dir=tmp_path / "o", nprocs=1)
+    assert base._plugin(s) == ("Linear", {})
+    s = Settings(bids_dir=tmp_path, output_dir=tmp_path / "o", nprocs=2, mem_mb=4096)
+    plugin, args = base._plugin(s)
+    assert plugin == "MultiProc" and args["n_procs"] == 2 and args["memory_gb"] == 4
+    yml = tmp_path / "plugin.yml"
+    yml.write_text("plugin: SLURM\nplugin_args:\n  sbatch_args: '--time=1:00:00'\n")
+    s = Settings(bids_dir=tmp_path, output_dir=tmp_path / "o", use_plugin=yml)
+    assert base._plugin(s) == ("SLURM", {"sbatch_args": "--time=1:00:00"})
+
+
+def test_failed_units_from_crash_files(tmp_path):
+    (tmp_path / "crash-1-root-register-abc.txt").write_text(
+        "Node: petsynth_wf.single_subject_02_ses_B_wf.anat_preproc_wf.register\n"
+        "Working directory: /w\n\nTraceback (most recent call last):\n  File x\n"
+        "ValueError: registration diverged\n"
+    )
+    failed = base.failed_units(tmp_path)
+    assert failed[0][0] == "sub-02_ses-B"
+    assert "register" in failed[0][1] and "ValueError: registration diverged" in failed[0][1]
+
+
+def test_bids_filters_are_applied(tmp_path):
+    root = make_bids(tmp_path / "ds", subjects=("01",))
+    src = root / "sub-01/pet/sub-01_trc-FDG_pet"
+    for ext in (".nii.gz", ".json"):
+        dst = root / f"sub-01/pet/sub-01_trc-FDG_rec-acdyn_pet{ext}"
+        dst.write_bytes(src.with_name(src.name + ext).read_bytes())
+    layout = pbids.load_layout(root)
+    units, _ = pbids.collect_inputs(layout)
+    assert len(units[0].pet) == 2
+    units, _ = pbids.collect_inputs(layout, bids_filters={"pet": {"reconstruction": "acdyn"}})
+    assert [p.path.rsplit("/", 1)[1] for p in units[0].pet] == [
+        "sub-01_trc-FDG_rec-acdyn_pet.nii.gz"
+    ]
+    assert json.loads(json.dumps(units[0].pet[0].metadata))["TracerName"] == "FDG"
+
+
+def test_resolve_device():
+    assert resolve_device("cpu") == "cpu"
+    assert resolve_device("auto") in ("cpu", "cuda")
+    import torch
+
+    if not torch.cuda.is_available():
+        with pytest.raises(PetSynthError, match="no CUDA device"):
+            resolve_device("cuda")
