@@ -91,8 +91,9 @@ def _plugin(settings: Settings) -> tuple[str, dict]:
         return spec.get("plugin", "MultiProc"), spec.get("plugin_args", {}) or {}
     if settings.nprocs == 1:
         return "Linear", {}
+    # forkserver: forking a parent that holds torch/ITK thread pools can deadlock workers
     args = {"n_procs": settings.nprocs, "raise_insufficient": False,
-            "maxtasksperchild": 1}  # fmt: skip
+            "mp_context": "forkserver"}  # fmt: skip
     if settings.mem_mb:
         args["memory_gb"] = settings.mem_mb / 1024
     return "MultiProc", args
