@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 from pathlib import Path
 
@@ -126,6 +127,15 @@ def configure_nipype(settings: Settings, crash_dir: Path) -> None:
         }
     )
     nlogging.update_logging(ncfg)
+    # forkserver workers start fresh and read $NIPYPE_CONFIG_DIR/nipype.cfg: same levels there
+    cfg_dir = Path(settings.work_dir)
+    cfg_dir.mkdir(parents=True, exist_ok=True)
+    (cfg_dir / "nipype.cfg").write_text(
+        "[logging]\n"
+        f"workflow_level = {level}\ninterface_level = {level}\nutils_level = {level}\n"
+        "[execution]\ncheck_version = false\n"
+    )
+    os.environ["NIPYPE_CONFIG_DIR"] = str(cfg_dir)
     for name in ("nipype.workflow", "nipype.interface", "nipype.utils"):
         logging.getLogger(name).propagate = False  # nipype has its own handler
 
