@@ -338,6 +338,19 @@ def _translation_tx(shift_ras: np.ndarray, path: str) -> str:
     return path
 
 
+def _linear_stage(
+    transform: str, metric: str, iterations: str, shrink: str, smooth: str, window: int
+) -> list[str]:
+    """antsRegistration arguments of one linear stage (e.g. `Rigid[0.1]`, a Mattes metric)."""
+    return [
+        "--transform", transform,
+        "--metric", metric,
+        "--convergence", f"[{iterations},1e-6,{window}]",
+        "--shrink-factors", shrink,
+        "--smoothing-sigmas", smooth,
+    ]  # fmt: skip
+
+
 def _ants_brain_mask(t1: nib.Nifti1Image, seed: int = 0, dilate_mm: int = 4) -> np.ndarray:
     """Template-based brain mask for a skull-on T1w head (fallback for deepbet).
 
@@ -378,28 +391,8 @@ def _ants_brain_mask(t1: nib.Nifti1Image, seed: int = 0, dilate_mm: int = 4) -> 
         init = _translation_tx(subj_center - tpl_center, os.path.join(tmp, "init.mat"))
         f, m = get_pointer_string(fixed), get_pointer_string(subj2)
         mi = f"Mattes[{f},{m},1,32,Regular,0.3]"
-        stages = [
-            "--transform",
-            "Rigid[0.2]",
-            "--metric",
-            mi,
-            "--convergence",
-            "[200x100x50,1e-6,10]",
-            "--shrink-factors",
-            "4x2x1",
-            "--smoothing-sigmas",
-            "4x2x1mm",
-            "--transform",
-            "Affine[0.1]",
-            "--metric",
-            mi,
-            "--convergence",
-            "[200x100x50,1e-6,10]",
-            "--shrink-factors",
-            "4x2x1",
-            "--smoothing-sigmas",
-            "4x2x1mm",
-        ]
+        stages = _linear_stage("Rigid[0.2]", mi, "200x100x50", "4x2x1", "4x2x1mm", 10)
+        stages += _linear_stage("Affine[0.1]", mi, "200x100x50", "4x2x1", "4x2x1mm", 10)
         aff = _antsreg(
             fixed, subj2, stages, os.path.join(tmp, "aff_"), init, seed, masks=(fmask, None)
         )

@@ -23,6 +23,7 @@ from .anat import (
     _antsreg,
     _as3d,
     _like,
+    _linear_stage,
     _needs_isolation,
     ants_to_nib,
     nib_to_ants,
@@ -116,18 +117,8 @@ def _rigid_stages(
     rate: float = 0.2,
 ) -> list[str]:
     f, m = get_pointer_string(fixed), get_pointer_string(moving)
-    return [
-        "--transform",
-        "Rigid[0.1]",
-        "--metric",
-        f"Mattes[{f},{m},1,{bins},Regular,{rate}]",
-        "--convergence",
-        f"[{iterations},1e-6,5]",
-        "--shrink-factors",
-        shrink,
-        "--smoothing-sigmas",
-        smooth,
-    ]
+    metric = f"Mattes[{f},{m},1,{bins},Regular,{rate}]"
+    return _linear_stage("Rigid[0.1]", metric, iterations, shrink, smooth, 5)
 
 
 def frame_average(

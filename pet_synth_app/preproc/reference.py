@@ -14,8 +14,7 @@ def reference_mask(
     """Binary reference-region mask on the grid of `gm_probability` (MNI space).
 
     `gm-mean`: the subject's GM probability (warped to MNI) above `threshold`;
-    `cerebellum` and `pons`: atlas regions (analysis.atlas), restricted to voxels with
-    some tissue (GM probability + anything > 0 is not required for atlas regions).
+    `cerebellum` and `pons`: atlas regions (analysis.atlas) resampled to that grid.
     """
     if region == "gm-mean":
         data = np.asarray(gm_probability.dataobj, dtype=np.float32) > threshold

@@ -14,7 +14,8 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage as ndi
 
-TEMPLATE_SPACE = "MNI152NLin2009aSym"
+from ..config import TEMPLATE_SPACE
+
 KINDS = ("T1w", "mask", "GM", "WM", "CSF", "head")
 RESOLUTIONS = (1, 2)
 

@@ -31,8 +31,8 @@ from numpy.polynomial import legendre
 from scipy import ndimage as ndi
 
 from ..analysis.atlas import label_coordinate, load_atlas, lobe_from_region
+from ..config import TEMPLATE_SPACE
 
-TEMPLATE_SPACE = "MNI152NLin2009aSym"
 HEAD_MARGIN_MM = 28.0
 """Work grid extends at least this far beyond the template brain mask (CSF + skull + scalp)."""
 WARP_SPACING_MM = 4.0
