@@ -13,6 +13,15 @@ OUTPUT_SPACES = (TEMPLATE_SPACE, "T1w")
 REFERENCE_REGIONS = ("gm-mean", "cerebellum", "pons")
 REGISTRATION_PRESETS = ("sloppy", "default", "precise")
 DEVICES = ("auto", "cpu", "cuda")
+SYNTHESIS_FWHM_MM = 1.5  # Gaussian after restacking slices/patches (seed 001); a model
+# card's ``input.smoothing_fwhm_mm`` (tuned on validation SSIM by petsynth-train) wins
+Z_THRESHOLD = -1.65
+"""Voxel threshold: Z < -1.65 is one-sided p < 0.05 (Chen et al.)."""
+MIN_CLUSTER_MM3 = 1500.0
+"""Minimum cluster extent (mm³), Chen et al.'s K > 1500 (1 mm voxels) made grid-free."""
+RANK_BY = "mass"
+"""Cluster ranking: "mass" (sum of excess beyond threshold), "size" or "peak"."""
+RANK_METHODS = ("mass", "size", "peak")
 
 
 @dataclass
@@ -40,6 +49,14 @@ class Settings:
     registration_preset: str = "default"
     brain_extraction: str = "deepbet"
     mni_resolution: int = 2
+    model_weights: Path | None = None  # None: the shipped default model
+    synthesis_fwhm: float | None = None  # None: the model card's tuned value, else 1.5 mm
+    skip_synthesis: bool = False  # preprocessing only (petsynth-train reuses it)
+    z_threshold: float = Z_THRESHOLD
+    min_cluster_mm3: float = MIN_CLUSTER_MM3
+    cluster_rank: str = RANK_BY
+    histogram_matching: bool = False
+    normative_model: Path | None = None  # None: OUT/group/normative when it exists
     verbose: int = 0
 
     def __post_init__(self) -> None:
@@ -81,6 +98,11 @@ __all__ = [
     "OUTPUT_SPACES",
     "REFERENCE_REGIONS",
     "REGISTRATION_PRESETS",
+    "SYNTHESIS_FWHM_MM",
+    "MIN_CLUSTER_MM3",
+    "RANK_BY",
+    "RANK_METHODS",
     "TEMPLATE_SPACE",
+    "Z_THRESHOLD",
     "Settings",
 ]

@@ -62,3 +62,25 @@ def make_bids(root: Path, subjects=("01",), pet=True, frames=1, group="control")
             (root / f"sub-{sub}/pet/sub-{sub}_trc-FDG_pet.json").write_text(json.dumps(meta))
     (root / "participants.tsv").write_text("\n".join(rows) + "\n")
     return root
+
+
+def make_tiny_weights(path: Path, model: str = "cyclegan-mse", voxel_size: float = 2.0) -> Path:
+    """A randomly initialised tiny model (.safetensors + card) for plumbing tests."""
+    import torch
+
+    from pet_synth_app.synthesis.registry import build_model, model_config
+    from pet_synth_app.synthesis.weights import save_generator
+
+    torch.manual_seed(0)
+    config = model_config(model, ngf=4, ndf=4)
+    card = {"model": model, "config": config,
+            "input": {"space": "MNI152NLin2009aSym", "voxel_size_mm": voxel_size,
+                      "pet_scale": 2.5, "pet_units": "SUVR"},
+            "training": {"data": "random initialisation (tests)", "participants": []}}  # fmt: skip
+    save_generator(build_model(model, config).generator, path, card)
+    return path
+
+
+@pytest.fixture
+def tiny_weights(tmp_path) -> Path:
+    return make_tiny_weights(tmp_path / "model" / "tiny.safetensors")

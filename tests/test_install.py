@@ -24,7 +24,8 @@ BLOCK_NETWORK = textwrap.dedent(
 
 
 def test_runs_offline(tmp_path):
-    """Importing the app, its templates, atlases and deepbet weights needs no network."""
+    """Importing the app, its templates, atlases, deepbet weights and the shipped synthesis
+    model needs no network."""
     code = BLOCK_NETWORK + textwrap.dedent(
         """
         import importlib.util, pathlib
@@ -38,6 +39,10 @@ def test_runs_offline(tmp_path):
         spec = importlib.util.find_spec("deepbet")
         site = pathlib.Path(spec.origin).parents[1]
         assert (site / "data" / "models" / "model.pt").is_file()
+        import pet_synth_app.cli.train, pet_synth_app.cli.evaluate, monai
+        from pet_synth_app.synthesis.weights import default_weights, load_generator
+        gen, card = load_generator(default_weights())  # shipped, sha256-checked
+        assert card["model"] == "cyclegan-mse" and "simulated" in card["intended_use"].lower()
         print("offline-ok")
         """
     )

@@ -13,8 +13,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from pet_synth_app.cli import run
+from pet_synth_app.cli import run, train
 from pet_synth_app.cli import simulate as sim_cli
+from pet_synth_app.synthesis.weights import default_weights
 
 pytestmark = pytest.mark.slow
 
@@ -82,6 +83,44 @@ def test_participant_outputs(first_run):
         suvr_t1w = np.asarray(nib.load(pet_t1w).dataobj)
         assert suvr_t1w.shape == gm.shape
         assert 0.8 < suvr_t1w[gm > 0.5].mean() < 1.2
+        # pseudo-normal PET from the shipped default model, in both spaces
+        pseudo_std = _one(pet, f"sub-{sub}_space-{SPACE}_desc-pseudonormal_pet.nii.gz")
+        pseudo_t1w = _one(pet, f"sub-{sub}_space-T1w_desc-pseudonormal_pet.nii.gz")
+        assert nib.load(pseudo_std).shape == (99, 117, 95)
+        assert nib.load(pseudo_t1w).shape == gm.shape
+        pseudo = np.asarray(nib.load(pseudo_t1w).dataobj)
+        assert 0.7 < pseudo[gm > 0.5].mean() < 1.3  # SUVR scale, like the real PET
+        mask_std = _one(anat, f"sub-{sub}_space-{SPACE}_desc-brain_mask.nii.gz")
+        assert (np.asarray(nib.load(pseudo_std).dataobj)[
+            np.asarray(nib.load(mask_std).dataobj) == 0] == 0).all()
+        _one(anat, f"sub-{sub}_space-{SPACE}_label-GM_probseg.nii.gz")
+        side = json.loads(pseudo_std.with_name(
+            pseudo_std.name.replace(".nii.gz", ".json")).read_text())  # fmt: skip
+        card = json.loads(default_weights().with_suffix(".json").read_text())
+        assert side["Model"] == "cyclegan-mse"
+        assert side["ModelWeightsSha256"] == card["sha256"]
+        assert side["SmoothingFWHM"] == card["input"]["smoothing_fwhm_mm"]
+        assert side["Units"] == "SUVR"
+        # hypometabolism: Z map, cluster labels (MNI and T1w) and the ranked table
+        hypo = "desc-hypometabolism_stat-z_statmap.nii.gz"
+        z_std = _one(pet, f"sub-{sub}_trc-FDG_space-{SPACE}_{hypo}")
+        z_t1w = _one(pet, f"sub-{sub}_trc-FDG_space-T1w_{hypo}")
+        dseg_std = _one(pet, f"sub-{sub}_trc-FDG_space-{SPACE}_desc-hypometabolism_dseg.nii.gz")
+        dseg_t1w = _one(pet, f"sub-{sub}_trc-FDG_space-T1w_desc-hypometabolism_dseg.nii.gz")
+        table = _one(pet, f"sub-{sub}_trc-FDG_desc-hypometabolism_clusters.tsv")
+        zside = json.loads(z_std.with_name(z_std.name.replace(".nii.gz", ".json")).read_text())
+        assert zside["ZReference"].startswith("self") and zside["Threshold"] == -1.65
+        zd = np.asarray(nib.load(z_std).dataobj)
+        gm_std = np.asarray(
+            nib.load(_one(anat, f"sub-{sub}_space-{SPACE}_label-GM_probseg.nii.gz")).dataobj
+        )
+        sel = (gm_std > 0.5) & (np.asarray(nib.load(mask_std).dataobj) > 0)
+        assert abs(zd[sel].mean()) < 0.05 and abs(zd[sel].std() - 1) < 0.05
+        assert nib.load(z_t1w).shape == gm.shape == nib.load(dseg_t1w).shape
+        rows = table.read_text().splitlines()
+        assert rows[0].startswith("rank\tsize_mm3\tpeak_z") and "peak_x_t1w" in rows[0]
+        labels = np.asarray(nib.load(dseg_std).dataobj)
+        assert len(rows) - 1 == zside["NumberOfClusters"] == len(np.unique(labels)) - 1
         assert (out / f"sub-{sub}.html").is_file()
         assert list((out / f"sub-{sub}" / "figures").glob("*.svg"))
 
@@ -113,3 +152,30 @@ def test_one_bad_subject_others_finish(phantom, tmp_path, capsys):
     assert (out / "sub-p01.html").is_file() and not (out / "sub-c01.html").exists()
     assert not (out / "sub-c01").exists()
     assert not list((out / "sub-p01" / "pet").glob("*space-T1w*"))  # only MNI requested
+
+
+def test_train_then_use_the_model(phantom, first_run, tmp_path):
+    """petsynth-train preprocesses with the participant workflow (same work dir: cached
+    nodes), trains a tiny model and `petsynth --model-weights` uses it."""
+    model = tmp_path / "model"
+    code = train.main([str(phantom), str(model), "--participant-label", "c01", "p01",
+                       "--val-participants", "p01", "-w", str(first_run["work"]), "--sloppy",
+                       "--random-seed", "3", "--nprocs", "2", "--omp-nthreads", "1",
+                       "--ngf", "4", "--ndf", "4", "--batch-size", "2", "--epochs", "2",
+                       "--max-steps-per-epoch", "2"])  # fmt: skip
+    assert code == 0
+    card = json.loads((model / "model.json").read_text())
+    assert card["training"]["participants"] == ["c01"]
+    assert card["training"]["validation_participants"] == ["p01"]
+    assert card["training"]["epochs_run"] == 2 and 0 < card["validation_metrics"]["ssim"] <= 1
+    log = (model / "training_log.tsv").read_text().splitlines()
+    assert len(log) == 3 and "val_ssim" in log[0]
+    assert _one(model / "preproc", f"sub-c01/anat/sub-c01_space-{SPACE}_desc-brain_mask.nii.gz")
+    out = tmp_path / "out"
+    code = run.main([str(phantom), str(out), "participant", "--participant-label", "c01",
+                     "-w", str(first_run["work"]), "--sloppy", "--random-seed", "3",
+                     "--nprocs", "2", "--omp-nthreads", "1",
+                     "--model-weights", str(model / "model.safetensors")])  # fmt: skip
+    assert code == 0
+    side = _one(out, f"sub-c01/pet/sub-c01_space-{SPACE}_desc-pseudonormal_pet.json")
+    assert json.loads(side.read_text())["ModelWeightsSha256"] == card["sha256"]

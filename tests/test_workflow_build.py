@@ -6,6 +6,7 @@ import json
 
 import pytest
 from conftest import make_bids
+from nipype.interfaces.base import isdefined
 
 from pet_synth_app import bids as pbids
 from pet_synth_app.cli.run import resolve_device
@@ -29,13 +30,22 @@ def test_graph_has_every_step_and_sink(tmp_path):
                  "anat_preproc_wf.segment", "pet_trc_FDG_wf.frame_average",
                  "pet_trc_FDG_wf.coregister", "pet_trc_FDG_wf.suvr",
                  "pet_trc_FDG_wf_derivatives.ds_pet_std",
-                 "pet_trc_FDG_wf_derivatives.ds_pet_t1w"):  # fmt: skip
+                 "pet_trc_FDG_wf_derivatives.ds_pet_t1w", "synthesis_wf.synthesize",
+                 "synthesis_wf.pseudo_to_t1w", "synthesis_derivatives_wf.ds_pseudo_std",
+                 "pet_trc_FDG_wf_hypo.zmap", "pet_trc_FDG_wf_hypo.clusters",
+                 "pet_trc_FDG_wf_hypo.cluster_table",
+                 "pet_trc_FDG_wf_hypo_derivatives.ds_z_std",
+                 "pet_trc_FDG_wf_hypo_derivatives.ds_dseg_t1w",
+                 "pet_trc_FDG_wf_hypo_derivatives.ds_clusters"):  # fmt: skip
         for sub in ("01", "02"):
             assert f"single_subject_{sub}_wf.{step}" in names, step
     # the frame durations from the sidecar reach the frame-average step
     node = wf.get_node("single_subject_01_wf.pet_trc_FDG_wf.frame_average")
     assert node.inputs.frame_durations == [600.0, 600.0]
-    assert "N4" in wf.visit_desc()
+    assert "N4" in wf.visit_desc() and "pseudo-normal" in wf.visit_desc()
+    # no group model in the output folder yet: self-referenced Z
+    zmap = wf.get_node("single_subject_01_wf.pet_trc_FDG_wf_hypo.zmap")
+    assert not isdefined(zmap.inputs.normative)
 
 
 def test_output_spaces_select_sinks(tmp_path):

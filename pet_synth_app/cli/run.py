@@ -15,9 +15,14 @@ os.environ.setdefault("NO_ET", "1")  # no telemetry: Nipype's etelemetry check s
 from .. import __version__  # noqa: E402
 from ..config import (  # noqa: E402
     DEVICES,
+    MIN_CLUSTER_MM3,
     OUTPUT_SPACES,
+    RANK_BY,
+    RANK_METHODS,
     REFERENCE_REGIONS,
     REGISTRATION_PRESETS,
+    SYNTHESIS_FWHM_MM,
+    Z_THRESHOLD,
     Settings,
 )
 from ..errors import PetSynthError, UsageError  # noqa: E402
@@ -123,6 +128,46 @@ def get_parser() -> argparse.ArgumentParser:
         "--mni-resolution", "--mni_resolution", dest="mni_resolution", type=int,
         choices=[1, 2], default=2, help="voxel size (mm) of the MNI-space outputs",
     )  # fmt: skip
+    g_syn = parser.add_argument_group("Synthesis")
+    g_syn.add_argument(
+        "--model-weights", "--model_weights", dest="model_weights", type=Path, default=None,
+        help="synthesis model (.safetensors with its .json card, from petsynth-train); "
+        "default: the shipped cyclegan-mse trained on phantoms",
+    )  # fmt: skip
+    g_syn.add_argument(
+        "--synthesis-fwhm", "--synthesis_fwhm", dest="synthesis_fwhm", type=float,
+        default=None,
+        help="Gaussian smoothing (mm FWHM) of the restacked pseudo-normal PET (default: the "
+        f"value tuned on validation SSIM in the model card, else {SYNTHESIS_FWHM_MM})",
+    )  # fmt: skip
+    g_syn.add_argument(
+        "--skip-synthesis", "--skip_synthesis", dest="skip_synthesis", action="store_true",
+        help="preprocessing only (no pseudo-normal PET)",
+    )  # fmt: skip
+    g_hypo = parser.add_argument_group("Hypometabolism maps")
+    g_hypo.add_argument(
+        "--z-threshold", "--z_threshold", dest="z_threshold", type=float, default=Z_THRESHOLD,
+        help="voxel threshold (one-sided, lower tail): Z below it is hypometabolic",
+    )  # fmt: skip
+    g_hypo.add_argument(
+        "--min-cluster-size", "--min_cluster_size", dest="min_cluster_mm3", type=float,
+        default=MIN_CLUSTER_MM3, metavar="MM3", help="minimum cluster volume in mm³",
+    )  # fmt: skip
+    g_hypo.add_argument(
+        "--cluster-rank", "--cluster_rank", dest="cluster_rank", choices=RANK_METHODS,
+        default=RANK_BY, help="cluster ranking: mass (sum of Z beyond threshold), size, peak",
+    )  # fmt: skip
+    g_hypo.add_argument(
+        "--histogram-matching", "--histogram_matching", dest="histogram_matching",
+        action="store_true",
+        help="match the pseudo-normal PET's histogram to the real PET inside the brain",
+    )  # fmt: skip
+    g_hypo.add_argument(
+        "--normative-model", "--normative_model", dest="normative_model", type=Path,
+        default=None,
+        help="control normative model folder (from the group level) for control-referenced "
+        "Z maps; default: OUT/group/normative when it exists, else self-referenced Z",
+    )  # fmt: skip
     g_wf.add_argument(
         "--random-seed", "--random_seed", dest="random_seed", type=int, default=0,
         help="seed for every random step (registration sampling, models)",
@@ -185,6 +230,13 @@ def settings_from_args(opts: argparse.Namespace) -> Settings:
                 "BIDS filter file must be a JSON object with keys 't1w' and/or 'pet'",
                 str(opts.bids_filter_file),
             )
+    if opts.synthesis_fwhm is not None and opts.synthesis_fwhm < 0:
+        raise UsageError("--synthesis-fwhm must be >= 0")
+    if opts.min_cluster_mm3 < 0:
+        raise UsageError("--min-cluster-size must be >= 0 (mm³)")
+    if opts.normative_model and not (opts.normative_model / "normative.json").is_file():
+        raise UsageError("not a normative model folder (no normative.json)",
+                         str(opts.normative_model))  # fmt: skip
     if opts.use_plugin and not Path(opts.use_plugin).is_file():
         raise UsageError("plugin file does not exist", str(opts.use_plugin))
     return Settings(
@@ -209,6 +261,14 @@ def settings_from_args(opts: argparse.Namespace) -> Settings:
         registration_preset=opts.registration_preset,
         brain_extraction=opts.brain_extraction,
         mni_resolution=opts.mni_resolution,
+        model_weights=opts.model_weights.absolute() if opts.model_weights else None,
+        synthesis_fwhm=opts.synthesis_fwhm,
+        skip_synthesis=opts.skip_synthesis,
+        z_threshold=opts.z_threshold,
+        min_cluster_mm3=opts.min_cluster_mm3,
+        cluster_rank=opts.cluster_rank,
+        histogram_matching=opts.histogram_matching,
+        normative_model=opts.normative_model.absolute() if opts.normative_model else None,
         verbose=opts.verbose,
     )
 
@@ -282,6 +342,8 @@ def run_participant(settings: Settings) -> int:
         raise PetSynthError("no participant has usable inputs; nothing was written")
 
     device = resolve_device(settings.device)
+    if not settings.skip_synthesis:  # refuse bad models before anything is written
+        _preflight_models(settings)
     run_id = time.strftime("%Y%m%d-%H%M%S")
     log_dir = settings.output_dir / "logs"
     settings.output_dir.mkdir(parents=True, exist_ok=True)
@@ -325,6 +387,34 @@ def run_participant(settings: Settings) -> int:
     return 1 if (failed or errors) else 0
 
 
+def _preflight_models(settings: Settings) -> None:
+    """Check the synthesis weights and the normative model against this run's settings and
+    record their resolved paths in ``settings`` (saved with the run)."""
+    from ..analysis import normative
+    from ..preproc.templates import get_template
+    from ..synthesis.weights import load_generator
+    from ..workflows.hypometabolism import normative_model_dir
+    from ..workflows.synthesis import model_weights
+
+    weights = model_weights(settings)
+    _, card = load_generator(weights)
+    trained = card["input"].get("pet_reference_region", "gm-mean")
+    if trained != settings.reference_region:
+        raise PetSynthError(
+            f"the synthesis model was trained on SUVR with reference region {trained}; "
+            f"--reference-region {settings.reference_region} would compare the real and "
+            "pseudo-normal PET on different scales",
+            str(weights),
+        )
+    settings.model_weights = weights
+    folder = normative_model_dir(settings)
+    if folder is not None:
+        ref = get_template("T1w", settings.mni_resolution)
+        normative.preflight(folder, card["sha256"], settings.histogram_matching, ref.affine,
+                            ref.shape[:3])  # fmt: skip
+        settings.normative_model = folder
+
+
 def _write_citation(wf, log_dir: Path) -> None:
     """Methods boilerplate collected from the workflows' descriptions."""
     try:
@@ -335,7 +425,8 @@ def _write_citation(wf, log_dir: Path) -> None:
 
 
 def run_group(settings: Settings) -> int:
-    """Group level: needs finished participant outputs (later issues add the models)."""
+    """Group level: control normative models and synthesis quality (needs finished
+    participant outputs)."""
     out = settings.output_dir
     if not (out / "dataset_description.json").is_file():
         raise PetSynthError(
@@ -344,7 +435,9 @@ def run_group(settings: Settings) -> int:
     reports = sorted(out.glob("sub-*.html"))
     if not reports:
         raise PetSynthError("no finished participant (no sub-*.html report)", str(out))
-    raise PetSynthError("the group level is not implemented in this version")
+    from ..group import run_group_level
+
+    return run_group_level(settings)
 
 
 def _container_info() -> dict | None:

@@ -32,7 +32,7 @@ ANAT_OUTPUTS = [
     "t1w_std",  # N4 T1w in MNI
     "mask_std",
     "gm_std",
-    "t1w_std_norm",  # brain T1w in MNI scaled to [0, 1] (model input)
+    "t1w_std_norm",  # model input: normalize_t1_intensity(t1w_std, mask_std), [0, 1]
 ]
 
 
@@ -87,7 +87,6 @@ T1w space as priors, with neighbourhood smoothing.
     merge_priors = pe.Node(niu.Merge(3), name="merge_priors")
     seg = pe.Node(SegmentTissues(), name="segment", n_procs=nthreads, mem_gb=1.5)
     t1w_std = pe.Node(ApplyTransforms(out_name="t1w_std.nii.gz"), name="t1w_to_std")
-    brain_std = pe.Node(ApplyTransforms(out_name="brain_std.nii.gz"), name="brain_to_std")
     mask_std = pe.Node(
         ApplyTransforms(interpolation="nearestNeighbor", out_name="mask_std.nii.gz"),
         name="mask_to_std",
@@ -111,18 +110,15 @@ T1w space as priors, with neighbourhood smoothing.
         (skullstrip, seg, [("out_mask", "mask")]),
         (priors, seg, [("out_file", "priors")]),
         (n4, t1w_std, [("out_file", "in_file")]),
-        (brain, brain_std, [("out_file", "in_file")]),
         (skullstrip, mask_std, [("out_mask", "in_file")]),
         (seg, gm_std, [("gm", "in_file")]),
         (tpl_out, t1w_std, [("t1w", "reference")]),
-        (tpl_out, brain_std, [("t1w", "reference")]),
         (tpl_out, mask_std, [("t1w", "reference")]),
         (tpl_out, gm_std, [("t1w", "reference")]),
         (reg, t1w_std, [("composite", "transforms")]),
-        (reg, brain_std, [("composite", "transforms")]),
         (reg, mask_std, [("composite", "transforms")]),
         (reg, gm_std, [("composite", "transforms")]),
-        (brain_std, norm, [("out_file", "in_file")]),
+        (t1w_std, norm, [("out_file", "in_file")]),
         (mask_std, norm, [("out_file", "mask")]),
         (n4, outputnode, [("out_file", "t1w_preproc")]),
         (brain, outputnode, [("out_file", "t1w_brain")]),

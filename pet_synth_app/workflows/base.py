@@ -13,9 +13,17 @@ from niworkflows.engine.workflows import LiterateWorkflow as Workflow
 
 from ..bids import SubjectInputs
 from ..config import Settings
+from ..synthesis.weights import read_card
 from .anatomical import init_anat_preproc_wf
-from .outputs import init_anat_derivatives_wf, init_pet_derivatives_wf
+from .hypometabolism import HYPO_OUTPUTS, init_hypometabolism_wf
+from .outputs import (
+    init_anat_derivatives_wf,
+    init_hypometabolism_derivatives_wf,
+    init_pet_derivatives_wf,
+    init_synthesis_derivatives_wf,
+)
 from .pet import init_pet_preproc_wf
+from .synthesis import init_synthesis_wf, model_weights
 
 LOGGER = logging.getLogger("petsynth")
 
@@ -46,7 +54,7 @@ def init_petsynth_wf(
 def init_single_subject_wf(
     unit: SubjectInputs, settings: Settings, device: str = "cpu"
 ) -> Workflow:
-    """Anatomical + PET preprocessing and derivatives of one subject/session."""
+    """Anatomical + PET preprocessing, pseudo-normal PET and derivatives of one unit."""
     workflow = Workflow(name=unit_wf_name(unit))
     workflow.__desc__ = (
         "Results included in this manuscript come from preprocessing performed with "
@@ -57,10 +65,29 @@ def init_single_subject_wf(
     anat_wf = init_anat_preproc_wf(settings, device=device)
     anat_ds = init_anat_derivatives_wf(settings, unit.t1w)
     anat_fields = ["t1w_preproc", "t1w_mask", "gm", "wm", "csf", "t1w2std_xfm",
-                   "std2t1w_xfm", "t1w_std", "std_ref", "skullstrip_method"]  # fmt: skip
+                   "std2t1w_xfm", "t1w_std", "mask_std", "gm_std", "std_ref",
+                   "skullstrip_method"]  # fmt: skip
     workflow.connect(inputnode, "t1w", anat_wf, "inputnode.t1w")
     for f in anat_fields:
         workflow.connect(anat_wf, f"outputnode.{f}", anat_ds, f"inputnode.{f}")
+
+    weights_sha256 = ""
+    if not settings.skip_synthesis:
+        weights_sha256 = read_card(model_weights(settings))["sha256"]
+        synth_wf = init_synthesis_wf(settings, device=device)
+        synth_ds = init_synthesis_derivatives_wf(settings, unit.t1w)
+        # fmt: off
+        workflow.connect([
+            (anat_wf, synth_wf, [("outputnode.t1w_std_norm", "inputnode.t1w_std_norm"),
+                                 ("outputnode.mask_std", "inputnode.mask_std"),
+                                 ("outputnode.std2t1w_xfm", "inputnode.std2t1w_xfm"),
+                                 ("outputnode.t1w_preproc", "inputnode.t1w_preproc")]),
+            (synth_wf, synth_ds, [("outputnode.pseudo_std", "inputnode.pseudo_std"),
+                                  ("outputnode.pseudo_t1w", "inputnode.pseudo_t1w"),
+                                  ("outputnode.metadata", "inputnode.metadata")]),
+            (anat_wf, synth_ds, [("outputnode.t1w_preproc", "inputnode.t1w_preproc")]),
+        ])
+        # fmt: on
 
     for pet in unit.pet:
         pet_wf = init_pet_preproc_wf(pet, settings, name=_pet_wf_name(pet.path))
@@ -81,6 +108,26 @@ def init_single_subject_wf(
             (anat_wf, pet_ds, [("outputnode.t1w_preproc", "inputnode.t1w_preproc")]),
         ])
         # fmt: on
+        if settings.skip_synthesis:
+            continue
+        hypo_wf = init_hypometabolism_wf(
+            settings, weights_sha256=weights_sha256, name=_pet_wf_name(pet.path) + "_hypo"
+        )
+        hypo_ds = init_hypometabolism_derivatives_wf(
+            settings, pet.path, unit.t1w, name=_pet_wf_name(pet.path) + "_hypo_derivatives"
+        )
+        # fmt: off
+        workflow.connect([
+            (pet_wf, hypo_wf, [("outputnode.pet_std", "inputnode.pet_std")]),
+            (synth_wf, hypo_wf, [("outputnode.pseudo_std", "inputnode.pseudo_std")]),
+            (anat_wf, hypo_wf, [("outputnode.gm_std", "inputnode.gm_std"),
+                                ("outputnode.mask_std", "inputnode.mask_std"),
+                                ("outputnode.std2t1w_xfm", "inputnode.std2t1w_xfm"),
+                                ("outputnode.t1w_preproc", "inputnode.t1w_preproc")]),
+        ])
+        # fmt: on
+        for field in HYPO_OUTPUTS:
+            workflow.connect(hypo_wf, f"outputnode.{field}", hypo_ds, f"inputnode.{field}")
     return workflow
 
 

@@ -40,7 +40,7 @@ def init_anat_derivatives_wf(
     """Write the anatomical derivatives (inputs: the anat_preproc_wf outputs)."""
     workflow = Workflow(name=name)
     fields = ["t1w_preproc", "t1w_mask", "gm", "wm", "csf", "t1w2std_xfm", "std2t1w_xfm",
-              "t1w_std", "std_ref", "skullstrip_method"]  # fmt: skip
+              "t1w_std", "mask_std", "gm_std", "std_ref", "skullstrip_method"]  # fmt: skip
     inputnode = pe.Node(niu.IdentityInterface(fields=fields), name="inputnode")
     outputnode = pe.Node(niu.IdentityInterface(fields=["out_files"]), name="outputnode")
     src = {"source_file": t1w_source, "Sources": [bids_uri(t1w_source, settings)]}
@@ -63,6 +63,11 @@ def init_anat_derivatives_wf(
         "t1w_std": _sink(settings, "ds_t1w_std", space=TEMPLATE_SPACE, desc="preproc",
                          suffix="T1w", datatype="anat", compress=True,
                          RegistrationPreset=settings.registration_preset, **src, **meta),
+        "mask_std": _sink(settings, "ds_mask_std", space=TEMPLATE_SPACE, desc="brain",
+                          suffix="mask", datatype="anat", compress=True, Type="Brain",
+                          **src, **meta),
+        "gm_std": _sink(settings, "ds_gm_std", space=TEMPLATE_SPACE, label="GM",
+                        suffix="probseg", datatype="anat", compress=True, **src, **meta),
     }  # fmt: skip
     merge = pe.Node(niu.Merge(len(sinks) + 2), name="merge_outputs")
     for i, (field, sink) in enumerate(sinks.items(), start=1):
@@ -133,4 +138,87 @@ def init_pet_derivatives_wf(
         (merge, outputnode, [("out", "out_files")]),
     ])
     # fmt: on
+    return workflow
+
+
+def init_synthesis_derivatives_wf(
+    settings: Settings, t1w_source: str, name: str = "synthesis_derivatives_wf"
+) -> Workflow:
+    """Write the pseudo-normal PET (inputs: synthesis_wf outputs + ``t1w_preproc``)."""
+    workflow = Workflow(name=name)
+    fields = ["pseudo_std", "pseudo_t1w", "metadata", "t1w_preproc"]
+    inputnode = pe.Node(niu.IdentityInterface(fields=fields), name="inputnode")
+    outputnode = pe.Node(niu.IdentityInterface(fields=["out_files"]), name="outputnode")
+    src = {"source_file": t1w_source, "Sources": [bids_uri(t1w_source, settings)]}
+    meta = _common_meta(settings)
+    sinks = {}
+    for space, field in (("T1w", "pseudo_t1w"), (TEMPLATE_SPACE, "pseudo_std")):
+        if space in settings.output_spaces:
+            sinks[field] = _sink(settings, f"ds_{field}", space=space, desc="pseudonormal",
+                                 suffix="pet", datatype="pet", compress=True, **src,
+                                 **meta)  # fmt: skip
+    merge = pe.Node(niu.Merge(len(sinks) + 1), name="merge_outputs")
+    for i, (field, sink) in enumerate(sinks.items(), start=1):
+        workflow.connect(inputnode, field, sink, "in_file")
+        workflow.connect(inputnode, "metadata", sink, "meta_dict")
+        workflow.connect(sink, "out_file", merge, f"in{i}")
+    fig = pe.Node(OverlayFigure(title="pseudo-normal PET (SUVR) on T1w"), name="fig_pseudo")
+    ds_fig = _sink(settings, "ds_fig_pseudo", space="T1w", desc="pseudonormal", suffix="pet",
+                   datatype="figures", source_file=t1w_source)  # fmt: skip
+    # fmt: off
+    workflow.connect([
+        (inputnode, fig, [("t1w_preproc", "background"), ("pseudo_t1w", "overlay")]),
+        (fig, ds_fig, [("out_file", "in_file")]),
+        (ds_fig, merge, [("out_file", f"in{len(sinks) + 1}")]),
+        (merge, outputnode, [("out", "out_files")]),
+    ])
+    # fmt: on
+    return workflow
+
+
+def _merge_meta(a: dict, b: dict) -> dict:
+    return {**a, **b}
+
+
+def init_hypometabolism_derivatives_wf(
+    settings: Settings, pet_source: str, t1w_source: str,
+    name: str = "hypometabolism_derivatives_wf",
+) -> Workflow:  # fmt: skip
+    """Write Z maps, cluster label maps (MNI, T1w) and the cluster table of one PET."""
+    workflow = Workflow(name=name)
+    fields = ["z_std", "z_t1w", "dseg_std", "dseg_t1w", "clusters_tsv", "z_metadata",
+              "cluster_metadata", "table_metadata"]  # fmt: skip
+    inputnode = pe.Node(niu.IdentityInterface(fields=fields), name="inputnode")
+    outputnode = pe.Node(niu.IdentityInterface(fields=["out_files"]), name="outputnode")
+    src = {
+        "source_file": pet_source,
+        "Sources": [bids_uri(pet_source, settings), bids_uri(t1w_source, settings)],
+    }
+    meta = _common_meta(settings)
+    merge_meta = pe.Node(niu.Function(function=_merge_meta, output_names=["out"]),
+                         name="merge_meta")  # fmt: skip
+    workflow.connect([(inputnode, merge_meta, [("z_metadata", "a"),
+                                               ("cluster_metadata", "b")])])  # fmt: skip
+    sinks = {}
+    for space, tag in (("T1w", "t1w"), (TEMPLATE_SPACE, "std")):
+        if space not in settings.output_spaces:
+            continue
+        sinks[f"z_{tag}"] = _sink(settings, f"ds_z_{tag}", space=space,
+                                  desc="hypometabolism", stat="z", suffix="statmap",
+                                  datatype="pet", compress=True, **src, **meta)  # fmt: skip
+        sinks[f"dseg_{tag}"] = _sink(settings, f"ds_dseg_{tag}", space=space,
+                                     desc="hypometabolism", suffix="dseg", datatype="pet",
+                                     compress=True, data_dtype="int16", **src, **meta)  # fmt: skip
+    sinks["clusters_tsv"] = _sink(settings, "ds_clusters", desc="hypometabolism",
+                                  suffix="clusters", extension=".tsv", datatype="pet",
+                                  source_file=pet_source)  # fmt: skip
+    merge = pe.Node(niu.Merge(len(sinks)), name="merge_outputs")
+    for i, (field, sink) in enumerate(sinks.items(), start=1):
+        workflow.connect(inputnode, field, sink, "in_file")
+        workflow.connect(sink, "out_file", merge, f"in{i}")
+        if field == "clusters_tsv":
+            workflow.connect(inputnode, "table_metadata", sink, "meta_dict")
+        else:
+            workflow.connect(merge_meta, "out", sink, "meta_dict")
+    workflow.connect(merge, "out", outputnode, "out_files")
     return workflow

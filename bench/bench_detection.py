@@ -1,0 +1,183 @@
+"""Benchmark lesion detection on a phantom cohort: three ways to get a Z map.
+
+Usage: python bench/bench_detection.py OUT TRUTH --controls c13 c14 ... [--json F]
+       [--png F]
+
+OUT is a PetSynth participant-level output folder (patients and the listed controls,
+with MNI-space SUVR PET, pseudo-normal PET, GM probability, brain mask and the
+MNI->T1w transform); TRUTH the phantom's ``derivatives/truth``. Methods:
+
+(a) self-referenced Z of real − pseudo-normal PET (Chen et al.);
+(b) control-referenced Z of real − pseudo-normal PET against the voxelwise residual
+    mean/SD of the controls (normative model);
+(c) baseline without synthesis: the real PET against the controls' voxelwise PET
+    mean/SD (SPM-style single-subject comparison).
+
+Normative models use the listed controls only (these must not be the synthesis model's
+training controls); each control is scored leave-one-out (model fitted on the other
+controls), patients against the model of all listed controls. Clusters: Z < -1.65 in GM,
+>= 1500 mm³, ranked by mass (the participant workflow's defaults), mapped to the T1w grid
+with the inverse transform and compared with the truth lesion masks there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from pet_synth_app.analysis import detection as det
+from pet_synth_app.analysis.clusters import cluster_table, find_clusters
+from pet_synth_app.analysis.zscore import (
+    control_pet_z,
+    control_referenced_z,
+    fit_normative,
+    residual,
+    self_referenced_z,
+)
+from pet_synth_app.config import TEMPLATE_SPACE
+from pet_synth_app.preproc.anat import apply_transforms
+from pet_synth_app.preproc.reference import GM_THRESHOLD
+
+METHODS = {"a": "self-referenced Z (pseudo-normal)", "b": "control-referenced Z (pseudo-normal)",
+           "c": "control PET Z (no synthesis)"}  # fmt: skip
+
+
+def _one(folder: Path, pattern: str) -> Path:
+    hits = sorted(folder.glob(pattern))
+    if not hits:
+        raise SystemExit(f"missing {pattern} in {folder}")
+    return hits[0]
+
+
+def load_subject(out: Path, s: str) -> dict:
+    sub = out / f"sub-{s}"
+    sp = f"space-{TEMPLATE_SPACE}"
+
+    def arr(p):
+        return np.asanyarray(nib.load(str(p)).dataobj, dtype=np.float64)
+
+    pet_p = _one(sub, f"pet/sub-{s}*_{sp}_desc-preproc_pet.nii.gz")
+    return {
+        "pet": arr(pet_p),
+        "pseudo": arr(_one(sub, f"pet/sub-{s}_{sp}_desc-pseudonormal_pet.nii.gz")),
+        "gm": arr(_one(sub, f"anat/sub-{s}_{sp}_label-GM_probseg.nii.gz")),
+        "mask": arr(_one(sub, f"anat/sub-{s}_{sp}_desc-brain_mask.nii.gz")) > 0,
+        "affine": nib.load(str(pet_p)).affine,
+        "xfm": _one(sub, f"anat/sub-{s}_from-{TEMPLATE_SPACE}_to-T1w_mode-image_xfm.h5"),
+        "t1w": _one(sub, f"anat/sub-{s}_desc-preproc_T1w.nii.gz"),
+    }
+
+
+def clusters_t1w(z: np.ndarray, d: dict) -> tuple[np.ndarray, dict[int, str], int]:
+    gm = (d["gm"] > GM_THRESHOLD) & d["mask"]
+    labels, clusters = find_clusters(z, gm, d["affine"])
+    lobes = {r["rank"]: det.lobe_key(r["hemisphere"], r["lobe"]) for r in cluster_table(clusters)}
+    img = nib.Nifti1Image(labels.astype(np.float32), d["affine"])
+    t1w = apply_transforms(img, nib.load(str(d["t1w"])), [str(d["xfm"])], "nearestNeighbor")
+    return np.rint(np.asanyarray(t1w.dataobj)).astype(int), lobes, len(clusters)
+
+
+def truth_of(truth: Path) -> dict[str, dict[int, dict]]:
+    out: dict[str, dict[int, dict]] = {}
+    with open(truth / "lesions.tsv", newline="") as fh:
+        for row in csv.DictReader(fh, delimiter="\t"):
+            out.setdefault(row["participant_id"][4:], {})[int(row["lesion"])] = row
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("out", type=Path)
+    p.add_argument("truth", type=Path)
+    p.add_argument("--controls", nargs="+", required=True)
+    p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--png", type=Path, default=None)
+    opts = p.parse_args(argv)
+    t0 = time.time()
+    lesions = truth_of(opts.truth)
+    patients = sorted(lesions)
+    controls = [c.removeprefix("sub-") for c in opts.controls]
+    data = {s: load_subject(opts.out, s) for s in patients + controls}
+    zooms = np.sqrt((data[controls[0]]["affine"][:3, :3] ** 2).sum(0))
+    mask = np.mean([data[c]["mask"] for c in controls], 0) >= 0.5
+    resid = {s: residual(d["pet"], d["pseudo"], d["mask"]) for s, d in data.items()}
+
+    def models(fit_set):
+        r = fit_normative([np.where(mask, resid[c], 0) for c in fit_set], mask, zooms=zooms)
+        q = fit_normative([np.where(mask, data[c]["pet"], 0) for c in fit_set], mask,
+                          zooms=zooms)  # fmt: skip
+        return r, q
+
+    full = models(controls)
+
+    def zmaps(s, fitted):
+        d = data[s]
+        (rm, rs), (pm, ps) = fitted
+        inside = d["mask"] & mask
+        return {"a": self_referenced_z(resid[s], d["gm"], d["mask"]),
+                "b": control_referenced_z(resid[s], rm, rs, inside),
+                "c": control_pet_z(d["pet"], pm, ps, inside)}  # fmt: skip
+
+    per_patient = {m: [] for m in METHODS}
+    per_lesion = {m: [] for m in METHODS}
+    per_control = {m: [] for m in METHODS}
+    for s in patients:
+        maps = zmaps(s, full)
+        mask_path = _one(opts.truth / f"sub-{s}", f"anat/sub-{s}_desc-lesion_mask.nii.gz")
+        truth_img = nib.load(str(mask_path))
+        t1w_ref = nib.load(str(data[s]["t1w"]))
+        assert truth_img.shape == t1w_ref.shape, "truth and T1w grids differ"
+        truth = np.rint(np.asanyarray(truth_img.dataobj)).astype(int)
+        les_lobes = {k: det.lobe_key(v["hemisphere"], v["lobe"]) for k, v in lesions[s].items()}
+        for m, z in maps.items():
+            labels, lobes, _ = clusters_t1w(z, data[s])
+            res = det.evaluate_patient(labels, truth, les_lobes, lobes)
+            per_patient[m].append(res)
+            per_lesion[m] += [res["lesion_ranks"].get(k) for k in lesions[s]]
+    for c in controls:
+        maps = zmaps(c, models([x for x in controls if x != c]))
+        for m, z in maps.items():
+            per_control[m].append(clusters_t1w(z, data[c])[2])
+
+    results = {}
+    for m, label in METHODS.items():
+        summ = det.summarize(per_patient[m], per_control[m])
+        ranks = per_lesion[m]
+        for k in det.SUMMARY_TOP_K:
+            summ[f"lesion_sensitivity_top{k}"] = sum(r is not None and r <= k
+                                                     for r in ranks) / len(ranks)  # fmt: skip
+        summ["curve"] = det.sensitivity_curve([r["first_hit_rank"] for r in per_patient[m]])
+        summ["first_hit_ranks"] = [r["first_hit_rank"] for r in per_patient[m]]
+        summ["control_clusters"] = per_control[m]
+        results[label] = summ
+
+    print(f"\n{len(patients)} patients ({sum(len(v) for v in lesions.values())} lesions), "
+          f"{len(controls)} controls (leave-one-out normative models); {time.time() - t0:.0f} s\n")
+    print("| method | sens. top 1 | top 3 | top 5 | lesions top 3 | detection rate | "
+          "mean rank | lobe acc. | FP clusters/control |")
+    print("|---|---|---|---|---|---|---|---|---|")
+
+    def f(v):
+        return "n/a" if v is None else f"{v:.2f}"
+
+    for label, s in results.items():
+        print(f"| {label} | {f(s['sensitivity_top1'])} | {f(s['sensitivity_top3'])} | "
+              f"{f(s['sensitivity_top5'])} | {f(s['lesion_sensitivity_top3'])} | "
+              f"{f(s['detection_rate'])} | {f(s['mean_rank'])} | {f(s['lobe_accuracy'])} | "
+              f"{f(s['fp_per_control'])} |")  # fmt: skip
+    if opts.png:
+        det.plot_sensitivity_curve({k: v["curve"] for k, v in results.items()}, opts.png)
+    if opts.json:
+        opts.json.write_text(json.dumps(results, indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

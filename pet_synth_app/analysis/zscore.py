@@ -1,0 +1,248 @@
+"""Hypometabolism Z-score maps: real PET vs pseudo-normal PET, or vs healthy controls.
+
+All images are SUVR volumes on one common voxel grid (normally MNI152NLin2009aSym); inputs
+may be numpy arrays or nibabel images, outputs are float64 numpy arrays on that grid.
+Masks are "nonzero = inside" unless a function says otherwise.
+
+Three ways to get a Z map (Z is dimensionless, negative = hypometabolic):
+
+1. Self-referenced (Chen et al., seed 002, section 2.2): ``d = residual(real, pseudo, mask)``
+   (SUVR difference), then ``self_referenced_z(d, gm)``: ``(d - mean_GM(d)) / sd_GM(d)``.
+2. Control-referenced, with synthesis: residuals ``d`` of the healthy controls give a
+   voxelwise normative model, ``mean, sd = fit_normative([d_c1, d_c2, ...], mask, ...)``,
+   and a patient's ``control_referenced_z(d, mean, sd, mask)``.
+3. Baseline without synthesis (classic voxelwise comparison with controls): the same two
+   functions on the real PET itself, ``mean, sd = fit_normative([pet_c1, ...], mask, ...)``
+   then ``control_pet_z(pet, mean, sd, mask)`` (a named alias of ``control_referenced_z``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+from ..preproc.reference import GM_THRESHOLD
+
+NORMATIVE_FWHM_MM = 4.0
+"""Gaussian FWHM (mm) applied to the voxelwise normative mean and SD. With tens of
+controls a voxelwise SD is noisy (relative error ~1/sqrt(2(n-1)), ~13 % for 30 controls);
+pooling neighbours over ~4 mm steadies it while staying below the ~6-8 mm resolution of
+FDG PET, so it adds little blur to what the data already have. 0 disables smoothing."""
+ROBUST_MIN_CONTROLS = 8
+"""Fewest controls for the robust estimates (median, 1.4826 x MAD). Below this the median
+and MAD are too noisy (MAD has ~37 % efficiency at the normal) and one cannot reject an
+outlier anyway, so plain mean and SD (ddof=1) are used instead."""
+SD_FLOOR_SUVR = 0.01
+"""Absolute floor (SUVR) of the normative SD: 1 % of a GM-normalized uptake, below the
+test-retest noise of FDG PET, so it only stops Z from exploding where controls agree."""
+SD_FLOOR_FRACTION = 0.25
+"""Relative floor of the normative SD, as a fraction of its median inside the mask, so a
+few spuriously low-variance voxels cannot dominate the Z map."""
+MAD_TO_SD = 1.4826
+"""Scale making the median absolute deviation a consistent SD estimate for normal data."""
+FWHM_TO_SIGMA = 1.0 / (2.0 * np.sqrt(2.0 * np.log(2.0)))
+
+
+def _as_array(image: Any) -> np.ndarray:
+    """float64 copy of a numpy array or the data of a nibabel image."""
+    data = np.asanyarray(image.dataobj) if hasattr(image, "dataobj") else image
+    return np.array(data, dtype=np.float64)
+
+
+def _as_mask(mask: Any, shape: tuple[int, ...]) -> np.ndarray:
+    """Boolean mask (nonzero = inside) of the given shape; None means everywhere."""
+    if mask is None:
+        return np.ones(shape, dtype=bool)
+    data = np.asanyarray(mask.dataobj) if hasattr(mask, "dataobj") else np.asarray(mask)
+    out = data != 0
+    if out.shape != shape:
+        raise ValueError(f"mask shape {out.shape} does not match image shape {shape}")
+    if not out.any():
+        raise ValueError("mask is empty")
+    return out
+
+
+def _gm_mask(gm: Any, shape: tuple[int, ...]) -> np.ndarray:
+    """Boolean GM mask: a boolean array as is, otherwise probability > ``GM_THRESHOLD``."""
+    data = np.asanyarray(gm.dataobj) if hasattr(gm, "dataobj") else np.asarray(gm)
+    out = data if data.dtype == bool else data > GM_THRESHOLD
+    if out.shape != shape:
+        raise ValueError(f"GM mask shape {out.shape} does not match image shape {shape}")
+    if not out.any():
+        raise ValueError("GM mask is empty")
+    return out
+
+
+def histogram_match(source: Any, reference: Any, mask: Any) -> np.ndarray:
+    """Quantile-map ``source`` inside ``mask`` onto the distribution of ``reference`` there.
+
+    Each source voxel in the mask gets the reference value at the same empirical quantile
+    (ties share one value; linear interpolation between reference quantiles), so the
+    result has the reference's histogram in the mask and keeps the source's voxel order.
+    Voxels outside the mask are returned unchanged. Units are those of ``reference``.
+    """
+    src = _as_array(source)
+    ref = _as_array(reference)
+    if src.shape != ref.shape:
+        raise ValueError(f"shape mismatch: source {src.shape} vs reference {ref.shape}")
+    inside = _as_mask(mask, src.shape)
+    values, inverse, counts = np.unique(src[inside], return_inverse=True, return_counts=True)
+    ref_values, ref_counts = np.unique(ref[inside], return_counts=True)
+    src_q = np.cumsum(counts) / counts.sum()
+    ref_q = np.cumsum(ref_counts) / ref_counts.sum()
+    out = src.copy()
+    out[inside] = np.interp(src_q, ref_q, ref_values)[inverse.reshape(-1)]
+    return out
+
+
+def residual(real: Any, pseudo: Any, mask: Any, histogram_matching: bool = False) -> np.ndarray:
+    """Difference map ``d = real - pseudo`` (SUVR, MNI) inside ``mask``, 0 outside.
+
+    With ``histogram_matching`` the pseudo-normal PET is first quantile-mapped onto the
+    real PET's distribution inside the mask (``histogram_match``), which removes global
+    intensity differences between the synthesis model and the scanner.
+    """
+    real_a = _as_array(real)
+    pseudo_a = _as_array(pseudo)
+    if real_a.shape != pseudo_a.shape:
+        raise ValueError(f"shape mismatch: real {real_a.shape} vs pseudo {pseudo_a.shape}")
+    inside = _as_mask(mask, real_a.shape)
+    if histogram_matching:
+        pseudo_a = histogram_match(pseudo_a, real_a, inside)
+    return np.where(inside, real_a - pseudo_a, 0.0)
+
+
+def self_referenced_z(d: Any, gm_mask: Any, mask: Any = None) -> np.ndarray:
+    """Self-referenced Z map ``(d - mean_GM(d)) / sd_GM(d)`` (Chen et al.).
+
+    The mean and (population, ddof=0) SD come from the GM voxels only: ``gm_mask`` is a
+    boolean mask or a GM probability map thresholded at ``GM_THRESHOLD`` (> 0.5). Z is
+    then computed at every voxel inside ``mask`` (default: everywhere), 0 elsewhere and
+    wherever ``d`` is not finite. Raises ValueError if d is constant over GM.
+    """
+    data = _as_array(d)
+    gm = _gm_mask(gm_mask, data.shape) & np.isfinite(data)
+    if not gm.any():
+        raise ValueError("no finite values of d inside the GM mask")
+    mean = float(data[gm].mean())
+    sd = float(data[gm].std())
+    if not sd > 0:
+        raise ValueError("d is constant over the GM mask; Z is undefined")
+    inside = _as_mask(mask, data.shape) & np.isfinite(data)
+    return np.where(inside, (data - mean) / sd, 0.0)
+
+
+def _smooth_in_mask(data: np.ndarray, mask: np.ndarray, sigma_vox: np.ndarray) -> np.ndarray:
+    """Gaussian smoothing restricted to the mask (normalized convolution), 0 outside."""
+    weight = ndimage.gaussian_filter(mask.astype(np.float64), sigma_vox, mode="constant")
+    smooth = ndimage.gaussian_filter(np.where(mask, data, 0.0), sigma_vox, mode="constant")
+    out = np.zeros_like(data)
+    out[mask] = smooth[mask] / weight[mask]
+    return out
+
+
+def fit_normative(
+    residuals: Sequence[Any] | np.ndarray,
+    mask: Any,
+    fwhm_mm: float = NORMATIVE_FWHM_MM,
+    zooms: Sequence[float] | None = None,
+    sd_floor: float = SD_FLOOR_SUVR,
+    sd_floor_fraction: float = SD_FLOOR_FRACTION,
+    robust: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Voxelwise normative mean and SD (SUVR) over controls, inside ``mask``.
+
+    ``residuals`` is a list of 3D maps (arrays or images) or a 4D stack ``(n, x, y, z)``:
+    the controls' residuals ``d`` for control-referenced Z, or their real PET for the
+    no-synthesis baseline. With ``robust`` and at least ``ROBUST_MIN_CONTROLS`` controls
+    the centre is the median and the spread 1.4826 x MAD; otherwise (or with fewer
+    controls) the mean and SD (ddof=1). Both maps are then smoothed with a Gaussian of
+    ``fwhm_mm`` (mm; sigma in voxels from ``zooms``, the voxel size in mm, taken from the
+    first image header when not given), restricted to the mask. Finally the SD is floored
+    at ``max(sd_floor, sd_floor_fraction * median SD in the mask)``. Returns ``(mean,
+    sd)``; both are 0 outside the mask. Needs at least 2 controls.
+    """
+    items = list(residuals)
+    if len(items) < 2:
+        raise ValueError(f"need at least 2 controls for a normative model, got {len(items)}")
+    if zooms is None and hasattr(items[0], "header"):
+        zooms = items[0].header.get_zooms()[:3]
+    first = _as_array(items[0])
+    shape = first.shape
+    inside = _as_mask(mask, shape)
+    stack = np.empty((len(items), int(inside.sum())), dtype=np.float64)
+    for n, item in enumerate(items):
+        data = first if n == 0 else _as_array(item)
+        if data.shape != shape:
+            raise ValueError(f"control {n} has shape {data.shape}, expected {shape}")
+        stack[n] = data[inside]
+    if not np.all(np.isfinite(stack)):
+        raise ValueError("control maps have non-finite values inside the mask")
+    if robust and len(items) >= ROBUST_MIN_CONTROLS:
+        centre = np.median(stack, axis=0)
+        spread = MAD_TO_SD * np.median(np.abs(stack - centre), axis=0)
+    else:
+        centre = stack.mean(axis=0)
+        spread = stack.std(axis=0, ddof=1)
+    mean = np.zeros(shape)
+    sd = np.zeros(shape)
+    mean[inside] = centre
+    sd[inside] = spread
+    if fwhm_mm > 0:
+        if zooms is None:
+            raise ValueError("zooms (voxel size in mm) are needed to smooth by fwhm_mm")
+        sigma = fwhm_mm * FWHM_TO_SIGMA / np.abs(np.asarray(zooms, dtype=np.float64)[:3])
+        mean = _smooth_in_mask(mean, inside, sigma)
+        sd = _smooth_in_mask(sd, inside, sigma)
+    floor = max(float(sd_floor), float(sd_floor_fraction) * float(np.median(sd[inside])))
+    if not floor > 0:
+        raise ValueError("the SD floor must be positive (sd_floor or sd_floor_fraction)")
+    sd[inside] = np.maximum(sd[inside], floor)
+    return mean, sd
+
+
+def control_referenced_z(d: Any, mean: Any, sd: Any, mask: Any) -> np.ndarray:
+    """Voxelwise Z ``(d - mean) / sd`` against a normative model, inside ``mask``; 0 outside.
+
+    ``mean`` and ``sd`` come from ``fit_normative`` (same grid and units as ``d``). Raises
+    ValueError if the SD is not positive somewhere inside the mask (e.g. a mask larger
+    than the one the model was fitted in).
+    """
+    data = _as_array(d)
+    mean_a = _as_array(mean)
+    sd_a = _as_array(sd)
+    if not data.shape == mean_a.shape == sd_a.shape:
+        raise ValueError(f"shape mismatch: d {data.shape}, mean {mean_a.shape}, sd {sd_a.shape}")
+    inside = _as_mask(mask, data.shape)
+    if not np.all(sd_a[inside] > 0):
+        raise ValueError("normative SD is not positive everywhere inside the mask")
+    out = np.zeros(data.shape)
+    out[inside] = (data[inside] - mean_a[inside]) / sd_a[inside]
+    return out
+
+
+def control_pet_z(pet: Any, control_mean: Any, control_sd: Any, mask: Any) -> np.ndarray:
+    """Baseline without synthesis: Z of a real PET (SUVR) against the controls' PET.
+
+    ``control_mean, control_sd = fit_normative([control PET, ...], mask)``; this is
+    ``control_referenced_z`` applied to the PET itself instead of a residual.
+    """
+    return control_referenced_z(pet, control_mean, control_sd, mask)
+
+
+__all__ = [
+    "MAD_TO_SD",
+    "NORMATIVE_FWHM_MM",
+    "ROBUST_MIN_CONTROLS",
+    "SD_FLOOR_FRACTION",
+    "SD_FLOOR_SUVR",
+    "control_pet_z",
+    "control_referenced_z",
+    "fit_normative",
+    "histogram_match",
+    "residual",
+    "self_referenced_z",
+]

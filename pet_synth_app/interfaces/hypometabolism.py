@@ -1,0 +1,186 @@
+"""Nipype interfaces around the Z-map and cluster functions (analysis.zscore/clusters)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import nibabel as nib
+import numpy as np
+from nipype.interfaces.base import (
+    BaseInterfaceInputSpec,
+    Directory,
+    File,
+    SimpleInterface,
+    TraitedSpec,
+    isdefined,
+    traits,
+)
+
+from ..config import MIN_CLUSTER_MM3, RANK_BY, RANK_METHODS, Z_THRESHOLD
+
+
+def _data(path: str) -> np.ndarray:
+    return np.asanyarray(nib.load(path).dataobj, dtype=np.float64)
+
+
+def _save(data: np.ndarray, ref: nib.Nifti1Image, path: str, dtype=np.float32) -> str:
+    img = nib.Nifti1Image(np.asarray(data, dtype=dtype), ref.affine)
+    img.header.set_xyzt_units("mm", "sec")
+    img.to_filename(path)
+    return path
+
+
+class _ZInputSpec(BaseInterfaceInputSpec):
+    pet = File(exists=True, mandatory=True, desc="real PET, SUVR, MNI")
+    pseudo = File(exists=True, mandatory=True, desc="pseudo-normal PET, SUVR, MNI")
+    gm = File(exists=True, mandatory=True, desc="GM probability, MNI")
+    mask = File(exists=True, mandatory=True, desc="brain mask, MNI")
+    normative = Directory(exists=True, desc="normative model folder (control-referenced Z)")
+    normative_sha256 = traits.Str("", usedefault=True,
+                                  desc="sha256 of normative.json: a refit reruns the node")
+    weights_sha256 = traits.Str("", usedefault=True, desc="synthesis weights of this run")
+    histogram_matching = traits.Bool(False, usedefault=True)
+
+
+class _ZOutputSpec(TraitedSpec):
+    out_file = File(exists=True, desc="Z map (MNI)")
+    metadata = traits.Dict()
+
+
+class HypometabolismZ(SimpleInterface):
+    """Z map of real − pseudo-normal PET: self-referenced over GM, or against the
+    controls' normative residual model when one is given."""
+
+    input_spec = _ZInputSpec
+    output_spec = _ZOutputSpec
+
+    def _run_interface(self, runtime):
+        from ..analysis import normative as norm
+        from ..analysis.zscore import control_referenced_z, residual, self_referenced_z
+
+        ref = nib.load(self.inputs.pet)
+        mask = _data(self.inputs.mask) > 0
+        d = residual(_data(self.inputs.pet), _data(self.inputs.pseudo), mask,
+                     self.inputs.histogram_matching)  # fmt: skip
+        meta = {"HistogramMatching": self.inputs.histogram_matching}
+        if isdefined(self.inputs.normative):
+            model = norm.load(self.inputs.normative)
+            norm.check_compatible(model, ref.affine, ref.shape[:3], self.inputs.weights_sha256)
+            z = control_referenced_z(d, model.residual_mean, model.residual_sd,
+                                     mask & model.mask)  # fmt: skip
+            meta.update(ZReference="controls", NormativeModel=str(self.inputs.normative),
+                        NormativeControls=model.meta.get("n_controls"))  # fmt: skip
+        else:
+            gm = np.where(mask, _data(self.inputs.gm), 0.0)  # d is 0 outside the mask
+            z = self_referenced_z(d, gm, mask)
+            meta["ZReference"] = "self (GM mean and SD of the residual)"
+        self._results["out_file"] = _save(z, ref, os.path.join(runtime.cwd, "z.nii.gz"))
+        self._results["metadata"] = meta
+        return runtime
+
+
+class _ClustersInputSpec(BaseInterfaceInputSpec):
+    in_file = File(exists=True, mandatory=True, desc="statistic map (MNI)")
+    gm = File(exists=True, mandatory=True, desc="GM probability (MNI)")
+    mask = File(exists=True, mandatory=True, desc="brain mask (MNI)")
+    threshold = traits.Float(Z_THRESHOLD, usedefault=True)
+    min_volume_mm3 = traits.Float(MIN_CLUSTER_MM3, usedefault=True)
+    rank_by = traits.Enum(RANK_BY, *RANK_METHODS, usedefault=True)
+    tail = traits.Enum("lower", "upper", usedefault=True)
+
+
+class _ClustersOutputSpec(TraitedSpec):
+    dseg = File(exists=True, desc="cluster labels, 1 = top rank (MNI)")
+    clusters = File(exists=True, desc="cluster rows (JSON)")
+    n_clusters = traits.Int()
+    metadata = traits.Dict()
+
+
+class FindClusters(SimpleInterface):
+    """Suprathreshold GM clusters of a statistic map, ranked, with atlas labels."""
+
+    input_spec = _ClustersInputSpec
+    output_spec = _ClustersOutputSpec
+
+    def _run_interface(self, runtime):
+        from ..analysis.clusters import cluster_table, find_clusters
+        from ..preproc.reference import GM_THRESHOLD
+
+        img = nib.load(self.inputs.in_file)
+        gm = (_data(self.inputs.gm) > GM_THRESHOLD) & (_data(self.inputs.mask) > 0)
+        labels, clusters = find_clusters(
+            np.asanyarray(img.dataobj, dtype=np.float64), gm, img.affine,
+            threshold=self.inputs.threshold, min_volume_mm3=self.inputs.min_volume_mm3,
+            rank_by=self.inputs.rank_by, tail=self.inputs.tail,
+        )  # fmt: skip
+        self._results["dseg"] = _save(labels, img, os.path.join(runtime.cwd, "dseg.nii.gz"),
+                                      np.int16)  # fmt: skip
+        path = os.path.join(runtime.cwd, "clusters.json")
+        with open(path, "w") as fh:
+            json.dump(cluster_table(clusters), fh)
+        self._results["clusters"] = path
+        self._results["n_clusters"] = len(clusters)
+        self._results["metadata"] = {
+            "Threshold": self.inputs.threshold, "Tail": self.inputs.tail,
+            "MinimumClusterVolume": self.inputs.min_volume_mm3,
+            "MinimumClusterVolumeUnits": "mm^3", "RankedBy": self.inputs.rank_by,
+            "Connectivity": 26, "ClusterMask": f"GM probability > {GM_THRESHOLD}",
+            "NumberOfClusters": len(clusters),
+        }  # fmt: skip
+        return runtime
+
+
+class _TableInputSpec(BaseInterfaceInputSpec):
+    clusters = File(exists=True, mandatory=True, desc="cluster rows (JSON, MNI)")
+    dseg_t1w = File(exists=True, mandatory=True, desc="cluster labels on the T1w grid")
+    stat_t1w = File(exists=True, mandatory=True, desc="statistic on the T1w grid")
+    tail = traits.Enum("lower", "upper", usedefault=True)
+
+
+class _TableOutputSpec(TraitedSpec):
+    out_file = File(exists=True, desc="clusters.tsv")
+    metadata = traits.Dict(desc="column descriptions (TSV sidecar)")
+
+
+T1W_COLUMNS = {
+    "peak_x_t1w": {"Description": "Peak x in the participant's T1w space", "Units": "mm"},
+    "peak_y_t1w": {"Description": "Peak y in the participant's T1w space", "Units": "mm"},
+    "peak_z_t1w_mm": {"Description": "Peak z in the participant's T1w space", "Units": "mm"},
+}
+
+
+class ClusterTable(SimpleInterface):
+    """clusters.tsv: the MNI cluster rows plus each cluster's peak in native T1w mm
+    (the extreme statistic inside the cluster's T1w-space label)."""
+
+    input_spec = _TableInputSpec
+    output_spec = _TableOutputSpec
+
+    def _run_interface(self, runtime):
+        from ..analysis.clusters import (
+            CLUSTER_COLUMN_DESCRIPTIONS,
+            CLUSTER_COLUMNS,
+            write_tsv,
+        )
+
+        with open(self.inputs.clusters) as fh:
+            rows = json.load(fh)
+        dseg_img = nib.load(self.inputs.dseg_t1w)
+        labels = np.rint(np.asanyarray(dseg_img.dataobj)).astype(int)
+        stat = _data(self.inputs.stat_t1w)
+        sign = -1.0 if self.inputs.tail == "lower" else 1.0
+        for row in rows:
+            inside = labels == int(row["rank"])
+            xyz = [None, None, None]
+            if inside.any():
+                idx = np.argwhere(inside)
+                best = idx[np.argmax(sign * stat[inside])]
+                xyz = [round(float(v), 2) for v in nib.affines.apply_affine(dseg_img.affine,
+                                                                             best)]  # fmt: skip
+            row.update(zip(T1W_COLUMNS, xyz, strict=True))
+        path = os.path.join(runtime.cwd, "clusters.tsv")
+        write_tsv(rows, path, [*CLUSTER_COLUMNS, *T1W_COLUMNS])  # header even if empty
+        self._results["out_file"] = path
+        self._results["metadata"] = {**CLUSTER_COLUMN_DESCRIPTIONS, **T1W_COLUMNS}
+        return runtime

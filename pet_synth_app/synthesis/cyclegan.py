@@ -1,0 +1,92 @@
+"""CycleGAN (Zhu et al. 2017) with the paired MSE term of Zotova et al. (seed 001, eq. 2-3).
+
+Domain A is the T1w MRI, domain B the FDG PET: G_B: A -> B is the synthesis generator,
+G_A: B -> A the reverse one; D_A and D_B are PatchGANs. Generator loss::
+
+    L = L_GAN(G_B, D_B) + L_GAN(G_A, D_A)
+        + lambda_cycle * (|G_A(G_B(a)) - a|_1 + |G_B(G_A(b)) - b|_1)
+        + lambda_mse * (|G_B(a) - b|^2 + |G_A(b) - a|^2)      (paired batches only)
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .losses import cycle_loss, discriminator_loss, gan_loss, paired_mse_loss
+from .model import ImagePool, SynthesisModel, set_requires_grad
+from .networks import PatchGAN, ResnetGenerator
+
+
+class CycleGAN(SynthesisModel):
+    """Two ResNet generators and two PatchGANs; ``lambda_mse = 0`` gives plain CycleGAN."""
+
+    def __init__(self, config: dict) -> None:
+        super().__init__(config)
+        c = self.config
+        dims, ch = int(c["spatial_dims"]), int(c["channels"])
+        self.kind = "slices" if dims == 2 else "patches"
+        gen = dict(spatial_dims=dims, in_channels=ch, out_channels=ch,
+                   ngf=int(c["ngf"]), n_blocks=int(c["n_blocks"]))  # fmt: skip
+        self.G_B = ResnetGenerator(**gen)  # T1w -> PET
+        self.G_A = ResnetGenerator(**gen)  # PET -> T1w
+        self.D_A = PatchGAN(dims, ch, int(c["ndf"]))
+        self.D_B = PatchGAN(dims, ch, int(c["ndf"]))
+        self._rng = torch.Generator().manual_seed(int(c.get("seed", 0)))
+        self.pool_A = ImagePool(int(c["pool_size"]), self._rng)
+        self.pool_B = ImagePool(int(c["pool_size"]), self._rng)
+
+    @property
+    def generator(self) -> ResnetGenerator:
+        return self.G_B
+
+    def parameter_groups(self) -> dict:
+        return {
+            "G": list(self.G_A.parameters()) + list(self.G_B.parameters()),
+            "D": list(self.D_A.parameters()) + list(self.D_B.parameters()),
+        }
+
+    def generator_losses(
+        self, a: torch.Tensor, b: torch.Tensor, paired: bool
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+        """Generator loss terms and the fakes (fake_b = G_B(a), fake_a = G_A(b))."""
+        lam_cyc = float(self.config["lambda_cycle"])
+        lam_mse = float(self.config["lambda_mse"])
+        fake_b = self.G_B(a)
+        fake_a = self.G_A(b)
+        terms = {
+            "G_B_gan": gan_loss(self.D_B(fake_b), True),
+            "G_A_gan": gan_loss(self.D_A(fake_a), True),
+            "cycle_A": lam_cyc * cycle_loss(self.G_A(fake_b), a),
+            "cycle_B": lam_cyc * cycle_loss(self.G_B(fake_a), b),
+        }
+        if paired and lam_mse > 0:
+            terms["mse_B"] = lam_mse * paired_mse_loss(fake_b, b)
+            terms["mse_A"] = lam_mse * paired_mse_loss(fake_a, a)
+        return terms, fake_a, fake_b
+
+    def train_step(self, t1, pet, optimizers, paired=True):
+        a, b = t1, pet
+        set_requires_grad([self.D_A, self.D_B], False)
+        optimizers["G"].zero_grad(set_to_none=True)
+        terms, fake_a, fake_b = self.generator_losses(a, b, paired)
+        loss_g = sum(terms.values())
+        loss_g.backward()
+        optimizers["G"].step()
+
+        set_requires_grad([self.D_A, self.D_B], True)
+        optimizers["D"].zero_grad(set_to_none=True)
+        fb = self.pool_B.query(fake_b)
+        fa = self.pool_A.query(fake_a)
+        loss_db = discriminator_loss(self.D_B(b), self.D_B(fb.detach()))
+        loss_da = discriminator_loss(self.D_A(a), self.D_A(fa.detach()))
+        (loss_da + loss_db).backward()
+        optimizers["D"].step()
+
+        out = {k: float(v.detach()) for k, v in terms.items()}
+        out.update(
+            G=float(loss_g.detach()), D_A=float(loss_da.detach()), D_B=float(loss_db.detach())
+        )
+        return out
+
+
+__all__ = ["CycleGAN"]

@@ -1,0 +1,299 @@
+"""Pseudo-normal PET inference: volume -> slices or patches -> batched forward pass ->
+stacked volume -> 3D Gaussian smoothing -> NIfTI in the input's (MNI) space.
+
+Arrays are (x, y, z) voxel grids with z the axial (inferior-superior) axis, as in the
+RAS-oriented MNI152NLin2009aSym grids. Model-side images are in [0, 1]; the generator
+sees them mapped to [-1, 1] (tanh range).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+from scipy import ndimage
+from torch import nn
+
+from ..config import SYNTHESIS_FWHM_MM
+from ..preproc.templates import get_template
+from .weights import load_generator, sha256_file
+
+DEFAULT_FWHM_MM = SYNTHESIS_FWHM_MM
+DEFAULT_BATCH_SIZE = 8
+CONTEXT_SLICES = 3
+
+
+# ------------------------------------------------------------------ slices (semi-3D)
+def volume_to_slices(volume: np.ndarray, context: int = CONTEXT_SLICES) -> np.ndarray:
+    """(x, y, z) volume -> (z, context, x, y) stack of adjacent axial slices.
+
+    Channel c of sample z is slice ``z + c - context // 2`` (edges replicated).
+    """
+    if volume.ndim != 3 or context % 2 != 1:
+        raise ValueError("need a 3D volume and an odd number of context slices")
+    half = context // 2
+    padded = np.pad(volume, ((0, 0), (0, 0), (half, half)), mode="edge")
+    nz = volume.shape[2]
+    idx = np.arange(nz)[:, None] + np.arange(context)[None, :]
+    return np.ascontiguousarray(np.moveaxis(padded[:, :, idx], (2, 3), (0, 1)))
+
+
+def slices_to_volume(slices: np.ndarray) -> np.ndarray:
+    """Inverse of ``volume_to_slices``: the centre channel of each sample, restacked."""
+    centre = slices.shape[1] // 2
+    return np.ascontiguousarray(np.moveaxis(slices[:, centre], 0, 2))
+
+
+# ------------------------------------------------------------------ 3D patches
+def patch_grid(shape: tuple[int, ...], patch: int, keep: int) -> tuple[list, tuple]:
+    """Corner positions of patches whose central ``keep``^3 cubes tile a volume.
+
+    Returns (corners in the padded volume, pad widths). The volume is zero-padded by
+    ``(patch - keep) / 2`` plus enough to reach a multiple of ``keep``.
+    """
+    if keep > patch or (patch - keep) % 2:
+        raise ValueError("keep must be <= patch with an even difference")
+    margin = (patch - keep) // 2
+    pads = tuple((margin, margin + (-n) % keep) for n in shape)
+    counts = [math.ceil(n / keep) for n in shape]
+    corners = [
+        (i * keep, j * keep, k * keep)
+        for i in range(counts[0])
+        for j in range(counts[1])
+        for k in range(counts[2])
+    ]
+    return corners, pads
+
+
+def volume_to_patches(volume: np.ndarray, patch: int = 32, keep: int = 16) -> np.ndarray:
+    """(x, y, z) volume -> (n, 1, patch, patch, patch) patches for central-part stitching."""
+    corners, pads = patch_grid(volume.shape, patch, keep)
+    padded = np.pad(volume, pads)
+    out = np.empty((len(corners), 1, patch, patch, patch), dtype=volume.dtype)
+    for n, (i, j, k) in enumerate(corners):
+        out[n, 0] = padded[i : i + patch, j : j + patch, k : k + patch]
+    return out
+
+
+def patches_to_volume(
+    patches: np.ndarray, shape: tuple[int, ...], patch: int = 32, keep: int = 16
+) -> np.ndarray:
+    """Stitch the central ``keep``^3 of each patch back into a volume of ``shape``."""
+    corners, pads = patch_grid(shape, patch, keep)
+    margin = (patch - keep) // 2
+    full = np.zeros([n + sum(p) for n, p in zip(shape, pads, strict=True)], patches.dtype)
+    for n, (i, j, k) in enumerate(corners):
+        full[i + margin : i + margin + keep, j + margin : j + margin + keep,
+             k + margin : k + margin + keep] = patches[n, 0, margin : margin + keep,
+                                                   margin : margin + keep,
+                                                   margin : margin + keep]  # fmt: skip
+    return full[tuple(slice(p[0], p[0] + n) for n, p in zip(shape, pads, strict=True))]
+
+
+# ------------------------------------------------------------------ forward pass
+def _pad_inplane(arr: np.ndarray, multiple: int) -> tuple[np.ndarray, tuple[int, int]]:
+    nx, ny = arr.shape[-2:]
+    px, py = (-nx) % multiple, (-ny) % multiple
+    pad = [(0, 0)] * (arr.ndim - 2) + [(0, px), (0, py)]
+    return np.pad(arr, pad), (nx, ny)
+
+
+def _batched(
+    generator: nn.Module, samples: np.ndarray, batch_size: int, device: str
+) -> np.ndarray:
+    out = np.empty_like(samples)
+    with torch.inference_mode():
+        for start in range(0, len(samples), batch_size):
+            x = torch.from_numpy(samples[start : start + batch_size]).to(device)
+            y = generator(x * 2.0 - 1.0)
+            out[start : start + batch_size] = ((y + 1.0) * 0.5).clamp(0, 1).cpu().numpy()
+    return out
+
+
+def predict_volume(
+    t1w: np.ndarray,
+    generator: nn.Module,
+    kind: str = "slices",
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    device: str = "cpu",
+    size_multiple: int = 4,
+    patch: int = 32,
+    keep: int = 16,
+    inplane_box: tuple[slice, slice] | None = None,
+) -> np.ndarray:
+    """Translate a [0, 1] T1w volume (x, y, z) into a [0, 1] PET volume on the same grid.
+
+    Only slices/patches overlapping nonzero input are run through the network (the rest
+    is 0). Slices are cropped in-plane to ``inplane_box`` (the training crop, so instance
+    normalization sees the same field of view as in training) when it contains all
+    nonzero input, else to the input's bounding box, and zero-padded to
+    ``size_multiple``. Memory is bounded by ``batch_size`` samples on the device.
+    """
+    t1w = np.asarray(t1w, dtype=np.float32)
+    out = np.zeros_like(t1w)
+    nonzero = np.argwhere(t1w > 0)
+    if nonzero.size == 0:
+        return out
+    lo = np.maximum(nonzero.min(0) - 2, 0)
+    hi = np.minimum(nonzero.max(0) + 3, t1w.shape)
+    box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+    sub = t1w[box]
+    if kind == "slices":
+        # keep the full z range so neighbour slices are real context, not padding
+        xy = (box[0], box[1])
+        if inplane_box is not None and all(
+            b.start <= a.start and a.stop <= b.stop for a, b in zip(xy, inplane_box, strict=True)
+        ):
+            xy = inplane_box
+        zbox = (xy[0], xy[1], slice(None))
+        sub = t1w[zbox]
+        samples, (nx, ny) = _pad_inplane(volume_to_slices(sub), size_multiple)
+        pred = _batched(generator, samples, batch_size, device)[..., :nx, :ny]
+        pred_vol = slices_to_volume(pred)
+        zs = np.zeros(t1w.shape[2], bool)
+        zs[box[2]] = True
+        pred_vol[:, :, ~zs] = 0.0
+        out[zbox] = pred_vol
+    elif kind == "patches":
+        patches = volume_to_patches(sub, patch, keep)
+        run = patches.reshape(len(patches), -1).max(1) > 0
+        pred = np.zeros_like(patches)
+        if run.any():
+            pred[run] = _batched(generator, patches[run], batch_size, device)
+        out[box] = patches_to_volume(pred, sub.shape, patch, keep)
+    else:
+        raise ValueError(f"unknown model kind {kind!r}")
+    return out
+
+
+def patch_keep(config: dict) -> int:
+    """Edge of the central cube kept from each 3D patch when stitching: half the patch."""
+    return int(config["patch_size"]) // 2
+
+
+def predict_with_config(
+    t1w: np.ndarray,
+    generator: nn.Module,
+    config: dict,
+    device: str = "cpu",
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    inplane_box: tuple[slice, slice] | None = None,
+) -> np.ndarray:
+    """``predict_volume`` with the slicing/patching that a model ``config`` implies."""
+    patches = int(config["spatial_dims"]) == 3
+    return predict_volume(
+        t1w,
+        generator,
+        kind="patches" if patches else "slices",
+        batch_size=batch_size,
+        device=device,
+        size_multiple=int(getattr(generator, "size_multiple", 4)),
+        patch=int(config["patch_size"]) if patches else 32,
+        keep=patch_keep(config) if patches else 16,
+        inplane_box=inplane_box,
+    )
+
+
+def gaussian_smooth(volume: np.ndarray, fwhm_mm: float, zooms: tuple[float, ...]) -> np.ndarray:
+    """3D Gaussian smoothing with an isotropic FWHM in mm (0: unchanged)."""
+    if not fwhm_mm:
+        return volume
+    sigma = [fwhm_mm / (2.0 * math.sqrt(2.0 * math.log(2.0))) / z for z in zooms[:3]]
+    return ndimage.gaussian_filter(volume, sigma, mode="nearest")
+
+
+def _resample_to(img: nib.Nifti1Image, ref: nib.Nifti1Image, order: int) -> nib.Nifti1Image:
+    from nilearn.image import resample_to_img
+
+    return resample_to_img(img, ref, interpolation="continuous" if order else "nearest",
+                           force_resample=True, copy_header=True)  # fmt: skip
+
+
+def synthesize_pet(
+    t1w_norm: nib.Nifti1Image,
+    mask: nib.Nifti1Image,
+    weights: str | Path,
+    device: str = "cpu",
+    nthreads: int = 1,
+    fwhm_mm: float | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> tuple[nib.Nifti1Image, dict]:
+    """Pseudo-normal FDG PET (SUVR units, 0 outside ``mask``) from a [0, 1] T1w in MNI.
+
+    The T1w is resampled to the model's training grid when its voxel size differs, the
+    prediction is rescaled by the card's ``pet_scale`` to SUVR, smoothed with a 3D
+    Gaussian of ``fwhm_mm`` (None: the card's tuned ``smoothing_fwhm_mm``, else the
+    seed's 1.5 mm) and returned on the input grid. Metadata names the model,
+    the weights' sha256 and the settings used.
+    """
+    torch.set_num_threads(max(1, int(nthreads)))
+    generator, card = load_generator(weights, device)
+    spec_in = card["input"]
+    if fwhm_mm is None:
+        fwhm_mm = float(spec_in.get("smoothing_fwhm_mm", DEFAULT_FWHM_MM))
+    original = nib.squeeze_image(t1w_norm)  # the output goes back on this grid
+    t1w_norm = nib.as_closest_canonical(original)  # z = inferior-superior for slicing
+    mask = nib.as_closest_canonical(nib.squeeze_image(mask))
+    model_vox = float(spec_in["voxel_size_mm"])
+    work_t1, work_mask = t1w_norm, mask
+    resampled = not np.allclose(t1w_norm.header.get_zooms()[:3], model_vox, atol=1e-3)
+    if resampled:
+        ref = get_template("T1w", int(round(model_vox)))
+        work_t1 = _resample_to(t1w_norm, ref, 1)
+        work_mask = _resample_to(mask, ref, 0)
+    data = np.clip(np.nan_to_num(np.asanyarray(work_t1.dataobj, dtype=np.float32)), 0, 1)
+    keep = np.asanyarray(work_mask.dataobj) > 0
+    data[~keep] = 0.0
+    box = None
+    trained_box = spec_in.get("training_inplane_box")
+    if trained_box and list(spec_in.get("grid_shape", [])) == list(data.shape):
+        box = tuple(slice(int(a), int(b)) for a, b in trained_box)
+    pet01 = predict_with_config(data, generator, card["config"], device, batch_size, box)
+    suvr = pet01 * float(spec_in["pet_scale"])
+    zooms = work_t1.header.get_zooms()[:3]
+    suvr = gaussian_smooth(suvr, fwhm_mm, zooms)
+    suvr[~keep] = 0.0
+    out = nib.Nifti1Image(suvr.astype(np.float32), work_t1.affine)
+    if resampled:
+        out = _resample_to(out, t1w_norm, 1)
+        final = np.asanyarray(out.dataobj, dtype=np.float32) * (
+            np.asanyarray(mask.dataobj) > 0
+        )
+        out = nib.Nifti1Image(final, t1w_norm.affine)
+    back = nib.orientations.ornt_transform(
+        nib.orientations.io_orientation(out.affine),
+        nib.orientations.io_orientation(original.affine),
+    )
+    out = out.as_reoriented(back)
+    out.header.set_xyzt_units("mm", "sec")
+    meta = {
+        "Model": card["model"],
+        "ModelCard": Path(weights).with_suffix(".json").name,
+        "ModelWeights": Path(weights).name,
+        "ModelWeightsSha256": sha256_file(weights),
+        "ModelTrainingData": card.get("training", {}).get("data", "unknown"),
+        "SmoothingFWHM": fwhm_mm,
+        "Units": "SUVR",
+        "ReferenceRegion": spec_in.get("pet_reference_region", "gm-mean"),
+        "Device": device,
+    }
+    return out, meta
+
+
+__all__ = [
+    "CONTEXT_SLICES",
+    "DEFAULT_FWHM_MM",
+    "gaussian_smooth",
+    "patch_grid",
+    "patch_keep",
+    "patches_to_volume",
+    "predict_volume",
+    "predict_with_config",
+    "slices_to_volume",
+    "synthesize_pet",
+    "volume_to_patches",
+    "volume_to_slices",
+]

@@ -1,0 +1,145 @@
+"""Generator and discriminator networks of the synthesis models (2D or 3D).
+
+Tensors are (batch, channel, *spatial) float32 with image values in [-1, 1] (tanh range).
+The PatchGAN discriminator and the U-Net come from MONAI; the ResNet generator of
+Johnson et al. / Zhu et al. (CycleGAN) is not in MONAI and is written here.
+"""
+
+from __future__ import annotations
+
+import torch
+from monai.networks.nets import PatchDiscriminator, UNet
+from torch import nn
+
+_CONV = {2: nn.Conv2d, 3: nn.Conv3d}
+_CONVT = {2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}
+_NORM = {2: nn.InstanceNorm2d, 3: nn.InstanceNorm3d}
+_PAD = {2: nn.ReflectionPad2d, 3: nn.ReflectionPad3d}
+
+
+def _check_dims(spatial_dims: int) -> None:
+    if spatial_dims not in (2, 3):
+        raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
+
+
+class ResnetBlock(nn.Module):
+    """Residual block: reflection pad, 3-conv, instance norm, ReLU, twice, plus identity."""
+
+    def __init__(self, spatial_dims: int, channels: int) -> None:
+        super().__init__()
+        conv, norm, pad = _CONV[spatial_dims], _NORM[spatial_dims], _PAD[spatial_dims]
+        self.block = nn.Sequential(
+            pad(1),
+            conv(channels, channels, 3),
+            norm(channels),
+            nn.ReLU(True),
+            pad(1),
+            conv(channels, channels, 3),
+            norm(channels),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.block(x)
+
+
+class ResnetGenerator(nn.Module):
+    """CycleGAN ResNet generator: c7s1-ngf, 2 stride-2 downsamplings, ``n_blocks``
+    residual blocks, 2 transposed-conv upsamplings, c7s1-out, tanh.
+
+    Spatial sizes must be multiples of ``size_multiple`` (4).
+    """
+
+    size_multiple = 4
+
+    def __init__(
+        self,
+        spatial_dims: int = 2,
+        in_channels: int = 3,
+        out_channels: int = 3,
+        ngf: int = 64,
+        n_blocks: int = 9,
+    ) -> None:
+        super().__init__()
+        _check_dims(spatial_dims)
+        conv, convt = _CONV[spatial_dims], _CONVT[spatial_dims]
+        norm, pad = _NORM[spatial_dims], _PAD[spatial_dims]
+        layers: list[nn.Module] = [
+            pad(3), conv(in_channels, ngf, 7), norm(ngf), nn.ReLU(True)
+        ]
+        ch = ngf
+        for _ in range(2):
+            layers += [conv(ch, ch * 2, 3, stride=2, padding=1), norm(ch * 2), nn.ReLU(True)]
+            ch *= 2
+        layers += [ResnetBlock(spatial_dims, ch) for _ in range(n_blocks)]
+        for _ in range(2):
+            layers += [
+                convt(ch, ch // 2, 3, stride=2, padding=1, output_padding=1),
+                norm(ch // 2),
+                nn.ReLU(True),
+            ]
+            ch //= 2
+        layers += [pad(3), conv(ch, out_channels, 7), nn.Tanh()]
+        self.model = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
+class UnetGenerator(nn.Module):
+    """Pix2Pix-style U-Net (MONAI ``UNet``: stride-2 convs, instance norm, LeakyReLU,
+    skip connections) with a tanh output. Sizes must be multiples of ``2**n_down``."""
+
+    def __init__(
+        self,
+        spatial_dims: int = 2,
+        in_channels: int = 3,
+        out_channels: int = 3,
+        ngf: int = 64,
+        n_down: int = 4,
+    ) -> None:
+        super().__init__()
+        _check_dims(spatial_dims)
+        channels = tuple(ngf * min(2**i, 8) for i in range(n_down + 1))
+        self.size_multiple = 2**n_down
+        self.unet = UNet(
+            spatial_dims=spatial_dims,
+            in_channels=in_channels,
+            out_channels=out_channels,
+            channels=channels,
+            strides=(2,) * n_down,
+            num_res_units=0,
+            act=("LEAKYRELU", {"negative_slope": 0.2}),
+            norm="INSTANCE",
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.unet(x))
+
+
+class PatchGAN(nn.Module):
+    """70x70 PatchGAN (3 stride-2 layers; MONAI ``PatchDiscriminator``, instance norm).
+
+    Returns the raw (logit) map of real/fake decisions, one per receptive field.
+    """
+
+    def __init__(self, spatial_dims: int = 2, in_channels: int = 3, ndf: int = 64) -> None:
+        super().__init__()
+        _check_dims(spatial_dims)
+        self.net = PatchDiscriminator(
+            spatial_dims=spatial_dims,
+            channels=ndf,
+            in_channels=in_channels,
+            num_layers_d=3,
+            norm="INSTANCE",
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)[-1]
+
+
+def count_parameters(module: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+__all__ = ["PatchGAN", "ResnetBlock", "ResnetGenerator", "UnetGenerator", "count_parameters"]

@@ -1,0 +1,111 @@
+"""The synthesis model registry: one home for every model name and its defaults.
+
+Defaults follow the seeds (Zotova et al. 2021, seed 001; Isola et al.; Zhu et al.):
+Adam lr 2e-4, beta1 0.5; semi-3D models batch 5, 100 epochs constant lr then 100 of
+linear decay; 3D-patch models batch 10, 100 epochs at constant lr, 32^3 patches with
+stride 8 for training.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .cyclegan import CycleGAN
+from .model import SynthesisModel
+from .pix2pix import Pix2Pix
+
+DEFAULT_MODEL = "cyclegan-mse"
+
+_TRAINING = {"lr": 2e-4, "beta1": 0.5, "batch_size": 5, "n_epochs": 100, "n_epochs_decay": 100}
+_SEMI3D = {"spatial_dims": 2, "channels": 3, "ngf": 64, "ndf": 64}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A registered model: its class, default hyper-parameters and provenance."""
+
+    name: str
+    builder: type[SynthesisModel]
+    defaults: dict
+    paired: bool  # needs same-subject T1w/PET pairs
+    description: str
+    references: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def kind(self) -> str:
+        return "slices" if self.defaults["spatial_dims"] == 2 else "patches"
+
+
+MODELS: dict[str, ModelSpec] = {
+    spec.name: spec
+    for spec in (
+        ModelSpec(
+            "cyclegan-mse",
+            CycleGAN,
+            {**_TRAINING, **_SEMI3D, "n_blocks": 9, "lambda_cycle": 10.0,
+             "lambda_mse": 10.0, "pool_size": 50},  # fmt: skip
+            paired=True,
+            description="semi-3D CycleGAN (ResNet-9 generators, 70x70 PatchGAN, LSGAN, "
+            "cycle L1) with the paired MSE term in both directions",
+            references=("zotova2021", "zhu2017"),
+        ),
+        ModelSpec(
+            "cyclegan",
+            CycleGAN,
+            {**_TRAINING, **_SEMI3D, "n_blocks": 9, "lambda_cycle": 10.0,
+             "lambda_mse": 0.0, "pool_size": 50},  # fmt: skip
+            paired=False,
+            description="semi-3D CycleGAN without the MSE term (unpaired T1w/PET)",
+            references=("zhu2017", "chen2025"),
+        ),
+        ModelSpec(
+            "cyclegan-3dpatch",
+            CycleGAN,
+            {**_TRAINING, "batch_size": 10, "n_epochs_decay": 0, "spatial_dims": 3,
+             "channels": 1, "ngf": 32, "ndf": 32, "n_blocks": 2, "lambda_cycle": 10.0,
+             "lambda_mse": 10.0, "pool_size": 50, "patch_size": 32,
+             "patch_stride": 8},  # fmt: skip
+            paired=True,
+            description="3D-patch CycleGAN with MSE (ResNet-2 3D generators on 32^3 "
+            "patches; inference keeps the central part of each patch)",
+            references=("zotova2021",),
+        ),
+        ModelSpec(
+            "pix2pix",
+            Pix2Pix,
+            {**_TRAINING, **_SEMI3D, "n_down": 4, "lambda_l1": 100.0, "gan_mode": "vanilla"},
+            paired=True,
+            description="semi-3D Pix2Pix (U-Net generator, conditional PatchGAN, L1 x100)",
+            references=("isola2017",),
+        ),
+    )
+}
+
+
+def model_config(name: str, **overrides) -> dict:
+    """The registered defaults of ``name`` with ``overrides`` applied (None ignored)."""
+    spec = get_spec(name)
+    config = dict(spec.defaults)
+    unknown = {k for k, v in overrides.items() if v is not None} - set(config) - {"seed"}
+    if unknown:
+        raise ValueError(f"{name}: unknown hyper-parameter(s) {sorted(unknown)}")
+    config.update({k: v for k, v in overrides.items() if v is not None})
+    config["model"] = name
+    return config
+
+
+def get_spec(name: str) -> ModelSpec:
+    """The registered spec of ``name`` (ValueError listing the choices otherwise)."""
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODELS)}") from None
+
+
+def build_model(name: str, config: dict | None = None) -> SynthesisModel:
+    """Instantiate model ``name`` with ``config`` (default: the registered defaults)."""
+    spec = get_spec(name)
+    return spec.builder(config if config is not None else model_config(name))
+
+
+__all__ = ["DEFAULT_MODEL", "MODELS", "ModelSpec", "build_model", "get_spec", "model_config"]

@@ -1,0 +1,80 @@
+"""Pseudo-normal PET synthesis: T1w (MNI, [0, 1]) -> model -> PET (MNI) -> T1w space."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from nipype.interfaces import utility as niu
+from nipype.pipeline import engine as pe
+from niworkflows.engine.workflows import LiterateWorkflow as Workflow
+
+from ..config import SYNTHESIS_FWHM_MM, Settings
+from ..interfaces.anat import ApplyTransforms
+from ..interfaces.synthesis import SynthesizePET
+from ..synthesis.weights import default_weights, read_card
+
+SYNTHESIS_OUTPUTS = ["pseudo_std", "pseudo_t1w", "metadata"]
+
+
+def synthesis_fwhm(settings: Settings, card: dict) -> float:
+    """``--synthesis-fwhm``, else the model card's tuned value, else the seed's 1.5 mm."""
+    if settings.synthesis_fwhm is not None:
+        return float(settings.synthesis_fwhm)
+    return float(card["input"].get("smoothing_fwhm_mm", SYNTHESIS_FWHM_MM))
+
+
+def model_weights(settings: Settings) -> Path:
+    """The weights this run uses: ``--model-weights`` or the shipped default."""
+    return Path(settings.model_weights) if settings.model_weights else default_weights()
+
+
+def init_synthesis_wf(
+    settings: Settings, device: str = "cpu", name: str = "synthesis_wf"
+) -> Workflow:
+    """Pseudo-normal FDG PET in MNI and native T1w space.
+
+    Inputs: ``t1w_std_norm``, ``mask_std`` (MNI), ``std2t1w_xfm``, ``t1w_preproc``.
+    Outputs: ``pseudo_std``, ``pseudo_t1w`` (SUVR) and the model ``metadata``.
+    """
+    weights = model_weights(settings)
+    card = read_card(weights)
+    training = card.get("training", {}).get("data", "unknown data")
+    fwhm = synthesis_fwhm(settings, card)
+    if int(card["config"]["spatial_dims"]) == 3:
+        how = ("32³ patches were translated on a regular grid and the central part of each "
+               "was stitched into a volume")  # fmt: skip
+    else:
+        how = ("three adjacent axial slices were translated at a time and the slices "
+               "restacked into a volume")  # fmt: skip
+    workflow = Workflow(name=name)
+    workflow.__desc__ = f"""
+A pseudo-normal FDG PET, the uptake expected for a healthy brain with the participant's
+anatomy, was synthesized from the template-space T1w with the `{card['model']}` model
+[@zotova2021] (weights sha256 `{card['sha256'][:12]}`, trained on {training}): {how},
+smoothed with a {fwhm:g} mm FWHM Gaussian, and the result was
+resampled to the T1w space with the inverse of the T1w-to-template transform.
+"""
+    inputnode = pe.Node(
+        niu.IdentityInterface(fields=["t1w_std_norm", "mask_std", "std2t1w_xfm", "t1w_preproc"]),
+        name="inputnode",
+    )
+    outputnode = pe.Node(niu.IdentityInterface(fields=SYNTHESIS_OUTPUTS), name="outputnode")
+    synth = pe.Node(
+        SynthesizePET(weights=str(weights), device=device, nthreads=settings.omp_nthreads,
+                      fwhm=fwhm),
+        name="synthesize", n_procs=settings.omp_nthreads, mem_gb=1.5,
+    )  # fmt: skip
+    to_t1w = pe.Node(ApplyTransforms(out_name="pseudo_t1w.nii.gz"), name="pseudo_to_t1w")
+    # fmt: off
+    workflow.connect([
+        (inputnode, synth, [("t1w_std_norm", "t1w_norm"), ("mask_std", "mask")]),
+        (synth, to_t1w, [("out_file", "in_file")]),
+        (inputnode, to_t1w, [("t1w_preproc", "reference"), ("std2t1w_xfm", "transforms")]),
+        (synth, outputnode, [("out_file", "pseudo_std"), ("metadata", "metadata")]),
+        (to_t1w, outputnode, [("out_file", "pseudo_t1w")]),
+    ])
+    # fmt: on
+    return workflow
+
+
+__all__ = ["SYNTHESIS_OUTPUTS", "init_synthesis_wf", "model_weights", "synthesis_fwhm"]

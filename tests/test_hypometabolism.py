@@ -1,0 +1,239 @@
+"""Hypometabolism interfaces, normative-model IO, group level and petsynth-evaluate."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from pet_synth_app.analysis import normative
+from pet_synth_app.config import TEMPLATE_SPACE, Settings
+from pet_synth_app.errors import PetSynthError
+from pet_synth_app.interfaces.hypometabolism import ClusterTable, FindClusters, HypometabolismZ
+from pet_synth_app.preproc.templates import get_template
+
+SP = f"space-{TEMPLATE_SPACE}"
+
+
+@pytest.fixture(scope="module")
+def mni():
+    """2 mm MNI grid: brain mask, GM probability, a smooth PET and its pseudo-normal PET."""
+    ref = get_template("mask", 2)
+    mask = np.asanyarray(ref.dataobj) > 0
+    gm = np.asanyarray(get_template("GM", 2).dataobj).astype(np.float64)
+    rng = np.random.default_rng(0)
+    pseudo = np.where(mask, 0.4 + 0.7 * gm, 0.0)
+    pet = pseudo + np.where(mask, rng.normal(0, 0.03, mask.shape), 0.0)
+    # a hypometabolic blob around MNI (-50, -20, -10) mm (left temporal)
+    ijk = np.rint(np.linalg.inv(ref.affine) @ [-50, -20, -10, 1])[:3].astype(int)
+    grid = np.indices(mask.shape)
+    blob = ((grid - ijk[:, None, None, None]) ** 2).sum(0) <= 36  # radius 6 voxels = 12 mm
+    pet = np.where(blob & mask, pet * 0.6, pet)
+    return {"affine": ref.affine, "mask": mask, "gm": gm, "pet": pet, "pseudo": pseudo,
+            "blob": blob, "ijk": ijk}  # fmt: skip
+
+
+def _save(path: Path, data, affine, dtype=np.float32) -> str:
+    nib.Nifti1Image(np.asarray(data, dtype=dtype), affine).to_filename(str(path))
+    return str(path)
+
+
+def _inputs(tmp_path, m):
+    return {k: _save(tmp_path / f"{k}.nii.gz", m[k], m["affine"]) for k in ("pet", "pseudo",
+            "gm", "mask")}  # fmt: skip
+
+
+def test_self_referenced_z_and_clusters(tmp_path, mni):
+    files = _inputs(tmp_path, mni)
+    res = HypometabolismZ(pet=files["pet"], pseudo=files["pseudo"], gm=files["gm"],
+                          mask=files["mask"]).run(cwd=str(tmp_path))  # fmt: skip
+    z = np.asanyarray(nib.load(res.outputs.out_file).dataobj)
+    gm = mni["gm"] > 0.5
+    assert abs(z[gm].mean()) < 1e-3 and abs(z[gm].std() - 1) < 1e-3
+    assert z[mni["blob"] & gm].mean() < -3  # the blob is strongly hypometabolic
+    assert res.outputs.metadata["ZReference"].startswith("self")
+    cl = FindClusters(in_file=res.outputs.out_file, gm=files["gm"], mask=files["mask"]).run(
+        cwd=str(tmp_path))  # fmt: skip
+    dseg = np.asanyarray(nib.load(cl.outputs.dseg).dataobj)
+    assert cl.outputs.n_clusters >= 1 and dseg[tuple(mni["ijk"])] == 1  # top rank = the blob
+    rows = json.loads(Path(cl.outputs.clusters).read_text())
+    assert rows[0]["hemisphere"] == "L" and rows[0]["lobe"] == "temporal"
+    assert rows[0]["size_mm3"] >= 1500
+    assert cl.outputs.metadata["Threshold"] == -1.65
+
+
+def test_cluster_table_t1w_peaks_follow_the_inverse_warp(tmp_path, mni):
+    """The MNI cluster mapped to a rotated, shifted T1w grid lands where the transform
+    says, and the table's T1w peak lies inside it."""
+    from pet_synth_app.interfaces.anat import ApplyTransforms
+    from pet_synth_app.preproc.pet import write_ants_rigid
+
+    files = _inputs(tmp_path, mni)
+    z = HypometabolismZ(pet=files["pet"], pseudo=files["pseudo"], gm=files["gm"],
+                        mask=files["mask"]).run(cwd=str(tmp_path)).outputs.out_file  # fmt: skip
+    cl = FindClusters(in_file=z, gm=files["gm"], mask=files["mask"]).run(cwd=str(tmp_path))
+    a = np.deg2rad(12)
+    m = np.eye(4)  # T1w world -> MNI world (ANTs fixed -> moving)
+    m[:3, :3] = [[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]]
+    m[:3, 3] = [8.0, -5.0, 6.0]
+    xfm = write_ants_rigid(m, str(tmp_path / "std2t1w.mat"))
+    t1w_aff = np.diag([1.5, 1.5, 1.5, 1.0])
+    t1w_aff[:3, 3] = [-90, -120, -80]
+    t1w_ref = _save(tmp_path / "t1w.nii.gz", np.zeros((120, 150, 120)), t1w_aff)
+    dseg_t1w = ApplyTransforms(in_file=cl.outputs.dseg, reference=t1w_ref, transforms=[xfm],
+                               interpolation="nearestNeighbor").run(cwd=str(tmp_path))  # fmt: skip
+    z_t1w = ApplyTransforms(in_file=z, reference=t1w_ref, transforms=[xfm],
+                            out_name="z_t1w.nii.gz").run(cwd=str(tmp_path))  # fmt: skip
+    lab = np.asanyarray(nib.load(dseg_t1w.outputs.out_file).dataobj)
+    mni_lab = np.asanyarray(nib.load(cl.outputs.dseg).dataobj)
+    c_mni = nib.affines.apply_affine(mni["affine"], np.argwhere(mni_lab == 1).mean(0))
+    c_t1w = nib.affines.apply_affine(t1w_aff, np.argwhere(lab == 1).mean(0))
+    assert np.linalg.norm(m @ [*c_t1w, 1] - [*c_mni, 1]) < 1.5  # mm
+    tab = ClusterTable(clusters=cl.outputs.clusters, dseg_t1w=dseg_t1w.outputs.out_file,
+                       stat_t1w=z_t1w.outputs.out_file).run(cwd=str(tmp_path))  # fmt: skip
+    with open(tab.outputs.out_file, newline="") as fh:
+        rows = list(csv.DictReader(fh, delimiter="\t"))
+    peak = np.array([float(rows[0][k]) for k in ("peak_x_t1w", "peak_y_t1w", "peak_z_t1w_mm")])
+    ijk = np.rint(np.linalg.inv(t1w_aff) @ [*peak, 1])[:3].astype(int)
+    assert lab[tuple(ijk)] == 1
+    assert "peak_x_t1w" in tab.outputs.metadata and rows[0]["rank"] == "1"
+
+
+def test_empty_cluster_table_keeps_header(tmp_path, mni):
+    files = _inputs(tmp_path, mni)
+    zero = _save(tmp_path / "z0.nii.gz", np.zeros(mni["mask"].shape), mni["affine"])
+    cl = FindClusters(in_file=zero, gm=files["gm"], mask=files["mask"]).run(cwd=str(tmp_path))
+    assert cl.outputs.n_clusters == 0
+    tab = ClusterTable(clusters=cl.outputs.clusters, dseg_t1w=cl.outputs.dseg,
+                       stat_t1w=zero).run(cwd=str(tmp_path))  # fmt: skip
+    header = Path(tab.outputs.out_file).read_text().splitlines()
+    assert len(header) == 1 and header[0].startswith("rank\tsize_mm3")
+    assert "peak_x_t1w" in header[0]
+
+
+def _normative(tmp_path, mni, sha="abc"):
+    rng = np.random.default_rng(1)
+    pets = [mni["pseudo"] + np.where(mni["mask"], rng.normal(0, 0.03, mni["mask"].shape), 0)
+            for _ in range(4)]  # fmt: skip
+    model = normative.fit_from_controls(pets, [mni["pseudo"]] * 4, [mni["mask"]] * 4,
+                                        mni["affine"], {"model_sha256": sha})  # fmt: skip
+    return normative.save(model, tmp_path / "normative")
+
+
+def test_normative_roundtrip_and_control_referenced_z(tmp_path, mni):
+    folder = _normative(tmp_path, mni)
+    model = normative.load(folder)
+    assert model.meta["n_controls"] == 4 and model.mask.sum() > 1000
+    assert (model.residual_sd[model.mask] > 0).all()
+    pet_mean = model.pet_mean[model.mask].mean()
+    assert abs(pet_mean - mni["pseudo"][model.mask].mean()) < 0.01
+    files = _inputs(tmp_path, mni)
+    res = HypometabolismZ(pet=files["pet"], pseudo=files["pseudo"], gm=files["gm"],
+                          mask=files["mask"], normative=str(folder),
+                          weights_sha256="abc").run(cwd=str(tmp_path))  # fmt: skip
+    z = np.asanyarray(nib.load(res.outputs.out_file).dataobj)
+    assert res.outputs.metadata["ZReference"] == "controls"
+    assert z[mni["blob"] & (mni["gm"] > 0.5)].mean() < -3
+    with pytest.raises(PetSynthError, match="fitted with synthesis weights abc"):
+        HypometabolismZ(pet=files["pet"], pseudo=files["pseudo"], gm=files["gm"],
+                        mask=files["mask"], normative=str(folder),
+                        weights_sha256="xyz").run(cwd=str(tmp_path))  # fmt: skip
+
+
+def test_normative_load_refuses_incomplete(tmp_path):
+    (tmp_path / "n").mkdir()
+    with pytest.raises(PetSynthError, match="not a normative model"):
+        normative.load(tmp_path / "n")
+
+
+def _fake_out(root: Path, subjects, mni, html=True, sha="abc"):
+    for i, s in enumerate(subjects):
+        pet, anat = root / f"sub-{s}" / "pet", root / f"sub-{s}" / "anat"
+        pet.mkdir(parents=True)
+        anat.mkdir(parents=True)
+        rng = np.random.default_rng(i)
+        noise = np.where(mni["mask"], rng.normal(0, 0.03, mni["mask"].shape), 0)
+        _save(pet / f"sub-{s}_trc-FDG_{SP}_desc-preproc_pet.nii.gz", mni["pseudo"] + noise,
+              mni["affine"])  # fmt: skip
+        _save(pet / f"sub-{s}_{SP}_desc-pseudonormal_pet.nii.gz", mni["pseudo"], mni["affine"])
+        (pet / f"sub-{s}_{SP}_desc-pseudonormal_pet.json").write_text(
+            json.dumps({"ModelWeightsSha256": sha}))  # fmt: skip
+        _save(anat / f"sub-{s}_{SP}_desc-brain_mask.nii.gz", mni["mask"], mni["affine"], np.uint8)
+        if html:
+            (root / f"sub-{s}.html").write_text("<html></html>")
+
+
+def test_group_level_fits_normative_and_quality(tmp_path, mni):
+    from conftest import make_bids
+
+    from pet_synth_app.group import run_group_level
+
+    bids = make_bids(tmp_path / "bids", subjects=("01", "02", "03"))
+    out = tmp_path / "out"
+    _fake_out(out, ("01", "02", "03"), mni)
+    settings = Settings(bids_dir=bids, output_dir=out)
+    assert run_group_level(settings) == 0
+    model = normative.load(out / "group" / "normative")
+    assert model.meta["participants"] == ["sub-01", "sub-02", "sub-03"]
+    assert model.meta["model_sha256"] == "abc"
+    rows = list(csv.DictReader(open(out / "group" / "synthesis_quality.tsv"), delimiter="\t"))
+    assert [r["participant_id"] for r in rows] == ["sub-01", "sub-02", "sub-03"]
+    assert all(0.5 < float(r["ssim"]) <= 1 for r in rows)
+    # the participant level picks the group model up by default
+    from pet_synth_app.workflows.hypometabolism import normative_model_dir
+
+    assert normative_model_dir(settings) == out / "group" / "normative"
+
+
+def test_group_level_needs_two_controls(tmp_path, mni):
+    from conftest import make_bids
+
+    from pet_synth_app.group import run_group_level
+
+    bids = make_bids(tmp_path / "bids", subjects=("01", "02"))
+    out = tmp_path / "out"
+    _fake_out(out, ("01",), mni)
+    _fake_out(out, ("02",), mni, html=False)  # unfinished: ignored
+    with pytest.raises(PetSynthError, match="at least 2 finished controls"):
+        run_group_level(Settings(bids_dir=bids, output_dir=out))
+
+
+def test_evaluate_cli(tmp_path, mni, capsys):
+    from pet_synth_app.cli import evaluate
+
+    out, truth = tmp_path / "out", tmp_path / "truth"
+    shape = (20, 20, 20)
+    aff = np.eye(4)
+    lesion = np.zeros(shape)
+    lesion[2:6, 2:6, 2:6] = 1
+    lesion[12:16, 12:16, 12:16] = 2
+    dseg = np.zeros(shape)
+    dseg[8:10, 8:10, 8:10] = 1  # rank 1: false positive
+    dseg[3:5, 3:5, 3:5] = 2  # rank 2 hits lesion 1
+    ctrl = np.zeros(shape)
+    ctrl[0:2, 0:2, 0:2] = 1
+    for s, d in (("p01", dseg), ("c01", ctrl)):
+        pet = out / f"sub-{s}" / "pet"
+        pet.mkdir(parents=True)
+        _save(pet / f"sub-{s}_trc-FDG_space-T1w_desc-hypometabolism_dseg.nii.gz", d, aff,
+              np.int16)  # fmt: skip
+        (pet / f"sub-{s}_trc-FDG_desc-hypometabolism_clusters.tsv").write_text(
+            "rank\themisphere\tlobe\n1\tR\tfrontal\n2\tL\ttemporal\n")  # fmt: skip
+        (truth / f"sub-{s}" / "anat").mkdir(parents=True)
+    _save(truth / "sub-p01" / "anat" / "sub-p01_desc-lesion_mask.nii.gz", lesion, aff, np.int16)
+    (truth / "lesions.tsv").write_text(
+        "participant_id\tlesion\themisphere\tlobe\tvolume_ml\tuptake_loss\n"
+        "sub-p01\t1\tL\ttemporal\t0.06\t0.3\nsub-p01\t2\tR\tparietal\t0.06\t0.2\n")  # fmt: skip
+    assert evaluate.main([str(out), "--truth", str(truth)]) == 0
+    summary = json.loads((out / "group" / "evaluation" /
+                          "desc-hypometabolism_summary.json").read_text())  # fmt: skip
+    assert summary["sensitivity_top1"] == 0 and summary["sensitivity_top3"] == 1
+    assert summary["mean_rank"] == 2 and summary["lobe_accuracy"] == 1
+    assert summary["lesion_sensitivity_top3"] == 0.5 and summary["fp_per_control"] == 1
+    assert (out / "group" / "evaluation" / "desc-hypometabolism_sensitivity.png").stat().st_size
+    assert "sensitivity within top 3" in capsys.readouterr().out
+    assert evaluate.main([str(out), "--truth", str(tmp_path / "nope")]) == 2
