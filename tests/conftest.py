@@ -84,3 +84,14 @@ def make_tiny_weights(path: Path, model: str = "cyclegan-mse", voxel_size: float
 @pytest.fixture
 def tiny_weights(tmp_path) -> Path:
     return make_tiny_weights(tmp_path / "model" / "tiny.safetensors")
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Run a module's torch code on one thread (stable timings on a busy 2-core box)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -19,13 +19,7 @@ from pet_synth_app.synthesis import inference, weights
 from pet_synth_app.synthesis.networks import count_parameters
 from pet_synth_app.synthesis.registry import build_model, model_config
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class Identity(nn.Module):

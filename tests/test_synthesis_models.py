@@ -35,13 +35,7 @@ SLICE_SHAPE = (2, 3, 64, 64)  # semi-3D: 3 adjacent axial slices as channels
 PATCH_SHAPE = (2, 1, 32, 32, 32)  # 3D patches
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: the CI machine is shared, oversubscription is slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny(name: str, seed: int = 0, **overrides):

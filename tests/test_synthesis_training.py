@@ -24,12 +24,7 @@ AFFINE = np.diag([2.0, 2.0, 2.0, 1.0])
 PET_SCALE = 2.5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def make_volumes(name="sub-01", seed=0, zrange=(6, 30), with_pet=True) -> training.Volumes:

@@ -137,26 +137,24 @@ def evaluate(out_dir: Path, truth: Path, desc: str = "hypometabolism", max_k: in
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ..analysis import detection as det
-    from .run import _error
+    from .run import guarded
 
     parser = get_parser()
     opts = parser.parse_args(argv)
-    try:
-        if not opts.output_dir.is_dir():
-            raise UsageError("OUTPUT_DIR is not a directory", str(opts.output_dir))
-        if not opts.truth.is_dir():
-            raise UsageError("--truth is not a directory", str(opts.truth))
-        patients, lesion_rows, controls, summary, curve, lesion_curve = evaluate(
-            opts.output_dir, opts.truth, opts.desc, opts.max_k
-        )
-    except UsageError as exc:
-        parser.print_usage(sys.stderr)
-        _error(exc)
-        return exc.exit_code
-    except PetSynthError as exc:
-        _error(exc)
-        return exc.exit_code
+    return guarded(parser, lambda: run_evaluation(opts), "interrupted")
+
+
+def run_evaluation(opts: argparse.Namespace) -> int:
+    """Evaluate, write the tables, curve and summary, print the headline numbers."""
+    from ..analysis import detection as det
+
+    if not opts.output_dir.is_dir():
+        raise UsageError("OUTPUT_DIR is not a directory", str(opts.output_dir))
+    if not opts.truth.is_dir():
+        raise UsageError("--truth is not a directory", str(opts.truth))
+    patients, lesion_rows, controls, summary, curve, lesion_curve = evaluate(
+        opts.output_dir, opts.truth, opts.desc, opts.max_k
+    )
     out = opts.out or opts.output_dir / "group" / "evaluation"
     out.mkdir(parents=True, exist_ok=True)
     stem = f"desc-{opts.desc}"

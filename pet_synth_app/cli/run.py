@@ -287,27 +287,36 @@ def _error(exc: Exception) -> None:
     print(f"petsynth: error: {exc}", file=sys.stderr)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the BIDS-App; returns the exit code (0 ok, 1 input/processing error, 2 usage)."""
-    parser = get_parser()
-    opts = parser.parse_args(argv)
+def guarded(parser: argparse.ArgumentParser, func, interrupted: str) -> int:
+    """Run ``func()`` and turn user-facing errors into one line and an exit code
+    (usage errors also print the usage; Ctrl-C prints ``interrupted``, exit 130)."""
     try:
-        settings = settings_from_args(opts)
+        return func()
     except UsageError as exc:
         parser.print_usage(sys.stderr)
         _error(exc)
         return exc.exit_code
-    _setup_logging(settings.verbose)
-    try:
-        if settings.analysis_level == "participant":
-            return run_participant(settings)
-        return run_group(settings)
     except PetSynthError as exc:
         _error(exc)
         return exc.exit_code
     except KeyboardInterrupt:
-        _error("interrupted; rerun with the same --work-dir to resume")
+        _error(interrupted)
         return 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the BIDS-App; returns the exit code (0 ok, 1 input/processing error, 2 usage)."""
+    parser = get_parser()
+    opts = parser.parse_args(argv)
+
+    def run() -> int:
+        settings = settings_from_args(opts)
+        _setup_logging(settings.verbose)
+        if settings.analysis_level == "participant":
+            return run_participant(settings)
+        return run_group(settings)
+
+    return guarded(parser, run, "interrupted; rerun with the same --work-dir to resume")
 
 
 def resolve_device(device: str) -> str:

@@ -114,24 +114,14 @@ def get_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; exit 0 ok, 1 input/processing error, 2 usage error."""
-    from .run import _error, _setup_logging
+    from .run import _setup_logging, guarded
 
     parser = get_parser()
     opts = parser.parse_args(argv)
     _setup_logging(opts.verbose)
     LOGGER.setLevel(logging.INFO)
-    try:
-        return train_from_args(opts)
-    except UsageError as exc:
-        parser.print_usage(sys.stderr)
-        _error(exc)
-        return exc.exit_code
-    except PetSynthError as exc:
-        _error(exc)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        _error("interrupted; rerun the same command to resume from the last epoch")
-        return 130
+    message = "interrupted; rerun the same command to resume from the last epoch"
+    return guarded(parser, lambda: train_from_args(opts), message)
 
 
 def _check_args(opts: argparse.Namespace) -> None:

@@ -26,6 +26,14 @@ def _common_meta(settings: Settings) -> dict:
     return {"SoftwareVersion": f"petsynth {__version__}", "RandomSeed": settings.random_seed}
 
 
+def _pet_sources(settings: Settings, pet_source: str, t1w_source: str) -> dict:
+    """DataSink arguments of a PET-derived output: named after the PET, made from both."""
+    return {
+        "source_file": pet_source,
+        "Sources": [bids_uri(pet_source, settings), bids_uri(t1w_source, settings)],
+    }
+
+
 def _sink(settings: Settings, name: str, **kwargs) -> pe.Node:
     return pe.Node(
         DerivativesDataSink(base_directory=str(settings.output_dir), **kwargs),
@@ -108,10 +116,7 @@ def init_pet_derivatives_wf(
     fields = ["pet_t1w", "pet_std", "pet2t1w_xfm", "suvr_metadata", "t1w_preproc"]
     inputnode = pe.Node(niu.IdentityInterface(fields=fields), name="inputnode")
     outputnode = pe.Node(niu.IdentityInterface(fields=["out_files"]), name="outputnode")
-    src = {
-        "source_file": pet_source,
-        "Sources": [bids_uri(pet_source, settings), bids_uri(t1w_source, settings)],
-    }
+    src = _pet_sources(settings, pet_source, t1w_source)
     meta = _common_meta(settings)
     sinks = {
         "pet2t1w_xfm": _sink(settings, "ds_pet2t1w_xfm", suffix="xfm", datatype="pet",
@@ -121,24 +126,40 @@ def init_pet_derivatives_wf(
         if space in settings.output_spaces:
             sinks[field] = _sink(settings, f"ds_{field}", space=space, desc="preproc",
                                  suffix="pet", datatype="pet", compress=True, **src, **meta)
+    meta_of = {f: "suvr_metadata" for f in sinks if f.startswith("pet_")}
+    fig = pe.Node(OverlayFigure(title="PET (SUVR) on T1w"), name="fig_coreg")
+    ds_fig = _sink(settings, "ds_fig_coreg", space="T1w", desc="coreg", suffix="pet",
+                   datatype="figures", source_file=pet_source)  # fmt: skip
+    _connect_sinks(workflow, inputnode, outputnode, sinks, meta_of, fig, ds_fig, "pet_t1w")
+    return workflow
+
+
+def _connect_sinks(
+    workflow: Workflow,
+    inputnode: pe.Node,
+    outputnode: pe.Node,
+    sinks: dict[str, pe.Node],
+    meta_of: dict[str, str],
+    fig: pe.Node,
+    ds_fig: pe.Node,
+    overlay: str,
+) -> None:
+    """Feed each sink its input field (and sidecar metadata field), draw ``overlay`` on the
+    T1w into ``ds_fig``, and collect every written path in ``outputnode.out_files``."""
     merge = pe.Node(niu.Merge(len(sinks) + 1), name="merge_outputs")
     for i, (field, sink) in enumerate(sinks.items(), start=1):
         workflow.connect(inputnode, field, sink, "in_file")
         workflow.connect(sink, "out_file", merge, f"in{i}")
-        if field.startswith("pet_"):
-            workflow.connect(inputnode, "suvr_metadata", sink, "meta_dict")
-    fig = pe.Node(OverlayFigure(title="PET (SUVR) on T1w"), name="fig_coreg")
-    ds_fig = _sink(settings, "ds_fig_coreg", space="T1w", desc="coreg", suffix="pet",
-                   datatype="figures", source_file=pet_source)  # fmt: skip
+        if field in meta_of:
+            workflow.connect(inputnode, meta_of[field], sink, "meta_dict")
     # fmt: off
     workflow.connect([
-        (inputnode, fig, [("t1w_preproc", "background"), ("pet_t1w", "overlay")]),
+        (inputnode, fig, [("t1w_preproc", "background"), (overlay, "overlay")]),
         (fig, ds_fig, [("out_file", "in_file")]),
         (ds_fig, merge, [("out_file", f"in{len(sinks) + 1}")]),
         (merge, outputnode, [("out", "out_files")]),
     ])
     # fmt: on
-    return workflow
 
 
 def init_synthesis_derivatives_wf(
@@ -157,22 +178,11 @@ def init_synthesis_derivatives_wf(
             sinks[field] = _sink(settings, f"ds_{field}", space=space, desc="pseudonormal",
                                  suffix="pet", datatype="pet", compress=True, **src,
                                  **meta)  # fmt: skip
-    merge = pe.Node(niu.Merge(len(sinks) + 1), name="merge_outputs")
-    for i, (field, sink) in enumerate(sinks.items(), start=1):
-        workflow.connect(inputnode, field, sink, "in_file")
-        workflow.connect(inputnode, "metadata", sink, "meta_dict")
-        workflow.connect(sink, "out_file", merge, f"in{i}")
     fig = pe.Node(OverlayFigure(title="pseudo-normal PET (SUVR) on T1w"), name="fig_pseudo")
     ds_fig = _sink(settings, "ds_fig_pseudo", space="T1w", desc="pseudonormal", suffix="pet",
                    datatype="figures", source_file=t1w_source)  # fmt: skip
-    # fmt: off
-    workflow.connect([
-        (inputnode, fig, [("t1w_preproc", "background"), ("pseudo_t1w", "overlay")]),
-        (fig, ds_fig, [("out_file", "in_file")]),
-        (ds_fig, merge, [("out_file", f"in{len(sinks) + 1}")]),
-        (merge, outputnode, [("out", "out_files")]),
-    ])
-    # fmt: on
+    _connect_sinks(workflow, inputnode, outputnode, sinks, dict.fromkeys(sinks, "metadata"),
+                   fig, ds_fig, "pseudo_t1w")  # fmt: skip
     return workflow
 
 
@@ -190,10 +200,7 @@ def init_hypometabolism_derivatives_wf(
               "cluster_metadata", "table_metadata"]  # fmt: skip
     inputnode = pe.Node(niu.IdentityInterface(fields=fields), name="inputnode")
     outputnode = pe.Node(niu.IdentityInterface(fields=["out_files"]), name="outputnode")
-    src = {
-        "source_file": pet_source,
-        "Sources": [bids_uri(pet_source, settings), bids_uri(t1w_source, settings)],
-    }
+    src = _pet_sources(settings, pet_source, t1w_source)
     meta = _common_meta(settings)
     merge_meta = pe.Node(niu.Function(function=_merge_meta, output_names=["out"]),
                          name="merge_meta")  # fmt: skip
