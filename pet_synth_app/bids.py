@@ -18,6 +18,7 @@ import nibabel as nib
 import numpy as np
 
 from . import __version__
+from .config import TEMPLATE_SPACE
 from .errors import PetSynthError
 
 LOGGER = logging.getLogger("petsynth")
@@ -320,6 +321,34 @@ def validate_inputs(unit: SubjectInputs) -> list[PetSynthError]:
         except PetSynthError as exc:
             problems.append(exc)
     return problems
+
+
+def first_match(folder: Path, pattern: str) -> Path | None:
+    """The first (sorted) file under ``folder`` matching a glob ``pattern``, or None."""
+    hits = sorted(Path(folder).glob(pattern))
+    return hits[0] if hits else None
+
+
+MNI_DERIVATIVES = {
+    "t1w": "desc-preproc_T1w",
+    "mask": "desc-brain_mask",
+    "gm": "label-GM_probseg",
+    "pet": "desc-preproc_pet",
+    "pseudo": "desc-pseudonormal_pet",
+}
+"""PetSynth's MNI-space participant outputs by role (``space-<template>_<key>.nii.gz``)."""
+
+
+def find_mni_derivatives(deriv: Path, subject: str) -> dict[str, Path | None]:
+    """A participant's MNI-space PetSynth outputs in ``deriv`` by role (None if absent):
+    T1w, brain mask, GM probability, SUVR PET and pseudo-normal PET."""
+    return {
+        role: first_match(
+            Path(deriv),
+            f"sub-{subject}/**/sub-{subject}*_space-{TEMPLATE_SPACE}_{suffix}.nii.gz",
+        )
+        for role, suffix in MNI_DERIVATIVES.items()
+    }
 
 
 def write_derivative_description(

@@ -22,7 +22,7 @@ from . import __version__
 from .analysis import normative
 from .analysis.clusters import write_tsv
 from .analysis.metrics import image_metrics
-from .bids import read_participants
+from .bids import find_mni_derivatives, read_participants
 from .config import TEMPLATE_SPACE, Settings
 from .errors import PetSynthError
 
@@ -30,22 +30,12 @@ LOGGER = logging.getLogger("petsynth")
 QUALITY_COLUMNS = ("participant_id", "ssim", "ssim_2d", "psnr", "rmse", "mae")
 
 
-def _first(folder: Path, pattern: str) -> Path | None:
-    hits = sorted(folder.glob(pattern))
-    return hits[0] if hits else None
-
-
 def control_outputs(out: Path, subject: str) -> dict[str, Path] | None:
     """MNI-space real PET, pseudo-normal PET and brain mask of a finished participant."""
     if not (out / f"sub-{subject}.html").is_file():
         return None
-    sub = out / f"sub-{subject}"
-    space = f"space-{TEMPLATE_SPACE}"
-    files = {
-        "pet": _first(sub, f"**/pet/sub-{subject}*_{space}_desc-preproc_pet.nii.gz"),
-        "pseudo": _first(sub, f"**/pet/sub-{subject}*_{space}_desc-pseudonormal_pet.nii.gz"),
-        "mask": _first(sub, f"**/anat/sub-{subject}*_{space}_desc-brain_mask.nii.gz"),
-    }
+    found = find_mni_derivatives(out, subject)
+    files = {role: found[role] for role in ("pet", "pseudo", "mask")}
     return files if all(files.values()) else None
 
 

@@ -114,14 +114,21 @@ def load(folder: str | Path) -> NormativeModel:
     return NormativeModel(**data, affine=imgs["mask"].affine, meta=meta)
 
 
-def check_compatible(model: NormativeModel, affine: np.ndarray, shape: tuple,
-                     weights_sha256: str | None) -> None:  # fmt: skip
-    """Refuse a model fitted on another grid or with another synthesis model."""
-    if model.mask.shape != tuple(shape) or not np.allclose(model.affine, affine, atol=1e-3):
+def check_compatible(
+    meta: dict,
+    model_affine: np.ndarray,
+    model_shape: tuple,
+    affine: np.ndarray,
+    shape: tuple,
+    weights_sha256: str | None,
+) -> None:
+    """Refuse a model (its ``meta`` and grid) fitted on another grid or with another
+    synthesis model than this run's."""
+    if tuple(model_shape) != tuple(shape) or not np.allclose(model_affine, affine, atol=1e-3):
         raise PetSynthError(
             "normative model grid differs from this run's MNI grid (same --mni-resolution?)"
         )
-    fitted = model.meta.get("model_sha256")
+    fitted = meta.get("model_sha256")
     if weights_sha256 and fitted and fitted != weights_sha256:
         raise PetSynthError(
             f"normative model was fitted with synthesis weights {fitted[:12]}..., this run "
@@ -145,10 +152,8 @@ def preflight(folder: str | Path, weights_sha256: str | None, histogram_matching
     mask_path = _path(folder, "mask")
     if not mask_path.is_file():
         raise PetSynthError(f"not a normative model (missing {mask_path.name})", str(folder))
-    mask = nib.load(str(mask_path))
-    model = NormativeModel(*(None,) * 4, mask=np.empty(mask.shape), affine=mask.affine,
-                           meta=meta)  # fmt: skip
-    check_compatible(model, affine, shape, weights_sha256)
+    mask = nib.load(str(mask_path))  # header only: the grid
+    check_compatible(meta, mask.affine, mask.shape[:3], affine, shape, weights_sha256)
     if bool(meta.get("histogram_matching", False)) != bool(histogram_matching):
         raise PetSynthError(
             f"normative model was fitted {'with' if meta.get('histogram_matching') else 'without'}"

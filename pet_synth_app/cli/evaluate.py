@@ -48,11 +48,6 @@ def _read_tsv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(fh, delimiter="\t"))
 
 
-def _first(folder: Path, pattern: str) -> Path | None:
-    hits = sorted(folder.glob(pattern))
-    return hits[0] if hits else None
-
-
 def _load_labels_on(path: Path, ref_path: Path):
     """Integer labels of ``path`` on the grid of ``ref_path`` (nearest neighbour)."""
     import nibabel as nib
@@ -73,6 +68,7 @@ def evaluate(out_dir: Path, truth: Path, desc: str = "hypometabolism", max_k: in
     import numpy as np
 
     from ..analysis import detection as det
+    from ..bids import first_match
 
     lesions_tsv = truth / "lesions.tsv"
     if not lesions_tsv.is_file():
@@ -88,8 +84,9 @@ def evaluate(out_dir: Path, truth: Path, desc: str = "hypometabolism", max_k: in
         fitted = set(json.loads(norm_json.read_text())["participants"])
     patients, controls, lesion_rows, missing = [], [], [], []
     for s in subjects:
-        dseg = _first(out_dir / f"sub-{s}", f"**/pet/sub-{s}*_space-T1w_desc-{desc}_dseg.nii.gz")
-        table = _first(out_dir / f"sub-{s}", f"**/pet/sub-{s}*_desc-{desc}_clusters.tsv")
+        sub = out_dir / f"sub-{s}"
+        dseg = first_match(sub, f"**/pet/sub-{s}*_space-T1w_desc-{desc}_dseg.nii.gz")
+        table = first_match(sub, f"**/pet/sub-{s}*_desc-{desc}_clusters.tsv")
         if dseg is None or table is None:
             missing.append(s)
             continue
@@ -101,7 +98,7 @@ def evaluate(out_dir: Path, truth: Path, desc: str = "hypometabolism", max_k: in
             controls.append({"participant_id": f"sub-{s}", "n_clusters": n_clusters,
                              "in_normative_model": f"sub-{s}" in fitted})  # fmt: skip
             continue
-        mask = _first(truth / f"sub-{s}", f"**/sub-{s}*_desc-lesion_mask.nii.gz")
+        mask = first_match(truth / f"sub-{s}", f"**/sub-{s}*_desc-lesion_mask.nii.gz")
         if mask is None:
             raise PetSynthError(f"no lesion mask for sub-{s}", str(truth))
         truth_labels = _load_labels_on(mask, dseg)

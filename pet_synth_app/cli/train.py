@@ -159,18 +159,12 @@ def select_participants(bids_dir: Path, groups: list[str], labels: list[str]) ->
 
 
 def find_training_files(deriv: Path, subject: str) -> dict[str, Path | None] | None:
-    """MNI-space T1w, brain mask and SUVR PET of ``subject`` in a PetSynth output folder."""
+    """MNI-space T1w, brain mask and SUVR PET of ``subject`` in a PetSynth output folder
+    (None without T1w and mask)."""
+    from ..bids import find_mni_derivatives
 
-    def first(pattern: str) -> Path | None:
-        hits = sorted(deriv.glob(f"sub-{subject}/**/{pattern}"))
-        return hits[0] if hits else None
-
-    space = f"space-{TEMPLATE_SPACE}"
-    files = {
-        "t1w": first(f"sub-{subject}*_{space}_desc-preproc_T1w.nii.gz"),
-        "mask": first(f"sub-{subject}*_{space}_desc-brain_mask.nii.gz"),
-        "pet": first(f"sub-{subject}*_{space}_desc-preproc_pet.nii.gz"),
-    }
+    found = find_mni_derivatives(deriv, subject)
+    files = {role: found[role] for role in ("t1w", "mask", "pet")}
     return files if files["t1w"] and files["mask"] else None
 
 

@@ -198,7 +198,7 @@ class SegmentTissues(SimpleInterface):
         return runtime
 
 
-class _ApplyMaskInputSpec(BaseInterfaceInputSpec):
+class _ImageMaskInputSpec(BaseInterfaceInputSpec):
     in_file = File(exists=True, mandatory=True)
     mask = File(exists=True, mandatory=True)
 
@@ -206,7 +206,7 @@ class _ApplyMaskInputSpec(BaseInterfaceInputSpec):
 class ApplyMask(SimpleInterface):
     """Zero an image outside a mask (skull-stripped T1w)."""
 
-    input_spec = _ApplyMaskInputSpec
+    input_spec = _ImageMaskInputSpec
     output_spec = _SingleOutputSpec
 
     def _run_interface(self, runtime):
@@ -218,15 +218,10 @@ class ApplyMask(SimpleInterface):
         return runtime
 
 
-class _NormalizeInputSpec(BaseInterfaceInputSpec):
-    in_file = File(exists=True, mandatory=True)
-    mask = File(exists=True, mandatory=True)
-
-
 class NormalizeT1(SimpleInterface):
     """Scale the T1w to [0, 1] inside the brain mask (deep-model input)."""
 
-    input_spec = _NormalizeInputSpec
+    input_spec = _ImageMaskInputSpec
     output_spec = _SingleOutputSpec
 
     def _run_interface(self, runtime):

@@ -66,7 +66,8 @@ class HypometabolismZ(SimpleInterface):
         meta = {"HistogramMatching": self.inputs.histogram_matching}
         if isdefined(self.inputs.normative):
             model = norm.load(self.inputs.normative)
-            norm.check_compatible(model, ref.affine, ref.shape[:3], self.inputs.weights_sha256)
+            norm.check_compatible(model.meta, model.affine, model.mask.shape, ref.affine,
+                                  ref.shape[:3], self.inputs.weights_sha256)  # fmt: skip
             z = control_referenced_z(d, model.residual_mean, model.residual_sd,
                                      mask & model.mask)  # fmt: skip
             meta.update(ZReference="controls", NormativeModel=str(self.inputs.normative),

@@ -19,7 +19,7 @@ from torch import nn
 
 from ..config import SYNTHESIS_FWHM_MM
 from ..preproc.templates import get_template
-from .weights import load_generator, sha256_file
+from .weights import load_generator
 
 DEFAULT_FWHM_MM = SYNTHESIS_FWHM_MM
 DEFAULT_BATCH_SIZE = 8
@@ -273,7 +273,7 @@ def synthesize_pet(
         "Model": card["model"],
         "ModelCard": Path(weights).with_suffix(".json").name,
         "ModelWeights": Path(weights).name,
-        "ModelWeightsSha256": sha256_file(weights),
+        "ModelWeightsSha256": card["sha256"],  # verified against the file on load
         "ModelTrainingData": card.get("training", {}).get("data", "unknown"),
         "SmoothingFWHM": fwhm_mm,
         "Units": "SUVR",

@@ -18,6 +18,7 @@ DEFAULT_MODEL = "cyclegan-mse"
 
 _TRAINING = {"lr": 2e-4, "beta1": 0.5, "batch_size": 5, "n_epochs": 100, "n_epochs_decay": 100}
 _SEMI3D = {"spatial_dims": 2, "channels": 3, "ngf": 64, "ndf": 64}
+_SEMI3D_CYCLE = {**_TRAINING, **_SEMI3D, "n_blocks": 9, "lambda_cycle": 10.0, "pool_size": 50}
 
 
 @dataclass(frozen=True)
@@ -42,8 +43,7 @@ MODELS: dict[str, ModelSpec] = {
         ModelSpec(
             "cyclegan-mse",
             CycleGAN,
-            {**_TRAINING, **_SEMI3D, "n_blocks": 9, "lambda_cycle": 10.0,
-             "lambda_mse": 10.0, "pool_size": 50},  # fmt: skip
+            {**_SEMI3D_CYCLE, "lambda_mse": 10.0},
             paired=True,
             description="semi-3D CycleGAN (ResNet-9 generators, 70x70 PatchGAN, LSGAN, "
             "cycle L1) with the paired MSE term in both directions",
@@ -52,8 +52,7 @@ MODELS: dict[str, ModelSpec] = {
         ModelSpec(
             "cyclegan",
             CycleGAN,
-            {**_TRAINING, **_SEMI3D, "n_blocks": 9, "lambda_cycle": 10.0,
-             "lambda_mse": 0.0, "pool_size": 50},  # fmt: skip
+            {**_SEMI3D_CYCLE, "lambda_mse": 0.0},
             paired=False,
             description="semi-3D CycleGAN without the MSE term (unpaired T1w/PET)",
             references=("zhu2017", "chen2025"),

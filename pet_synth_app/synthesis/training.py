@@ -479,11 +479,7 @@ def train(
         raise PetSynthError("training produced no model (zero epochs?)", str(out_dir))
     # the card's history covers the whole run, not only up to the best epoch
     card = json.loads(weights.with_suffix(".json").read_text())
-    for key, value in (card_extra or {}).items():  # e.g. a resumed run's new description
-        if isinstance(value, dict) and isinstance(card.get(key), dict):
-            card[key].update(value)
-        else:
-            card[key] = value
+    _merge_card(card, card_extra)  # e.g. a resumed run's new description
     card["training"]["epochs_run"] = len(history)
     card["training"]["history"] = history
     weights.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
@@ -530,6 +526,11 @@ def _card(name, config, pet_scale, fwhm_mm, train_v, val_v, paired, seed, histor
         },
         "validation_metrics": best["metrics"],
     }
+    return _merge_card(card, extra)
+
+
+def _merge_card(card: dict, extra: dict | None) -> dict:
+    """Update ``card`` with ``extra`` (one level deep for dict sections) in place."""
     for key, value in (extra or {}).items():
         if isinstance(value, dict) and isinstance(card.get(key), dict):
             card[key].update(value)
