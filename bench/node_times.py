@@ -18,8 +18,11 @@ from pathlib import Path
 
 
 def _duration(result: Path) -> float:
-    with gzip.open(result, "rb") as fh:
-        res = pickle.load(fh)  # our own Nipype work dir, not user input
+    try:
+        with gzip.open(result, "rb") as fh:
+            res = pickle.load(fh)  # our own Nipype work dir, not user input
+    except (ImportError, AttributeError, EOFError):  # a node of an older version of the graph
+        return 0.0
     return float(getattr(res.runtime, "duration", 0.0) or 0.0)
 
 

@@ -22,6 +22,28 @@ MIN_CLUSTER_MM3 = 1500.0
 RANK_BY = "mass"
 """Cluster ranking: "mass" (sum of excess beyond threshold), "size" or "peak"."""
 RANK_METHODS = ("mass", "size", "peak")
+OCSVM_NU = 0.1
+"""One-class SVM nu: upper bound on the fraction of controls treated as outliers and lower
+bound on the fraction of support vectors. 0.1 lets ~10 % of a (possibly imperfect) control
+population fall outside the normal support at each voxel without making the boundary hug
+every control. With 10-75 samples in 64 dimensions nearly every control is a support
+vector whatever nu is."""
+OCSVM_GAMMA = "scale"
+"""RBF width rule: "scale" = scikit-learn's rule applied to each voxel's own samples,
+``1 / (d x variance)``, so kernel values between controls are ~exp(-2) whatever the
+latent scale of that voxel, which keeps decision values comparable between voxels."""
+OCSVM_GM_THRESHOLD = 0.3
+"""Voxels with a template GM probability above this get an OC-SVM."""
+SIAMESE_EPOCHS = 10
+"""Siamese autoencoder training epochs (20 000 patch pairs each) at the group level."""
+
+
+def available_cpus() -> int:
+    """CPUs this process may use (the job's allocation on a cluster, not the node's)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 @dataclass
@@ -35,7 +57,7 @@ class Settings:
     participant_label: list[str] = field(default_factory=list)
     session_label: list[str] = field(default_factory=list)
     bids_filters: dict = field(default_factory=dict)
-    nprocs: int = field(default_factory=lambda: os.cpu_count() or 1)
+    nprocs: int = field(default_factory=lambda: available_cpus())
     omp_nthreads: int = 0  # 0: min(nprocs, 8)
     mem_mb: int = 0  # 0: no limit
     use_plugin: Path | None = None
@@ -57,6 +79,11 @@ class Settings:
     cluster_rank: str = RANK_BY
     histogram_matching: bool = False
     normative_model: Path | None = None  # None: OUT/group/normative when it exists
+    ocsvm_threshold: float = Z_THRESHOLD  # on the self-standardized OC-SVM score
+    augment_synthetic: bool = False  # group: add T1w-only controls' pseudo-normal PET
+    ocsvm_nu: float = OCSVM_NU
+    ocsvm_gamma: float | str = OCSVM_GAMMA
+    siamese_epochs: int = SIAMESE_EPOCHS
     verbose: int = 0
 
     def __post_init__(self) -> None:
@@ -100,6 +127,10 @@ __all__ = [
     "REGISTRATION_PRESETS",
     "SYNTHESIS_FWHM_MM",
     "MIN_CLUSTER_MM3",
+    "OCSVM_GAMMA",
+    "OCSVM_GM_THRESHOLD",
+    "OCSVM_NU",
+    "SIAMESE_EPOCHS",
     "RANK_BY",
     "RANK_METHODS",
     "TEMPLATE_SPACE",

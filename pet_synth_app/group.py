@@ -5,13 +5,16 @@ Reads only PetSynth derivatives in ``<out>`` (MNI-space SUVR PET, pseudo-normal 
 brain mask of each finished control) and writes ``<out>/group/``::
 
     normative/                  voxelwise residual and control-PET mean/SD (normative.py)
+                                and the OC-SVM anomaly detector (analysis/anomaly.py)
     synthesis_quality.tsv       SSIM/PSNR/RMSE/MAE of pseudo vs real PET per control
+    report.html                 group QC report
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from pathlib import Path
 
@@ -19,10 +22,10 @@ import nibabel as nib
 import numpy as np
 
 from . import __version__
-from .analysis import normative
+from .analysis import anomaly, normative
 from .analysis.clusters import write_tsv
 from .analysis.metrics import image_metrics
-from .bids import find_mni_derivatives, read_participants
+from .bids import find_mni_derivatives, read_participants, strip_label
 from .config import TEMPLATE_SPACE, Settings
 from .errors import PetSynthError
 
@@ -30,13 +33,20 @@ LOGGER = logging.getLogger("petsynth")
 QUALITY_COLUMNS = ("participant_id", "ssim", "ssim_2d", "psnr", "rmse", "mae")
 
 
-def control_outputs(out: Path, subject: str) -> dict[str, Path] | None:
-    """MNI-space real PET, pseudo-normal PET and brain mask of a finished participant."""
+def control_outputs(
+    out: Path, subject: str, roles: tuple[str, ...] = ("pet", "pseudo", "mask")
+) -> dict[str, Path] | None:
+    """MNI-space outputs (``roles`` of ``bids.MNI_DERIVATIVES``) of a finished participant,
+    or None when the participant is unfinished or lacks one of them."""
     if not (out / f"sub-{subject}.html").is_file():
         return None
     found = find_mni_derivatives(out, subject)
-    files = {role: found[role] for role in ("pet", "pseudo", "mask")}
+    files = {role: found[role] for role in roles}
     return files if all(files.values()) else None
+
+
+def _load(path: Path, dtype=np.float32) -> np.ndarray:
+    return np.asanyarray(nib.load(str(path)).dataobj, dtype=dtype)
 
 
 def _sha(pseudo: Path) -> str | None:
@@ -53,7 +63,8 @@ def run_group_level(settings: Settings) -> int:
     table = read_participants(settings.bids_dir)
     controls = sorted(s for s, row in table.items() if row.get("group", "").lower() == "control")
     if settings.participant_label:
-        controls = [s for s in controls if s in settings.participant_label]
+        wanted = {strip_label(s, "sub-") for s in settings.participant_label}
+        controls = [s for s in controls if s in wanted]
     found = {s: f for s in controls if (f := control_outputs(out, s)) is not None}
     if len(found) < 2:
         raise PetSynthError(
@@ -98,7 +109,11 @@ def run_group_level(settings: Settings) -> int:
                                             settings.histogram_matching)  # fmt: skip
     except ValueError as exc:
         raise PetSynthError(f"cannot fit the normative model: {exc}", str(out)) from None
-    folder = normative.save(model, out / "group" / "normative")
+    folder = out / "group" / "normative"
+    staging = normative.save(model, folder.with_name("normative.new"))
+    fit_anomaly_detector(settings, controls, found, pets, masks, ref, staging)
+    shutil.rmtree(folder, ignore_errors=True)  # never a mix of old and new models
+    staging.rename(folder)
     write_tsv(rows, out / "group" / "synthesis_quality.tsv", QUALITY_COLUMNS)
     mean = {k: float(np.mean([r[k] for r in rows])) for k in QUALITY_COLUMNS[1:]}
     LOGGER.info(
@@ -107,8 +122,88 @@ def run_group_level(settings: Settings) -> int:
         len(found), folder, time.time() - t0, mean["ssim"], mean["psnr"], mean["rmse"],
         mean["mae"],
     )  # fmt: skip
-    LOGGER.info("rerun the participant level to write control-referenced Z maps")
+    LOGGER.info("rerun the participant level to write control-referenced Z maps and OC-SVM "
+                "anomaly maps")
+    _write_group_outputs(settings, controls, found)
     return 0
+
+
+def fit_anomaly_detector(
+    settings: Settings,
+    controls: list[str],
+    found: dict[str, dict[str, Path]],
+    pets: list[np.ndarray],
+    masks: list[np.ndarray],
+    ref: nib.Nifti1Image,
+    folder: Path,
+) -> None:
+    """Fit the OC-SVM detector into ``folder`` on the controls' real PET, plus (with
+    ``--augment-synthetic``) the pseudo-normal PET of finished controls without a PET."""
+    from .preproc.templates import get_template
+
+    out = Path(settings.output_dir)
+    synthetic: dict[str, Path] = {}
+    if settings.augment_synthetic:
+        for s in controls:
+            if s in found:
+                continue
+            files = control_outputs(out, s, ("pseudo", "mask"))
+            if files and find_mni_derivatives(out, s)["pet"] is None:
+                synthetic[s] = files
+        if not synthetic:
+            LOGGER.warning("--augment-synthetic: no finished control without PET has a "
+                           "pseudo-normal PET; the detector uses real PET only")  # fmt: skip
+    train = [p.astype(np.float32) for p in pets]
+    train_masks = list(masks)
+    for files in synthetic.values():
+        train.append(_load(files["pseudo"]))
+        train_masks.append(_load(files["mask"], np.uint8) > 0)
+        if train[-1].shape != ref.shape[:3]:
+            raise PetSynthError("MNI grids differ between controls", str(files["pseudo"]))
+    gm = get_template("GM", settings.mni_resolution)
+    if gm.shape[:3] != ref.shape[:3] or not np.allclose(gm.affine, ref.affine, atol=1e-3):
+        raise PetSynthError("participant outputs are not on the template grid of "
+                            "--mni-resolution", str(out))  # fmt: skip
+    meta = {
+        "participants_real": [f"sub-{s}" for s in found],
+        "participants_synthetic": [f"sub-{s}" for s in synthetic],
+        "software": f"petsynth {__version__}",
+        "space": TEMPLATE_SPACE,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    try:
+        result = anomaly.fit(train, train_masks, np.asanyarray(gm.dataobj), ref.affine, folder,
+                             nu=settings.ocsvm_nu, gamma=settings.ocsvm_gamma,
+                             epochs=settings.siamese_epochs, seed=settings.random_seed,
+                             threads=settings.omp_nthreads, meta=meta)  # fmt: skip
+    except ValueError as exc:
+        raise PetSynthError(f"cannot fit the OC-SVM anomaly detector: {exc}", str(out)) from None
+    LOGGER.info(
+        "group: OC-SVM anomaly detector on %d real + %d synthetic control PET, %d voxels "
+        "(autoencoder %.0f s, OC-SVMs %.0f s)",
+        len(found), len(synthetic), result.n_voxels, result.seconds_autoencoder,
+        result.seconds_ocsvm,
+    )  # fmt: skip
+
+
+def _write_group_outputs(settings: Settings, controls: list[str], found: dict) -> None:
+    """Methods boilerplate of the group level."""
+    from .boilerplate import write_citation
+
+    meta = anomaly.read_meta(Path(settings.output_dir) / "group" / "normative")
+    n_syn = len(meta.get("participants_synthetic", []))
+    text = (
+        f"At the group level, the normative models were fitted on {len(found)} healthy "
+        "controls: the voxelwise robust mean and SD of the residual between real and "
+        "pseudo-normal PET (for control-referenced Z maps) and the OC-SVM anomaly detector "
+        "[@zotova2021; @alaverdyan2020; @scholkopf2001], trained on the controls' real PET"
+        + (f" and the pseudo-normal PET of {n_syn} controls without a PET scan (hybrid "
+           "database)" if n_syn else "")
+        + f", with a siamese autoencoder trained for {settings.siamese_epochs} epochs "
+        f"(random seed {settings.random_seed}), nu = {settings.ocsvm_nu:g} and gamma = "
+        f"{settings.ocsvm_gamma}."
+    )
+    write_citation(Path(settings.output_dir) / "logs", "group", text)
 
 
 __all__ = ["control_outputs", "run_group_level"]

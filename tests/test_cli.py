@@ -111,3 +111,40 @@ def test_settings_toml_roundtrip(tmp_path):
     assert data["bids_dir"] == str(tmp_path / "b")
     assert data["nprocs"] == 3 and data["reference_region"] == "gm-mean"
     assert "use_plugin" not in data  # None values are dropped
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--ocsvm-gamma", "wide"], "--ocsvm-gamma must be a positive number or 'scale'"),
+        (["--ocsvm-gamma", "-1"], "--ocsvm-gamma must be a positive number or 'scale'"),
+        (["--ocsvm-nu", "0"], "--ocsvm-nu must be in (0, 1]"),
+        (["--siamese-epochs", "0"], "--siamese-epochs must be >= 1"),
+    ],
+)
+def test_anomaly_options_are_checked(tmp_path, capsys, args, message):
+    bids = make_bids(tmp_path / "bids")
+    code = run.main([str(bids), str(tmp_path / "out"), "group", *args])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_anomaly_options_reach_settings(tmp_path):
+    bids = make_bids(tmp_path / "bids")
+    args = [str(bids), str(tmp_path / "o"), "group", "--augment-synthetic", "--ocsvm-gamma",
+            "0.05", "--ocsvm-nu", "0.2", "--ocsvm-threshold", "-2"]  # fmt: skip
+    opts = run.get_parser().parse_args(args)
+    s = run.settings_from_args(opts)
+    assert (s.augment_synthetic, s.ocsvm_gamma, s.ocsvm_nu, s.ocsvm_threshold) == (
+        True, 0.05, 0.2, -2.0)  # fmt: skip
+
+
+def test_demo_refuses_too_small_cohort_and_existing_output(tmp_path, capsys):
+    from pet_synth_app.cli import demo
+
+    assert demo.main([str(tmp_path / "d"), "--n-controls", "3", "--n-t1w-only", "2"]) == 2
+    assert "needs >= 2 controls with PET" in capsys.readouterr().err
+    (tmp_path / "d2" / "bids").mkdir(parents=True)
+    assert demo.main([str(tmp_path / "d2")]) == 2
+    assert "--overwrite" in capsys.readouterr().err

@@ -172,13 +172,26 @@ def test_group_level_fits_normative_and_quality(tmp_path, mni):
 
     from pet_synth_app.group import run_group_level
 
-    bids = make_bids(tmp_path / "bids", subjects=("01", "02", "03"))
+    bids = make_bids(tmp_path / "bids", subjects=("01", "02", "03", "04"))
     out = tmp_path / "out"
-    _fake_out(out, ("01", "02", "03"), mni)
-    settings = Settings(bids_dir=bids, output_dir=out)
+    _fake_out(out, ("01", "02", "03", "04"), mni)
+    # sub-04 is a T1w-only control: its pseudo-normal PET but no real PET
+    next((out / "sub-04" / "pet").glob("*desc-preproc_pet.nii.gz")).unlink()
+    settings = Settings(bids_dir=bids, output_dir=out, siamese_epochs=1,
+                        augment_synthetic=True)  # fmt: skip
     assert run_group_level(settings) == 0
     model = normative.load(out / "group" / "normative")
     assert model.meta["participants"] == ["sub-01", "sub-02", "sub-03"]
+    # the OC-SVM detector sits next to it: real PET of 3 controls + 1 synthetic
+    from pet_synth_app.analysis import anomaly
+
+    meta = anomaly.read_meta(out / "group" / "normative")
+    assert meta["participants_real"] == ["sub-01", "sub-02", "sub-03"]
+    assert meta["participants_synthetic"] == ["sub-04"]
+    assert meta["autoencoder_epochs"] == 1 and meta["n_voxels"] > 10000
+    assert not (out / "group" / "normative.new").exists()
+    citation = (out / "logs" / "CITATION.md").read_text()
+    assert "## Group level" in citation and "@scholkopf2001" in citation
     assert model.meta["model_sha256"] == "abc"
     rows = list(csv.DictReader(open(out / "group" / "synthesis_quality.tsv"), delimiter="\t"))
     assert [r["participant_id"] for r in rows] == ["sub-01", "sub-02", "sub-03"]

@@ -34,7 +34,7 @@ def test_graph_has_every_step_and_sink(tmp_path):
                  "synthesis_wf.pseudo_to_t1w", "synthesis_derivatives_wf.ds_pseudo_std",
                  "pet_trc_FDG_wf_hypo.zmap", "pet_trc_FDG_wf_hypo.clusters",
                  "pet_trc_FDG_wf_hypo.cluster_table",
-                 "pet_trc_FDG_wf_hypo_derivatives.ds_z_std",
+                 "pet_trc_FDG_wf_hypo_derivatives.ds_stat_std",
                  "pet_trc_FDG_wf_hypo_derivatives.ds_dseg_t1w",
                  "pet_trc_FDG_wf_hypo_derivatives.ds_clusters"):  # fmt: skip
         for sub in ("01", "02"):
@@ -111,3 +111,22 @@ def test_resolve_device():
     if not torch.cuda.is_available():
         with pytest.raises(PetSynthError, match="no CUDA device"):
             resolve_device("cuda")
+
+
+def test_run_config_reaches_the_workflow_copy(tmp_path, monkeypatch):
+    """A workflow copies Nipype's global config when built; the run's execution settings
+    must reach that copy, or node hashes differ between the first and later runs of a
+    process (remove_unnecessary_outputs puts the needed outputs into the hash)."""
+    from nipype import config as ncfg
+
+    ncfg.set("execution", "remove_unnecessary_outputs", "true")  # Nipype's default
+    root, units = _units(tmp_path)
+    settings = Settings(bids_dir=root, output_dir=tmp_path / "o", work_dir=tmp_path / "w")
+    wf = base.init_petsynth_wf(settings, units)
+    assert wf.config["execution"]["remove_unnecessary_outputs"] in (True, "true")
+    seen = {}
+    monkeypatch.setattr(wf, "run", lambda **kw: seen.update(wf.config["execution"]))
+    assert base.run_workflow(wf, settings, "run1") == []
+    assert seen["remove_unnecessary_outputs"] == "false"
+    assert float(seen["poll_sleep_duration"]) <= 0.5
+    assert seen["crashdump_dir"].endswith("crash-run1")

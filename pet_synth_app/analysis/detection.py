@@ -1,9 +1,10 @@
 """Lesion detection metrics against ground truth (phantom cohort or clinical masks).
 
-Inputs are integer label images on one common grid (evaluate in MNI152NLin2009aSym: the
-``dseg`` cluster maps as written, the truth lesion masks resampled to that grid with
-nearest neighbour): ``dseg`` holds clusters 1..n with 1 = top rank (``clusters.py``),
-``lesion_labels`` lesions 1..m (the phantom's ``desc-lesion_mask``), 0 = background.
+Inputs are integer label images on one common grid (``petsynth-evaluate`` uses the native
+T1w grid: the ``space-T1w`` ``dseg`` cluster maps as written, the truth lesion masks
+resampled to that grid with nearest neighbour when they differ): ``dseg`` holds clusters
+1..n with 1 = top rank (``clusters.py``), ``lesion_labels`` lesions 1..m (the phantom's
+``desc-lesion_mask``), 0 = background.
 
 Metrics follow the seeds: the detection sensitivity as a function of the number of
 clusters considered per patient and the mean rank of the first cluster that hits a lesion

@@ -34,7 +34,7 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("output_dir", type=Path, help="PetSynth output folder")
     parser.add_argument("--truth", type=Path, required=True,
                         help="ground-truth folder (lesions.tsv, sub-*/anat/*_desc-lesion_mask)")
-    parser.add_argument("--desc", default="hypometabolism",
+    parser.add_argument("--desc", default="hypometabolism", choices=["hypometabolism", "ocsvm"],
                         help="which cluster maps: hypometabolism or ocsvm")
     parser.add_argument("--out", type=Path, default=None,
                         help="where to write (default OUTPUT_DIR/group/evaluation)")
@@ -62,6 +62,18 @@ def _load_labels_on(path: Path, ref_path: Path):
     return np.rint(np.asanyarray(img.dataobj)).astype(int)
 
 
+def fitted_participants(out_dir: Path, desc: str) -> set[str]:
+    """Participants whose PET went into the group model behind ``desc``'s maps."""
+    folder = out_dir / "group" / "normative"
+    try:
+        if desc == "ocsvm":
+            meta = json.loads((folder / "anomaly.json").read_text())
+            return set(meta["participants_real"]) | set(meta["participants_synthetic"])
+        return set(json.loads((folder / "normative.json").read_text())["participants"])
+    except (OSError, ValueError, KeyError):
+        return set()
+
+
 def evaluate(out_dir: Path, truth: Path, desc: str = "hypometabolism", max_k: int = 10):
     """Per-patient, per-lesion and per-control rows and the summary dict."""
     import nibabel as nib
@@ -78,10 +90,7 @@ def evaluate(out_dir: Path, truth: Path, desc: str = "hypometabolism", max_k: in
         subject = row["participant_id"].removeprefix("sub-")
         lesions.setdefault(subject, {})[int(row["lesion"])] = row
     subjects = sorted(p.name[4:] for p in truth.glob("sub-*") if p.is_dir())
-    norm_json = out_dir / "group" / "normative" / "normative.json"
-    fitted = set()
-    if norm_json.is_file():
-        fitted = set(json.loads(norm_json.read_text())["participants"])
+    fitted = fitted_participants(out_dir, desc)
     patients, controls, lesion_rows, missing = [], [], [], []
     for s in subjects:
         sub = out_dir / f"sub-{s}"
@@ -141,6 +150,29 @@ def main(argv: list[str] | None = None) -> int:
     return guarded(parser, lambda: run_evaluation(opts), "interrupted")
 
 
+def write_evaluation(out: Path, desc: str, patients, lesion_rows, controls, summary, curve,
+                     lesion_curve) -> dict:  # fmt: skip
+    """Write ``evaluate``'s results to ``out/desc-<desc>_*`` (tables, curve, summary)."""
+    from ..analysis import detection as det
+
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"desc-{desc}"
+    cols = ["participant_id", "n_clusters", "n_lesions", "first_hit_rank", "hit_lesions",
+            "lobe_correct"]  # fmt: skip
+    det.write_tsv(patients, out / f"{stem}_patients.tsv", cols)
+    det.write_tsv(lesion_rows, out / f"{stem}_lesions.tsv")
+    det.write_tsv(controls, out / f"{stem}_controls.tsv",
+                  ["participant_id", "n_clusters", "in_normative_model"])  # fmt: skip
+    det.write_tsv([{"k": k, "patient_sensitivity": s, "lesion_sensitivity": ls}
+                   for (k, s), (_, ls) in zip(curve, lesion_curve, strict=True)],
+                  out / f"{stem}_sensitivity.tsv")  # fmt: skip
+    det.plot_sensitivity_curve({"patients": curve, "lesions": lesion_curve},
+                               out / f"{stem}_sensitivity.png",
+                               title=f"{desc}: detection vs clusters")  # fmt: skip
+    (out / f"{stem}_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
 def run_evaluation(opts: argparse.Namespace) -> int:
     """Evaluate, write the tables, curve and summary, print the headline numbers."""
     from ..analysis import detection as det
@@ -153,21 +185,8 @@ def run_evaluation(opts: argparse.Namespace) -> int:
         opts.output_dir, opts.truth, opts.desc, opts.max_k
     )
     out = opts.out or opts.output_dir / "group" / "evaluation"
-    out.mkdir(parents=True, exist_ok=True)
-    stem = f"desc-{opts.desc}"
-    cols = ["participant_id", "n_clusters", "n_lesions", "first_hit_rank", "hit_lesions",
-            "lobe_correct"]  # fmt: skip
-    det.write_tsv(patients, out / f"{stem}_patients.tsv", cols)
-    det.write_tsv(lesion_rows, out / f"{stem}_lesions.tsv")
-    det.write_tsv(controls, out / f"{stem}_controls.tsv",
-                  ["participant_id", "n_clusters", "in_normative_model"])  # fmt: skip
-    det.write_tsv([{"k": k, "patient_sensitivity": s, "lesion_sensitivity": ls}
-                   for (k, s), (_, ls) in zip(curve, lesion_curve, strict=True)],
-                  out / f"{stem}_sensitivity.tsv")  # fmt: skip
-    det.plot_sensitivity_curve({"patients": curve, "lesions": lesion_curve},
-                               out / f"{stem}_sensitivity.png",
-                               title=f"{opts.desc}: detection vs clusters")  # fmt: skip
-    (out / f"{stem}_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    summary = write_evaluation(out, opts.desc, patients, lesion_rows, controls, summary, curve,
+                               lesion_curve)  # fmt: skip
     print(f"petsynth-evaluate ({opts.desc}): {summary['n_patients']} patients, "
           f"{summary['n_lesions']} lesions, {summary['n_controls']} controls")
     for k in det.SUMMARY_TOP_K:

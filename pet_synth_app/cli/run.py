@@ -16,14 +16,18 @@ from .. import __version__  # noqa: E402
 from ..config import (  # noqa: E402
     DEVICES,
     MIN_CLUSTER_MM3,
+    OCSVM_GAMMA,
+    OCSVM_NU,
     OUTPUT_SPACES,
     RANK_BY,
     RANK_METHODS,
     REFERENCE_REGIONS,
     REGISTRATION_PRESETS,
+    SIAMESE_EPOCHS,
     SYNTHESIS_FWHM_MM,
     Z_THRESHOLD,
     Settings,
+    available_cpus,
 )
 from ..errors import PetSynthError, UsageError  # noqa: E402
 
@@ -85,7 +89,8 @@ def get_parser() -> argparse.ArgumentParser:
     g_perf = parser.add_argument_group("Options to handle performance")
     g_perf.add_argument(
         "--nprocs", "--n-cpus", "--n_cpus", dest="nprocs", type=int,
-        default=os.cpu_count() or 1, help="maximum number of processes",
+        default=available_cpus(), help="maximum number of processes (default: the CPUs "
+        "this job may use)",
     )  # fmt: skip
     g_perf.add_argument(
         "--omp-nthreads", "--omp_nthreads", dest="omp_nthreads", type=int, default=0,
@@ -166,7 +171,32 @@ def get_parser() -> argparse.ArgumentParser:
         "--normative-model", "--normative_model", dest="normative_model", type=Path,
         default=None,
         help="control normative model folder (from the group level) for control-referenced "
-        "Z maps; default: OUT/group/normative when it exists, else self-referenced Z",
+        "Z maps and OC-SVM anomaly maps; default: OUT/group/normative when it exists, else "
+        "self-referenced Z and no anomaly map",
+    )  # fmt: skip
+    g_ano = parser.add_argument_group("OC-SVM anomaly maps (fitted at the group level)")
+    g_ano.add_argument(
+        "--ocsvm-threshold", "--ocsvm_threshold", dest="ocsvm_threshold", type=float,
+        default=Z_THRESHOLD,
+        help="voxel threshold on the self-standardized OC-SVM score (SD units; lower tail)",
+    )  # fmt: skip
+    g_ano.add_argument(
+        "--augment-synthetic", "--augment_synthetic", dest="augment_synthetic",
+        action="store_true",
+        help="group: also train on the pseudo-normal PET of controls without a real PET "
+        "(T1w-only controls; the hybrid database of Zotova et al.)",
+    )  # fmt: skip
+    g_ano.add_argument(
+        "--ocsvm-nu", "--ocsvm_nu", dest="ocsvm_nu", type=float, default=OCSVM_NU,
+        help="group: one-class SVM nu (bound on the fraction of controls outside the support)",
+    )  # fmt: skip
+    g_ano.add_argument(
+        "--ocsvm-gamma", "--ocsvm_gamma", dest="ocsvm_gamma", default=OCSVM_GAMMA,
+        help="group: RBF gamma, a number or 'scale' (1 / (64 x variance), per voxel)",
+    )  # fmt: skip
+    g_ano.add_argument(
+        "--siamese-epochs", "--siamese_epochs", dest="siamese_epochs", type=int,
+        default=SIAMESE_EPOCHS, help="group: siamese autoencoder training epochs",
     )  # fmt: skip
     g_wf.add_argument(
         "--random-seed", "--random_seed", dest="random_seed", type=int, default=0,
@@ -234,9 +264,23 @@ def settings_from_args(opts: argparse.Namespace) -> Settings:
         raise UsageError("--synthesis-fwhm must be >= 0")
     if opts.min_cluster_mm3 < 0:
         raise UsageError("--min-cluster-size must be >= 0 (mm³)")
-    if opts.normative_model and not (opts.normative_model / "normative.json").is_file():
-        raise UsageError("not a normative model folder (no normative.json)",
+    if opts.normative_model and not any(
+        (opts.normative_model / f).is_file() for f in ("normative.json", "anomaly.json")
+    ):
+        raise UsageError("not a normative model folder (no normative.json or anomaly.json)",
                          str(opts.normative_model))  # fmt: skip
+    gamma = opts.ocsvm_gamma
+    if gamma != "scale":
+        try:
+            gamma = float(gamma)
+        except ValueError:
+            raise UsageError("--ocsvm-gamma must be a positive number or 'scale'") from None
+        if gamma <= 0:
+            raise UsageError("--ocsvm-gamma must be a positive number or 'scale'")
+    if not 0 < opts.ocsvm_nu <= 1:
+        raise UsageError("--ocsvm-nu must be in (0, 1]")
+    if opts.siamese_epochs < 1:
+        raise UsageError("--siamese-epochs must be >= 1")
     if opts.use_plugin and not Path(opts.use_plugin).is_file():
         raise UsageError("plugin file does not exist", str(opts.use_plugin))
     return Settings(
@@ -269,6 +313,11 @@ def settings_from_args(opts: argparse.Namespace) -> Settings:
         cluster_rank=opts.cluster_rank,
         histogram_matching=opts.histogram_matching,
         normative_model=opts.normative_model.absolute() if opts.normative_model else None,
+        ocsvm_threshold=opts.ocsvm_threshold,
+        augment_synthetic=opts.augment_synthetic,
+        ocsvm_nu=opts.ocsvm_nu,
+        ocsvm_gamma=gamma,
+        siamese_epochs=opts.siamese_epochs,
         verbose=opts.verbose,
     )
 
@@ -330,6 +379,13 @@ def resolve_device(device: str) -> str:
     return device
 
 
+def new_run_id() -> str:
+    """``<date>-<time>-<random>``: unique even for array jobs starting in the same second."""
+    import uuid
+
+    return time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+
+
 def run_participant(settings: Settings) -> int:
     """Validate inputs, build and run the participant workflow; 1 if any unit failed."""
     from .. import bids as pbids
@@ -353,7 +409,7 @@ def run_participant(settings: Settings) -> int:
     device = resolve_device(settings.device)
     if not settings.skip_synthesis:  # refuse bad models before anything is written
         _preflight_models(settings)
-    run_id = time.strftime("%Y%m%d-%H%M%S")
+    run_id = new_run_id()
     log_dir = settings.output_dir / "logs"
     settings.output_dir.mkdir(parents=True, exist_ok=True)
     settings_file = settings.to_toml(log_dir / f"config-{run_id}.toml")
@@ -391,6 +447,8 @@ def run_participant(settings: Settings) -> int:
             done_subjects.discard(unit.subject)
     for subject in sorted(done_subjects):
         write_subject_report(settings.output_dir, subject, run_id, settings_file)
+    if (settings.output_dir / "group" / "report.html").is_file():  # keep it current
+        _write_group_report(settings)
     n_ok = len(good) - len(failed)
     LOGGER.info("finished: %d of %d unit(s) succeeded", n_ok, len(units) + len(errors))
     return 1 if (failed or errors) else 0
@@ -426,11 +484,12 @@ def _preflight_models(settings: Settings) -> None:
 
 def _write_citation(wf, log_dir: Path) -> None:
     """Methods boilerplate collected from the workflows' descriptions."""
+    from ..boilerplate import write_citation
+
     try:
-        text = wf.visit_desc()
-    except Exception:  # the boilerplate must never fail a run
-        return
-    (log_dir / "CITATION.md").write_text("# Methods (generated by PetSynth)\n\n" + text)
+        write_citation(log_dir, "participant", wf.visit_desc())
+    except Exception as exc:  # the boilerplate must never fail a run
+        LOGGER.warning("could not write the methods boilerplate: %s", exc)
 
 
 def run_group(settings: Settings) -> int:
@@ -446,7 +505,21 @@ def run_group(settings: Settings) -> int:
         raise PetSynthError("no finished participant (no sub-*.html report)", str(out))
     from ..group import run_group_level
 
-    return run_group_level(settings)
+    settings.to_toml(out / "logs" / f"config-group-{new_run_id()}.toml")
+    code = run_group_level(settings)
+    _write_group_report(settings)
+    return code
+
+
+def _write_group_report(settings: Settings) -> None:
+    """``<out>/group/report.html``, with the detection curve when the BIDS dataset carries
+    ground truth (``derivatives/truth/lesions.tsv``, as simulated cohorts do)."""
+    from ..reports.group_report import write_group_report
+
+    truth = settings.bids_dir / "derivatives" / "truth"
+    report = write_group_report(settings.output_dir,
+                                truth if (truth / "lesions.tsv").is_file() else None)  # fmt: skip
+    LOGGER.info("group report: %s", report)
 
 
 def _container_info() -> dict | None:

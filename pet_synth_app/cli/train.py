@@ -19,7 +19,7 @@ from pathlib import Path
 os.environ.setdefault("NO_ET", "1")
 
 from .. import __version__  # noqa: E402
-from ..config import DEVICES, TEMPLATE_SPACE, Settings  # noqa: E402
+from ..config import DEVICES, TEMPLATE_SPACE, Settings, available_cpus  # noqa: E402
 from ..errors import PetSynthError, UsageError  # noqa: E402
 
 LOGGER = logging.getLogger("petsynth.train")
@@ -82,7 +82,9 @@ def get_parser() -> argparse.ArgumentParser:
     for flag, typ in (("--n-epochs", int), ("--n-epochs-decay", int), ("--batch-size", int),
                       ("--lr", float), ("--ngf", int), ("--ndf", int), ("--n-blocks", int),
                       ("--lambda-mse", float), ("--lambda-cycle", float)):  # fmt: skip
-        g_hp.add_argument(flag, type=typ, default=None)
+        g_hp.add_argument(flag, type=typ, default=None,
+                          help="None: the model's value in the registry (seed 001; "
+                          "see docs/models.md)")  # fmt: skip
     g_hp.add_argument("--patience", type=int, default=0,
                       help="early stopping after this many epochs without a better "
                       "validation SSIM (0: off)")  # fmt: skip
@@ -97,7 +99,7 @@ def get_parser() -> argparse.ArgumentParser:
     g_run.add_argument("--random-seed", "--random_seed", dest="random_seed", type=int,
                        default=0)
     g_run.add_argument("--device", choices=DEVICES, default="auto")
-    g_run.add_argument("--nprocs", type=int, default=os.cpu_count() or 1)
+    g_run.add_argument("--nprocs", type=int, default=available_cpus())
     g_run.add_argument("--omp-nthreads", "--omp_nthreads", dest="omp_nthreads", type=int,
                        default=0, help="threads per process (0: nprocs)")
     g_run.add_argument("-w", "--work-dir", "--work_dir", dest="work_dir", type=Path,

@@ -1,41 +1,796 @@
-"""Per-subject HTML report, written after the subject's workflow has finished."""
+"""Per-participant HTML report, written after the participant's workflow has finished.
+
+Everything is drawn at report time from the derivatives on disk (``<out>/sub-X/``); the
+figures go to ``<out>/sub-X/figures/`` as ``<ent>_desc-<what>_<suffix>.svg`` and the page
+to ``<out>/sub-X.html`` (written last and atomically: its presence marks a finished
+participant). Sections: Summary, Anatomical, Spatial normalization, PET-to-T1w
+coregistration, Synthesis, Hypometabolism, Anomaly (OC-SVM), Methods, Derivatives. A
+section whose inputs are missing says why; a figure that fails shows an error line.
+Several sessions (one block each) and several PET series per session (``trc-``/``run-``
+entities, one block each) are handled.
+"""
 
 from __future__ import annotations
 
-import html
+import logging
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import __version__
+from ..analysis import qc
+from . import figures as F
+from .html import (
+    FigureMaker,
+    esc,
+    fmt,
+    kv,
+    markdown,
+    na,
+    page,
+    read_json,
+    read_tsv,
+    rel,
+    sidecar,
+    table,
+    warn_box,
+    write_atomic,
+)
+
+LOGGER = logging.getLogger("petsynth")
+SPACE = "MNI152NLin2009aSym"
+
+SECTIONS = [
+    ("summary", "Summary"),
+    ("anatomical", "Anatomical"),
+    ("normalization", "Spatial normalization"),
+    ("coregistration", "PET-to-T1w coregistration"),
+    ("synthesis", "Synthesis"),
+    ("hypometabolism", "Hypometabolism"),
+    ("anomaly", "Anomaly (OC-SVM)"),
+    ("methods", "Methods"),
+    ("derivatives", "Derivatives"),
+]
+
+CLUSTER_COLUMNS = {
+    "rank": "Cluster rank (1 = top); equals the label value in the dseg map",
+    "size_mm3": "Cluster volume (mm³)",
+    "n_voxels": "Number of voxels in the cluster",
+    "peak_z": "Most extreme statistic in the cluster (Z or score)",
+    "mean_z": "Mean statistic over the cluster",
+    "mass": "Sum over the cluster of the excess beyond the threshold (ranking key)",
+    "peak_x": "Peak x, MNI152NLin2009aSym (mm)",
+    "peak_y": "Peak y, MNI152NLin2009aSym (mm)",
+    "peak_z_mm": "Peak z, MNI152NLin2009aSym (mm)",
+    "hemisphere": "L, R or M (midline) at the peak",
+    "lobe": "Lobe of the peak's atlas region",
+    "region": "Atlas region at the peak (Harvard-Oxford, else AAL)",
+    "peak_x_t1w": "Peak x in the participant's T1w space (mm)",
+    "peak_y_t1w": "Peak y in the participant's T1w space (mm)",
+    "peak_z_t1w_mm": "Peak z in the participant's T1w space (mm)",
+}
+"""Default column descriptions (the TSV's JSON sidecar, when present, takes precedence)."""
+
+THRESHOLD_KEYS = (
+    "Threshold",
+    "Tail",
+    "MinimumClusterVolume",
+    "ClusterMask",
+    "Connectivity",
+    "RankedBy",
+    "ZReference",
+    "NormativeControls",
+    "HistogramMatching",
+    "NumberOfClusters",
+)
+MODEL_KEYS = (
+    "Model",
+    "ModelWeights",
+    "ModelWeightsSha256",
+    "ModelCard",
+    "ModelTrainingData",
+    "SmoothingFWHM",
+    "Device",
+)
+
+
+@dataclass
+class Unit:
+    """One session (or the whole participant without sessions): its files by role."""
+
+    folder: Path
+    prefix: str
+    session: str
+    anat: dict[str, Path | None] = field(default_factory=dict)
+    series: list[str] = field(default_factory=list)
+
+
+def _exists(path: Path) -> Path | None:
+    return path if path.is_file() else None
+
+
+def _find_units(output_dir: Path, subject: str) -> list[Unit]:
+    units = []
+    sub_dir = output_dir / f"sub-{subject}"
+    for folder in qc.unit_dirs(output_dir, subject):
+        prefix = qc.unit_prefix(folder, subject)
+        anat_dir, anat_prefix = folder / "anat", prefix
+        if (
+            not (anat_dir / f"{prefix}_desc-preproc_T1w.nii.gz").is_file()
+            and (sub_dir / "anat" / f"sub-{subject}_desc-preproc_T1w.nii.gz").is_file()
+        ):  # sessions sharing a T1w outside any session
+            anat_dir, anat_prefix = sub_dir / "anat", f"sub-{subject}"
+        a = anat_dir / anat_prefix
+        anat = {
+            "t1w": _exists(Path(f"{a}_desc-preproc_T1w.nii.gz")),
+            "mask": _exists(Path(f"{a}_desc-brain_mask.nii.gz")),
+            "gm": _exists(Path(f"{a}_label-GM_probseg.nii.gz")),
+            "wm": _exists(Path(f"{a}_label-WM_probseg.nii.gz")),
+            "t1w_mni": _exists(Path(f"{a}_space-{SPACE}_desc-preproc_T1w.nii.gz")),
+            "mask_mni": _exists(Path(f"{a}_space-{SPACE}_desc-brain_mask.nii.gz")),
+            "gm_mni": _exists(Path(f"{a}_space-{SPACE}_label-GM_probseg.nii.gz")),
+        }
+        pet_dir = folder / "pet"
+        anat["pseudo_mni"] = _exists(
+            pet_dir / f"{prefix}_space-{SPACE}_desc-pseudonormal_pet.nii.gz"
+        )
+        anat["pseudo_t1w"] = _exists(pet_dir / f"{prefix}_space-T1w_desc-pseudonormal_pet.nii.gz")
+        anat["anat_prefix"] = anat_prefix  # type: ignore[assignment]
+        anat["anat_dir"] = anat_dir  # type: ignore[assignment]
+        units.append(
+            Unit(
+                folder,
+                prefix,
+                folder.name[4:] if folder.name.startswith("ses-") else "",
+                anat,
+                qc.pet_series(folder),
+            )
+        )
+    return units
+
+
+def _series_files(unit: Unit, series: str) -> dict[str, Path | None]:
+    p = unit.folder / "pet" / series
+    files: dict[str, Path | None] = {
+        "pet_t1w": _exists(Path(f"{p}_space-T1w_desc-preproc_pet.nii.gz")),
+        "pet_mni": _exists(Path(f"{p}_space-{SPACE}_desc-preproc_pet.nii.gz")),
+    }
+    for desc, stat in (("hypometabolism", "z"), ("ocsvm", "score")):
+        for space in ("T1w", SPACE):
+            tag = "t1w" if space == "T1w" else "mni"
+            files[f"{desc}_stat_{tag}"] = _exists(
+                Path(f"{p}_space-{space}_desc-{desc}_stat-{stat}_statmap.nii.gz")
+            )
+            files[f"{desc}_dseg_{tag}"] = _exists(
+                Path(f"{p}_space-{space}_desc-{desc}_dseg.nii.gz")
+            )
+        files[f"{desc}_tsv"] = _exists(Path(f"{p}_desc-{desc}_clusters.tsv"))
+    return files
+
+
+def _fig(unit: Unit, figdir: Path, series: str | None, what: str, suffix: str) -> Path:
+    return figdir / f"{series or unit.prefix}_desc-{what}_{suffix}.svg"
+
+
+class _Report:
+    def __init__(self, output_dir: Path, subject: str, run_id: str, settings_file: Path):
+        self.out = output_dir
+        self.subject = subject
+        self.run_id = run_id
+        self.settings_file = Path(settings_file) if settings_file else None
+        self.sub_dir = output_dir / f"sub-{subject}"
+        self.figdir = self.sub_dir / "figures"
+        self.figure = FigureMaker(output_dir)
+        self.units = _find_units(output_dir, subject)
+        self.warnings: list[str] = []
+        self.qc: dict[tuple[str, str], dict[str, float]] = {}
+
+    # --- helpers
+    def _blocks(self, unit: Unit, multi: bool) -> str:
+        if not multi:
+            return ""
+        return f"<h3>{esc(unit.prefix)}</h3>"
+
+    def _series_head(self, series: str) -> str:
+        return f"<h3>{esc(series)}</h3>"
+
+    # --- sections
+    def anatomical(self) -> str:
+        parts = []
+        for unit in self.units:
+            a = unit.anat
+            parts.append(self._blocks(unit, len(self.units) > 1))
+            if a["t1w"] is None or a["mask"] is None:
+                parts.append(na("the preprocessed T1w or its brain mask is missing"))
+                continue
+            fig = _fig(unit, self.figdir, a["anat_prefix"], "brainmask", "T1w")
+            parts.append(
+                self.figure(
+                    F.plot_brain_mask,
+                    fig,
+                    a["t1w"],
+                    a["mask"],
+                    wm=a["wm"],
+                    caption="Preprocessed T1w (bias-corrected) with the brain "
+                    "mask (red) and the white-matter boundary (blue, WM "
+                    "probability 0.5).",
+                )
+            )
+        return "".join(parts)
+
+    def normalization(self) -> str:
+        from ..preproc.templates import get_template
+
+        parts = []
+        for unit in self.units:
+            a = unit.anat
+            parts.append(self._blocks(unit, len(self.units) > 1))
+            if a["t1w_mni"] is None:
+                parts.append(na(f"the T1w in {SPACE} space is missing"))
+                continue
+            metrics = self._unit_qc(unit)
+            res = 1 if float(F.load3d(a["t1w_mni"]).header.get_zooms()[0]) < 1.5 else 2
+            fig = _fig(unit, self.figdir, a["anat_prefix"], "normalization", "T1w")
+            parts.append(
+                self.figure(
+                    F.plot_flicker,
+                    fig,
+                    a["t1w_mni"],
+                    get_template("T1w", res),
+                    mask=get_template("mask", res),
+                    contour=get_template("mask", res),
+                    labels=("participant T1w", "MNI template"),
+                    flicker=True,
+                    caption="Hover to flicker between the participant's T1w "
+                    f"warped to {SPACE} and the template ({res} mm); red: "
+                    "template brain mask.",
+                )
+            )
+            parts.append(self._qc_line(metrics, ("mni_ncc", "mni_dice")))
+        return "".join(parts)
+
+    def coregistration(self) -> str:
+        parts = []
+        for unit in self.units:
+            a = unit.anat
+            parts.append(self._blocks(unit, len(self.units) > 1))
+            if not unit.series:
+                parts.append(na("this participant has no PET series"))
+                continue
+            for series in unit.series:
+                files = _series_files(unit, series)
+                parts.append(self._series_head(series))
+                if files["pet_t1w"] is None or a["t1w"] is None:
+                    parts.append(
+                        na(
+                            "the PET in T1w space (space-T1w_desc-preproc_pet) or the "
+                            "T1w is missing"
+                        )
+                    )
+                    continue
+                fig = _fig(unit, self.figdir, series, "coreg", "pet")
+                contour = a["wm"] or a["mask"]
+                parts.append(
+                    self.figure(
+                        F.plot_flicker,
+                        fig,
+                        a["t1w"],
+                        files["pet_t1w"],
+                        mask=a["mask"],
+                        contour=contour,
+                        labels=("T1w", "PET"),
+                        flicker=True,
+                        caption="Hover to flicker between the T1w and the PET "
+                        "resampled to the T1w; red: white-matter boundary "
+                        "of the T1w (brain mask if no WM map).",
+                    )
+                )
+                parts.append(
+                    self._qc_line(
+                        self._series_qc(unit, series), ("coreg_gm_corr", "coreg_gm_wm_ratio")
+                    )
+                )
+        return "".join(parts)
+
+    def synthesis(self) -> str:
+        from ..analysis.metrics import image_metrics
+
+        parts = []
+        for unit in self.units:
+            a = unit.anat
+            parts.append(self._blocks(unit, len(self.units) > 1))
+            if a["pseudo_mni"] is None:
+                parts.append(na("no pseudo-normal PET was written (synthesis skipped or failed)"))
+                continue
+            meta = sidecar(a["pseudo_mni"])
+            parts.append(
+                kv(
+                    (k, meta.get(k))
+                    for k in ("Model", "ModelWeightsSha256", "SmoothingFWHM", "Device")
+                )
+            )
+            targets = unit.series or [None]
+            for series in targets:
+                files = _series_files(unit, series) if series else {"pet_mni": None}
+                if series:
+                    parts.append(self._series_head(series))
+                fig = _fig(unit, self.figdir, series or unit.prefix, "synthesis", "pet")
+                real = files["pet_mni"]
+                cap = (
+                    "Real PET (top) and pseudo-normal PET (below) in " + SPACE + ", same "
+                    "cuts and the same SUVR colour scale."
+                    if real
+                    else "Pseudo-normal PET in " + SPACE + " (no real PET for this participant)."
+                )
+                parts.append(
+                    self.figure(
+                        F.plot_synthesis,
+                        fig,
+                        a["pseudo_mni"],
+                        pet=real,
+                        mask=a["mask_mni"],
+                        caption=cap,
+                    )
+                )
+                if real is None:
+                    if series:
+                        parts.append(na(f"the PET in {SPACE} space is missing"))
+                    continue
+                if a["mask_mni"] is None:
+                    parts.append(na("the brain mask in MNI space is missing (no SSIM/PSNR)"))
+                    continue
+                try:
+                    import nibabel as nib
+
+                    m = image_metrics(
+                        nib.load(str(a["pseudo_mni"])),
+                        nib.load(str(real)),
+                        nib.load(str(a["mask_mni"])),
+                    )
+                    parts.append(
+                        kv(
+                            [
+                                ("SSIM (3D, brain mask)", fmt(m["ssim"])),
+                                ("SSIM (2D axial mean)", fmt(m["ssim_2d"])),
+                                ("PSNR", f"{fmt(m['psnr'], 2)} dB"),
+                                (
+                                    "RMSE / MAE (fraction of the real PET range)",
+                                    f"{fmt(m['rmse'])} / {fmt(m['mae'])}",
+                                ),
+                            ]
+                        )
+                    )
+                    parts.append(
+                        "<p class='caption'>Pseudo-normal vs real PET, both scaled "
+                        "to the real PET's range in the brain mask. In a patient, "
+                        "low similarity may reflect disease, not a synthesis "
+                        "failure.</p>"
+                    )
+                except Exception as exc:  # noqa: BLE001
+                    LOGGER.warning("synthesis metrics failed: %s", exc)
+                    parts.append(
+                        f"<p class='error'>SSIM/PSNR could not be computed: {esc(str(exc))}</p>"
+                    )
+        return "".join(parts)
+
+    def clusters_section(self, desc: str, stat_name: str, what: str) -> str:
+        parts = []
+        for unit in self.units:
+            a = unit.anat
+            parts.append(self._blocks(unit, len(self.units) > 1))
+            if not unit.series:
+                parts.append(na("this participant has no PET series"))
+                continue
+            for series in unit.series:
+                files = _series_files(unit, series)
+                parts.append(self._series_head(series))
+                stat, dseg, bg, space = (
+                    files[f"{desc}_stat_t1w"],
+                    files[f"{desc}_dseg_t1w"],
+                    a["t1w"],
+                    "T1w",
+                )
+                if stat is None and files[f"{desc}_stat_mni"] is not None:
+                    stat, dseg, bg, space = (
+                        files[f"{desc}_stat_mni"],
+                        files[f"{desc}_dseg_mni"],
+                        a["t1w_mni"],
+                        SPACE,
+                    )
+                if stat is None:
+                    reason = f"no {what} map was written for this series" + (
+                        " (the OC-SVM model is fitted at the group level; rerun the "
+                        "participant level after it)"
+                        if desc == "ocsvm"
+                        else ""
+                    )
+                    parts.append(na(reason))
+                    continue
+                meta = sidecar(stat)
+                threshold = float(meta.get("Threshold", -1.65))
+                parts.append(kv([(k, meta.get(k)) for k in THRESHOLD_KEYS]))
+                if bg is None:
+                    parts.append(na(f"the {space} T1w background is missing"))
+                else:
+                    fig = _fig(unit, self.figdir, series, desc, "statmap")
+                    parts.append(
+                        self.figure(
+                            F.plot_statmap_clusters,
+                            fig,
+                            bg,
+                            stat,
+                            dseg=dseg,
+                            threshold=threshold,
+                            mask=a["mask"] if space == "T1w" else a["mask_mni"],
+                            gm=a["gm"] if space == "T1w" else a["gm_mni"],
+                            title=stat_name,
+                            caption=f"{stat_name} map in {space} space over the T1w, shown "
+                            f"where {stat_name} &le; {threshold:g} in gray matter (the "
+                            "voxels that can form clusters); cyan: ranked clusters "
+                            "(number = rank, 1 = top); cuts pass through the top-ranked "
+                            "clusters.",
+                        )
+                    )
+                parts.append(self._cluster_table(files[f"{desc}_tsv"], what))
+        return "".join(parts)
+
+    def _cluster_table(self, tsv: Path | None, what: str) -> str:
+        if tsv is None:
+            return na(f"no {what} cluster table (clusters.tsv) was written")
+        try:
+            rows = read_tsv(tsv)
+        except OSError as exc:
+            return f"<p class='error'>cannot read {esc(tsv.name)}: {esc(str(exc))}</p>"
+        if not rows:
+            return "<p><b>No cluster</b> survived the threshold and the minimum volume.</p>"
+        meta = sidecar(tsv)
+        header = list(rows[0].keys())
+        desc = {
+            h: (meta.get(h, {}).get("Description", "") if isinstance(meta.get(h), dict) else "")
+            or CLUSTER_COLUMNS.get(h, "")
+            for h in header
+        }
+        for h in header:
+            unit = meta.get(h, {}).get("Units") if isinstance(meta.get(h), dict) else None
+            if unit and unit not in desc[h]:
+                desc[h] += f" ({unit})"
+        body = [table(header, [[r.get(h, "") for h in header] for r in rows], titles=desc)]
+        body.append(
+            "<details><summary>Columns</summary><ul>"
+            + "".join(f"<li><code>{esc(h)}</code>: {esc(desc[h] or '')}</li>" for h in header)
+            + "</ul></details>"
+        )
+        return "".join(body)
+
+    def methods(self) -> str:
+        path = self.out / "logs" / "CITATION.md"
+        if not path.is_file():
+            return na("logs/CITATION.md was not written")
+        try:
+            return markdown(path.read_text(encoding="utf-8", errors="replace"))
+        except Exception as exc:  # noqa: BLE001
+            return f"<pre>{esc(path.read_text(errors='replace'))}</pre><!-- {esc(str(exc))} -->"
+
+    def derivatives(self) -> str:
+        files = sorted(
+            p
+            for p in self.sub_dir.rglob("*")
+            if p.is_file() and "figures" not in p.relative_to(self.sub_dir).parts
+        )
+        if not files:
+            return na("no derivative was found")
+        items = "".join(
+            f"<li><a href='{rel(f, self.out)}'><code>"
+            f"{esc(f.relative_to(self.out).as_posix())}</code></a></li>"
+            for f in files
+        )
+        return f"<ul>{items}</ul>"
+
+    # --- QC
+    def _unit_qc(self, unit: Unit) -> dict[str, float]:
+        key = (unit.prefix, "")
+        if key not in self.qc:
+            try:
+                self.qc[key] = qc.unit_registration_qc(
+                    unit.anat["anat_dir"].parent, unit.anat["anat_prefix"]
+                )
+            except Exception as exc:  # noqa: BLE001
+                LOGGER.warning("registration QC failed for %s: %s", unit.prefix, exc)
+                self.qc[key] = {}
+        return self.qc[key]
+
+    def _series_qc(self, unit: Unit, series: str) -> dict[str, float]:
+        key = (unit.prefix, series)
+        if key not in self.qc:
+            try:
+                inputs = self._coreg_inputs(unit, series)
+                self.qc[key] = {} if inputs is None else qc.coregistration_quality(*inputs)
+            except Exception as exc:  # noqa: BLE001
+                LOGGER.warning("coregistration QC failed for %s: %s", series, exc)
+                self.qc[key] = {}
+        return self.qc[key]
+
+    def _coreg_inputs(self, unit: Unit, series: str):
+        files, a = _series_files(unit, series), unit.anat
+        if files["pet_t1w"] is None or a["gm"] is None:
+            return None
+        pet = F.load3d(files["pet_t1w"])
+        return (
+            pet.get_fdata(),
+            F.on_grid(a["gm"], pet),
+            None if a["mask"] is None else F.on_grid(a["mask"], pet, nearest=True),
+            None if a["wm"] is None else F.on_grid(a["wm"], pet),
+        )
+
+    def _qc_line(self, metrics: dict[str, float], keys: tuple[str, ...]) -> str:
+        if not metrics:
+            return na("the QC metrics could not be computed")
+        rows, bad = [], []
+        for k in keys:
+            v = metrics.get(k, float("nan"))
+            low = qc.THRESHOLDS[k]
+            rows.append([k, fmt(v), f">= {low:g}", qc.QC_DESCRIPTIONS[k]])
+            bad.append(v == v and v < low)
+        return table(["metric", "value", "expected", "meaning"], rows, bad_rows=bad)
+
+    # --- summary
+    def summary(self) -> str:
+        jsons = sorted(self.sub_dir.rglob("*.json"))
+        sources, versions = set(), set()
+        for j in jsons:
+            meta = read_json(j)
+            for s in meta.get("Sources", []) or []:
+                sources.add(str(s).removeprefix("bids:raw:"))
+            if meta.get("SoftwareVersion"):
+                versions.add(str(meta["SoftwareVersion"]))
+        parts = []
+        warnings = self._collect_warnings()
+        parts.append("<h3>Warnings</h3>" + (warn_box(warnings) if warnings else "<p>None.</p>"))
+        sessions = [u.session for u in self.units if u.session]
+        settings = "n/a"
+        if self.settings_file is not None:
+            sf = (
+                self.settings_file
+                if self.settings_file.is_absolute()
+                else self.out / self.settings_file
+            )
+            name = esc(sf.name)
+            settings = (
+                f"<a href='{rel(sf, self.out)}'><code>{name}</code></a>"
+                if sf.is_file()
+                else f"<code>{name}</code> (not found)"
+            )
+        desc = read_json(self.out / "dataset_description.json")
+        generated = ", ".join(
+            f"{g.get('Name', '?')} {g.get('Version', '')}".strip()
+            for g in desc.get("GeneratedBy", [])
+            if isinstance(g, dict)
+        )
+        parts.append(
+            "<h3>Run</h3>"
+            + kv(
+                [
+                    ("Participant", f"sub-{self.subject}"),
+                    ("Sessions", ", ".join(sessions) if sessions else "none (single session)"),
+                    (
+                        "PET series",
+                        ", ".join(s for u in self.units for s in u.series)
+                        or "none (T1w only: anatomy and pseudo-normal PET)",
+                    ),
+                    ("Run id", self.run_id),
+                    ("Settings file", settings),
+                    ("Generated by", generated),
+                    ("Software versions (sidecars)", ", ".join(sorted(versions))),
+                    ("Report", self._libraries()),
+                ]
+            )
+        )
+        parts.append(
+            "<h3>Inputs</h3>"
+            + (
+                "<ul>"
+                + "".join(f"<li><code>{esc(s)}</code></li>" for s in sorted(sources))
+                + "</ul>"
+                if sources
+                else na("no sidecar lists its Sources")
+            )
+        )
+        parts.append("<h3>Synthesis model</h3>")
+        metas = [
+            sidecar(u.anat["pseudo_mni"] or u.anat["pseudo_t1w"])
+            for u in self.units
+            if u.anat["pseudo_mni"] or u.anat["pseudo_t1w"]
+        ]
+        parts.append(
+            kv((k, metas[0].get(k)) for k in MODEL_KEYS)
+            if metas
+            else na("no pseudo-normal PET was written (synthesis skipped or failed)")
+        )
+        rows = []
+        for unit in self.units:
+            for series in unit.series:
+                files = _series_files(unit, series)
+                pet_meta = (
+                    sidecar(files["pet_t1w"] or files["pet_mni"])
+                    if (files["pet_t1w"] or files["pet_mni"])
+                    else {}
+                )
+                for desc_name, label in (("hypometabolism", "Z"), ("ocsvm", "OC-SVM score")):
+                    stat = files[f"{desc_name}_stat_t1w"] or files[f"{desc_name}_stat_mni"]
+                    if stat is None:
+                        continue
+                    m = sidecar(stat)
+                    rows.append(
+                        [
+                            series,
+                            label,
+                            m.get("Threshold", "n/a"),
+                            m.get("Tail", ""),
+                            f"{m.get('MinimumClusterVolume', 'n/a')} "
+                            f"{m.get('MinimumClusterVolumeUnits', '')}".strip(),
+                            m.get("ClusterMask", ""),
+                            m.get("ZReference", ""),
+                            m.get("NumberOfClusters", "n/a"),
+                            f"{pet_meta.get('IntensityNormalization', '')} "
+                            f"{pet_meta.get('ReferenceRegion', 'n/a')}".strip(),
+                        ]
+                    )
+        parts.append("<h3>Thresholds and reference region</h3>")
+        parts.append(
+            table(
+                [
+                    "series",
+                    "map",
+                    "threshold",
+                    "tail",
+                    "min. cluster",
+                    "cluster mask",
+                    "reference",
+                    "clusters",
+                    "intensity normalization",
+                ],
+                rows,
+            )
+            if rows
+            else na("no statistical map was written")
+        )
+        qrows, qbad = [], []
+        for unit in self.units:
+            reg = self._unit_qc(unit)
+            for series in unit.series or [""]:
+                m = {**reg, **(self._series_qc(unit, series) if series else {})}
+                qrows.append([series or unit.prefix, *[fmt(m.get(k)) for k in qc.THRESHOLDS]])
+                qbad.append(bool(qc.check(m)))
+        parts.append("<h3>Quality control</h3>")
+        parts.append(
+            table(
+                ["series", *[f"{k} (>= {v:g})" for k, v in qc.THRESHOLDS.items()]],
+                qrows,
+                bad_rows=qbad,
+            )
+        )
+        parts.append(
+            "<p class='caption'>"
+            + "; ".join(f"<code>{k}</code>: {esc(v)}" for k, v in qc.QC_DESCRIPTIONS.items())
+            + ". Thresholds are documented in <code>pet_synth_app.analysis.qc</code>.</p>"
+        )
+        return "".join(parts)
+
+    def _libraries(self) -> str:
+        import matplotlib
+        import nibabel
+        import nilearn
+        import numpy
+
+        return (
+            f"petsynth {__version__}, nilearn {nilearn.__version__}, nibabel "
+            f"{nibabel.__version__}, numpy {numpy.__version__}, matplotlib "
+            f"{matplotlib.__version__}; {time.strftime('%Y-%m-%d %H:%M:%S')}"
+        )
+
+    def _collect_warnings(self) -> list[str]:
+        warnings = []
+        if not self.units:
+            warnings.append("no derivative folder was found for this participant")
+        for unit in self.units:
+            where = f"{unit.prefix}: "
+            if unit.anat["t1w"] is None:
+                warnings.append(where + "the preprocessed T1w is missing")
+            if unit.anat["pseudo_mni"] is None and unit.anat["pseudo_t1w"] is None:
+                warnings.append(
+                    where + "no pseudo-normal PET (synthesis skipped or failed): "
+                    "no hypometabolism map can be computed"
+                )
+            warnings += [where + w for w in qc.check(self._unit_qc(unit))]
+            if not unit.series:
+                warnings.append(
+                    where + "no PET series: only the anatomy and the pseudo-normal "
+                    "PET are reported"
+                )
+            for series in unit.series:
+                files = _series_files(unit, series)
+                warnings += [f"{series}: {w}" for w in qc.check(self._series_qc(unit, series))]
+                stat = files["hypometabolism_stat_t1w"] or files["hypometabolism_stat_mni"]
+                tsv = files["hypometabolism_tsv"]
+                if stat is None:
+                    warnings.append(f"{series}: no hypometabolism Z map was written")
+                elif tsv is not None:
+                    try:
+                        if not read_tsv(tsv):
+                            warnings.append(f"{series}: zero hypometabolism clusters found")
+                    except OSError:
+                        pass
+        return warnings
+
+    def render(self) -> str:
+        body = [f"<h1>PetSynth report: sub-{esc(self.subject)}</h1>"]
+        builders = {
+            "summary": self.summary,
+            "anatomical": self.anatomical,
+            "normalization": self.normalization,
+            "coregistration": self.coregistration,
+            "synthesis": self.synthesis,
+            "hypometabolism": lambda: self.clusters_section(
+                "hypometabolism", "Z", "hypometabolism"
+            ),
+            "anomaly": lambda: self.clusters_section("ocsvm", "OC-SVM score", "OC-SVM anomaly"),
+            "methods": self.methods,
+            "derivatives": self.derivatives,
+        }
+        intros = {
+            "hypometabolism": "<p class='caption'>Z = (real &minus; pseudo-normal) PET "
+            "standardized; negative = lower uptake than expected. Clusters: connected voxels "
+            "below the threshold inside gray matter, larger than the minimum volume, ranked "
+            "by mass.</p>",
+            "anomaly": "<p class='caption'>One-class SVM decision score per voxel on "
+            "autoencoder features of PET patches; negative = anomalous, thresholded like "
+            "the Z map.</p>",
+        }
+        if not self.units:
+            body.append(warn_box(["no derivative folder sub-" + self.subject + " was found"]))
+        for anchor, title in SECTIONS:
+            t0 = time.perf_counter()
+            try:
+                content = (
+                    builders[anchor]()
+                    if (self.units or anchor in ("summary", "methods"))
+                    else na("no derivative folder was found")
+                )
+            except Exception as exc:  # noqa: BLE001 - one section must not kill the report
+                LOGGER.warning("report section %s failed: %s", anchor, exc, exc_info=True)
+                content = (
+                    f"<p class='error'>This section could not be made: "
+                    f"{esc(type(exc).__name__)}: {esc(str(exc))}</p>"
+                )
+            LOGGER.debug("report section %s: %.1f s", anchor, time.perf_counter() - t0)
+            body.append(
+                f"<section id='{anchor}'><h2>{esc(title)}</h2>"
+                f"{intros.get(anchor, '')}{content}</section>"
+            )
+        return page(f"PetSynth: sub-{self.subject}", SECTIONS, body)
 
 
 def write_subject_report(output_dir: Path, subject: str, run_id: str, settings_file: Path) -> Path:
-    """Write `<out>/sub-<subject>.html` listing the derivatives and embedding the figures.
+    """Write ``<out>/sub-<subject>.html`` with figures drawn from the derivatives on disk.
 
-    It is written last, so its presence marks a subject whose run completed.
+    Figures are written first to ``<out>/sub-<subject>/figures/``; the HTML is written
+    last and atomically, so its presence marks a participant whose run completed. Never
+    raises for a figure or a section that fails (they show an error line instead).
     """
+    t0 = time.perf_counter()
     output_dir = Path(output_dir)
-    sub_dir = output_dir / f"sub-{subject}"
-    files = sorted(p for p in sub_dir.rglob("*") if p.is_file() and "figures" not in p.parts)
-    figures = sorted((sub_dir / "figures").glob("*.svg"))
-    parts = [
-        "<!DOCTYPE html><html><head><meta charset='utf-8'>",
-        f"<title>PetSynth: sub-{html.escape(subject)}</title>",
-        "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}"
-        "img{width:100%;border:1px solid #ccc}code{font-size:90%}</style></head><body>",
-        f"<h1>PetSynth report: sub-{html.escape(subject)}</h1>",
-        f"<p>PetSynth {__version__}, run {html.escape(run_id)}; settings: "
-        f"<code>{html.escape(str(settings_file.relative_to(output_dir)))}</code></p>",
-        "<h2>Figures</h2>",
-    ]
-    for fig in figures:
-        rel = fig.relative_to(output_dir)
-        parts.append(f"<h3>{html.escape(fig.name)}</h3><img src='{html.escape(str(rel))}'>")
-    parts.append("<h2>Derivatives</h2><ul>")
-    for f in files:
-        parts.append(f"<li><code>{html.escape(str(f.relative_to(output_dir)))}</code></li>")
-    parts.append("</ul></body></html>")
-    out = output_dir / f"sub-{subject}.html"
-    tmp = out.with_suffix(".html.tmp")
-    tmp.write_text("\n".join(parts))
-    tmp.replace(out)
+    subject = str(subject).removeprefix("sub-")
+    report = _Report(output_dir, subject, run_id, settings_file)
+    text = report.render()
+    out = write_atomic(output_dir / f"sub-{subject}.html", text)
+    LOGGER.info(
+        "report %s written in %.1f s (%d figures, %d failed)",
+        out.name,
+        time.perf_counter() - t0,
+        len(report.figure.timings),
+        len(report.figure.failures),
+    )
     return out
+
+
+__all__ = ["SECTIONS", "write_subject_report"]

@@ -48,7 +48,8 @@ def init_anat_preproc_wf(
 The T1-weighted (T1w) image was skull-stripped with deepbet [@deepbet] (with an
 ANTsPy template-based fallback) and corrected for intensity non-uniformity with N4
 [@n4] (ANTsPy) fitted inside the brain mask. The brain was registered nonlinearly to the ICBM 2009a
-symmetric template (`{TEMPLATE_SPACE}`, as distributed with nilearn) with ANTs SyN
+symmetric template (`{TEMPLATE_SPACE}` [@fonov2011], as distributed with nilearn
+[@nilearn]) with ANTs SyN
 [@ants] (preset `{settings.registration_preset}`, random seed {settings.random_seed}).
 Gray-matter, white-matter and CSF probability maps were estimated with a
 three-class Gaussian mixture (EM) guided by the template tissue maps warped into the

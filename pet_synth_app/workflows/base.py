@@ -15,17 +15,20 @@ from ..bids import SubjectInputs
 from ..config import Settings
 from ..synthesis.weights import read_card
 from .anatomical import init_anat_preproc_wf
-from .hypometabolism import HYPO_OUTPUTS, init_hypometabolism_wf
+from .anomaly import anomaly_model_dir, init_anomaly_wf
+from .hypometabolism import STAT_INPUTS, STAT_OUTPUTS, init_hypometabolism_wf
 from .outputs import (
+    ANAT_DERIVATIVES_INPUTS,
     init_anat_derivatives_wf,
-    init_hypometabolism_derivatives_wf,
     init_pet_derivatives_wf,
+    init_statmap_derivatives_wf,
     init_synthesis_derivatives_wf,
 )
 from .pet import init_pet_preproc_wf
 from .synthesis import init_synthesis_wf, model_weights
 
 LOGGER = logging.getLogger("petsynth")
+POLL_SLEEP_S = 0.1
 
 
 def unit_wf_name(unit: SubjectInputs) -> str:
@@ -58,19 +61,18 @@ def init_single_subject_wf(
     workflow = Workflow(name=unit_wf_name(unit))
     workflow.__desc__ = (
         "Results included in this manuscript come from preprocessing performed with "
-        "PetSynth, a BIDS-App built on Nipype [@nipype] and NiWorkflows.\n"
+        "PetSynth, a BIDS-App built on Nipype [@nipype], NiWorkflows [@niworkflows] and "
+        "PyTorch [@pytorch].\n"
     )
     inputnode = pe.Node(niu.IdentityInterface(fields=["t1w"]), name="inputnode")
     inputnode.inputs.t1w = unit.t1w
     anat_wf = init_anat_preproc_wf(settings, device=device)
     anat_ds = init_anat_derivatives_wf(settings, unit.t1w)
-    anat_fields = ["t1w_preproc", "t1w_mask", "gm", "wm", "csf", "t1w2std_xfm",
-                   "std2t1w_xfm", "t1w_std", "mask_std", "gm_std", "std_ref",
-                   "skullstrip_method"]  # fmt: skip
     workflow.connect(inputnode, "t1w", anat_wf, "inputnode.t1w")
-    for f in anat_fields:
+    for f in ANAT_DERIVATIVES_INPUTS:
         workflow.connect(anat_wf, f"outputnode.{f}", anat_ds, f"inputnode.{f}")
 
+    detector = anomaly_model_dir(settings)
     weights_sha256 = ""
     if not settings.skip_synthesis:
         weights_sha256 = read_card(model_weights(settings))["sha256"]
@@ -85,7 +87,6 @@ def init_single_subject_wf(
             (synth_wf, synth_ds, [("outputnode.pseudo_std", "inputnode.pseudo_std"),
                                   ("outputnode.pseudo_t1w", "inputnode.pseudo_t1w"),
                                   ("outputnode.metadata", "inputnode.metadata")]),
-            (anat_wf, synth_ds, [("outputnode.t1w_preproc", "inputnode.t1w_preproc")]),
         ])
         # fmt: on
 
@@ -105,29 +106,29 @@ def init_single_subject_wf(
                               ("outputnode.pet_std", "inputnode.pet_std"),
                               ("outputnode.pet2t1w_xfm", "inputnode.pet2t1w_xfm"),
                               ("outputnode.suvr_metadata", "inputnode.suvr_metadata")]),
-            (anat_wf, pet_ds, [("outputnode.t1w_preproc", "inputnode.t1w_preproc")]),
         ])
         # fmt: on
-        if settings.skip_synthesis:
-            continue
-        hypo_wf = init_hypometabolism_wf(
-            settings, weights_sha256=weights_sha256, name=_pet_wf_name(pet.path) + "_hypo"
-        )
-        hypo_ds = init_hypometabolism_derivatives_wf(
-            settings, pet.path, unit.t1w, name=_pet_wf_name(pet.path) + "_hypo_derivatives"
-        )
-        # fmt: off
-        workflow.connect([
-            (pet_wf, hypo_wf, [("outputnode.pet_std", "inputnode.pet_std")]),
-            (synth_wf, hypo_wf, [("outputnode.pseudo_std", "inputnode.pseudo_std")]),
-            (anat_wf, hypo_wf, [("outputnode.gm_std", "inputnode.gm_std"),
-                                ("outputnode.mask_std", "inputnode.mask_std"),
-                                ("outputnode.std2t1w_xfm", "inputnode.std2t1w_xfm"),
-                                ("outputnode.t1w_preproc", "inputnode.t1w_preproc")]),
-        ])
-        # fmt: on
-        for field in HYPO_OUTPUTS:
-            workflow.connect(hypo_wf, f"outputnode.{field}", hypo_ds, f"inputnode.{field}")
+        stat_wfs = []
+        if not settings.skip_synthesis:
+            hypo_wf = init_hypometabolism_wf(
+                settings, weights_sha256=weights_sha256, name=_pet_wf_name(pet.path) + "_hypo"
+            )
+            workflow.connect(synth_wf, "outputnode.pseudo_std", hypo_wf, "inputnode.pseudo_std")
+            stat_wfs.append((hypo_wf, "hypometabolism", "z"))
+        if detector is not None:
+            anomaly_wf = init_anomaly_wf(settings, str(detector), f"sub-{unit.subject}",
+                                         name=_pet_wf_name(pet.path) + "_anomaly")  # fmt: skip
+            stat_wfs.append((anomaly_wf, "ocsvm", "score"))
+        for stat_wf, desc, stat in stat_wfs:
+            stat_ds = init_statmap_derivatives_wf(
+                settings, pet.path, unit.t1w, desc, stat,
+                name=f"{stat_wf.name}_derivatives",
+            )  # fmt: skip
+            for field in STAT_INPUTS:
+                source = pet_wf if field == "pet_std" else anat_wf
+                workflow.connect(source, f"outputnode.{field}", stat_wf, f"inputnode.{field}")
+            for field in STAT_OUTPUTS:
+                workflow.connect(stat_wf, f"outputnode.{field}", stat_ds, f"inputnode.{field}")
     return workflow
 
 
@@ -147,6 +148,24 @@ def _plugin(settings: Settings) -> tuple[str, dict]:
     return "MultiProc", args
 
 
+def execution_config(settings: Settings, crash_dir: Path) -> dict[str, str]:
+    """Nipype [execution] settings of a run (strings, as Nipype's config stores them)."""
+    return {
+        "crashdump_dir": str(crash_dir),
+        "crashfile_format": "txt",
+        "stop_on_first_crash": str(settings.stop_on_first_crash).lower(),
+        # keep every output: with `true` the node hashes include the node's needed
+        # outputs (which depend on the graph) and unused output files are deleted
+        "remove_unnecessary_outputs": "false",
+        "check_version": "false",
+        "parameterize_dirs": "false",
+        "get_linked_libs": "false",
+        # the scheduler polls; its 2 s default costs ~2 s per dependency link
+        # (minutes per participant with ~40 short steps in a chain)
+        "poll_sleep_duration": str(POLL_SLEEP_S),
+    }
+
+
 def configure_nipype(settings: Settings, crash_dir: Path) -> None:
     """Nipype execution settings: crash files, resume, no version checks, log levels."""
     from nipype import config as ncfg
@@ -161,15 +180,7 @@ def configure_nipype(settings: Settings, crash_dir: Path) -> None:
                 "utils_level": level,
                 "log_to_file": False,
             },
-            "execution": {
-                "crashdump_dir": str(crash_dir),
-                "crashfile_format": "txt",
-                "stop_on_first_crash": settings.stop_on_first_crash,
-                "remove_unnecessary_outputs": False,
-                "check_version": False,
-                "parameterize_dirs": False,
-                "get_linked_libs": False,
-            },
+            "execution": execution_config(settings, crash_dir),
             "monitoring": {"enabled": False},
         }
     )
@@ -191,6 +202,13 @@ def run_workflow(workflow: Workflow, settings: Settings, run_id: str) -> list[tu
     """Run the graph; return [(unit workflow name, one-line reason)] of failed units."""
     crash_dir = settings.output_dir / "logs" / f"crash-{run_id}"
     configure_nipype(settings, crash_dir)
+    # The workflow copied the global config when it was built, and its copy wins over the
+    # global one when it runs (the nodes get the workflow's). Built before configure_nipype
+    # (the first run in a process) it holds Nipype's defaults, e.g.
+    # remove_unnecessary_outputs = true, which puts the node's needed outputs into its
+    # hash; built after it (a later run.main in the same process) it holds ours. Same
+    # inputs, two hashes: every node reran. Put all our execution settings in its copy.
+    workflow.config["execution"].update(execution_config(settings, crash_dir))
     plugin, args = _plugin(settings)
     try:
         workflow.run(plugin=plugin, plugin_args=args)

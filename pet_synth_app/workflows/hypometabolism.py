@@ -12,17 +12,24 @@ from ..config import Settings
 from ..interfaces.anat import ApplyTransforms
 from ..interfaces.hypometabolism import ClusterTable, FindClusters, HypometabolismZ
 
-HYPO_INPUTS = ["pet_std", "pseudo_std", "gm_std", "mask_std", "std2t1w_xfm", "t1w_preproc"]
-HYPO_OUTPUTS = ["z_std", "z_t1w", "dseg_std", "dseg_t1w", "clusters_tsv", "z_metadata",
-                "cluster_metadata", "table_metadata"]  # fmt: skip
+STAT_INPUTS = ["pet_std", "gm_std", "mask_std", "std2t1w_xfm", "t1w_preproc"]
+HYPO_INPUTS = [*STAT_INPUTS, "pseudo_std"]
+STAT_OUTPUTS = ["stat_std", "stat_t1w", "dseg_std", "dseg_t1w", "clusters_tsv",
+                "stat_metadata", "cluster_metadata", "table_metadata"]  # fmt: skip
+HYPO_OUTPUTS = STAT_OUTPUTS
+
+
+def normative_folder(settings: Settings) -> Path:
+    """``--normative-model``, else ``<out>/group/normative`` (written by the group level)."""
+    if settings.normative_model:
+        return Path(settings.normative_model)
+    return Path(settings.output_dir) / "group" / "normative"
 
 
 def normative_model_dir(settings: Settings) -> Path | None:
-    """``--normative-model``, else ``<out>/group/normative`` when the group level ran."""
-    if settings.normative_model:
-        return Path(settings.normative_model)
-    default = Path(settings.output_dir) / "group" / "normative"
-    return default if (default / "normative.json").is_file() else None
+    """The normative folder when it holds a Z-map normative model, else None."""
+    folder = normative_folder(settings)
+    return folder if (folder / "normative.json").is_file() else None
 
 
 def init_hypometabolism_wf(
@@ -47,7 +54,8 @@ Hypometabolism was mapped as the residual between the real and the pseudo-normal
 if settings.histogram_matching else ''}), converted to Z scores {reference}. Voxels with
 Z < {settings.z_threshold:g} inside gray matter were grouped into 26-connected clusters;
 clusters smaller than {settings.min_cluster_mm3:g} mm³ were discarded and the rest ranked
-by {settings.cluster_rank} and labelled with the Harvard-Oxford/AAL atlases. Z and cluster
+by {settings.cluster_rank} and labelled with the Harvard-Oxford [@harvardoxford] and AAL
+[@aal] atlases. Z and cluster
 maps were resampled to the native T1w space with the inverse template transform.
 """
     inputnode = pe.Node(niu.IdentityInterface(fields=HYPO_INPUTS), name="inputnode")
@@ -62,12 +70,36 @@ maps were resampled to the native T1w space with the inverse template transform.
 
         zmap.inputs.normative = str(normative)
         zmap.inputs.normative_sha256 = meta_sha256(normative)
+    connect_clusters(workflow, settings, settings.z_threshold, inputnode, zmap, outputnode)
+    # fmt: off
+    workflow.connect([
+        (inputnode, zmap, [("pet_std", "pet"), ("pseudo_std", "pseudo"), ("gm_std", "gm"),
+                           ("mask_std", "mask")]),
+    ])
+    # fmt: on
+    return workflow
+
+
+def connect_clusters(
+    workflow: Workflow,
+    settings: Settings,
+    threshold: float,
+    inputnode: pe.Node,
+    stat: pe.Node,
+    outputnode: pe.Node,
+) -> None:
+    """The cluster stage shared by the Z and OC-SVM maps: ``stat.out_file`` (MNI, lower
+    tail) -> ranked GM clusters -> label map and statistic in T1w space -> clusters.tsv.
+
+    ``inputnode`` provides ``STAT_INPUTS``; ``outputnode`` receives ``STAT_OUTPUTS``
+    (``stat.metadata`` becomes ``stat_metadata``).
+    """
     clusters = pe.Node(
-        FindClusters(threshold=settings.z_threshold, min_volume_mm3=settings.min_cluster_mm3,
+        FindClusters(threshold=threshold, min_volume_mm3=settings.min_cluster_mm3,
                      rank_by=settings.cluster_rank),
         name="clusters",
     )  # fmt: skip
-    z_t1w = pe.Node(ApplyTransforms(out_name="z_t1w.nii.gz"), name="z_to_t1w")
+    stat_t1w = pe.Node(ApplyTransforms(out_name="stat_t1w.nii.gz"), name="stat_to_t1w")
     dseg_t1w = pe.Node(
         ApplyTransforms(interpolation="nearestNeighbor", out_name="dseg_t1w.nii.gz"),
         name="dseg_to_t1w",
@@ -75,25 +107,31 @@ maps were resampled to the native T1w space with the inverse template transform.
     table = pe.Node(ClusterTable(), name="cluster_table")
     # fmt: off
     workflow.connect([
-        (inputnode, zmap, [("pet_std", "pet"), ("pseudo_std", "pseudo"), ("gm_std", "gm"),
-                           ("mask_std", "mask")]),
-        (zmap, clusters, [("out_file", "in_file")]),
+        (stat, clusters, [("out_file", "in_file")]),
         (inputnode, clusters, [("gm_std", "gm"), ("mask_std", "mask")]),
-        (zmap, z_t1w, [("out_file", "in_file")]),
+        (stat, stat_t1w, [("out_file", "in_file")]),
         (clusters, dseg_t1w, [("dseg", "in_file")]),
-        (inputnode, z_t1w, [("t1w_preproc", "reference"), ("std2t1w_xfm", "transforms")]),
+        (inputnode, stat_t1w, [("t1w_preproc", "reference"), ("std2t1w_xfm", "transforms")]),
         (inputnode, dseg_t1w, [("t1w_preproc", "reference"), ("std2t1w_xfm", "transforms")]),
         (clusters, table, [("clusters", "clusters")]),
         (dseg_t1w, table, [("out_file", "dseg_t1w")]),
-        (z_t1w, table, [("out_file", "stat_t1w")]),
-        (zmap, outputnode, [("out_file", "z_std"), ("metadata", "z_metadata")]),
-        (z_t1w, outputnode, [("out_file", "z_t1w")]),
+        (stat_t1w, table, [("out_file", "stat_t1w")]),
+        (stat, outputnode, [("out_file", "stat_std"), ("metadata", "stat_metadata")]),
+        (stat_t1w, outputnode, [("out_file", "stat_t1w")]),
         (clusters, outputnode, [("dseg", "dseg_std"), ("metadata", "cluster_metadata")]),
         (dseg_t1w, outputnode, [("out_file", "dseg_t1w")]),
         (table, outputnode, [("out_file", "clusters_tsv"), ("metadata", "table_metadata")]),
     ])
     # fmt: on
-    return workflow
 
 
-__all__ = ["HYPO_INPUTS", "HYPO_OUTPUTS", "init_hypometabolism_wf", "normative_model_dir"]
+__all__ = [
+    "HYPO_INPUTS",
+    "HYPO_OUTPUTS",
+    "STAT_INPUTS",
+    "STAT_OUTPUTS",
+    "connect_clusters",
+    "init_hypometabolism_wf",
+    "normative_folder",
+    "normative_model_dir",
+]

@@ -11,7 +11,6 @@ from niworkflows.engine.workflows import LiterateWorkflow as Workflow
 from .. import __version__
 from ..config import TEMPLATE_SPACE, Settings
 from ..interfaces.bids import DerivativesDataSink
-from ..interfaces.reports import OverlayFigure
 
 
 def bids_uri(path: str, settings: Settings) -> str:
@@ -20,6 +19,12 @@ def bids_uri(path: str, settings: Settings) -> str:
         return "bids:raw:" + str(Path(path).absolute().relative_to(settings.bids_dir))
     except ValueError:
         return str(path)
+
+
+ANAT_DERIVATIVES_INPUTS = ["t1w_preproc", "t1w_mask", "gm", "wm", "csf", "t1w2std_xfm",
+                           "std2t1w_xfm", "t1w_std", "mask_std", "gm_std",
+                           "skullstrip_method"]  # fmt: skip
+"""Fields of ``init_anat_derivatives_wf``'s inputnode (outputs of ``anat_preproc_wf``)."""
 
 
 def _common_meta(settings: Settings) -> dict:
@@ -47,9 +52,7 @@ def init_anat_derivatives_wf(
 ) -> Workflow:
     """Write the anatomical derivatives (inputs: the anat_preproc_wf outputs)."""
     workflow = Workflow(name=name)
-    fields = ["t1w_preproc", "t1w_mask", "gm", "wm", "csf", "t1w2std_xfm", "std2t1w_xfm",
-              "t1w_std", "mask_std", "gm_std", "std_ref", "skullstrip_method"]  # fmt: skip
-    inputnode = pe.Node(niu.IdentityInterface(fields=fields), name="inputnode")
+    inputnode = pe.Node(niu.IdentityInterface(fields=ANAT_DERIVATIVES_INPUTS), name="inputnode")
     outputnode = pe.Node(niu.IdentityInterface(fields=["out_files"]), name="outputnode")
     src = {"source_file": t1w_source, "Sources": [bids_uri(t1w_source, settings)]}
     meta = _common_meta(settings)
@@ -77,26 +80,12 @@ def init_anat_derivatives_wf(
         "gm_std": _sink(settings, "ds_gm_std", space=TEMPLATE_SPACE, label="GM",
                         suffix="probseg", datatype="anat", compress=True, **src, **meta),
     }  # fmt: skip
-    merge = pe.Node(niu.Merge(len(sinks) + 2), name="merge_outputs")
+    merge = pe.Node(niu.Merge(len(sinks)), name="merge_outputs")
     for i, (field, sink) in enumerate(sinks.items(), start=1):
         workflow.connect(inputnode, field, sink, "in_file")
         workflow.connect(sink, "out_file", merge, f"in{i}")
-    # figures: brain mask on the T1w, T1w in MNI with the template outline
-    fig_mask = pe.Node(OverlayFigure(title="brain mask"), name="fig_mask")
-    fig_reg = pe.Node(OverlayFigure(title="T1w in MNI, template outline", contour_level=0.3),
-                      name="fig_registration")  # fmt: skip
-    ds_fig_mask = _sink(settings, "ds_fig_mask", desc="brain", suffix="mask",
-                        datatype="figures", source_file=t1w_source)  # fmt: skip
-    ds_fig_reg = _sink(settings, "ds_fig_registration", space=TEMPLATE_SPACE, suffix="T1w",
-                       datatype="figures", source_file=t1w_source)  # fmt: skip
     # fmt: off
     workflow.connect([
-        (inputnode, fig_mask, [("t1w_preproc", "background"), ("t1w_mask", "contour")]),
-        (inputnode, fig_reg, [("t1w_std", "background"), ("std_ref", "contour")]),
-        (fig_mask, ds_fig_mask, [("out_file", "in_file")]),
-        (fig_reg, ds_fig_reg, [("out_file", "in_file")]),
-        (ds_fig_mask, merge, [("out_file", f"in{len(sinks) + 1}")]),
-        (ds_fig_reg, merge, [("out_file", f"in{len(sinks) + 2}")]),
         (inputnode, sinks["t1w_mask"], [(("skullstrip_method", _method_meta), "meta_dict")]),
         (merge, outputnode, [("out", "out_files")]),
     ])
@@ -113,7 +102,7 @@ def init_pet_derivatives_wf(
 ) -> Workflow:
     """Write the PET derivatives of one series (inputs: pet_preproc_wf outputs)."""
     workflow = Workflow(name=name)
-    fields = ["pet_t1w", "pet_std", "pet2t1w_xfm", "suvr_metadata", "t1w_preproc"]
+    fields = ["pet_t1w", "pet_std", "pet2t1w_xfm", "suvr_metadata"]
     inputnode = pe.Node(niu.IdentityInterface(fields=fields), name="inputnode")
     outputnode = pe.Node(niu.IdentityInterface(fields=["out_files"]), name="outputnode")
     src = _pet_sources(settings, pet_source, t1w_source)
@@ -127,10 +116,7 @@ def init_pet_derivatives_wf(
             sinks[field] = _sink(settings, f"ds_{field}", space=space, desc="preproc",
                                  suffix="pet", datatype="pet", compress=True, **src, **meta)
     meta_of = {f: "suvr_metadata" for f in sinks if f.startswith("pet_")}
-    fig = pe.Node(OverlayFigure(title="PET (SUVR) on T1w"), name="fig_coreg")
-    ds_fig = _sink(settings, "ds_fig_coreg", space="T1w", desc="coreg", suffix="pet",
-                   datatype="figures", source_file=pet_source)  # fmt: skip
-    _connect_sinks(workflow, inputnode, outputnode, sinks, meta_of, fig, ds_fig, "pet_t1w")
+    _connect_sinks(workflow, inputnode, outputnode, sinks, meta_of)
     return workflow
 
 
@@ -140,34 +126,24 @@ def _connect_sinks(
     outputnode: pe.Node,
     sinks: dict[str, pe.Node],
     meta_of: dict[str, str],
-    fig: pe.Node,
-    ds_fig: pe.Node,
-    overlay: str,
 ) -> None:
-    """Feed each sink its input field (and sidecar metadata field), draw ``overlay`` on the
-    T1w into ``ds_fig``, and collect every written path in ``outputnode.out_files``."""
-    merge = pe.Node(niu.Merge(len(sinks) + 1), name="merge_outputs")
+    """Feed each sink its input field (and sidecar metadata field) and collect every
+    written path in ``outputnode.out_files``."""
+    merge = pe.Node(niu.Merge(len(sinks)), name="merge_outputs")
     for i, (field, sink) in enumerate(sinks.items(), start=1):
         workflow.connect(inputnode, field, sink, "in_file")
         workflow.connect(sink, "out_file", merge, f"in{i}")
         if field in meta_of:
             workflow.connect(inputnode, meta_of[field], sink, "meta_dict")
-    # fmt: off
-    workflow.connect([
-        (inputnode, fig, [("t1w_preproc", "background"), (overlay, "overlay")]),
-        (fig, ds_fig, [("out_file", "in_file")]),
-        (ds_fig, merge, [("out_file", f"in{len(sinks) + 1}")]),
-        (merge, outputnode, [("out", "out_files")]),
-    ])
-    # fmt: on
+    workflow.connect(merge, "out", outputnode, "out_files")
 
 
 def init_synthesis_derivatives_wf(
     settings: Settings, t1w_source: str, name: str = "synthesis_derivatives_wf"
 ) -> Workflow:
-    """Write the pseudo-normal PET (inputs: synthesis_wf outputs + ``t1w_preproc``)."""
+    """Write the pseudo-normal PET (inputs: synthesis_wf outputs)."""
     workflow = Workflow(name=name)
-    fields = ["pseudo_std", "pseudo_t1w", "metadata", "t1w_preproc"]
+    fields = ["pseudo_std", "pseudo_t1w", "metadata"]
     inputnode = pe.Node(niu.IdentityInterface(fields=fields), name="inputnode")
     outputnode = pe.Node(niu.IdentityInterface(fields=["out_files"]), name="outputnode")
     src = {"source_file": t1w_source, "Sources": [bids_uri(t1w_source, settings)]}
@@ -178,11 +154,7 @@ def init_synthesis_derivatives_wf(
             sinks[field] = _sink(settings, f"ds_{field}", space=space, desc="pseudonormal",
                                  suffix="pet", datatype="pet", compress=True, **src,
                                  **meta)  # fmt: skip
-    fig = pe.Node(OverlayFigure(title="pseudo-normal PET (SUVR) on T1w"), name="fig_pseudo")
-    ds_fig = _sink(settings, "ds_fig_pseudo", space="T1w", desc="pseudonormal", suffix="pet",
-                   datatype="figures", source_file=t1w_source)  # fmt: skip
-    _connect_sinks(workflow, inputnode, outputnode, sinks, dict.fromkeys(sinks, "metadata"),
-                   fig, ds_fig, "pseudo_t1w")  # fmt: skip
+    _connect_sinks(workflow, inputnode, outputnode, sinks, dict.fromkeys(sinks, "metadata"))
     return workflow
 
 
@@ -190,34 +162,35 @@ def _merge_meta(a: dict, b: dict) -> dict:
     return {**a, **b}
 
 
-def init_hypometabolism_derivatives_wf(
-    settings: Settings, pet_source: str, t1w_source: str,
+def init_statmap_derivatives_wf(
+    settings: Settings, pet_source: str, t1w_source: str, desc: str, stat: str,
     name: str = "hypometabolism_derivatives_wf",
 ) -> Workflow:  # fmt: skip
-    """Write Z maps, cluster label maps (MNI, T1w) and the cluster table of one PET."""
+    """Write a statistic map (``desc-<desc>_stat-<stat>_statmap``), its cluster label maps
+    (MNI, T1w) and cluster table of one PET (inputs: ``STAT_OUTPUTS``)."""
+    from .hypometabolism import STAT_OUTPUTS
+
     workflow = Workflow(name=name)
-    fields = ["z_std", "z_t1w", "dseg_std", "dseg_t1w", "clusters_tsv", "z_metadata",
-              "cluster_metadata", "table_metadata"]  # fmt: skip
-    inputnode = pe.Node(niu.IdentityInterface(fields=fields), name="inputnode")
+    inputnode = pe.Node(niu.IdentityInterface(fields=STAT_OUTPUTS), name="inputnode")
     outputnode = pe.Node(niu.IdentityInterface(fields=["out_files"]), name="outputnode")
     src = _pet_sources(settings, pet_source, t1w_source)
     meta = _common_meta(settings)
     merge_meta = pe.Node(niu.Function(function=_merge_meta, output_names=["out"]),
                          name="merge_meta")  # fmt: skip
-    workflow.connect([(inputnode, merge_meta, [("z_metadata", "a"),
+    workflow.connect([(inputnode, merge_meta, [("stat_metadata", "a"),
                                                ("cluster_metadata", "b")])])  # fmt: skip
     sinks = {}
     for space, tag in (("T1w", "t1w"), (TEMPLATE_SPACE, "std")):
         if space not in settings.output_spaces:
             continue
-        sinks[f"z_{tag}"] = _sink(settings, f"ds_z_{tag}", space=space,
-                                  desc="hypometabolism", stat="z", suffix="statmap",
-                                  datatype="pet", compress=True, **src, **meta)  # fmt: skip
-        sinks[f"dseg_{tag}"] = _sink(settings, f"ds_dseg_{tag}", space=space,
-                                     desc="hypometabolism", suffix="dseg", datatype="pet",
-                                     compress=True, data_dtype="int16", **src, **meta)  # fmt: skip
-    sinks["clusters_tsv"] = _sink(settings, "ds_clusters", desc="hypometabolism",
-                                  suffix="clusters", extension=".tsv", datatype="pet",
+        sinks[f"stat_{tag}"] = _sink(settings, f"ds_stat_{tag}", space=space, desc=desc,
+                                     stat=stat, suffix="statmap", datatype="pet",
+                                     compress=True, **src, **meta)  # fmt: skip
+        sinks[f"dseg_{tag}"] = _sink(settings, f"ds_dseg_{tag}", space=space, desc=desc,
+                                     suffix="dseg", datatype="pet", compress=True,
+                                     data_dtype="int16", **src, **meta)  # fmt: skip
+    sinks["clusters_tsv"] = _sink(settings, "ds_clusters", desc=desc, suffix="clusters",
+                                  extension=".tsv", datatype="pet",
                                   source_file=pet_source)  # fmt: skip
     merge = pe.Node(niu.Merge(len(sinks)), name="merge_outputs")
     for i, (field, sink) in enumerate(sinks.items(), start=1):

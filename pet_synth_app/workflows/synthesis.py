@@ -46,11 +46,12 @@ def init_synthesis_wf(
     else:
         how = ("three adjacent axial slices were translated at a time and the slices "
                "restacked into a volume")  # fmt: skip
+    cite = "@pix2pix" if card["model"] == "pix2pix" else "@cyclegan"
     workflow = Workflow(name=name)
     workflow.__desc__ = f"""
 A pseudo-normal FDG PET, the uptake expected for a healthy brain with the participant's
 anatomy, was synthesized from the template-space T1w with the `{card['model']}` model
-[@zotova2021] (weights sha256 `{card['sha256'][:12]}`, trained on {training}): {how},
+[@zotova2021; {cite}] (weights sha256 `{card['sha256'][:12]}`, trained on {training}): {how},
 smoothed with a {fwhm:g} mm FWHM Gaussian, and the result was
 resampled to the T1w space with the inverse of the T1w-to-template transform.
 """

@@ -1,0 +1,665 @@
+"""Voxelwise one-class SVMs on siamese-autoencoder latents (Alaverdyan et al. 2020).
+
+For every model voxel an RBF one-class SVM is fitted on the controls' latent vectors at
+that voxel (one ``d``-dimensional sample per control, ``n`` = 10..75 controls), and a
+patient is scored with its decision function: ``f(z) = sum_i alpha_i K(sv_i, z) - rho``,
+``K(x, y) = exp(-gamma ||x - y||^2)``. Sign convention as scikit-learn's
+``OneClassSVM.decision_function``: negative = outside the controls' support (anomalous).
+Decision values are in the kernel's units (dimensionless, roughly in ``[-nu n, nu n]``).
+
+Hundreds of thousands of tiny problems are solved at once with a batched dual solver
+(``fit_batched``, torch on CPU) instead of one libsvm call per voxel. The model on disk is
+one ``ocsvm.safetensors`` (voxel indices, float16 support vectors, alpha, rho, gamma) and
+its card ``ocsvm.json``; it is read chunk by chunk when loaded lazily.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..config import OCSVM_GAMMA, OCSVM_NU
+from ..synthesis.weights import library_versions, sha256_file
+from .zscore import MAD_TO_SD
+
+NU = OCSVM_NU  # defaults and their rationale: config.py
+GAMMA = OCSVM_GAMMA
+TOL = 1e-4
+"""Default stopping tolerance of ``fit_batched``: the maximal KKT violation
+``max_{a_i>0} G_i - min_{a_i<C} G_i`` in libsvm's scale (``G = Q alpha``, alpha in
+[0, 1]); libsvm/scikit-learn stop at 1e-3 on the same quantity."""
+MAX_ITER = 5000
+"""Iteration cap per problem of ``fit_batched`` (problems not converged by then are kept
+as they are and counted in a warning)."""
+CHUNK_MB = 256.0
+"""Default memory budget (MB) for the kernel matrices of one chunk of problems."""
+FORMAT = "petsynth-ocsvm/1"
+TENSORS = "ocsvm.safetensors"
+CARD = "ocsvm.json"
+_KEYS = ("ijk", "sv", "alpha", "rho", "gamma")
+_FLOAT16_MAX = float(np.finfo(np.float16).max)
+
+
+class _threads:
+    """Context manager: torch on ``n`` threads (None = leave as is), restored on exit."""
+
+    def __init__(self, n: int | None) -> None:
+        self.n = n
+        self.before = torch.get_num_threads()
+
+    def __enter__(self) -> None:
+        if self.n is not None:
+            torch.set_num_threads(max(1, int(self.n)))
+
+    def __exit__(self, *exc: object) -> None:
+        torch.set_num_threads(self.before)
+
+
+def _gamma_per_problem(X: np.ndarray, gamma: float | str) -> np.ndarray:
+    """gamma (V,) float32 for problems X (V, n, d): a constant or the per-problem "scale"."""
+    V, _, d = X.shape
+    if isinstance(gamma, str):
+        if gamma != "scale":
+            raise ValueError(f"gamma must be a positive number or 'scale', got {gamma!r}")
+        flat = X.reshape(V, -1)
+        var = np.concatenate(
+            [flat[s : s + 4096].astype(np.float64).var(axis=1) for s in range(0, V, 4096)]
+        )  # float64 4096 rows at a time: no full-size copy
+        safe = np.where(var > 0, var, 1.0)
+        return np.where(var > 0, 1.0 / (d * safe), 1.0).astype(np.float32)
+    if not float(gamma) > 0:
+        raise ValueError(f"gamma must be positive, got {gamma}")
+    return np.full(V, float(gamma), dtype=np.float32)
+
+
+def _rbf(X: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
+    """Batched RBF kernel matrices (B, n, n) of samples X (B, n, d), gamma (B,)."""
+    Xc = X - X.mean(dim=1, keepdim=True)  # distances are shift-invariant; less cancellation
+    sq = (Xc * Xc).sum(-1)
+    K = torch.baddbmm(sq[:, :, None] + sq[:, None, :], Xc, Xc.transpose(1, 2), alpha=-2.0)
+    K.clamp_(min=0.0).mul_(-gamma[:, None, None]).exp_()  # squared distances -> kernel
+    K.diagonal(dim1=1, dim2=2).fill_(1.0)
+    return K
+
+
+def project_capped_simplex(v: torch.Tensor, cap: float, iters: int = 30) -> torch.Tensor:
+    """Euclidean projection of each row of ``v`` (B, n) onto ``{0 <= a <= cap, sum a = 1}``.
+
+    The projection is ``clip(v - tau, 0, cap)`` with the scalar ``tau`` that makes the row
+    sum 1 (the sum is monotone in ``tau``): bisection on ``tau`` brackets it, then one
+    exact step on the free set found (``0 < v - tau < cap``) makes the sum 1 up to
+    rounding. Needs ``n * cap >= 1``.
+    """
+    if v.shape[-1] * cap < 1.0 - 1e-6:
+        raise ValueError(f"capped simplex is empty: n={v.shape[-1]} x cap={cap} < 1")
+    return _bisect(v, cap, iters)[0]
+
+
+def _bisect(v: torch.Tensor, cap: float, iters: int = 30) -> tuple[torch.Tensor, torch.Tensor]:
+    """Projection onto the capped simplex by bisection on tau + one exact step; (p, tau)."""
+    cap_t = torch.tensor(cap, dtype=v.dtype)
+    lo = v.amin(-1, keepdim=True) - cap_t
+    hi = v.amax(-1, keepdim=True)
+    for _ in range(iters):
+        mid = 0.5 * (lo + hi)
+        big = (v - mid).clamp_(min=0.0, max=cap).sum(-1, keepdim=True) > 1.0
+        lo = torch.where(big, mid, lo)
+        hi = torch.where(big, hi, mid)
+    tau = 0.5 * (lo + hi)
+    r = v - tau
+    free = (r > 0) & (r < cap_t)
+    n_free = free.sum(-1, keepdim=True)
+    n_up = (r >= cap_t).sum(-1, keepdim=True)
+    exact = ((v * free).sum(-1, keepdim=True) + cap_t * n_up - 1.0) / n_free.clamp(min=1)
+    tau = torch.where(n_free > 0, exact, tau)
+    return (v - tau).clamp_(min=0.0, max=cap), tau
+
+
+def _project_warm(
+    v: torch.Tensor, cap: float, tau: torch.Tensor, newton: int = 6
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``project_capped_simplex`` from a guess ``tau`` (B, 1) of the shift (the previous
+    iteration's): safeguarded Newton steps on the piecewise-linear row sum, exact once the
+    free set is right (usually 1-3 steps); rows still off after ``newton`` steps are
+    projected by bisection. Returns the projection and its ``tau``."""
+    cap_t = torch.tensor(cap, dtype=v.dtype)
+    lo = v.amin(-1, keepdim=True) - cap_t  # row sum n*cap >= 1 there
+    hi = v.amax(-1, keepdim=True)  # row sum 0 there
+    tau = torch.minimum(torch.maximum(tau, lo), hi)
+    for _ in range(newton):
+        r = v - tau
+        total = r.clamp(min=0.0, max=cap).sum(-1, keepdim=True)
+        n_free = ((r > 0) & (r < cap_t)).sum(-1, keepdim=True)
+        lo = torch.where(total >= 1.0, tau, lo)
+        hi = torch.where(total <= 1.0, tau, hi)
+        step = tau + (total - 1.0) / n_free.clamp(min=1)
+        inside = (n_free > 0) & (step >= lo) & (step <= hi)
+        done = (total - 1.0).abs() <= 1e-6  # rounding level: a further step only jitters
+        tau = torch.where(done, tau, torch.where(inside, step, 0.5 * (lo + hi)))
+    p = (v - tau).clamp_(min=0.0, max=cap)
+    bad = ((p.sum(-1) - 1.0).abs() > 1e-5).nonzero()[:, 0]
+    if bad.numel():
+        p[bad], tau[bad] = _bisect(v[bad], cap)
+    return p, tau
+
+
+def _lipschitz(K: torch.Tensor) -> torch.Tensor:
+    """Upper bound (B,) of the curvature of ``a^T K a / 2`` along ``sum a = const``.
+
+    Feasible directions sum to 0, so the relevant curvature is ``lambda_max(P K P)``,
+    ``P = I - 11^T/n``; bounded by Gershgorin on ``P K P`` and by the max row sum of K
+    (K >= 0), whichever is smaller (~2x tighter than the row sum when n is large).
+    """
+    n = K.shape[-1]
+    rows = K.sum(-1)  # (B, n)
+    total = rows.sum(-1)  # (B,)
+    PKP = K - rows[:, :, None] / n - rows[:, None, :] / n + (total / n**2)[:, None, None]
+    gersh = PKP.abs_().sum(-1).amax(-1)
+    return torch.minimum(gersh, rows.amax(-1)) * 1.001 + 1e-12
+
+
+def _matvec(K: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``K x`` for symmetric K (B, n, n), x (B, n), computed as ``x^T K`` (row-vector bmm
+    is ~3x faster on CPU than the column-vector one)."""
+    return torch.bmm(x[:, None, :], K)[:, 0, :]
+
+
+def _solve_chunk(
+    K: torch.Tensor, cap: float, scale: float, tol: float, max_iter: int, check_every: int = 10
+) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+    """FISTA with adaptive restart on ``min a^T K a / 2`` over the capped simplex.
+
+    Returns ``(a, G, n_unconverged, iterations)`` with ``a`` (B, n) in the normalised scale (sum 1,
+    bounds [0, cap]) and ``G = K a``. ``scale = nu n`` converts to libsvm's scale, in
+    which ``tol`` applies.
+    """
+    B, n, _ = K.shape
+    cap_t = torch.tensor(cap, dtype=K.dtype)
+    step = 1.0 / _lipschitz(K)[:, None]
+    x = torch.full((B, n), 1.0 / n, dtype=K.dtype)
+    Kx = _matvec(K, x)
+    y, Ky = x.clone(), Kx.clone()
+    t = torch.ones(B, 1, dtype=K.dtype)
+    tau = torch.zeros(B, 1, dtype=K.dtype)
+    out_a = torch.empty(B, n, dtype=K.dtype)
+    out_g = torch.empty(B, n, dtype=K.dtype)
+    index = torch.arange(B)
+    n_left = 0
+    for it in range(1, max_iter + 1):
+        x_new, tau = _project_warm(y - step * Ky, cap, tau)
+        Kx_new = _matvec(K, x_new)
+        restart = ((y - x_new) * (x_new - x)).sum(-1, keepdim=True) > 0
+        t = torch.where(restart, torch.ones_like(t), t)
+        t_new = 0.5 * (1.0 + torch.sqrt(1.0 + 4.0 * t * t))
+        beta = (t - 1.0) / t_new
+        y = x_new + beta * (x_new - x)
+        Ky = Kx_new + beta * (Kx_new - Kx)
+        x, Kx, t = x_new, Kx_new, t_new
+        if it % check_every and it != max_iter:
+            continue
+        inf = torch.tensor(float("inf"), dtype=K.dtype)
+        g_max = torch.where(x > 0, Kx, -inf).amax(-1)
+        g_min = torch.where(x < cap_t, Kx, inf).amin(-1)
+        done = (g_max - g_min) * scale <= tol
+        if it == max_iter:
+            n_left = int((~done).sum())
+            done = torch.ones_like(done)
+        if done.any():
+            out_a[index[done]] = x[done]
+            out_g[index[done]] = Kx[done]
+            keep = ~done
+            if not keep.any():
+                break
+            index, K, step = index[keep], K[keep], step[keep]
+            x, Kx, y, Ky, t, tau = x[keep], Kx[keep], y[keep], Ky[keep], t[keep], tau[keep]
+    return out_a, out_g, n_left, it
+
+
+def _rho(a: torch.Tensor, G: torch.Tensor, cap: float) -> torch.Tensor:
+    """libsvm's rho (normalised scale): mean G over free alphas, else mid of the bounds.
+
+    Alphas within ``1e-5 cap`` of a bound count as at the bound: when the optimum sits
+    exactly on the bounds (degenerate, rho anywhere in ``[lb, ub]``), a float32 solution
+    a hair inside would otherwise pick one end where libsvm takes the midpoint.
+    """
+    eps = 1e-5 * cap
+    inf = torch.tensor(float("inf"), dtype=a.dtype)
+    at_low, at_up = a <= eps, a >= cap - eps
+    free = ~(at_low | at_up)
+    n_free = free.sum(-1)
+    mean_free = (G * free).sum(-1) / n_free.clamp(min=1)
+    ub = torch.where(at_low, G, inf).amin(-1)  # a_i = 0 needs G_i >= rho
+    lb = torch.where(at_up, G, -inf).amax(-1)  # a_i = C needs G_i <= rho
+    ub = torch.where(torch.isinf(ub), lb, ub)
+    lb = torch.where(torch.isinf(lb), ub, lb)
+    return torch.where(n_free > 0, mean_free, 0.5 * (ub + lb))
+
+
+def _chunk_size(n: int, d: int, itemsize: int, chunk_mb: float) -> int:
+    """Problems per chunk so that ~4 (n, n) matrices and the data fit in ``chunk_mb``."""
+    per_problem = itemsize * (4 * n * n + 2 * n * d + 16 * n)
+    return max(1, int(chunk_mb * 2**20 // per_problem))
+
+
+def fit_batched(
+    X: np.ndarray,
+    nu: float = NU,
+    gamma: float | str = GAMMA,
+    *,
+    tol: float = TOL,
+    max_iter: int = MAX_ITER,
+    chunk_mb: float = CHUNK_MB,
+    threads: int | None = None,
+    info: dict | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Fit V independent RBF one-class SVMs at once; ``X`` is (V, n, d) (e.g. voxels x
+    controls x latent dimensions).
+
+    Solves the dual ``min 1/2 b^T K b`` s.t. ``0 <= b_i <= 1/(nu n)``, ``sum b = 1`` of
+    every problem by accelerated projected gradient (FISTA, adaptive restart, step
+    ``1/L`` with ``L`` a per-problem curvature bound, exact projection onto the capped
+    simplex) until the KKT violation is below ``tol`` (libsvm's criterion and scale),
+    then rho from the KKT conditions as libsvm does. ``gamma`` is a positive number or
+    ``"scale"`` (``1 / (d * X_v.var())`` per problem). Problems are processed in chunks
+    whose kernel matrices take about ``chunk_mb`` MB; torch uses ``threads`` threads
+    (None = torch's current setting). A dict passed as ``info`` receives ``iterations``
+    (most iterations of any chunk), ``unconverged`` and ``chunk`` (problems per chunk).
+
+    Returns ``(alpha (V, n), rho (V,), gamma (V,))`` as float32, scaled like libsvm and
+    scikit-learn (``sum alpha = nu n``, ``0 <= alpha <= 1``), so that
+    ``decision_batched(alpha, rho, gamma, X, Z)`` equals scikit-learn's
+    ``OneClassSVM(kernel="rbf", nu=nu, gamma=gamma).fit(X[v]).decision_function(Z[v])``.
+    """
+    X = np.asarray(X)
+    if X.ndim != 3:
+        raise ValueError(f"X must be (V, n, d), got shape {X.shape}")
+    V, n, d = X.shape
+    if n < 1 or d < 1:
+        raise ValueError(f"X has no samples or no features: shape {X.shape}")
+    if not 0.0 < float(nu) <= 1.0:
+        raise ValueError(f"nu must be in (0, 1], got {nu}")
+    if max_iter < 1:
+        raise ValueError(f"max_iter must be at least 1, got {max_iter}")
+    if not np.all(np.isfinite(X)):
+        raise ValueError("X has non-finite values")
+    gammas = _gamma_per_problem(X, gamma)
+    scale = float(nu) * n
+    cap = 1.0 / scale
+    alpha = np.zeros((V, n), dtype=np.float32)
+    rho = np.zeros(V, dtype=np.float32)
+    step = _chunk_size(n, d, 4, chunk_mb)
+    n_left = n_iter = 0
+    with _threads(threads), torch.inference_mode():
+        for start in range(0, V, step):
+            stop = min(V, start + step)
+            xs = torch.from_numpy(np.ascontiguousarray(X[start:stop], dtype=np.float32))
+            K = _rbf(xs, torch.from_numpy(gammas[start:stop]))
+            a, G, left, iters = _solve_chunk(K, cap, scale, tol, max_iter)
+            n_left += left
+            n_iter = max(n_iter, iters)
+            del K
+            alpha[start:stop] = (a * scale).numpy()
+            rho[start:stop] = (_rho(a, G, cap) * scale).numpy()
+    if info is not None:
+        info.update(iterations=n_iter, unconverged=n_left, chunk=step)
+    if n_left:
+        warnings.warn(
+            f"one-class SVM: {n_left} of {V} problems did not reach tol={tol} "
+            f"in {max_iter} iterations",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    return alpha, rho, gammas
+
+
+def decision_batched(
+    alpha: np.ndarray,
+    rho: np.ndarray,
+    gamma: np.ndarray | float,
+    SV: Any,
+    Z: np.ndarray,
+    chunk: int = 4096,
+    threads: int | None = None,
+) -> np.ndarray:
+    """Decision values (V,) float32 of one new sample per problem:
+    ``f_v = sum_i alpha[v, i] exp(-gamma_v ||SV[v, i] - Z[v]||^2) - rho_v``.
+
+    ``alpha`` (V, m), ``rho`` (V,), ``gamma`` (V,) or a number, ``SV`` (V, m, d) (any
+    float dtype, or anything sliceable by rows such as a lazily read tensor), ``Z``
+    (V, d). Padding support vectors have alpha 0. Negative = outside the support.
+    """
+    alpha = np.asarray(alpha, dtype=np.float32)
+    V = alpha.shape[0]
+    rho = np.asarray(rho, dtype=np.float32).reshape(V)
+    gamma = np.array(np.broadcast_to(np.asarray(gamma, dtype=np.float32), (V,)))
+    Z = np.asarray(Z)
+    if Z.shape[0] != V or tuple(SV.shape[:2]) != alpha.shape:
+        raise ValueError(f"shape mismatch: alpha {alpha.shape}, SV {tuple(SV.shape)}, Z {Z.shape}")
+    out = np.empty(V, dtype=np.float32)
+    with _threads(threads), torch.inference_mode():
+        for start in range(0, V, max(1, int(chunk))):
+            stop = min(V, start + max(1, int(chunk)))
+            sv = torch.from_numpy(np.asarray(SV[start:stop], dtype=np.float32))
+            z = torch.from_numpy(np.asarray(Z[start:stop], dtype=np.float32))
+            dist = ((sv - z[:, None, :]) ** 2).sum(-1)
+            k = torch.exp(-torch.from_numpy(gamma[start:stop])[:, None] * dist)
+            f = (torch.from_numpy(alpha[start:stop]) * k).sum(-1)
+            out[start:stop] = (f - torch.from_numpy(rho[start:stop])).numpy()
+    return out
+
+
+class _LazyRows:
+    """Rows of one tensor of a safetensors file, read on demand (``safe_open``, numpy)."""
+
+    def __init__(self, path: Path, key: str, shape: tuple[int, ...], dtype: np.dtype) -> None:
+        self.path, self.key, self.shape, self.dtype = path, key, tuple(shape), np.dtype(dtype)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        from safetensors import safe_open
+
+        if not isinstance(rows, slice):
+            raise TypeError("lazily loaded tensors can only be sliced by rows")
+        with safe_open(str(self.path), framework="np") as fh:
+            return fh.get_slice(self.key)[rows]
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        data = self[:]
+        return data if dtype is None else data.astype(dtype)
+
+
+@dataclass
+class OCSVMModel:
+    """Voxelwise one-class SVMs on one template grid.
+
+    ``ijk`` (V, 3) int32 voxel indices on the grid ``shape`` (``affine``: voxel -> mm);
+    ``sv`` (V, m, d) float16 support vectors (latent vectors of controls), ``m`` the
+    largest number of support vectors of any voxel, padded rows have ``alpha`` 0;
+    ``alpha`` (V, m), ``rho`` (V,), ``gamma`` (V,) float32 in scikit-learn's scale.
+    ``sv`` and ``alpha`` may be lazily read row slicers (``load_model(lazy=True)``).
+    ``meta``: nu, gamma rule, n_samples and whatever the caller adds.
+    """
+
+    ijk: np.ndarray
+    shape: tuple[int, int, int]
+    affine: np.ndarray
+    sv: Any
+    alpha: Any
+    rho: np.ndarray
+    gamma: np.ndarray
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def n_voxels(self) -> int:
+        return int(self.ijk.shape[0])
+
+    def mask(self) -> np.ndarray:
+        """Boolean map (grid shape) of the model's voxels."""
+        out = np.zeros(self.shape, dtype=bool)
+        out[tuple(self.ijk.T)] = True
+        return out
+
+
+def fit_model(
+    latents: np.ndarray,
+    ijk: np.ndarray,
+    shape: tuple[int, int, int],
+    affine: np.ndarray,
+    nu: float = NU,
+    gamma: float | str = GAMMA,
+    meta: dict | None = None,
+    *,
+    chunk: int = 16384,
+    **solver: Any,
+) -> OCSVMModel:
+    """Fit one OC-SVM per voxel on the controls' latents (n_subjects, V, d) (same voxel
+    order as ``ijk`` (V, 3), e.g. ``np.argwhere(mask)``) and keep only support vectors.
+
+    Voxels are fitted ``chunk`` at a time (bounded memory); ``solver`` goes to
+    ``fit_batched`` (tol, max_iter, chunk_mb, threads). Support vectors are stored as
+    float16 (ValueError if a latent does not fit), ordered as the subjects.
+    """
+    latents = np.asarray(latents)
+    if latents.ndim != 3:
+        raise ValueError(f"latents must be (n_subjects, V, d), got shape {latents.shape}")
+    n, V, d = latents.shape
+    ijk = np.asarray(ijk, dtype=np.int32).reshape(-1, 3)
+    if ijk.shape[0] != V:
+        raise ValueError(f"{ijk.shape[0]} voxel indices for {V} voxels of latents")
+    if n < 2:
+        raise ValueError(f"need at least 2 control latents per voxel, got {n}")
+    if latents.size and (latents.max() > _FLOAT16_MAX or latents.min() < -_FLOAT16_MAX):
+        raise ValueError("latents exceed the float16 range of the stored support vectors")
+    shape = tuple(int(s) for s in shape)
+    if np.any(ijk < 0) or np.any(ijk >= np.asarray(shape)):
+        raise ValueError(f"voxel indices outside the grid {shape}")
+    alpha = np.zeros((V, n), dtype=np.float32)
+    rho = np.zeros(V, dtype=np.float32)
+    gammas = np.zeros(V, dtype=np.float32)
+    for start in range(0, V, chunk):
+        stop = min(V, start + chunk)
+        X = np.ascontiguousarray(latents[:, start:stop].transpose(1, 0, 2), dtype=np.float32)
+        alpha[start:stop], rho[start:stop], gammas[start:stop] = fit_batched(
+            X, nu, gamma, **solver
+        )
+    is_sv = alpha > 0
+    m = max(1, int(is_sv.sum(1).max(initial=0)))
+    order = np.argsort(~is_sv, axis=1, kind="stable")[:, :m]  # support vectors first
+    alpha_c = np.take_along_axis(alpha, order, axis=1)
+    sv = np.empty((V, m, d), dtype=np.float16)
+    for start in range(0, V, chunk):
+        stop = min(V, start + chunk)
+        sub = latents[:, start:stop].transpose(1, 0, 2)  # (v, n, d) view
+        sv[start:stop] = np.take_along_axis(sub, order[start:stop, :, None], axis=1)
+    sv[alpha_c == 0] = 0
+    info = {
+        "nu": float(nu),
+        "gamma": gamma if isinstance(gamma, str) else float(gamma),
+        "n_samples": int(n),
+        "latent_dim": int(d),
+    }
+    return OCSVMModel(
+        ijk,
+        shape,
+        np.asarray(affine, dtype=np.float64),
+        sv,
+        alpha_c,
+        rho,
+        gammas,
+        {**(meta or {}), **info},
+    )
+
+
+def save_model(model: OCSVMModel, folder: str | Path) -> Path:
+    """Write ``ocsvm.safetensors`` and its card ``ocsvm.json`` into ``folder``.
+
+    The card holds the sha256 of the tensors file, nu, the gamma rule, n_samples, grid
+    shape and affine, ``meta`` and library versions. Same model -> same bytes. Returns
+    the folder.
+    """
+    from safetensors.numpy import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {
+        "ijk": np.ascontiguousarray(model.ijk, dtype=np.int32),
+        "sv": np.ascontiguousarray(np.asarray(model.sv), dtype=np.float16),
+        "alpha": np.ascontiguousarray(np.asarray(model.alpha), dtype=np.float32),
+        "rho": np.ascontiguousarray(model.rho, dtype=np.float32),
+        "gamma": np.ascontiguousarray(model.gamma, dtype=np.float32),
+    }
+    path = folder / TENSORS
+    save_file(tensors, str(path), metadata={"format": FORMAT})  # one key: stable bytes
+    meta = dict(model.meta)
+    card = {
+        "format": FORMAT,
+        "tensors_file": TENSORS,
+        "sha256": sha256_file(path),
+        "nu": meta.get("nu"),
+        "gamma": meta.get("gamma"),
+        "n_samples": meta.get("n_samples"),
+        "n_voxels": model.n_voxels,
+        "latent_dim": int(tensors["sv"].shape[2]),
+        "max_support_vectors": int(tensors["sv"].shape[1]),
+        "shape": [int(s) for s in model.shape],
+        "affine": np.asarray(model.affine, dtype=np.float64).tolist(),
+        "meta": meta,
+        "versions": meta.get("versions") or library_versions(),
+    }
+    (folder / CARD).write_text(json.dumps(card, indent=2) + "\n")
+    return folder
+
+
+def load_model(folder: str | Path, lazy: bool = True) -> OCSVMModel:
+    """Read a model folder written by ``save_model``; the tensors' sha256 must match the card.
+
+    With ``lazy`` the support vectors and alphas stay on disk and are read row chunk by
+    row chunk (``safetensors.safe_open``) when scoring; voxel indices, rho and gamma are
+    read at once. Raises ValueError (one line) for a missing/invalid card, a sha256
+    mismatch or unexpected tensors.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    folder = Path(folder)
+    path, cpath = folder / TENSORS, folder / CARD
+    if not cpath.is_file() or not path.is_file():
+        raise ValueError(f"{folder}: not a one-class SVM model (missing {CARD} or {TENSORS})")
+    try:
+        card = json.loads(cpath.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{cpath}: invalid card ({' '.join(str(exc).split())})") from None
+    if not isinstance(card, dict) or card.get("format") != FORMAT or "sha256" not in card:
+        raise ValueError(f"{cpath}: not a {FORMAT} card")
+    digest = sha256_file(path)
+    if digest != card["sha256"]:
+        raise ValueError(
+            f"{path}: sha256 {digest[:12]}... does not match the card "
+            f"({str(card['sha256'])[:12]}...): corrupt or from another model"
+        )
+    try:
+        with safe_open(str(path), framework="np") as fh:
+            keys = set(fh.keys())
+            if keys != set(_KEYS):
+                raise ValueError(f"{path}: unexpected tensors {sorted(keys)}")
+            shapes = {k: tuple(fh.get_slice(k).get_shape()) for k in _KEYS}
+            small = {k: fh.get_tensor(k) for k in ("ijk", "rho", "gamma")}
+            big = {k: (None if lazy else fh.get_tensor(k)) for k in ("sv", "alpha")}
+    except SafetensorError as exc:
+        raise ValueError(f"{path}: unreadable ({' '.join(str(exc).split())})") from None
+    V = shapes["ijk"][0]
+    if (
+        shapes["ijk"] != (V, 3)
+        or shapes["rho"] != (V,)
+        or shapes["gamma"] != (V,)
+        or len(shapes["sv"]) != 3
+        or shapes["alpha"] != shapes["sv"][:2]
+        or shapes["sv"][0] != V
+    ):
+        raise ValueError(f"{path}: inconsistent tensor shapes {shapes}")
+    if lazy:
+        big["sv"] = _LazyRows(path, "sv", shapes["sv"], np.float16)
+        big["alpha"] = _LazyRows(path, "alpha", shapes["alpha"], np.float32)
+    return OCSVMModel(
+        ijk=small["ijk"],
+        shape=tuple(card["shape"]),
+        affine=np.asarray(card["affine"]),
+        sv=big["sv"],
+        alpha=big["alpha"],
+        rho=small["rho"],
+        gamma=small["gamma"],
+        meta=dict(card.get("meta", {})),
+    )
+
+
+def score(
+    model: OCSVMModel, latents: np.ndarray, chunk: int = 4096, threads: int | None = None
+) -> np.ndarray:
+    """Decision values (V,) float32 of a patient's latents (V, d) at the model's voxels
+    (same order as ``model.ijk``); negative = outside the controls' support."""
+    latents = np.asarray(latents)
+    if latents.shape[0] != model.n_voxels or latents.ndim != 2:
+        raise ValueError(
+            f"latents shape {latents.shape} does not match the model's {model.n_voxels} voxels"
+        )
+    out = np.empty(model.n_voxels, dtype=np.float32)
+    for start in range(0, model.n_voxels, chunk):
+        stop = min(model.n_voxels, start + chunk)
+        out[start:stop] = decision_batched(
+            model.alpha[start:stop],
+            model.rho[start:stop],
+            model.gamma[start:stop],
+            model.sv[start:stop],
+            latents[start:stop],
+            chunk=chunk,
+            threads=threads,
+        )
+    return out
+
+
+def score_volume(
+    model: OCSVMModel, latents: np.ndarray, chunk: int = 4096, threads: int | None = None
+) -> np.ndarray:
+    """``score`` as a float32 map of the grid shape: decision values at the model's voxels,
+    0 elsewhere (0 is also the decision boundary, so use ``model.mask()`` to tell them
+    apart; 0 rather than NaN keeps the map safe for smoothing and NIfTI viewers)."""
+    out = np.zeros(model.shape, dtype=np.float32)
+    out[tuple(model.ijk.T)] = score(model, latents, chunk=chunk, threads=threads)
+    return out
+
+
+def standardize(scores: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Robust self-standardisation of one patient's decision-value map over ``mask``:
+    ``(s - median) / (1.4826 MAD)`` inside the mask, 0 outside (float64, grid of
+    ``scores``).
+
+    The result is in SD units of this brain's own scores, negative = more anomalous than
+    the brain's typical voxel, and is thresholded like a Z map (e.g. at -1.65). When the
+    MAD is 0 (more than half the voxels share one value) the SD is used instead;
+    ValueError if the scores are constant over the mask.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    inside = np.asarray(mask) != 0
+    if inside.shape != scores.shape:
+        raise ValueError(f"mask shape {inside.shape} does not match scores {scores.shape}")
+    values = scores[inside]
+    if values.size == 0 or not np.all(np.isfinite(values)):
+        raise ValueError("scores are empty or not finite inside the mask")
+    centre = float(np.median(values))
+    spread = MAD_TO_SD * float(np.median(np.abs(values - centre)))
+    if not spread > 0:
+        spread = float(values.std())
+    if not spread > 0 or not math.isfinite(spread):
+        raise ValueError("scores are constant over the mask; cannot standardize")
+    out = np.zeros(scores.shape)
+    out[inside] = (values - centre) / spread
+    return out
+
+
+__all__ = [
+    "CARD",
+    "CHUNK_MB",
+    "GAMMA",
+    "MAX_ITER",
+    "NU",
+    "OCSVMModel",
+    "TENSORS",
+    "TOL",
+    "decision_batched",
+    "fit_batched",
+    "fit_model",
+    "load_model",
+    "project_capped_simplex",
+    "save_model",
+    "score",
+    "score_volume",
+    "standardize",
+]

@@ -1,0 +1,106 @@
+"""The OC-SVM anomaly detector end to end (analysis.anomaly, the OCSVMScore interface,
+the group-level fit with --augment-synthetic) on small synthetic PET volumes."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from pet_synth_app.analysis import anomaly
+
+SHAPE = (28, 32, 24)
+
+
+def _cohort(n: int, seed: int = 0):
+    """Smooth 'PET' volumes sharing one regional pattern plus subject noise; GM shell."""
+    from scipy.ndimage import gaussian_filter
+
+    rng = np.random.default_rng(seed)
+    grid = np.indices(SHAPE).astype(float)
+    centre = np.array(SHAPE)[:, None, None, None] / 2
+    r = np.sqrt((((grid - centre) / (np.array(SHAPE)[:, None, None, None] / 2.4)) ** 2).sum(0))
+    mask = r < 1.0
+    gm = np.clip(1 - np.abs(r - 0.8) / 0.15, 0, 1)  # a cortical ribbon
+    pattern = gaussian_filter(rng.normal(0, 1, SHAPE), 2) * 3
+    pets = []
+    for _ in range(n):
+        noise = gaussian_filter(rng.normal(0, 1, SHAPE), 1.5)
+        pets.append(np.where(mask, 1.0 + 0.5 * gm + 0.1 * pattern + 0.05 * noise, 0.0))
+    return [p.astype(np.float32) for p in pets], mask, gm
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    pets, mask, gm = _cohort(8)
+    folder = tmp_path_factory.mktemp("detector")
+    res = anomaly.fit(pets, [mask] * 8, gm, np.diag([2.0, 2, 2, 1]), folder, nu=0.1,
+                      gamma="scale", epochs=2, pairs_per_epoch=4000, seed=0, threads=1,
+                      meta={"participants_real": [f"sub-c{i}" for i in range(6)],
+                            "participants_synthetic": ["sub-s1", "sub-s2"]})  # fmt: skip
+    return folder, res, mask, gm
+
+
+def test_fit_writes_a_complete_model(fitted):
+    folder, res, mask, gm = fitted
+    assert anomaly.has_model(folder) and not anomaly.has_model(folder / "nothing")
+    meta = anomaly.read_meta(folder)
+    assert meta["n_voxels"] == res.n_voxels == int(anomaly.model_voxels(gm, [mask]).sum())
+    assert meta["participants_synthetic"] == ["sub-s1", "sub-s2"]
+    for key in ("autoencoder_sha256", "ocsvm_sha256"):
+        assert len(meta[key]) == 64
+    assert len(res.log) == 2
+
+
+def test_lesion_scores_lowest(fitted):
+    folder, _, mask, gm = fitted
+    pets, _, _ = _cohort(1, seed=99)  # a new subject
+    pet = pets[0].copy()
+    ijk = np.argwhere(gm > 0.9)[0]
+    grid = np.indices(SHAPE)
+    lesion = (((grid - ijk[:, None, None, None]) ** 2).sum(0) <= 9) & (gm > 0.3)
+    pet[lesion] *= 0.6
+    standardized, decision, _ = anomaly.score(folder, pet, mask, threads=1)
+    voxels = anomaly.model_voxels(gm, [mask])
+    assert standardized[~voxels].max() == 0 and decision[~voxels].max() == 0
+    inside, outside = lesion & voxels, voxels & ~lesion
+    # anomalies score lower: the lesion's mean standardized score is far below the rest
+    assert standardized[inside].mean() < -2.0 < standardized[outside].mean()
+    assert np.median(standardized[voxels]) == pytest.approx(0, abs=1e-6)
+    # the same PET without the lesion has no such outlier region
+    clean, _, _ = anomaly.score(folder, pets[0], mask, threads=1)
+    assert clean[inside].mean() > standardized[inside].mean() + 1.5
+
+
+def test_score_refuses_another_grid(fitted):
+    folder, _, mask, _ = fitted
+    with pytest.raises(ValueError, match="grid"):
+        anomaly.score(folder, np.zeros((10, 10, 10), np.float32), np.ones((10, 10, 10), bool))
+
+
+def test_fit_needs_two_controls(tmp_path):
+    pets, mask, gm = _cohort(1)
+    with pytest.raises(ValueError, match="at least 2"):
+        anomaly.fit(pets, [mask], gm, np.eye(4), tmp_path, nu=0.1, gamma="scale", epochs=1)
+
+
+def test_interface_metadata(fitted, tmp_path):
+    from pet_synth_app.interfaces.anomaly import OCSVMScore
+
+    folder, _, mask, _ = fitted
+    pets, _, _ = _cohort(1, seed=5)
+    affine = np.diag([2.0, 2, 2, 1])
+    nib.Nifti1Image(pets[0], affine).to_filename(tmp_path / "pet.nii.gz")
+    nib.Nifti1Image(mask.astype(np.uint8), affine).to_filename(tmp_path / "mask.nii.gz")
+    res = OCSVMScore(pet=str(tmp_path / "pet.nii.gz"), mask=str(tmp_path / "mask.nii.gz"),
+                     model=str(folder), participant_id="sub-s1",
+                     nthreads=1).run(cwd=str(tmp_path))  # fmt: skip
+    meta = res.outputs.metadata
+    assert meta["InTrainingSet"] is True
+    assert meta["TrainingControlsReal"] == 6 and meta["TrainingControlsSynthetic"] == 2
+    assert meta["OCSVMSha256"] == anomaly.read_meta(folder)["ocsvm_sha256"]
+    json.dumps(meta)  # sidecar-serializable
+    img = nib.load(res.outputs.out_file)
+    assert img.shape == SHAPE and np.allclose(img.affine, affine)

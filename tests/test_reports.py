@@ -1,0 +1,341 @@
+"""Participant and group HTML reports on a tiny fake derivative tree (real naming scheme)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from pet_synth_app.reports.group_report import write_group_report
+from pet_synth_app.reports.subject import SECTIONS, write_subject_report
+
+SPACE = "MNI152NLin2009aSym"
+SHAPE = (30, 36, 30)
+AFFINE = np.array([[2.0, 0, 0, -30], [0, 2.0, 0, -40], [0, 0, 2.0, -25], [0, 0, 0, 1]])
+CLUSTER_HEADER = [
+    "rank",
+    "size_mm3",
+    "peak_z",
+    "mean_z",
+    "peak_x",
+    "peak_y",
+    "peak_z_mm",
+    "hemisphere",
+    "lobe",
+    "region",
+    "mass",
+    "n_voxels",
+]
+
+
+def _save(path: Path, data: np.ndarray, affine: np.ndarray = AFFINE, meta: dict | None = None):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.Nifti1Image(np.asarray(data), affine).to_filename(str(path))
+    if meta is not None:
+        path.with_name(path.name.replace(".nii.gz", ".json")).write_text(json.dumps(meta))
+    return path
+
+
+def _tissues(shape=SHAPE):
+    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij"))
+    r = np.sqrt((grid**2).sum(0))
+    brain = r < 0.8
+    wm = np.clip((0.55 - r) / 0.1 + 0.5, 0, 1) * brain
+    gm = np.clip(1 - wm, 0, 1) * brain
+    return brain, gm.astype(np.float32), wm.astype(np.float32)
+
+
+def _blob(shape, center, radius):
+    idx = np.indices(shape)
+    return sum((idx[i] - center[i]) ** 2 for i in range(3)) <= radius**2
+
+
+def make_tree(
+    out: Path,
+    subject: str = "01",
+    series=("trc-FDG",),
+    session: str | None = None,
+    ocsvm: bool = True,
+    pet: bool = True,
+    pseudo: bool = True,
+    n_clusters: int = 2,
+) -> Path:
+    """Write a participant's derivatives (T1w, MNI, PET series, maps, tables) in ``out``."""
+    from pet_synth_app.preproc.templates import get_template
+
+    rng = np.random.default_rng(0)
+    ent = f"sub-{subject}" + (f"_ses-{session}" if session else "")
+    unit = out / f"sub-{subject}" / (f"ses-{session}" if session else "")
+    anat, petd = unit / "anat", unit / "pet"
+    brain, gm, wm = _tissues()
+    t1w = 0.3 * brain + 0.4 * gm * 0 + 0.9 * wm + 0.5 * gm + rng.normal(0, 0.02, SHAPE)
+    src_t1 = f"bids:raw:sub-{subject}/anat/sub-{subject}_T1w.nii.gz"
+    _save(
+        anat / f"{ent}_desc-preproc_T1w.nii.gz", t1w.astype(np.float32), meta={"Sources": [src_t1]}
+    )
+    _save(anat / f"{ent}_desc-brain_mask.nii.gz", brain.astype(np.uint8))
+    _save(anat / f"{ent}_label-GM_probseg.nii.gz", gm)
+    _save(anat / f"{ent}_label-WM_probseg.nii.gz", wm)
+    tpl, tmask = get_template("T1w", 2), get_template("mask", 2)
+    tgm, twm = get_template("GM", 2).get_fdata(), get_template("WM", 2).get_fdata()
+    _save(
+        anat / f"{ent}_space-{SPACE}_desc-preproc_T1w.nii.gz",
+        tpl.get_fdata().astype(np.float32),
+        tpl.affine,
+    )
+    _save(
+        anat / f"{ent}_space-{SPACE}_desc-brain_mask.nii.gz",
+        np.asarray(tmask.dataobj).astype(np.uint8),
+        tpl.affine,
+    )
+    pet_mni = (2.0 * tgm + 0.8 * twm).astype(np.float32)
+    if pseudo:
+        meta = {
+            "Model": "cyclegan-mse",
+            "ModelWeights": "w.safetensors",
+            "ModelWeightsSha256": "ab" * 32,
+            "SmoothingFWHM": 3.0,
+            "Device": "cpu",
+            "Sources": [src_t1],
+            "SoftwareVersion": "petsynth test",
+        }
+        _save(
+            petd / f"{ent}_space-{SPACE}_desc-pseudonormal_pet.nii.gz",
+            pet_mni * 0.95,
+            tpl.affine,
+            meta,
+        )
+        _save(
+            petd / f"{ent}_space-T1w_desc-pseudonormal_pet.nii.gz",
+            (2.0 * gm + 0.8 * wm).astype(np.float32),
+            meta=meta,
+        )
+    if not pet:
+        return unit
+    for s in series:
+        pre = f"{ent}_{s}"
+        src = [f"bids:raw:sub-{subject}/pet/{pre}_pet.nii.gz", src_t1]
+        _save(
+            petd / f"{pre}_space-T1w_desc-preproc_pet.nii.gz",
+            (2.0 * gm + 0.8 * wm).astype(np.float32),
+            meta={"Sources": src, "ReferenceRegion": "gm-mean", "IntensityNormalization": "SUVR"},
+        )
+        _save(petd / f"{pre}_space-{SPACE}_desc-preproc_pet.nii.gz", pet_mni, tpl.affine)
+        blobs = [_blob(SHAPE, (10, 18, 15), 3), _blob(SHAPE, (20, 12, 15), 2)][:n_clusters]
+        for desc, stat in (("hypometabolism", "z"), ("ocsvm", "score")):
+            if desc == "ocsvm" and not ocsvm:
+                continue
+            zmap = rng.normal(0, 0.5, SHAPE).astype(np.float32) * brain
+            dseg = np.zeros(SHAPE, np.int16)
+            for k, b in enumerate(blobs, start=1):
+                zmap[b] = -4.0 + k * 0.5
+                dseg[b] = k
+            meta = {
+                "Threshold": -1.65,
+                "Tail": "lower",
+                "MinimumClusterVolume": 100.0,
+                "MinimumClusterVolumeUnits": "mm^3",
+                "NumberOfClusters": len(blobs),
+                "RankedBy": "mass",
+                "Sources": src,
+            }
+            _save(
+                petd / f"{pre}_space-T1w_desc-{desc}_stat-{stat}_statmap.nii.gz", zmap, meta=meta
+            )
+            _save(petd / f"{pre}_space-T1w_desc-{desc}_dseg.nii.gz", dseg)
+            rows = ["\t".join(CLUSTER_HEADER)]
+            for k in range(1, len(blobs) + 1):
+                rows.append(
+                    "\t".join(
+                        [
+                            str(k),
+                            "200",
+                            "-4",
+                            "-3",
+                            "-20",
+                            "0",
+                            "5",
+                            "L",
+                            "temporal",
+                            "Left_Temporal_Pole",
+                            "20",
+                            "25",
+                        ]
+                    )
+                )
+            (petd / f"{pre}_desc-{desc}_clusters.tsv").write_text("\n".join(rows) + "\n")
+    return unit
+
+
+def make_outputs(out: Path) -> Path:
+    """Dataset-level files: description, citation and a settings file."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "dataset_description.json").write_text(
+        json.dumps(
+            {
+                "Name": "x",
+                "DatasetType": "derivative",
+                "GeneratedBy": [{"Name": "PetSynth", "Version": "0.test"}],
+            }
+        )
+    )
+    (out / "logs").mkdir(exist_ok=True)
+    (out / "logs" / "CITATION.md").write_text(
+        "# Methods\n\nThe T1w was `skull-stripped`.\n\n## References\n\n- one\n- two\n"
+    )
+    settings = out / "logs" / "config-1.toml"
+    settings.write_text("[petsynth]\n")
+    return settings
+
+
+def _links(html_path: Path) -> list[str]:
+    text = html_path.read_text()
+    return re.findall(r"(?:src|href|data)=['\"]([^'\"]+)['\"]", text)
+
+
+def _check_links(html_path: Path) -> None:
+    from urllib.parse import unquote
+
+    for link in _links(html_path):
+        assert not link.startswith(("http://", "https://", "//")), link
+        if link.startswith("#"):
+            continue
+        assert (html_path.parent / unquote(link)).exists(), link
+
+
+def _section(text: str, anchor: str) -> str:
+    m = re.search(rf"<section id='{anchor}'>(.*?)</section>", text, flags=re.S)
+    assert m, anchor
+    return m.group(1)
+
+
+@pytest.fixture(scope="module")
+def full_report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("out")
+    settings = make_outputs(out)
+    make_tree(out, "01")
+    path = write_subject_report(out, "01", "run1", settings)
+    return out, path
+
+
+def test_subject_report_has_all_sections(full_report):
+    out, path = full_report
+    assert path == out / "sub-01.html"
+    text = path.read_text()
+    for anchor, _ in SECTIONS:
+        body = _section(text, anchor)
+        assert "Not available because" not in body, anchor
+        assert "class='error'" not in body, (anchor, body[:500])
+    figs = sorted(p.name for p in (out / "sub-01" / "figures").glob("*.svg"))
+    assert figs == sorted(
+        [
+            "sub-01_desc-brainmask_T1w.svg",
+            "sub-01_desc-normalization_T1w.svg",
+            "sub-01_trc-FDG_desc-coreg_pet.svg",
+            "sub-01_trc-FDG_desc-synthesis_pet.svg",
+            "sub-01_trc-FDG_desc-hypometabolism_statmap.svg",
+            "sub-01_trc-FDG_desc-ocsvm_statmap.svg",
+        ]
+    )
+    assert "ab" * 32 in text and "cyclegan-mse" in text  # model sha256
+    assert "-1.65" in text and "gm-mean" in text  # thresholds, reference region
+    assert "config-1.toml" in text and "run1" in text
+    assert "Left_Temporal_Pole" in text  # cluster table
+    assert "<h3>References</h3>" in text or "References" in _section(text, "methods")
+    assert "SSIM" in _section(text, "synthesis")
+    assert "sub-01/anat/sub-01_T1w.nii.gz" in text  # Sources
+    _check_links(path)
+    assert not list(out.glob("*.tmp*"))
+
+
+def test_flicker_svg_is_self_contained(full_report):
+    out, _ = full_report
+    svg = (out / "sub-01" / "figures" / "sub-01_desc-normalization_T1w.svg").read_text()
+    assert "@keyframes" in svg and "foreground-svg" in svg and "background-svg" in svg
+    assert not re.search(r"(?:href|src)=['\"]https?://", svg)
+
+
+def test_missing_inputs_give_not_available(tmp_path):
+    settings = make_outputs(tmp_path)
+    make_tree(tmp_path, "02", ocsvm=False, pseudo=False, n_clusters=0)
+    text = write_subject_report(tmp_path, "02", "run1", settings).read_text()
+    assert "Not available because" in _section(text, "anomaly")
+    assert "Not available because" in _section(text, "synthesis")
+    assert "No cluster" in _section(text, "hypometabolism")
+    summary = _section(text, "summary")
+    assert "zero hypometabolism clusters" in summary and "synthesis skipped" in summary
+    assert "Not available because" not in _section(text, "anatomical")
+    _check_links(tmp_path / "sub-02.html")
+
+
+def test_t1w_only_participant(tmp_path):
+    settings = make_outputs(tmp_path)
+    make_tree(tmp_path, "03", pet=False)
+    text = write_subject_report(tmp_path, "03", "run1", settings).read_text()
+    assert "no PET series" in _section(text, "coregistration")
+    assert "desc-synthesis_pet.svg" in _section(text, "synthesis")
+    _check_links(tmp_path / "sub-03.html")
+
+
+def test_broken_figure_input_does_not_abort(tmp_path):
+    settings = make_outputs(tmp_path)
+    unit = make_tree(tmp_path, "04")
+    (unit / "pet" / "sub-04_trc-FDG_space-T1w_desc-preproc_pet.nii.gz").write_bytes(b"junk")
+    (unit / "pet" / "sub-04_trc-FDG_space-T1w_desc-hypometabolism_dseg.nii.gz").write_bytes(b"")
+    path = write_subject_report(tmp_path, "04", "run1", settings)
+    text = path.read_text()
+    assert "could not be made" in _section(text, "coregistration")
+    assert "could not be made" in _section(text, "hypometabolism")
+    assert "desc-brainmask_T1w.svg" in text  # the other figures are still there
+    _check_links(path)
+
+
+def test_sessions_and_several_series(tmp_path):
+    settings = make_outputs(tmp_path)
+    make_tree(tmp_path, "05", series=("trc-FDG_run-1", "trc-FDG_run-2"), session="A", ocsvm=False)
+    make_tree(tmp_path, "05", session="B", pet=False)
+    text = write_subject_report(tmp_path, "05", "run1", settings).read_text()
+    hypo = _section(text, "hypometabolism")
+    assert "sub-05_ses-A_trc-FDG_run-1" in hypo and "sub-05_ses-A_trc-FDG_run-2" in hypo
+    assert "sub-05_ses-B" in _section(text, "anatomical")
+    figs = {p.name for p in (tmp_path / "sub-05" / "figures").glob("*.svg")}
+    assert "sub-05_ses-A_trc-FDG_run-2_desc-hypometabolism_statmap.svg" in figs
+    assert "sub-05_ses-B_desc-brainmask_T1w.svg" in figs
+    _check_links(tmp_path / "sub-05.html")
+
+
+def test_group_report_qc_table_and_detection(tmp_path):
+    out = tmp_path / "out"
+    settings = make_outputs(out)
+    for sub in ("c1", "p1"):
+        make_tree(out, sub, ocsvm=False)
+        write_subject_report(out, sub, "run1", settings)
+    truth = tmp_path / "truth"
+    (truth / "sub-c1").mkdir(parents=True)
+    lesion = np.zeros(SHAPE, np.int16)
+    lesion[_blob(SHAPE, (20, 12, 15), 2)] = 1
+    _save(truth / "sub-p1" / "anat" / "sub-p1_desc-lesion_mask.nii.gz", lesion)
+    (truth / "lesions.tsv").write_text(
+        "participant_id\tlesion\themisphere\tlobe\tvolume_ml\tuptake_loss\n"
+        "sub-p1\t1\tL\ttemporal\t0.2\t0.3\n"
+    )
+    path = write_group_report(out, truth_dir=truth, groups={"c1": "control", "p1": "patient"})
+    assert path == out / "group" / "report.html"
+    text = path.read_text()
+    qc_rows = re.findall(
+        r"<tr(?: class='bad')?><td><a href='[^']*sub-(\w+)\.html'", _section(text, "qc")
+    )
+    assert qc_rows == ["c1", "p1"]
+    detection = _section(text, "detection")
+    assert "desc-hypometabolism_sensitivity.png" in detection
+    assert "sensitivity_top1" in detection
+    assert (out / "group" / "figures" / "desc-hypometabolism_sensitivity.png").is_file()
+    assert (out / "group" / "qc.tsv").read_text().count("\n") == 3
+    _check_links(path)
+    # without truth and without evaluation files: a "not available" line
+    text = write_group_report(out).read_text()
+    assert "Not available because" in _section(text, "detection")
