@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_detection import clusters_t1w, load_subject, truth_of  # noqa: E402
+from bench_detection import clusters_t1w, load_subject, print_table, truth_of  # noqa: E402
 
 from pet_synth_app.analysis import anomaly  # noqa: E402
 from pet_synth_app.analysis import detection as det  # noqa: E402
@@ -142,18 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     n_les = sum(len(v) for v in lesions.values())
     print(f"\n{len(patients)} patients ({n_les} lesions); false positives in {len(held)} "
           "held-out controls' real PET\n")
-    print("| map | sens. top 1 | top 3 | top 5 | lesions top 3 | detection rate | mean rank | "
-          "lobe acc. | FP clusters/control |")
-    print("|---|---|---|---|---|---|---|---|---|")
-
-    def f(v):
-        return "n/a" if v is None else f"{v:.2f}"
-
-    for label, s in results.items():
-        print(f"| {label} | {f(s['sensitivity_top1'])} | {f(s['sensitivity_top3'])} | "
-              f"{f(s['sensitivity_top5'])} | {f(s['lesion_sensitivity_top3'])} | "
-              f"{f(s['detection_rate'])} | {f(s['mean_rank'])} | {f(s['lobe_accuracy'])} | "
-              f"{f(s['fp_per_control'])} |")  # fmt: skip
+    print_table(results, "map")
     if opts.png:
         det.plot_sensitivity_curve({k: v["curve"] for k, v in results.items()}, opts.png)
     if opts.json:

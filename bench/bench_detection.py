@@ -92,6 +92,22 @@ def truth_of(truth: Path) -> dict[str, dict[int, dict]]:
     return out
 
 
+def print_table(results: dict[str, dict], first: str) -> None:
+    """Markdown table of detection summaries (one row per method/map)."""
+    print(f"| {first} | sens. top 1 | top 3 | top 5 | lesions top 3 | detection rate | "
+          "mean rank | lobe acc. | FP clusters/control |")
+    print("|---|---|---|---|---|---|---|---|---|")
+
+    def f(v):
+        return "n/a" if v is None else f"{v:.2f}"
+
+    for label, s in results.items():
+        print(f"| {label} | {f(s['sensitivity_top1'])} | {f(s['sensitivity_top3'])} | "
+              f"{f(s['sensitivity_top5'])} | {f(s['lesion_sensitivity_top3'])} | "
+              f"{f(s['detection_rate'])} | {f(s['mean_rank'])} | {f(s['lobe_accuracy'])} | "
+              f"{f(s['fp_per_control'])} |")  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("out", type=Path)
@@ -160,18 +176,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"\n{len(patients)} patients ({sum(len(v) for v in lesions.values())} lesions), "
           f"{len(controls)} controls (leave-one-out normative models); {time.time() - t0:.0f} s\n")
-    print("| method | sens. top 1 | top 3 | top 5 | lesions top 3 | detection rate | "
-          "mean rank | lobe acc. | FP clusters/control |")
-    print("|---|---|---|---|---|---|---|---|---|")
-
-    def f(v):
-        return "n/a" if v is None else f"{v:.2f}"
-
-    for label, s in results.items():
-        print(f"| {label} | {f(s['sensitivity_top1'])} | {f(s['sensitivity_top3'])} | "
-              f"{f(s['sensitivity_top5'])} | {f(s['lesion_sensitivity_top3'])} | "
-              f"{f(s['detection_rate'])} | {f(s['mean_rank'])} | {f(s['lobe_accuracy'])} | "
-              f"{f(s['fp_per_control'])} |")  # fmt: skip
+    print_table(results, "method")
     if opts.png:
         det.plot_sensitivity_curve({k: v["curve"] for k, v in results.items()}, opts.png)
     if opts.json:

@@ -197,8 +197,8 @@ def _write_group_outputs(settings: Settings, controls: list[str], found: dict) -
         "controls: the voxelwise robust mean and SD of the residual between real and "
         "pseudo-normal PET (for control-referenced Z maps) and the OC-SVM anomaly detector "
         "[@zotova2021; @alaverdyan2020; @scholkopf2001], trained on the controls' real PET"
-        + (f" and the pseudo-normal PET of {n_syn} controls without a PET scan (hybrid "
-           "database)" if n_syn else "")
+        + (f" and the pseudo-normal PET of {n_syn} control{'s' * (n_syn > 1)} without a PET "
+           "scan (hybrid database)" if n_syn else "")
         + f", with a siamese autoencoder trained for {settings.siamese_epochs} epochs "
         f"(random seed {settings.random_seed}), nu = {settings.ocsvm_nu:g} and gamma = "
         f"{settings.ocsvm_gamma}."

@@ -10,26 +10,14 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from pet_synth_app.analysis.clusters import CLUSTER_COLUMNS
 from pet_synth_app.reports.group_report import write_group_report
 from pet_synth_app.reports.subject import SECTIONS, write_subject_report
 
 SPACE = "MNI152NLin2009aSym"
 SHAPE = (30, 36, 30)
 AFFINE = np.array([[2.0, 0, 0, -30], [0, 2.0, 0, -40], [0, 0, 2.0, -25], [0, 0, 0, 1]])
-CLUSTER_HEADER = [
-    "rank",
-    "size_mm3",
-    "peak_z",
-    "mean_z",
-    "peak_x",
-    "peak_y",
-    "peak_z_mm",
-    "hemisphere",
-    "lobe",
-    "region",
-    "mass",
-    "n_voxels",
-]
+CLUSTER_HEADER = list(CLUSTER_COLUMNS)
 
 
 def _save(path: Path, data: np.ndarray, affine: np.ndarray = AFFINE, meta: dict | None = None):

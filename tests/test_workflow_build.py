@@ -43,6 +43,10 @@ def test_graph_has_every_step_and_sink(tmp_path):
     node = wf.get_node("single_subject_01_wf.pet_trc_FDG_wf.frame_average")
     assert node.inputs.frame_durations == [600.0, 600.0]
     assert "N4" in wf.visit_desc() and "pseudo-normal" in wf.visit_desc()
+    # two subjects describe the same steps: the boilerplate keeps one copy of each
+    from pet_synth_app.boilerplate import unique_paragraphs
+
+    assert unique_paragraphs(wf.visit_desc()).count("Results included in this") == 1
     # no group model in the output folder yet: self-referenced Z
     zmap = wf.get_node("single_subject_01_wf.pet_trc_FDG_wf_hypo.zmap")
     assert not isdefined(zmap.inputs.normative)

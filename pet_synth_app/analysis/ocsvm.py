@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from ..config import OCSVM_GAMMA, OCSVM_NU
-from ..synthesis.weights import library_versions, sha256_file
+from ..synthesis.weights import library_versions, sha256_file, verified_card
 from .zscore import MAD_TO_SD
 
 NU = OCSVM_NU  # defaults and their rationale: config.py
@@ -533,18 +533,7 @@ def load_model(folder: str | Path, lazy: bool = True) -> OCSVMModel:
     path, cpath = folder / TENSORS, folder / CARD
     if not cpath.is_file() or not path.is_file():
         raise ValueError(f"{folder}: not a one-class SVM model (missing {CARD} or {TENSORS})")
-    try:
-        card = json.loads(cpath.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{cpath}: invalid card ({' '.join(str(exc).split())})") from None
-    if not isinstance(card, dict) or card.get("format") != FORMAT or "sha256" not in card:
-        raise ValueError(f"{cpath}: not a {FORMAT} card")
-    digest = sha256_file(path)
-    if digest != card["sha256"]:
-        raise ValueError(
-            f"{path}: sha256 {digest[:12]}... does not match the card "
-            f"({str(card['sha256'])[:12]}...): corrupt or from another model"
-        )
+    card = verified_card(path, cpath, FORMAT)
     try:
         with safe_open(str(path), framework="np") as fh:
             keys = set(fh.keys())

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..synthesis.weights import library_versions, sha256_file
+from ..synthesis.weights import library_versions, sha256_file, verified_card
 
 LATENT_DIM = 64
 PATCH_SIZE = 15
@@ -404,22 +404,7 @@ def load_autoencoder(path: str | Path) -> tuple[SiameseAutoencoder, dict]:
         raise ValueError(f"{path}: no .safetensors weights there")
     if not cpath.is_file():
         raise ValueError(f"{path}: model card {cpath.name} is missing next to the weights")
-    try:
-        card = json.loads(cpath.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{cpath}: invalid card ({' '.join(str(exc).split())})") from None
-    if (
-        not isinstance(card, dict)
-        or any(k not in card for k in _REQUIRED)
-        or card["format"] != FORMAT
-    ):
-        raise ValueError(f"{cpath}: not a {FORMAT} card")
-    digest = sha256_file(path)
-    if digest != card["sha256"]:
-        raise ValueError(
-            f"{path}: sha256 {digest[:12]}... does not match the card "
-            f"({str(card['sha256'])[:12]}...): corrupt or another model"
-        )
+    card = verified_card(path, cpath, FORMAT, tuple(_REQUIRED))
     try:
         tensors = load_file(str(path), device="cpu")
         arch = card["architecture"]

@@ -25,6 +25,7 @@ h1{margin-top:.6em}h2{border-bottom:2px solid #0a58ca;padding-bottom:.1em;margin
 h3{margin-bottom:.3em}
 img,object{width:100%;display:block;margin:.4em 0;background:#000}
 table{border-collapse:collapse;font-size:85%;margin:.5em 0}
+.wide{overflow-x:auto;max-width:100%}
 th,td{border:1px solid #ccc;padding:2px 6px;text-align:left;vertical-align:top}
 th{background:#eef}
 td.num{text-align:right;font-variant-numeric:tabular-nums}
@@ -87,7 +88,7 @@ def table(
 ) -> str:
     """HTML table; numbers right-aligned; ``titles`` give header tooltips."""
     titles = titles or {}
-    out = ["<table><thead><tr>"]
+    out = ["<div class='wide'><table><thead><tr>"]
     for h in header:
         tip = f" title='{esc(titles[h])}'" if h in titles else ""
         out.append(f"<th{tip}>{esc(h)}</th>")
@@ -100,7 +101,7 @@ def table(
             cell = v if isinstance(v, str) and v.startswith("<") else esc(fmt(v))
             out.append(f"<td class='num'>{cell}</td>" if is_num else f"<td>{cell}</td>")
         out.append("</tr>")
-    out.append("</tbody></table>")
+    out.append("</tbody></table></div>")
     return "".join(out)
 
 

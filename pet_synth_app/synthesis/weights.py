@@ -91,6 +91,31 @@ def save_generator(generator: nn.Module, path: str | Path, card: dict) -> dict:
     return card
 
 
+def verified_card(
+    tensors: str | Path, card: str | Path, fmt: str, required: tuple[str, ...] = ()
+) -> dict:
+    """The JSON ``card`` of a ``.safetensors`` file, checked: a ``fmt`` card with the
+    ``required`` keys whose ``sha256`` is the file's. ValueError (one line) otherwise."""
+    tensors, card = Path(tensors), Path(card)
+    try:
+        data = json.loads(card.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{card}: invalid card ({' '.join(str(exc).split())})") from None
+    if (
+        not isinstance(data, dict)
+        or any(k not in data for k in ("format", "sha256", *required))
+        or data["format"] != fmt
+    ):
+        raise ValueError(f"{card}: not a {fmt} card")
+    digest = sha256_file(tensors)
+    if digest != data["sha256"]:
+        raise ValueError(
+            f"{tensors}: sha256 {digest[:12]}... does not match the card "
+            f"({str(data['sha256'])[:12]}...): corrupt or from another model"
+        )
+    return data
+
+
 def read_card(weights: str | Path) -> dict:
     """Read and check the card of ``weights`` (one-line PetSynthError if unusable)."""
     weights = Path(weights)

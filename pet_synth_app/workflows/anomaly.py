@@ -33,8 +33,10 @@ def init_anomaly_wf(
     meta = read_meta(model)
     n_real = len(meta.get("participants_real", []))
     n_syn = len(meta.get("participants_synthetic", []))
-    data = f"{n_real} control PET scans" + (
-        f" and the pseudo-normal PET of {n_syn} controls without PET" if n_syn else ""
+    data = f"{n_real} control PET scan{'s' * (n_real > 1)}" + (
+        f" and the pseudo-normal PET of {n_syn} control{'s' * (n_syn > 1)} without PET"
+        if n_syn
+        else ""
     )
     workflow = Workflow(name=name)
     workflow.__desc__ = f"""

@@ -60,7 +60,7 @@ def init_single_subject_wf(
     """Anatomical + PET preprocessing, pseudo-normal PET and derivatives of one unit."""
     workflow = Workflow(name=unit_wf_name(unit))
     workflow.__desc__ = (
-        "Results included in this manuscript come from preprocessing performed with "
+        "\nResults included in this manuscript come from preprocessing performed with "
         "PetSynth, a BIDS-App built on Nipype [@nipype], NiWorkflows [@niworkflows] and "
         "PyTorch [@pytorch].\n"
     )
