@@ -34,6 +34,9 @@ OCSVM_GAMMA = "scale"
 latent scale of that voxel, which keeps decision values comparable between voxels."""
 OCSVM_GM_THRESHOLD = 0.3
 """Voxels with a template GM probability above this get an OC-SVM."""
+OCSVM_BLOCK_VOXELS = 12 * 16384
+"""Voxels encoded and fitted at a time at the group level (memory: controls x block x 64
+float32 codes, 0.9 GB for 20 controls, 3.8 GB for 75); a multiple of the solver's chunk."""
 SIAMESE_EPOCHS = 10
 """Siamese autoencoder training epochs (20 000 patch pairs each) at the group level."""
 
@@ -127,6 +130,7 @@ __all__ = [
     "REGISTRATION_PRESETS",
     "SYNTHESIS_FWHM_MM",
     "MIN_CLUSTER_MM3",
+    "OCSVM_BLOCK_VOXELS",
     "OCSVM_GAMMA",
     "OCSVM_GM_THRESHOLD",
     "OCSVM_NU",

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import OCSVM_GM_THRESHOLD
+from ..config import OCSVM_BLOCK_VOXELS, OCSVM_GM_THRESHOLD
 
 LOGGER = logging.getLogger("petsynth")
 META = "anomaly.json"
@@ -68,12 +68,15 @@ def fit(
     seed: int = 0,
     threads: int | None = None,
     meta: dict | None = None,
+    block_voxels: int = OCSVM_BLOCK_VOXELS,
 ) -> FitResult:
     """Fit the detector on control PETs (SUVR, MNI, each with its brain mask) and save it.
 
     Each image is scaled to [0, 1] (``siamese.scale_unit``); the autoencoder is trained on
     pairs of patches at the same voxel of two different controls; every control is then
-    encoded at every model voxel and one OC-SVM is fitted per voxel on those codes.
+    encoded at every model voxel and one OC-SVM is fitted per voxel on those codes, one
+    block of ``block_voxels`` voxels at a time (the codes of all controls for all voxels
+    would not fit in memory at 1 mm with tens of controls).
     """
     from . import ocsvm, siamese
 
@@ -89,12 +92,19 @@ def fit(
     ae, log = siamese.train_siamese(scaled, voxels, epochs=epochs, seed=seed, threads=threads,
                                     pairs_per_epoch=pairs_per_epoch)  # fmt: skip
     t_ae = time.time() - t0
-    latents = np.stack([siamese.encode_volume(ae, v, voxels) for v in scaled])
-    t1 = time.time()
-    ijk = np.argwhere(voxels).astype(np.int32)
-    model = ocsvm.fit_model(latents, ijk, voxels.shape, np.asarray(affine), nu=nu, gamma=gamma,
-                            meta=dict(meta or {}))  # fmt: skip
-    t_svm = time.time() - t1
+    ijk = np.argwhere(voxels).astype(np.int32)  # C order, as np.nonzero
+    parts, t_svm = [], 0.0
+    for start in range(0, len(ijk), block_voxels):
+        block = np.zeros(voxels.shape, dtype=bool)
+        block[tuple(ijk[start : start + block_voxels].T)] = True
+        latents = np.stack([siamese.encode_volume(ae, v, block) for v in scaled])
+        t1 = time.time()
+        parts.append(ocsvm.fit_model(latents, ijk[start : start + block_voxels], voxels.shape,
+                                     np.asarray(affine), nu=nu, gamma=gamma,
+                                     meta=dict(meta or {})))  # fmt: skip
+        t_svm += time.time() - t1
+        del latents
+    model = ocsvm.concat_models(parts)
     ae_card = siamese.save_autoencoder(ae, folder / AE_FILE, {"seed": seed, "log": log})
     ocsvm.save_model(model, folder)
     svm_card = json.loads((folder / ocsvm.CARD).read_text())

@@ -479,6 +479,34 @@ def fit_model(
     )
 
 
+def concat_models(models: list[OCSVMModel]) -> OCSVMModel:
+    """One model from models of disjoint voxel blocks on the same grid (``fit_model``
+    called block by block to bound memory); support vectors padded to the largest m."""
+    if not models:
+        raise ValueError("no models to concatenate")
+    first = models[0]
+    if len(models) == 1:
+        return first
+    m = max(int(np.asarray(x.alpha).shape[1]) for x in models)
+    d = int(np.asarray(first.sv).shape[2])
+
+    def pad(a: np.ndarray, *tail: int) -> np.ndarray:
+        out = np.zeros((a.shape[0], m, *tail), dtype=a.dtype)
+        out[:, : a.shape[1]] = a
+        return out
+
+    return OCSVMModel(
+        np.concatenate([x.ijk for x in models]),
+        first.shape,
+        first.affine,
+        np.concatenate([pad(np.asarray(x.sv), d) for x in models]),
+        np.concatenate([pad(np.asarray(x.alpha)) for x in models]),
+        np.concatenate([x.rho for x in models]),
+        np.concatenate([x.gamma for x in models]),
+        dict(first.meta),
+    )
+
+
 def save_model(model: OCSVMModel, folder: str | Path) -> Path:
     """Write ``ocsvm.safetensors`` and its card ``ocsvm.json`` into ``folder``.
 
@@ -640,6 +668,7 @@ __all__ = [
     "MAX_ITER",
     "NU",
     "OCSVMModel",
+    "concat_models",
     "TENSORS",
     "TOL",
     "decision_batched",
