@@ -111,7 +111,7 @@ def run_group_level(settings: Settings) -> int:
         raise PetSynthError(f"cannot fit the normative model: {exc}", str(out)) from None
     folder = out / "group" / "normative"
     staging = normative.save(model, folder.with_name("normative.new"))
-    fit_anomaly_detector(settings, controls, found, pets, masks, ref, staging)
+    n_synthetic = fit_anomaly_detector(settings, controls, found, pets, masks, ref, staging)
     shutil.rmtree(folder, ignore_errors=True)  # never a mix of old and new models
     staging.rename(folder)
     write_tsv(rows, out / "group" / "synthesis_quality.tsv", QUALITY_COLUMNS)
@@ -124,7 +124,7 @@ def run_group_level(settings: Settings) -> int:
     )  # fmt: skip
     LOGGER.info("rerun the participant level to write control-referenced Z maps and OC-SVM "
                 "anomaly maps")
-    _write_group_outputs(settings, controls, found)
+    _write_group_citation(settings, len(found), n_synthetic)
     return 0
 
 
@@ -136,9 +136,10 @@ def fit_anomaly_detector(
     masks: list[np.ndarray],
     ref: nib.Nifti1Image,
     folder: Path,
-) -> None:
+) -> int:
     """Fit the OC-SVM detector into ``folder`` on the controls' real PET, plus (with
-    ``--augment-synthetic``) the pseudo-normal PET of finished controls without a PET."""
+    ``--augment-synthetic``) the pseudo-normal PET of finished controls without a PET;
+    returns the number of synthetic PETs used."""
     from .preproc.templates import get_template
 
     out = Path(settings.output_dir)
@@ -184,16 +185,15 @@ def fit_anomaly_detector(
         len(found), len(synthetic), result.n_voxels, result.seconds_autoencoder,
         result.seconds_ocsvm,
     )  # fmt: skip
+    return len(synthetic)
 
 
-def _write_group_outputs(settings: Settings, controls: list[str], found: dict) -> None:
+def _write_group_citation(settings: Settings, n_real: int, n_syn: int) -> None:
     """Methods boilerplate of the group level."""
     from .boilerplate import write_citation
 
-    meta = anomaly.read_meta(Path(settings.output_dir) / "group" / "normative")
-    n_syn = len(meta.get("participants_synthetic", []))
     text = (
-        f"At the group level, the normative models were fitted on {len(found)} healthy "
+        f"At the group level, the normative models were fitted on {n_real} healthy "
         "controls: the voxelwise robust mean and SD of the residual between real and "
         "pseudo-normal PET (for control-referenced Z maps) and the OC-SVM anomaly detector "
         "[@zotova2021; @alaverdyan2020; @scholkopf2001], trained on the controls' real PET"

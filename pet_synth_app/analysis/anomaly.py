@@ -134,11 +134,12 @@ def score(
 ) -> tuple[np.ndarray, np.ndarray, dict]:
     """Score one PET (SUVR, MNI, with its brain mask) against the detector in ``folder``.
 
-    Returns ``(standardized, decision, meta)``: the OC-SVM decision values on the model
-    voxels inside ``mask`` (scikit-learn convention: negative = outside the controls'
-    support; 0 elsewhere) and the same values robustly standardized over this brain's
-    scored voxels (``ocsvm.standardize``: SD units, negative = anomalous; the map that
-    is thresholded and clustered).
+    Returns ``(standardized, decision, meta)``: the OC-SVM decision values robustly
+    standardized over this brain's scored voxels (``ocsvm.standardize``: SD units, negative
+    = anomalous; the map that is thresholded and clustered); the raw decision values on
+    the model voxels inside ``mask`` (scikit-learn convention: negative = outside the
+    controls' support; 0 elsewhere); the detector's ``anomaly.json`` plus the median
+    decision value and the fraction of scored voxels outside the support.
     """
     from . import ocsvm, siamese
 
@@ -158,7 +159,12 @@ def score(
         raise ValueError("the PET's brain mask does not overlap the detector's voxels")
     decision = np.where(scored, decision, 0.0).astype(np.float32)
     standardized = ocsvm.standardize(decision, scored)
-    return standardized.astype(np.float32), decision, read_meta(folder)
+    info = {
+        **read_meta(folder),
+        "decision_median": float(np.median(decision[scored])),
+        "fraction_outside_support": float(np.mean(decision[scored] < 0)),
+    }
+    return standardized.astype(np.float32), decision, info
 
 
 __all__ = ["FitResult", "fit", "has_model", "model_voxels", "read_meta", "score"]

@@ -102,7 +102,7 @@ def run_demo(opts: argparse.Namespace) -> int:
     step("participant level, everyone: patients processed, control-referenced Z maps and "
          "OC-SVM anomaly maps")  # fmt: skip
     _run([str(bids), str(deriv), "participant", *common])
-    step("evaluation against the simulated lesions and group report")
+    step("evaluation against the simulated lesions")
     lines = _evaluate(deriv, bids / "derivatives" / "truth")
     step("done")
     print(f"\nPetSynth demo finished in {step.elapsed()} (min:s).")
@@ -115,8 +115,8 @@ def run_demo(opts: argparse.Namespace) -> int:
 
 
 def _evaluate(deriv: Path, truth: Path) -> list[str]:
-    """Detection figures of both maps; writes group/evaluation and the group report."""
-    from ..reports.group_report import write_group_report
+    """Detection figures of both maps, written to group/evaluation (the last participant
+    run has already refreshed the group report, with the truth)."""
     from .evaluate import evaluate, write_evaluation
 
     lines = ["  detection of the simulated lesions (sensitivity: patients with a true cluster "
@@ -135,7 +135,6 @@ def _evaluate(deriv: Path, truth: Path) -> list[str]:
             f"{'n/a' if mr is None else f'{mr:.1f}'}, false-positive clusters per control "
             f"{'n/a' if fp is None else f'{fp:.1f}'}"
         )
-    write_group_report(deriv, truth)
     return lines
 
 

@@ -43,7 +43,7 @@ class OCSVMScore(SimpleInterface):
         img = nib.load(self.inputs.pet)
         pet = np.asanyarray(img.dataobj, dtype=np.float32)
         mask = np.asanyarray(nib.load(self.inputs.mask).dataobj) > 0
-        score, decision, meta = anomaly.score(self.inputs.model, pet, mask,
+        score, _, meta = anomaly.score(self.inputs.model, pet, mask,
                                               threads=self.inputs.nthreads)  # fmt: skip
         out = nib.Nifti1Image(score, img.affine)
         out.header.set_xyzt_units("mm", "sec")
@@ -57,10 +57,8 @@ class OCSVMScore(SimpleInterface):
                 "PET patches, per gray-matter voxel, robustly standardized over the scored "
                 "voxels: (d - median) / (1.4826 MAD)"
             ),
-            "DecisionValueMedian": float(np.median(decision[score != 0])) if score.any()
-            else 0.0,
-            "FractionOutsideSupport": float(np.mean(decision[score != 0] < 0)) if score.any()
-            else 0.0,
+            "DecisionValueMedian": meta["decision_median"],
+            "FractionOutsideSupport": meta["fraction_outside_support"],
             "NormativeModel": str(self.inputs.model),
             "OCSVMSha256": meta.get("ocsvm_sha256", self.inputs.model_sha256),
             "AutoencoderSha256": meta.get("autoencoder_sha256"),
