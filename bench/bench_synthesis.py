@@ -1,7 +1,7 @@
 """Benchmark pseudo-normal PET synthesis: quality on held-out controls and CPU throughput.
 
 Usage: python bench/bench_synthesis.py DERIV [--weights W] [--test c13 c14 ...]
-       [--baseline c01 c02 ...] [--threads 2] [--json out.json]
+       [--baseline c01 c02 ...] [--noise-free TWIN_DERIV] [--threads 2] [--json out.json]
 
 DERIV is a PetSynth output folder (participant level; MNI-space T1w, brain mask and SUVR
 PET of every listed participant). Quality: for each held-out control (by default the
@@ -10,7 +10,9 @@ participants), the pseudo-normal PET is synthesized from the MNI T1w exactly as 
 participant workflow does (``synthesize_pet``) and compared with the real SUVR PET inside
 the MNI brain mask (SSIM 3D and slice-wise, PSNR, RMSE, MAE on the [0, 1]-scaled pair,
 ``analysis.metrics.image_metrics``). Baseline: the voxelwise mean SUVR PET of the model's
-training controls (no synthesis), masked the same way. Throughput: slices/s of the
+training controls (no synthesis), masked the same way. Ceiling (``--noise-free``): the
+preprocessed SUVR PET of each subject's noise-free twin (``bench/noise_free_twin.py``),
+i.e. a perfect prediction of everything but the PET noise. Throughput: slices/s of the
 generator on the 2 mm grid, its GFLOP per slice (torch FlopCounterMode) and the achieved
 GFLOP/s against the measured peak of a 4096^2 float32 matmul.
 """
@@ -61,7 +63,8 @@ def throughput(weights: Path, t1w: np.ndarray) -> dict:
     wall = time.perf_counter() - t0
     nx, ny = (np.ptp(np.argwhere(t1w > 0), 0)[:2] + 5 + 3) // 4 * 4
     with FlopCounterMode(display=False) as counter, torch.inference_mode():
-        generator(torch.zeros(1, 3, int(nx), int(ny)))
+        channels = 6 if getattr(generator, "residual", False) else 3  # + prior slices
+        generator(torch.zeros(1, channels, int(nx), int(ny)))
     gflop = counter.get_total_flops() / 1e9
     return {"slices": nz, "seconds": wall, "slices_per_s": nz / wall,
             "gflop_per_slice": gflop, "gflops": gflop * nz / wall}  # fmt: skip
@@ -74,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--test", nargs="+", default=None, help="held-out controls")
     p.add_argument("--baseline", nargs="+", default=None,
                    help="controls whose mean PET is the baseline (default: training set)")
+    p.add_argument("--noise-free", type=Path, default=None,
+                   help="derivatives of the cohort's noise-free twin (ceiling row)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", type=Path, default=None)
     opts = p.parse_args(argv)
@@ -107,9 +112,18 @@ def main(argv: list[str] | None = None) -> int:
         secs = time.perf_counter() - t0
         model = image_metrics(np.asanyarray(pseudo.dataobj), real, m)
         baseline = image_metrics(mean_pet * m, real, m)
-        rows.append({"subject": s, "seconds": secs, "model": model, "baseline": baseline})
+        row = {"subject": s, "seconds": secs, "model": model, "baseline": baseline}
+        if opts.noise_free:
+            twin = find_training_files(opts.noise_free, s)
+            if twin is None or twin["pet"] is None:
+                raise SystemExit(f"{s}: no MNI-space PET in {opts.noise_free}")
+            clean = np.asanyarray(nib.load(twin["pet"]).dataobj, dtype=np.float32)
+            row["noise_free"] = image_metrics(clean * m, real, m)
+        rows.append(row)
         print(f"{s}: model " + " ".join(f"{k} {model[k]:.4f}" for k in METRICS)
-              + " | mean-PET " + " ".join(f"{k} {baseline[k]:.4f}" for k in METRICS),
+              + " | mean-PET " + " ".join(f"{k} {baseline[k]:.4f}" for k in METRICS)
+              + (" | noise-free " + " ".join(f"{k} {row['noise_free'][k]:.4f}"
+                                           for k in METRICS) if opts.noise_free else ""),
               file=sys.stderr)  # fmt: skip
 
     def summary(kind):
@@ -119,6 +133,10 @@ def main(argv: list[str] | None = None) -> int:
     res = {"weights": str(weights), "sha256": card["sha256"], "test": test,
            "baseline_controls": base, "model": summary("model"),
            "baseline": summary("baseline"), "rows": rows}  # fmt: skip
+    kinds = [("model", f"{card['model']} ({weights.name})"), ("baseline", "mean control PET")]
+    if opts.noise_free:
+        res["noise_free"] = summary("noise_free")
+        kinds.append(("noise_free", "noise-free twin PET (ceiling)"))
     f = load(test[0])
     t1n = np.asanyarray(normalize_t1_intensity(nib.load(f["t1w"]), nib.load(f["mask"])).dataobj)
     res["throughput"] = throughput(weights, t1n)
@@ -129,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
           f"of {len(base)} training controls\n")  # fmt: skip
     print("| method | SSIM (3D) | SSIM (2D) | PSNR (dB) | RMSE | MAE |")
     print("|---|---|---|---|---|---|")
-    for kind, label in (("model", f"{card['model']} (shipped)"), ("baseline", "mean control PET")):
+    for kind, label in kinds:
         s = res[kind]
         print(f"| {label} | " + " | ".join(f"{s[k][0]:.4f} ± {s[k][1]:.4f}" for k in METRICS)
               + " |")  # fmt: skip

@@ -144,7 +144,8 @@ def test_t1w_geometry_and_contrast(cohort: Path) -> None:
         assert gm.shape == data.shape and np.allclose(
             nib.load(_truth(cohort, f"sub-{sub}", "label-GM_probseg")).affine, t1.affine
         )
-        m_wm, m_gm, m_csf = (data[p > 0.9].mean() for p in (wm, gm, csf))
+        # atrophy (5-45 % of the GM turned to CSF) leaves few voxels of > 0.9 GM
+        m_wm, m_gm, m_csf = (data[p > t].mean() for p, t in ((wm, 0.9), (gm, 0.7), (csf, 0.9)))
         assert m_wm > 1.2 * m_gm > 1.2 * 1.2 * m_csf
         # Skull and scalp: a shell 8-16 mm outside the brain holds bright scalp (fat)
         dist = ndi.distance_transform_edt(~brain, sampling=2.0)
@@ -214,7 +215,7 @@ def test_pet_grid_alignment_and_values(cohort: Path) -> None:
         vox = np.linalg.solve(pet.affine, np.vstack([world_pet, np.ones(world.shape[1])]))
         return ndi.map_coordinates(data, vox[:3], order=1)
 
-    gm_pet, wm_pet = pet_at(gm > 0.9).mean(), pet_at(wm > 0.95).mean()
+    gm_pet, wm_pet = pet_at(gm > 0.7).mean(), pet_at(wm > 0.95).mean()  # GM: atrophy
     assert gm_pet > 1.4 * wm_pet
     assert 3000.0 < gm_pet < 25000.0  # Bq/mL
 
@@ -319,3 +320,36 @@ def test_cli_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert not (tmp_path / "x").exists()
     with pytest.raises(SystemExit):
         main([str(tmp_path / "y"), "--n-controls", "many"])
+
+
+def test_atrophy_moves_gm_to_csf_in_t1w_and_pet() -> None:
+    """The same GM loss darkens the T1w GM and lowers the PET: T1w predicts the PET."""
+    space = phantom.load_template_space(2)
+    rng = np.random.default_rng(5)
+    loss, params = phantom.random_atrophy(rng, space)
+    assert 0.0 <= params["atrophy_global"] <= 0.10 and 0.15 <= params["atrophy_local"] <= 0.35
+    assert loss.shape == space.shape and 0.0 <= loss.min() and loss.max() <= 0.45
+    brain = loss[space.brain > 0.5]  # regional: from the global loss to global + local
+    assert brain.min() == pytest.approx(params["atrophy_global"], abs=1e-6)
+    assert brain.max() == pytest.approx(params["atrophy_global"] + params["atrophy_local"],
+                                        abs=1e-6)  # fmt: skip
+    sub = phantom.atrophied_space(space, loss)
+    np.testing.assert_allclose(sub.gm, space.gm * (1 - loss), atol=1e-6)
+    np.testing.assert_allclose(sub.gm + sub.csf, space.gm + space.csf, atol=1e-5)
+    assert sub.wm is space.wm and space.gm.max() > sub.gm.max()  # template untouched
+    anat, uptake = phantom.random_anatomy(rng), phantom.random_uptake(rng)
+    core = space.gm > 0.8
+    t1_before = phantom.t1w_template_image(space, anat, space.dist_out)
+    t1_after = phantom.t1w_template_image(sub, anat, space.dist_out)
+    pattern = space.uptake_pattern
+    pet_before = phantom.pet_activity_mni(None, space, uptake, anat, space.dist_out,
+                                          pattern_field=pattern)  # fmt: skip
+    pet_after = phantom.pet_activity_mni(None, sub, uptake, anat, space.dist_out,
+                                         pattern_field=pattern)  # fmt: skip
+    d_t1 = (t1_before - t1_after)[core]
+    d_pet = (pet_before - pet_after)[core]
+    assert (d_t1 > 0).all() and (d_pet > 0).all()
+    # both drops are the lost GM fraction times the GM-CSF difference of each modality
+    lost = (space.gm * loss)[core]
+    np.testing.assert_allclose(d_t1, lost * (anat["t1_gm"] - anat["t1_csf"]), rtol=1e-4)
+    np.testing.assert_allclose(d_pet, lost * (pattern[core] - uptake["csf"]), rtol=1e-4)

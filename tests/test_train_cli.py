@@ -25,6 +25,7 @@ def test_train_usage_errors(tmp_path, capsys):
         [str(root), str(tmp_path / "m"), "--folds", "1"],
         [str(root), str(tmp_path / "m"), "--folds", "2", "--fold", "3"],
         [str(root), str(tmp_path / "m"), "--val-fraction", "1.5"],
+        [str(root), str(tmp_path / "m"), "--model", "pix2pix", "--prior"],
     ]
     for argv in cases:
         assert train.main(argv) == 2, argv

@@ -85,6 +85,10 @@ def get_parser() -> argparse.ArgumentParser:
         g_hp.add_argument(flag, type=typ, default=None,
                           help="None: the model's value in the registry (seed 001; "
                           "see docs/models.md)")  # fmt: skip
+    g_hp.add_argument("--prior", action="store_true",
+                      help="the generators predict a residual to the mean training image "
+                      "(shipped with the weights; cyclegan-mse and cyclegan only; not in "
+                      "the seeds: see docs/models.md)")  # fmt: skip
     g_hp.add_argument("--patience", type=int, default=0,
                       help="early stopping after this many epochs without a better "
                       "validation SSIM (0: off)")  # fmt: skip
@@ -133,6 +137,9 @@ def _check_args(opts: argparse.Namespace) -> None:
         raise UsageError("BIDS_DIR is not a directory", str(opts.bids_dir))
     if opts.unpaired and get_spec(opts.model).paired:
         raise UsageError(f"--unpaired: {opts.model} needs paired T1w/PET (use cyclegan)")
+    if opts.prior and "prior_shape" not in get_spec(opts.model).defaults:
+        raise UsageError(f"--prior: {opts.model} does not take a prior (cyclegan-mse and "
+                         "cyclegan do)")  # fmt: skip
     if not 0 < opts.val_fraction < 1:
         raise UsageError("--val-fraction must be between 0 and 1")
     if opts.folds == 1 or opts.folds < 0:
@@ -304,7 +311,7 @@ def _train_one(opts, config, volumes, val_names, out_dir, pet_scale, device, ext
         epochs=opts.epochs, paired=not opts.unpaired, patience=opts.patience,
         seed=opts.random_seed, device=device, pet_scale=pet_scale,
         max_patches=opts.max_patches, max_steps_per_epoch=opts.max_steps_per_epoch,
-        resume=not opts.no_resume, card_extra=extra, progress=bar,
+        resume=not opts.no_resume, card_extra=extra, progress=bar, prior=opts.prior,
     )  # fmt: skip
     if bar is not None:
         bar.close()

@@ -58,7 +58,7 @@ GEOMETRY_KEYS: dict[str, str] = {
     "pet_scanner / pet_psf_fwhm_mm / pet_noise_fraction": "PET simulation settings",
     "template_resolution_mm": "work grid resolution (1 or 2 mm)",
     "lesions": "per lesion: label, center_mni, center_t1w, radius_mm, volume_ml, ...",
-    "anatomy / uptake": "random T1w contrast and FDG uptake parameters",
+    "anatomy / uptake": "random T1w contrast, GM atrophy and FDG uptake parameters",
 }
 
 
@@ -385,11 +385,12 @@ Simulated with {GENERATOR} {__version__} (seed {config.seed}). Not real data.
 
 - {config.n_controls} controls and {config.n_patients} patients; {n_pet} subjects have FDG
   PET ({sum(p.is_4d for p in plans)} of them 4D with inter-frame motion).
-- T1w: MNI152NLin2009aSym template anatomy with a synthetic skull and scalp, a random
-  rigid + scale transform and a smooth warp, bias field and Rician noise, stored in its
-  own native voxel order at {config.voxel_size} mm.
-- PET: FDG-like uptake (GM with regional variation, WM, CSF, scalp), PSF blur, noise,
-  rigid misalignment to the T1w, Bq/mL.
+- T1w: MNI152NLin2009aSym template anatomy with a synthetic skull and scalp, smooth
+  subject-specific regional GM atrophy (0-45 % of the GM replaced by CSF), a random rigid + scale
+  transform and a smooth warp, bias field and Rician noise, stored in its own native
+  voxel order at {config.voxel_size} mm.
+- PET: FDG-like uptake (GM with regional variation, WM, CSF, scalp) on the same atrophied
+  tissue maps (partial volume), PSF blur, noise, rigid misalignment to the T1w, Bq/mL.
 - Patients have 1-2 cortical hypometabolic lesions ({config.lesion_loss[0]:.0%}-
   {config.lesion_loss[1]:.0%} uptake loss, {config.lesion_volume_ml[0]}-
   {config.lesion_volume_ml[1]} ml GM-weighted volume).

@@ -21,7 +21,7 @@ Everything is deterministic for a given ``numpy.random.Generator`` state.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Any
 
@@ -452,6 +452,35 @@ def _layer_profile(anat: dict[str, float], values: dict[str, float]) -> tuple[np
     return d, prof
 
 
+def random_atrophy(
+    rng: np.random.Generator, space: TemplateSpace
+) -> tuple[np.ndarray, dict[str, float]]:
+    """Per-subject fraction of GM tissue lost to CSF (0-0.45), smooth over the work grid.
+
+    ``loss = global + local x f`` with ``f`` a random smooth field (Legendre degree 4)
+    scaled to [0, 1] over the brain, ``global`` ~ U(0, 0.10) and ``local`` ~ U(0.15, 0.35):
+    some regions keep their GM, others lose up to a third of it (regional atrophy). The
+    same loss thins the GM of both the T1w (GM replaced by CSF contrast) and the PET
+    (partial volume: less GM uptake), so the T1w carries subject-specific information
+    about the PET pattern that a GM-mean SUVR does not normalize away.
+    """
+    params = {
+        "atrophy_global": float(rng.uniform(0.0, 0.10)),
+        "atrophy_local": float(rng.uniform(0.15, 0.35)),
+    }
+    field = _smooth_field(rng, _unit_axes(space.shape), 4)
+    inside = field[space.brain > 0.5]
+    field = np.clip((field - inside.min()) / max(float(np.ptp(inside)), 1e-6), 0.0, 1.0)
+    loss = params["atrophy_global"] + params["atrophy_local"] * field
+    return np.clip(loss, 0.0, 0.45).astype(np.float32), params
+
+
+def atrophied_space(space: TemplateSpace, loss: np.ndarray) -> TemplateSpace:
+    """Copy of ``space`` whose GM lost ``loss`` (fraction, work grid) of itself to CSF."""
+    lost = space.gm * loss
+    return replace(space, gm=(space.gm - lost).astype(np.float32), csf=(space.csf + lost))
+
+
 def head_layers(
     rng: np.random.Generator, space: TemplateSpace, anat: dict[str, float]
 ) -> np.ndarray:
@@ -771,8 +800,12 @@ def simulate_subject(
     """
     if not 0.5 <= voxel_size <= 4.0:
         raise ValueError("voxel size must be between 0.5 and 4 mm")
-    space = load_template_space(1 if voxel_size < 1.5 else 2)
+    template = load_template_space(1 if voxel_size < 1.5 else 2)
     anat = random_anatomy(rng)
+    gm_loss, atrophy = random_atrophy(rng, template)
+    anat.update(atrophy)
+    space = atrophied_space(template, gm_loss)
+    del gm_loss
     uptake = random_uptake(rng)
 
     # MNI -> T1w: rigid + per-axis scale around MNI 0, then scanner translation.

@@ -6,6 +6,11 @@ G_A: B -> A the reverse one; D_A and D_B are PatchGANs. Generator loss::
     L = L_GAN(G_B, D_B) + L_GAN(G_A, D_A)
         + lambda_cycle * (|G_A(G_B(a)) - a|_1 + |G_B(G_A(b)) - b|_1)
         + lambda_mse * (|G_B(a) - b|^2 + |G_A(b) - a|^2)      (paired batches only)
+
+With ``prior_shape`` (semi-3D only) each generator also sees the slices of its output
+domain's prior (the mean training image at the same slice position) and predicts a
+residual to it (``ResnetGenerator``); ``train_step`` then takes the prior slices of the
+batch as ``priors = (prior_A, prior_B)``.
 """
 
 from __future__ import annotations
@@ -25,8 +30,12 @@ class CycleGAN(SynthesisModel):
         c = self.config
         dims, ch = int(c["spatial_dims"]), int(c["channels"])
         self.kind = "slices" if dims == 2 else "patches"
+        prior_shape = c.get("prior_shape")
+        if prior_shape is not None and dims != 2:
+            raise ValueError("a prior is only supported by the semi-3D (slice) models")
         gen = dict(spatial_dims=dims, in_channels=ch, out_channels=ch,
-                   ngf=int(c["ngf"]), n_blocks=int(c["n_blocks"]))  # fmt: skip
+                   ngf=int(c["ngf"]), n_blocks=int(c["n_blocks"]),
+                   prior_shape=prior_shape)  # fmt: skip
         self.G_B = ResnetGenerator(**gen)  # T1w -> PET
         self.G_A = ResnetGenerator(**gen)  # PET -> T1w
         self.D_A = PatchGAN(dims, ch, int(c["ndf"]))
@@ -45,30 +54,50 @@ class CycleGAN(SynthesisModel):
             "D": list(self.D_A.parameters()) + list(self.D_B.parameters()),
         }
 
+    @property
+    def uses_prior(self) -> bool:
+        return self.G_B.residual
+
     def generator_losses(
-        self, a: torch.Tensor, b: torch.Tensor, paired: bool
+        self,
+        a: torch.Tensor,
+        b: torch.Tensor,
+        paired: bool,
+        priors: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
         """Generator loss terms and the fakes (fake_b = G_B(a), fake_a = G_A(b))."""
         lam_cyc = float(self.config["lambda_cycle"])
         lam_mse = float(self.config["lambda_mse"])
-        fake_b = self.G_B(a)
-        fake_a = self.G_A(b)
+        if self.uses_prior:
+            if priors is None:
+                raise ValueError("this model needs the prior slices of the batch")
+            p_a, p_b = priors
+
+            def g_b(x: torch.Tensor) -> torch.Tensor:
+                return self.G_B(torch.cat([x, p_b], 1))
+
+            def g_a(x: torch.Tensor) -> torch.Tensor:
+                return self.G_A(torch.cat([x, p_a], 1))
+        else:
+            g_a, g_b = self.G_A, self.G_B
+        fake_b = g_b(a)
+        fake_a = g_a(b)
         terms = {
             "G_B_gan": gan_loss(self.D_B(fake_b), True),
             "G_A_gan": gan_loss(self.D_A(fake_a), True),
-            "cycle_A": lam_cyc * cycle_loss(self.G_A(fake_b), a),
-            "cycle_B": lam_cyc * cycle_loss(self.G_B(fake_a), b),
+            "cycle_A": lam_cyc * cycle_loss(g_a(fake_b), a),
+            "cycle_B": lam_cyc * cycle_loss(g_b(fake_a), b),
         }
         if paired and lam_mse > 0:
             terms["mse_B"] = lam_mse * paired_mse_loss(fake_b, b)
             terms["mse_A"] = lam_mse * paired_mse_loss(fake_a, a)
         return terms, fake_a, fake_b
 
-    def train_step(self, t1, pet, optimizers, paired=True):
+    def train_step(self, t1, pet, optimizers, paired=True, priors=None):
         a, b = t1, pet
         set_requires_grad([self.D_A, self.D_B], False)
         optimizers["G"].zero_grad(set_to_none=True)
-        terms, fake_a, fake_b = self.generator_losses(a, b, paired)
+        terms, fake_a, fake_b = self.generator_losses(a, b, paired, priors)
         loss_g = sum(terms.values())
         loss_g.backward()
         optimizers["G"].step()

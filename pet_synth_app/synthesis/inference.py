@@ -102,15 +102,41 @@ def _pad_inplane(arr: np.ndarray, multiple: int) -> tuple[np.ndarray, tuple[int,
 
 
 def _batched(
-    generator: nn.Module, samples: np.ndarray, batch_size: int, device: str
+    generator: nn.Module,
+    samples: np.ndarray,
+    batch_size: int,
+    device: str,
+    prior: np.ndarray | None = None,
 ) -> np.ndarray:
+    """[0, 1] samples (n, c, ...) -> [0, 1] outputs; ``prior`` samples (same shape) are
+    appended as channels."""
     out = np.empty_like(samples)
     with torch.inference_mode():
         for start in range(0, len(samples), batch_size):
             x = torch.from_numpy(samples[start : start + batch_size]).to(device)
+            if prior is not None:
+                p = torch.from_numpy(prior[start : start + batch_size]).to(device)
+                x = torch.cat([x, p], 1)
             y = generator(x * 2.0 - 1.0)
             out[start : start + batch_size] = ((y + 1.0) * 0.5).clamp(0, 1).cpu().numpy()
     return out
+
+
+def generator_prior(generator: nn.Module, shape: tuple[int, ...]) -> np.ndarray | None:
+    """The [0, 1] prior volume a residual generator carries (None without one).
+
+    PetSynthError when the volume's grid ``shape`` is not the one the model was trained on.
+    """
+    prior = getattr(generator, "prior", None)
+    if prior is None:
+        return None
+    if tuple(prior.shape) != tuple(shape):
+        from ..errors import PetSynthError
+
+        raise PetSynthError(
+            f"the model's prior is on a {tuple(prior.shape)} grid, the input is {tuple(shape)}"
+        )
+    return ((prior.detach().float().cpu().numpy() + 1.0) * 0.5).astype(np.float32)
 
 
 def predict_volume(
@@ -131,8 +157,11 @@ def predict_volume(
     normalization sees the same field of view as in training) when it contains all
     nonzero input, else to the input's bounding box, and zero-padded to
     ``size_multiple``. Memory is bounded by ``batch_size`` samples on the device.
+    A generator with a prior (``ResnetGenerator(prior_shape=...)``) gets the prior's
+    slices at the same positions as extra channels.
     """
     t1w = np.asarray(t1w, dtype=np.float32)
+    prior = generator_prior(generator, t1w.shape)
     out = np.zeros_like(t1w)
     nonzero = np.argwhere(t1w > 0)
     if nonzero.size == 0:
@@ -151,13 +180,18 @@ def predict_volume(
         zbox = (xy[0], xy[1], slice(None))
         sub = t1w[zbox]
         samples, (nx, ny) = _pad_inplane(volume_to_slices(sub), size_multiple)
-        pred = _batched(generator, samples, batch_size, device)[..., :nx, :ny]
+        prior_samples = None
+        if prior is not None:
+            prior_samples = _pad_inplane(volume_to_slices(prior[zbox]), size_multiple)[0]
+        pred = _batched(generator, samples, batch_size, device, prior_samples)[..., :nx, :ny]
         pred_vol = slices_to_volume(pred)
         zs = np.zeros(t1w.shape[2], bool)
         zs[box[2]] = True
         pred_vol[:, :, ~zs] = 0.0
         out[zbox] = pred_vol
     elif kind == "patches":
+        if prior is not None:
+            raise ValueError("3D-patch models do not take a prior")
         patches = volume_to_patches(sub, patch, keep)
         run = patches.reshape(len(patches), -1).max(1) > 0
         pred = np.zeros_like(patches)
@@ -287,6 +321,7 @@ __all__ = [
     "CONTEXT_SLICES",
     "DEFAULT_FWHM_MM",
     "gaussian_smooth",
+    "generator_prior",
     "patch_grid",
     "patch_keep",
     "patches_to_volume",

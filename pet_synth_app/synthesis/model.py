@@ -26,6 +26,11 @@ class SynthesisModel(nn.Module):
         raise NotImplementedError
 
     @property
+    def uses_prior(self) -> bool:
+        """Whether the generators take prior slices (``prior_shape`` in the config)."""
+        return False
+
+    @property
     def size_multiple(self) -> int:
         """Spatial sizes fed to the generator must be multiples of this."""
         return int(getattr(self.generator, "size_multiple", 1))
@@ -48,8 +53,11 @@ class SynthesisModel(nn.Module):
         pet: torch.Tensor,
         optimizers: dict[str, torch.optim.Optimizer],
         paired: bool = True,
+        priors: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> dict[str, float]:
-        """One optimisation step on a batch; returns each loss term as a float."""
+        """One optimisation step on a batch; returns each loss term as a float.
+
+        ``priors``: the (T1w, PET) prior slices of the batch, for models with a prior."""
         raise NotImplementedError
 
     def forward(self, t1: torch.Tensor) -> torch.Tensor:

@@ -46,6 +46,13 @@ class ResnetGenerator(nn.Module):
     """CycleGAN ResNet generator: c7s1-ngf, 2 stride-2 downsamplings, ``n_blocks``
     residual blocks, 2 transposed-conv upsamplings, c7s1-out, tanh.
 
+    With ``prior_shape`` (x, y, z) the generator carries a prior volume of its output
+    domain on the model grid (buffer ``prior``, [-1, 1]; the mean training image, set by
+    the trainer and saved with the weights). Its input is then the image channels
+    followed by the prior's ``out_channels`` slices at the same position, and it predicts
+    a residual: ``clamp(prior + tanh(net(x)), -1, 1)``; the last convolution starts at 0,
+    so an untrained generator returns the prior.
+
     Spatial sizes must be multiples of ``size_multiple`` (4).
     """
 
@@ -58,11 +65,19 @@ class ResnetGenerator(nn.Module):
         out_channels: int = 3,
         ngf: int = 64,
         n_blocks: int = 9,
+        prior_shape: tuple[int, ...] | list[int] | None = None,
     ) -> None:
         super().__init__()
         _check_dims(spatial_dims)
         conv, convt = _CONV[spatial_dims], _CONVT[spatial_dims]
         norm, pad = _NORM[spatial_dims], _PAD[spatial_dims]
+        self.out_channels = out_channels
+        self.residual = prior_shape is not None
+        if self.residual:
+            if len(prior_shape) != 3:
+                raise ValueError("prior_shape must be an (x, y, z) grid shape")
+            self.register_buffer("prior", -torch.ones(tuple(int(n) for n in prior_shape)))
+            in_channels += out_channels
         layers: list[nn.Module] = [
             pad(3), conv(in_channels, ngf, 7), norm(ngf), nn.ReLU(True)
         ]
@@ -78,11 +93,17 @@ class ResnetGenerator(nn.Module):
                 nn.ReLU(True),
             ]
             ch //= 2
-        layers += [pad(3), conv(ch, out_channels, 7), nn.Tanh()]
+        last = conv(ch, out_channels, 7)
+        if self.residual:
+            nn.init.zeros_(last.weight)
+            nn.init.zeros_(last.bias)
+        layers += [pad(3), last, nn.Tanh()]
         self.model = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
+        if not self.residual:
+            return self.model(x)
+        return (x[:, -self.out_channels :] + self.model(x)).clamp(-1.0, 1.0)
 
 
 class UnetGenerator(nn.Module):

@@ -40,7 +40,7 @@ class Pix2Pix(SynthesisModel):
         }
         return terms, fake_b
 
-    def train_step(self, t1, pet, optimizers, paired=True):
+    def train_step(self, t1, pet, optimizers, paired=True, priors=None):
         if not paired:
             raise ValueError("pix2pix needs paired T1w/PET (same subject, coregistered)")
         mode = self.config["gan_mode"]

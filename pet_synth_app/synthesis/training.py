@@ -101,6 +101,8 @@ class SampleSet:
     t1w: np.ndarray
     pet: np.ndarray
     sources: list[str] = field(default_factory=list)
+    z_t1w: np.ndarray | None = None  # axial index of each T1w sample (slices only)
+    z_pet: np.ndarray | None = None  # axial index of each PET sample (slices only)
 
 
 def slice_samples(
@@ -112,18 +114,31 @@ def slice_samples(
     Unpaired: T1w stacks of every volume (T1w-only ones too) and PET stacks of the
     volumes with PET, of different lengths.
     """
-    t1s, pets, src = [], [], []
+    t1s, pets, src, z_t1, z_pet = [], [], [], [], []
     for v in volumes:
         if v.pet is None and paired:
             continue
         zs = _slice_indices(v.mask)
         t1s.append(volume_to_slices(v.t1w[box], CONTEXT_SLICES)[zs])
+        z_t1.append(zs)
         if v.pet is not None:
             pets.append(volume_to_slices(v.pet[box], CONTEXT_SLICES)[zs])
+            z_pet.append(zs)
         src += [f"{v.name}:z{z}" for z in zs]
     if not t1s or not pets:
         raise PetSynthError("no training slices (no brain voxels or no PET)")
-    return SampleSet(np.concatenate(t1s), np.concatenate(pets), src)
+    return SampleSet(np.concatenate(t1s), np.concatenate(pets), src,
+                     np.concatenate(z_t1), np.concatenate(z_pet))  # fmt: skip
+
+
+def mean_images(volumes: list[Volumes]) -> tuple[np.ndarray, np.ndarray]:
+    """Voxelwise mean [0, 1] T1w (all volumes) and PET (volumes with PET), 0 outside
+    each brain mask: the priors of a residual model."""
+    pets = [v.pet for v in volumes if v.pet is not None]
+    if not pets:
+        raise PetSynthError("a prior needs training participants with PET")
+    t1 = np.mean([v.t1w * v.mask for v in volumes], axis=0).astype(np.float32)
+    return t1, np.mean(pets, axis=0).astype(np.float32)
 
 
 def patch_samples(
@@ -353,6 +368,7 @@ def train(
     card_extra: dict | None = None,
     progress: Callable | None = None,
     tune_fwhm: bool = True,
+    prior: bool = False,
 ) -> TrainResult:
     """Train ``model_name`` and write ``out_dir/model.safetensors`` (best validation SSIM).
 
@@ -361,10 +377,17 @@ def train(
     ``patience`` > 0 stops after that many epochs without a better validation SSIM.
     With ``tune_fwhm`` the best model's post-stacking smoothing is then chosen on the
     validation SSIM (``tune_smoothing``, the protocol of seed 001).
+    ``prior``: the generators predict a residual to the mean training image
+    (``mean_images``, stored with the weights; semi-3D CycleGANs only).
     """
     spec = get_spec(model_name)
     if spec.paired and not paired:
         raise ValueError(f"{model_name} needs paired T1w/PET")
+    if prior:
+        if "prior_shape" not in spec.defaults:
+            raise PetSynthError(f"{model_name} does not support a prior (cyclegan-mse and "
+                                "cyclegan do)")  # fmt: skip
+        config = {**config, "prior_shape": [int(n) for n in train_volumes[0].t1w.shape]}
     out_dir = Path(out_dir)
     ckpt_dir = out_dir / "checkpoints"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -377,9 +400,17 @@ def train(
     total = epochs if epochs is not None else n_epochs + n_decay
     batch = int(config["batch_size"])
 
+    prior_slices = None
     if model.kind == "slices":
         box = inplane_box(train_volumes, model.size_multiple)
         samples = slice_samples(train_volumes, box, paired)
+        if model.uses_prior:
+            prior_t1, prior_pet = mean_images(train_volumes)
+            with torch.no_grad():
+                model.G_A.prior.copy_(torch.from_numpy(prior_t1 * 2 - 1))
+                model.G_B.prior.copy_(torch.from_numpy(prior_pet * 2 - 1))
+            prior_slices = tuple(volume_to_slices(p[box], CONTEXT_SLICES) * 2 - 1
+                                 for p in (prior_t1, prior_pet))  # fmt: skip
     else:
         box = None
         samples = patch_samples(
@@ -438,7 +469,11 @@ def train(
             pidx = pet_order[np.arange(step * batch, step * batch + len(idx)) % n_pet].numpy()
             t1 = torch.from_numpy(samples.t1w[idx]).to(device) * 2 - 1
             pet = torch.from_numpy(samples.pet[pidx]).to(device) * 2 - 1
-            losses = model.train_step(t1, pet, optimizers, paired=paired)
+            priors = None
+            if prior_slices is not None:
+                priors = (torch.from_numpy(prior_slices[0][samples.z_pet[pidx]]).to(device),
+                          torch.from_numpy(prior_slices[1][samples.z_t1w[idx]]).to(device))
+            losses = model.train_step(t1, pet, optimizers, paired=paired, priors=priors)
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + v
             if progress:
@@ -513,6 +548,10 @@ def _card(name, config, pet_scale, fwhm_mm, train_v, val_v, paired, seed, histor
             "training_inplane_box": [[box[0].start, box[0].stop], [box[1].start, box[1].stop]]
             if box
             else None,
+            "prior": "voxelwise mean [0, 1] PET of the training participants (tensor "
+            "`prior` of the weights); the generator predicts a residual to it"
+            if config.get("prior_shape")
+            else None,
         },
         "training": {
             "data": "unknown",
@@ -558,6 +597,7 @@ __all__ = [
     "load_checkpoint",
     "load_volumes",
     "lr_factor",
+    "mean_images",
     "patch_samples",
     "predict_pet_suvr",
     "save_checkpoint",

@@ -84,7 +84,7 @@ def save_generator(generator: nn.Module, path: str | Path, card: dict) -> dict:
         **card,
         "weights_file": path.name,
         "sha256": sha256_file(path),
-        "n_parameters": int(sum(t.numel() for t in tensors.values())),
+        "n_parameters": int(sum(p.numel() for p in generator.parameters())),
         "versions": card.get("versions") or library_versions(),
     }
     card_path(path).write_text(json.dumps(card, indent=2) + "\n")

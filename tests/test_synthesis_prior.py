@@ -1,0 +1,132 @@
+"""The residual-to-prior option of the semi-3D CycleGANs (``petsynth-train --prior``)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from test_synthesis_training import SHAPE, make_volumes, slab, tiny_config
+
+from pet_synth_app.errors import PetSynthError
+from pet_synth_app.synthesis import training
+from pet_synth_app.synthesis.inference import generator_prior, predict_volume, volume_to_slices
+from pet_synth_app.synthesis.networks import ResnetGenerator
+from pet_synth_app.synthesis.registry import build_model, model_config
+from pet_synth_app.synthesis.weights import load_generator
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def residual_generator(shape=(12, 16, 10), seed=0) -> ResnetGenerator:
+    torch.manual_seed(seed)
+    gen = ResnetGenerator(2, 3, 3, ngf=4, n_blocks=1, prior_shape=shape)
+    with torch.no_grad():
+        gen.prior.copy_(torch.rand(shape) * 2 - 1)
+    return gen.eval()
+
+
+def test_untrained_residual_generator_returns_the_prior_channels():
+    gen = residual_generator()
+    x, prior = torch.rand(2, 3, 12, 16) * 2 - 1, torch.rand(2, 3, 12, 16) * 1.6 - 0.8
+    with torch.no_grad():
+        out = gen(torch.cat([x, prior], 1))
+    assert out.shape == (2, 3, 12, 16)
+    assert torch.equal(out, prior)  # zero-initialised last convolution: residual 0
+
+
+def test_residual_output_is_clamped_to_tanh_range():
+    gen = residual_generator()
+    with torch.no_grad():
+        gen.model[-2].bias.fill_(5.0)  # tanh(5) ~ 1: prior + 1 > 1 where the prior > 0
+        out = gen(torch.cat([torch.zeros(1, 3, 8, 8), torch.full((1, 3, 8, 8), 0.5)], 1))
+    assert float(out.max()) == 1.0 and float(out.min()) == 1.0
+
+
+def test_prior_needs_a_3d_grid_shape():
+    with pytest.raises(ValueError, match="grid shape"):
+        ResnetGenerator(2, 3, 3, ngf=4, n_blocks=1, prior_shape=(8, 8))
+
+
+def test_3d_patch_model_refuses_a_prior():
+    config = model_config("cyclegan-3dpatch", ngf=4, ndf=4)
+    config["prior_shape"] = [8, 8, 8]
+    with pytest.raises(ValueError, match="semi-3D"):
+        build_model("cyclegan-3dpatch", config)
+
+
+def test_predict_volume_with_untrained_residual_generator_gives_the_prior():
+    shape = (12, 16, 10)
+    gen = residual_generator(shape)
+    t1w = np.zeros(shape, np.float32)
+    t1w[2:10, 3:13, 2:8] = np.random.default_rng(0).random((8, 10, 6))
+    out = predict_volume(t1w, gen, size_multiple=4)
+    prior01 = generator_prior(gen, shape)
+    assert prior01.min() >= 0 and prior01.max() <= 1
+    # the nonzero box grown by 2 voxels below and 2 above (z: the full range here)
+    box = (slice(0, 12), slice(1, 15), slice(0, 10))
+    np.testing.assert_allclose(out[box], prior01[box], atol=1e-6)
+    assert not out[:, 0].any() and not out[:, 15].any()  # nothing predicted outside
+
+
+def test_predict_volume_refuses_a_grid_other_than_the_prior():
+    gen = residual_generator((12, 16, 10))
+    with pytest.raises(PetSynthError, match="grid"):
+        predict_volume(np.ones((12, 16, 11), np.float32), gen)
+
+
+def test_mean_images_are_masked_means():
+    a, b = make_volumes("a", 0), make_volumes("b", 1)
+    c = make_volumes("c", 2, with_pet=False)
+    t1, pet = training.mean_images([a, b, c])
+    np.testing.assert_allclose(t1, (a.t1w * a.mask + b.t1w * b.mask + c.t1w * c.mask) / 3,
+                               atol=1e-6)  # fmt: skip
+    np.testing.assert_allclose(pet, (a.pet + b.pet) / 2, atol=1e-6)
+    with pytest.raises(PetSynthError, match="PET"):
+        training.mean_images([c])
+
+
+def test_slice_samples_record_axial_positions():
+    v = slab()
+    box = training.inplane_box([v], 4)
+    samples = training.slice_samples([v], box)
+    assert list(samples.z_t1w) == list(range(14, 20)) == list(samples.z_pet)
+    prior = volume_to_slices(v.t1w[box])
+    np.testing.assert_array_equal(prior[samples.z_t1w], samples.t1w)
+
+
+def test_train_with_prior_stores_mean_pet_and_starts_from_it(tmp_path):
+    vols = [slab("a", 0), slab("b", 1)]
+    res = training.train("cyclegan-mse", tiny_config("cyclegan-mse", n_epochs=1),
+                         vols, [slab("v", 2)], tmp_path, epochs=1, seed=0,
+                         resume=False, prior=True, tune_fwhm=False)  # fmt: skip
+    gen, card = load_generator(res.weights)
+    assert card["config"]["prior_shape"] == list(SHAPE)
+    assert "mean" in card["input"]["prior"]
+    _, mean_pet = training.mean_images(vols)
+    np.testing.assert_allclose(generator_prior(gen, SHAPE), mean_pet, atol=1e-6)
+    # the card's parameter count excludes the prior buffer
+    assert card["n_parameters"] == sum(p.numel() for p in gen.parameters())
+    assert np.isfinite(res.history[0]["loss_mse_B"])
+
+
+def test_prior_model_beats_its_prior_on_a_learnable_residual(tmp_path):
+    """PET = f(T1w) differs per subject; the mean PET cannot follow it, the model can."""
+    vols = [slab(f"s{i}", i) for i in range(3)]
+    val = [slab("v", 9)]
+    config = tiny_config("cyclegan-mse", lr=2e-3, n_epochs=8, lambda_mse=100.0)
+    res = training.train("cyclegan-mse", config, vols, val, tmp_path, epochs=8, seed=0,
+                         resume=False, prior=True, tune_fwhm=False)  # fmt: skip
+    gen, card = load_generator(res.weights)
+    v = val[0]
+    pred = predict_volume(v.t1w * v.mask, gen, size_multiple=4)
+    _, mean_pet = training.mean_images(vols)
+    sel = v.mask
+    err_model = float(np.abs(pred - v.pet)[sel].mean())
+    err_prior = float(np.abs(mean_pet - v.pet)[sel].mean())
+    assert err_model < 0.92 * err_prior, (err_model, err_prior)  # measured: 0.90
+
+
+def test_pix2pix_refuses_a_prior(tmp_path):
+    with pytest.raises(PetSynthError, match="prior"):
+        training.train("pix2pix", tiny_config("pix2pix"), [slab()], [], tmp_path,
+                       epochs=1, resume=False, prior=True)  # fmt: skip
