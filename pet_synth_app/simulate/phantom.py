@@ -459,7 +459,8 @@ def random_atrophy(
 
     ``loss = global + local x f`` with ``f`` a random smooth field (Legendre degree 4)
     scaled to [0, 1] over the brain, ``global`` ~ U(0, 0.10) and ``local`` ~ U(0.15, 0.35):
-    some regions keep their GM, others lose up to a third of it (regional atrophy). The
+    the least affected region loses ``global``, the most affected ``global + local`` (up to
+    45 %) of its GM (regional atrophy). The
     same loss thins the GM of both the T1w (GM replaced by CSF contrast) and the PET
     (partial volume: less GM uptake), so the T1w carries subject-specific information
     about the PET pattern that a GM-mean SUVR does not normalize away.

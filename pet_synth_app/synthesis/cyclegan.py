@@ -10,7 +10,8 @@ G_A: B -> A the reverse one; D_A and D_B are PatchGANs. Generator loss::
 With ``prior_shape`` (semi-3D only) each generator also sees the slices of its output
 domain's prior (the mean training image at the same slice position) and predicts a
 residual to it (``ResnetGenerator``); ``train_step`` then takes the prior slices of the
-batch as ``priors = (prior_A, prior_B)``.
+batch as ``priors = ((T1w prior, PET prior) at the T1w samples' slices, (T1w prior, PET
+prior) at the PET samples' slices)`` (the same pair twice for paired batches).
 """
 
 from __future__ import annotations
@@ -58,6 +59,12 @@ class CycleGAN(SynthesisModel):
     def uses_prior(self) -> bool:
         return self.G_B.residual
 
+    def forward(self, t1: torch.Tensor) -> torch.Tensor:
+        if self.uses_prior:
+            raise ValueError("a model with a prior needs its prior slices: use "
+                             "synthesis.inference.predict_volume")  # fmt: skip
+        return self.G_B(t1)
+
     def generator_losses(
         self,
         a: torch.Tensor,
@@ -71,22 +78,24 @@ class CycleGAN(SynthesisModel):
         if self.uses_prior:
             if priors is None:
                 raise ValueError("this model needs the prior slices of the batch")
-            p_a, p_b = priors
+            (pa_at_a, pb_at_a), (pa_at_b, pb_at_b) = priors
 
-            def g_b(x: torch.Tensor) -> torch.Tensor:
-                return self.G_B(torch.cat([x, p_b], 1))
+            def with_prior(net, prior):
+                return lambda x: net(torch.cat([x, prior], 1))
 
-            def g_a(x: torch.Tensor) -> torch.Tensor:
-                return self.G_A(torch.cat([x, p_a], 1))
+            # a's chain (G_B(a), G_A(G_B(a))) at a's slices, b's chain at b's slices
+            g_b, g_a_cycle = with_prior(self.G_B, pb_at_a), with_prior(self.G_A, pa_at_a)
+            g_a, g_b_cycle = with_prior(self.G_A, pa_at_b), with_prior(self.G_B, pb_at_b)
         else:
-            g_a, g_b = self.G_A, self.G_B
+            g_a = g_a_cycle = self.G_A
+            g_b = g_b_cycle = self.G_B
         fake_b = g_b(a)
         fake_a = g_a(b)
         terms = {
             "G_B_gan": gan_loss(self.D_B(fake_b), True),
             "G_A_gan": gan_loss(self.D_A(fake_a), True),
-            "cycle_A": lam_cyc * cycle_loss(g_a(fake_b), a),
-            "cycle_B": lam_cyc * cycle_loss(g_b(fake_a), b),
+            "cycle_A": lam_cyc * cycle_loss(g_a_cycle(fake_b), a),
+            "cycle_B": lam_cyc * cycle_loss(g_b_cycle(fake_a), b),
         }
         if paired and lam_mse > 0:
             terms["mse_B"] = lam_mse * paired_mse_loss(fake_b, b)

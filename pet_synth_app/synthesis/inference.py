@@ -274,6 +274,9 @@ def synthesize_pet(
     model_vox = float(spec_in["voxel_size_mm"])
     work_t1, work_mask = t1w_norm, mask
     resampled = not np.allclose(t1w_norm.header.get_zooms()[:3], model_vox, atol=1e-3)
+    prior_grid = card["config"].get("prior_shape")
+    if prior_grid and list(t1w_norm.shape[:3]) != list(prior_grid):
+        resampled = True  # a prior lives on the training grid: bring the input there
     if resampled:
         ref = get_template("T1w", int(round(model_vox)))
         work_t1 = _resample_to(t1w_norm, ref, 1)

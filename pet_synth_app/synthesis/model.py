@@ -57,7 +57,8 @@ class SynthesisModel(nn.Module):
     ) -> dict[str, float]:
         """One optimisation step on a batch; returns each loss term as a float.
 
-        ``priors``: the (T1w, PET) prior slices of the batch, for models with a prior."""
+        ``priors``: for models with a prior, its (T1w, PET) slices at the T1w samples'
+        positions and at the PET samples' positions (``CycleGAN``)."""
         raise NotImplementedError
 
     def forward(self, t1: torch.Tensor) -> torch.Tensor:

@@ -133,12 +133,19 @@ def slice_samples(
 
 def mean_images(volumes: list[Volumes]) -> tuple[np.ndarray, np.ndarray]:
     """Voxelwise mean [0, 1] T1w (all volumes) and PET (volumes with PET), 0 outside
-    each brain mask: the priors of a residual model."""
-    pets = [v.pet for v in volumes if v.pet is not None]
-    if not pets:
+    each brain mask: the priors of a residual model (running sums: memory of 2 volumes)."""
+    if not any(v.pet is not None for v in volumes):
         raise PetSynthError("a prior needs training participants with PET")
-    t1 = np.mean([v.t1w * v.mask for v in volumes], axis=0).astype(np.float32)
-    return t1, np.mean(pets, axis=0).astype(np.float32)
+    shape = volumes[0].t1w.shape
+    t1, pet, n_pet = np.zeros(shape, np.float64), np.zeros(shape, np.float64), 0
+    for v in volumes:
+        if v.t1w.shape != shape:
+            raise PetSynthError(f"{v.name}: MNI grid {v.t1w.shape} differs from {shape}")
+        t1 += v.t1w * v.mask
+        if v.pet is not None:
+            pet += v.pet
+            n_pet += 1
+    return (t1 / len(volumes)).astype(np.float32), (pet / n_pet).astype(np.float32)
 
 
 def patch_samples(
@@ -342,8 +349,10 @@ def run_fingerprint(model_name: str, config: dict, train_v: list[Volumes],
     """What must not change between an interrupted run and its resumption (the epoch
     schedule may: a finished run can be extended with a longer one)."""
     schedule = {"n_epochs", "n_epochs_decay"}
+    # unset options (None) are left out, so runs of versions without them still resume
     return {"model": model_name,
-            "config": {k: config[k] for k in sorted(config) if k not in schedule},
+            "config": {k: config[k] for k in sorted(config)
+                       if k not in schedule and config[k] is not None},
             "train": [v.name for v in train_v], "validation": [v.name for v in val_v],
             "paired": paired, "pet_scale": pet_scale}  # fmt: skip
 
@@ -400,7 +409,6 @@ def train(
     total = epochs if epochs is not None else n_epochs + n_decay
     batch = int(config["batch_size"])
 
-    prior_slices = None
     if model.kind == "slices":
         box = inplane_box(train_volumes, model.size_multiple)
         samples = slice_samples(train_volumes, box, paired)
@@ -409,8 +417,6 @@ def train(
             with torch.no_grad():
                 model.G_A.prior.copy_(torch.from_numpy(prior_t1 * 2 - 1))
                 model.G_B.prior.copy_(torch.from_numpy(prior_pet * 2 - 1))
-            prior_slices = tuple(volume_to_slices(p[box], CONTEXT_SLICES) * 2 - 1
-                                 for p in (prior_t1, prior_pet))  # fmt: skip
     else:
         box = None
         samples = patch_samples(
@@ -446,6 +452,12 @@ def train(
         LOGGER.info("resuming %s at epoch %d%s", model_name, start_epoch + 1,
                     " (it had stopped early: nothing to do)" if stopped else "")  # fmt: skip
 
+    prior_slices = None
+    if model.uses_prior:  # from the buffers, which a resumed checkpoint has restored
+        prior_slices = tuple(
+            volume_to_slices(g.prior.detach().cpu().numpy()[box], CONTEXT_SLICES)
+            for g in (model.G_A, model.G_B)
+        )
     card = None
     for epoch in range(start_epoch, 0 if stopped else total):
         t0 = time.time()
@@ -471,8 +483,10 @@ def train(
             pet = torch.from_numpy(samples.pet[pidx]).to(device) * 2 - 1
             priors = None
             if prior_slices is not None:
-                priors = (torch.from_numpy(prior_slices[0][samples.z_pet[pidx]]).to(device),
-                          torch.from_numpy(prior_slices[1][samples.z_t1w[idx]]).to(device))
+                priors = tuple(
+                    tuple(torch.from_numpy(p[z]).to(device) for p in prior_slices)
+                    for z in (samples.z_t1w[idx], samples.z_pet[pidx])
+                )
             losses = model.train_step(t1, pet, optimizers, paired=paired, priors=priors)
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + v
