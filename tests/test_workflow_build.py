@@ -43,6 +43,7 @@ def test_graph_has_every_step_and_sink(tmp_path):
     node = wf.get_node("single_subject_01_wf.pet_trc_FDG_wf.frame_average")
     assert node.inputs.frame_durations == [600.0, 600.0]
     assert "N4" in wf.visit_desc() and "pseudo-normal" in wf.visit_desc()
+    assert "mean PET of its training participants" in wf.visit_desc()  # shipped: prior
     # two subjects describe the same steps: the boilerplate keeps one copy of each
     from pet_synth_app.boilerplate import unique_paragraphs
 

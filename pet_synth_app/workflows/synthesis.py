@@ -46,6 +46,9 @@ def init_synthesis_wf(
     else:
         how = ("three adjacent axial slices were translated at a time and the slices "
                "restacked into a volume")  # fmt: skip
+        if card["config"].get("prior_shape"):
+            how += (" (the generator also received the same slices of the mean PET of its "
+                    "training participants and predicted a residual to it)")  # fmt: skip
     cite = "@pix2pix" if card["model"] == "pix2pix" else "@cyclegan"
     workflow = Workflow(name=name)
     workflow.__desc__ = f"""
