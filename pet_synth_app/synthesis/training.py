@@ -131,13 +131,9 @@ def slice_samples(
                      np.concatenate(z_t1), np.concatenate(z_pet))  # fmt: skip
 
 
-def mean_images(
-    volumes: list[Volumes], pet_scale: float = DEFAULT_PET_SCALE
-) -> tuple[np.ndarray, np.ndarray]:
-    """Voxelwise mean [0, 1] T1w (all volumes, 0 outside each brain mask, as the
-    generator's input) and PET (volumes with PET; SUVR / ``pet_scale`` clipped to [0, 1],
-    not masked, so the prior is the mean control PET up to the brain edge): the priors of
-    a residual model. Running sums: memory of 2 volumes."""
+def mean_images(volumes: list[Volumes]) -> tuple[np.ndarray, np.ndarray]:
+    """Voxelwise mean [0, 1] T1w (all volumes) and PET (volumes with PET), 0 outside
+    each brain mask: the priors of a residual model (running sums: memory of 2 volumes)."""
     if not any(v.pet is not None for v in volumes):
         raise PetSynthError("a prior needs training participants with PET")
     shape = volumes[0].t1w.shape
@@ -147,7 +143,7 @@ def mean_images(
             raise PetSynthError(f"{v.name}: MNI grid {v.t1w.shape} differs from {shape}")
         t1 += v.t1w * v.mask
         if v.pet is not None:
-            pet += v.pet if v.pet_suvr is None else np.clip(v.pet_suvr / pet_scale, 0.0, 1.0)
+            pet += v.pet
             n_pet += 1
     return (t1 / len(volumes)).astype(np.float32), (pet / n_pet).astype(np.float32)
 
@@ -417,7 +413,7 @@ def train(
         box = inplane_box(train_volumes, model.size_multiple)
         samples = slice_samples(train_volumes, box, paired)
         if model.uses_prior:
-            prior_t1, prior_pet = mean_images(train_volumes, pet_scale)
+            prior_t1, prior_pet = mean_images(train_volumes)
             with torch.no_grad():
                 model.G_A.prior.copy_(torch.from_numpy(prior_t1 * 2 - 1))
                 model.G_B.prior.copy_(torch.from_numpy(prior_pet * 2 - 1))
