@@ -131,15 +131,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _check_args(opts: argparse.Namespace) -> None:
-    from ..synthesis.registry import get_spec
+    from ..synthesis.registry import get_spec, prior_models, supports_prior
 
     if not opts.bids_dir.is_dir():
         raise UsageError("BIDS_DIR is not a directory", str(opts.bids_dir))
     if opts.unpaired and get_spec(opts.model).paired:
         raise UsageError(f"--unpaired: {opts.model} needs paired T1w/PET (use cyclegan)")
-    if opts.prior and "prior_shape" not in get_spec(opts.model).defaults:
-        raise UsageError(f"--prior: {opts.model} does not take a prior (cyclegan-mse and "
-                         "cyclegan do)")  # fmt: skip
+    if opts.prior and not supports_prior(opts.model):
+        raise UsageError(f"--prior: {opts.model} does not take a prior "
+                         f"({' and '.join(prior_models())} do)")  # fmt: skip
     if not 0 < opts.val_fraction < 1:
         raise UsageError("--val-fraction must be between 0 and 1")
     if opts.folds == 1 or opts.folds < 0:

@@ -18,6 +18,7 @@ from scipy import ndimage
 from torch import nn
 
 from ..config import SYNTHESIS_FWHM_MM
+from ..errors import PetSynthError
 from ..preproc.templates import get_template
 from .weights import load_generator
 
@@ -131,8 +132,6 @@ def generator_prior(generator: nn.Module, shape: tuple[int, ...]) -> np.ndarray 
     if prior is None:
         return None
     if tuple(prior.shape) != tuple(shape):
-        from ..errors import PetSynthError
-
         raise PetSynthError(
             f"the model's prior is on a {tuple(prior.shape)} grid, the input is {tuple(shape)}"
         )

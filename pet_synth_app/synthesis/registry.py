@@ -104,10 +104,29 @@ def get_spec(name: str) -> ModelSpec:
         raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODELS)}") from None
 
 
+def supports_prior(name: str) -> bool:
+    """Whether model ``name`` takes the mean-training-image prior (``--prior``)."""
+    return "prior_shape" in get_spec(name).defaults
+
+
+def prior_models() -> list[str]:
+    """Names of the models that take a prior."""
+    return [n for n in MODELS if supports_prior(n)]
+
+
 def build_model(name: str, config: dict | None = None) -> SynthesisModel:
     """Instantiate model ``name`` with ``config`` (default: the registered defaults)."""
     spec = get_spec(name)
     return spec.builder(config if config is not None else model_config(name))
 
 
-__all__ = ["DEFAULT_MODEL", "MODELS", "ModelSpec", "build_model", "get_spec", "model_config"]
+__all__ = [
+    "DEFAULT_MODEL",
+    "MODELS",
+    "ModelSpec",
+    "build_model",
+    "get_spec",
+    "model_config",
+    "prior_models",
+    "supports_prior",
+]

@@ -35,7 +35,7 @@ from .inference import (
     volume_to_slices,
 )
 from .model import SynthesisModel
-from .registry import build_model, get_spec
+from .registry import build_model, get_spec, prior_models, supports_prior
 from .weights import save_generator
 
 LOGGER = logging.getLogger("petsynth.train")
@@ -393,9 +393,9 @@ def train(
     if spec.paired and not paired:
         raise ValueError(f"{model_name} needs paired T1w/PET")
     if prior:
-        if "prior_shape" not in spec.defaults:
-            raise PetSynthError(f"{model_name} does not support a prior (cyclegan-mse and "
-                                "cyclegan do)")  # fmt: skip
+        if not supports_prior(model_name):
+            raise PetSynthError(f"{model_name} does not take a prior "
+                                f"({' and '.join(prior_models())} do)")  # fmt: skip
         config = {**config, "prior_shape": [int(n) for n in train_volumes[0].t1w.shape]}
     out_dir = Path(out_dir)
     ckpt_dir = out_dir / "checkpoints"
