@@ -1,0 +1,55 @@
+"""The linear upper bounds of bench/bench_t1w_information.py recover planted relations."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage as ndi
+
+_PATH = Path(__file__).resolve().parents[1] / "bench" / "bench_t1w_information.py"
+_spec = importlib.util.spec_from_file_location("bench_t1w_information", _PATH)
+info = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(info)
+
+
+def _subjects(n: int, slope, rng: np.random.Generator) -> tuple[list[dict], np.ndarray]:
+    """Subjects whose PET = base + slope * (smoothed T1w deviation), no noise."""
+    shape = (12, 12, 10)
+    base = rng.uniform(0.5, 1.5, shape).astype(np.float32)
+    mean_t1 = rng.uniform(0.3, 0.7, shape)
+    out = []
+    for _ in range(n):
+        t1 = (mean_t1 + 0.1 * rng.standard_normal(shape)).astype(np.float32)
+        dev = ndi.gaussian_filter(t1, 1.0) - ndi.gaussian_filter(mean_t1, 1.0)
+        out.append({"t1w": t1, "gm": t1, "pet": (base + slope * dev).astype(np.float32),
+                    "mask": np.ones(shape, bool)})  # fmt: skip
+    return out, base
+
+
+def test_voxelwise_ridge_recovers_a_voxelwise_slope_and_shrinks_to_the_mean():
+    rng = np.random.default_rng(0)
+    slope = rng.uniform(-2.0, 2.0, (12, 12, 10))
+    subjects, _ = _subjects(14, slope, rng)
+    train, test = subjects[:10], subjects[10:]
+    mean_pet = np.mean([s["pet"] for s in train], 0)
+    preds = info.voxelwise_ridge(train, test, "t1w", mean_pet, 1.0, 0.0)
+    for p, t in zip(preds, test, strict=True):
+        np.testing.assert_allclose(p, t["pet"], atol=1e-3)
+    shrunk = info.voxelwise_ridge(train, test, "t1w", mean_pet, 1.0, 1e6)
+    for p in shrunk:
+        np.testing.assert_allclose(p, mean_pet, atol=1e-4)
+
+
+def test_shared_multiscale_recovers_one_slope_and_scores_perfectly():
+    rng = np.random.default_rng(1)
+    subjects, _ = _subjects(14, 1.5, rng)
+    train, test = subjects[:10], subjects[10:]
+    mean_pet = np.mean([s["pet"] for s in train], 0)
+    preds = info.shared_multiscale(train, test, "t1w", mean_pet)
+    err_model = np.mean([np.abs(p - t["pet"]).mean() for p, t in zip(preds, test, strict=True)])
+    err_mean = np.mean([np.abs(mean_pet - t["pet"]).mean() for t in test])
+    assert err_model < 0.02 * err_mean
+    scores = info.score(preds, test)
+    assert scores["ssim"] > 0.999 and scores["psnr"] > 40.0
