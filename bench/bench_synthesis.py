@@ -63,8 +63,8 @@ def throughput(weights: Path, t1w: np.ndarray) -> dict:
     wall = time.perf_counter() - t0
     nx, ny = (np.ptp(np.argwhere(t1w > 0), 0)[:2] + 5 + 3) // 4 * 4
     with FlopCounterMode(display=False) as counter, torch.inference_mode():
-        channels = 6 if getattr(generator, "residual", False) else 3  # + prior slices
-        generator(torch.zeros(1, channels, int(nx), int(ny)))
+        first = next(m for m in generator.modules() if isinstance(m, torch.nn.Conv2d))
+        generator(torch.zeros(1, first.in_channels, int(nx), int(ny)))  # + prior slices
     gflop = counter.get_total_flops() / 1e9
     return {"slices": nz, "seconds": wall, "slices_per_s": nz / wall,
             "gflop_per_slice": gflop, "gflops": gflop * nz / wall}  # fmt: skip

@@ -9,7 +9,12 @@ from test_synthesis_training import SHAPE, make_volumes, slab, tiny_config
 
 from pet_synth_app.errors import PetSynthError
 from pet_synth_app.synthesis import training
-from pet_synth_app.synthesis.inference import generator_prior, predict_volume, volume_to_slices
+from pet_synth_app.synthesis.inference import (
+    generator_input_prior,
+    generator_prior,
+    predict_volume,
+    volume_to_slices,
+)
 from pet_synth_app.synthesis.networks import ResnetGenerator
 from pet_synth_app.synthesis.registry import build_model, model_config
 from pet_synth_app.synthesis.weights import load_generator
@@ -40,6 +45,62 @@ def test_residual_output_is_clamped_to_tanh_range():
         gen.model[-2].bias.fill_(5.0)  # tanh(5) ~ 1: prior + 1 > 1 where the prior > 0
         out = gen(torch.cat([torch.zeros(1, 3, 8, 8), torch.full((1, 3, 8, 8), 0.5)], 1))
     assert float(out.max()) == 1.0 and float(out.min()) == 1.0
+
+
+def test_input_prior_generator_sees_image_input_mean_and_prior_and_returns_the_prior():
+    gen = ResnetGenerator(2, 3, 3, ngf=4, n_blocks=1, prior_shape=(8, 8, 4), input_prior=True)
+    assert gen.input_prior_channels and gen.model[1].in_channels == 9
+    x, mean_in, prior = (torch.rand(2, 3, 8, 8) * 2 - 1 for _ in range(3))
+    with torch.no_grad():
+        out = gen(torch.cat([x, mean_in, prior], 1))
+    assert torch.equal(out, prior)
+    assert not ResnetGenerator(2, 3, 3, ngf=4, n_blocks=1, prior_shape=(8, 8, 4)
+                               ).input_prior_channels  # fmt: skip
+    with pytest.raises(ValueError, match="prior_shape"):
+        ResnetGenerator(2, 3, 3, ngf=4, n_blocks=1, input_prior=True)
+
+
+def test_predict_volume_feeds_image_then_input_mean_then_prior():
+    shape = (12, 16, 10)
+    gen = ResnetGenerator(2, 3, 3, ngf=4, n_blocks=1, prior_shape=shape, input_prior=True)
+    with torch.no_grad():
+        gen.input_prior.fill_(-0.4)  # 0.3 in [0, 1]
+        gen.prior.fill_(0.6)  # 0.8 in [0, 1]
+    seen = []
+    gen.model.register_forward_pre_hook(lambda _m, args: seen.append(args[0].clone()))
+    t1w = np.zeros(shape, np.float32)
+    t1w[2:10, 3:13, 2:8] = 0.5
+    out = predict_volume(t1w, gen.eval(), size_multiple=4)
+    np.testing.assert_allclose(generator_input_prior(gen, shape), 0.3, atol=1e-6)
+    x = torch.cat(seen)
+    assert x.shape[1] == 9
+    centre = x[:, :, 5, 7]  # inside the T1w box in-plane (crop starts at x 0, y 1)
+    assert torch.all((centre[:, 0:3] == 0.0) | (centre[:, 0:3] == -1.0))  # T1w 0.5 or 0
+    torch.testing.assert_close(centre[:, 3:6], torch.full_like(centre[:, 3:6], -0.4))
+    torch.testing.assert_close(centre[:, 6:9], torch.full_like(centre[:, 6:9], 0.6))
+    np.testing.assert_allclose(out[2:10, 3:13, 2:8], 0.8, atol=1e-6)
+
+
+def test_cyclegan_chains_give_each_generator_its_input_mean_and_prior():
+    """G_B (T1w -> PET) sees [image, mean T1w, mean PET]; G_A [image, mean PET, mean T1w],
+    in the forward and the cycle passes."""
+    config = model_config("cyclegan-mse", ngf=4, ndf=4, n_blocks=1)
+    config.update(prior_shape=[32, 32, 4], prior_input=True)
+    model = build_model("cyclegan-mse", config)
+    seen = {"G_A": [], "G_B": []}
+    for name in seen:
+        getattr(model, name).register_forward_pre_hook(
+            lambda _m, args, name=name: seen[name].append(args[0].detach()))
+    def const(v):
+        return torch.full((2, 3, 32, 32), v)
+
+    a, b, pa, pb = const(0.1), const(0.2), const(0.3), const(0.4)
+    model.generator_losses(a, b, True, priors=((pa, pb), (pa, pb)))
+    means = {name: [tuple(round(float(x[:, i].mean()), 4) for i in (0, 3, 6)) for x in xs]
+             for name, xs in seen.items()}  # fmt: skip
+    # untrained residual generators return their prior: fake_b = pb, fake_a = pa
+    assert means["G_B"] == [(0.1, 0.3, 0.4), (0.3, 0.3, 0.4)]  # G_B(a), cycle G_B(fake_a)
+    assert means["G_A"] == [(0.2, 0.4, 0.3), (0.4, 0.4, 0.3)]  # G_A(b), cycle G_A(fake_b)
 
 
 def test_prior_needs_a_3d_grid_shape():
@@ -74,13 +135,21 @@ def test_predict_volume_refuses_a_grid_other_than_the_prior():
         predict_volume(np.ones((12, 16, 11), np.float32), gen)
 
 
-def test_mean_images_are_masked_means():
+def test_mean_images_average_over_the_masks_that_contain_each_voxel():
     a, b = make_volumes("a", 0), make_volumes("b", 1)
     c = make_volumes("c", 2, with_pet=False)
+    a.mask[:, :, 6:9] = False  # a's brain stops earlier: its zeros must not dilute b's
     t1, pet = training.mean_images([a, b, c])
-    np.testing.assert_allclose(t1, (a.t1w * a.mask + b.t1w * b.mask + c.t1w * c.mask) / 3,
-                               atol=1e-6)  # fmt: skip
-    np.testing.assert_allclose(pet, (a.pet + b.pet) / 2, atol=1e-6)
+    n = a.mask.astype(int) + b.mask + c.mask
+    expect_t1 = np.where(n > 0, (a.t1w * a.mask + b.t1w * b.mask + c.t1w * c.mask)
+                         / np.maximum(n, 1), 0)  # fmt: skip
+    np.testing.assert_allclose(t1, expect_t1, atol=1e-6)
+    only_b = ~a.mask & b.mask
+    assert only_b.any()
+    np.testing.assert_allclose(pet[only_b], (b.pet * b.mask)[only_b], atol=1e-6)
+    both = a.mask & b.mask
+    np.testing.assert_allclose(pet[both], ((a.pet + b.pet) / 2)[both], atol=1e-6)
+    assert not pet[~(a.mask | b.mask)].any()
     with pytest.raises(PetSynthError, match="PET"):
         training.mean_images([c])
 
@@ -102,8 +171,10 @@ def test_train_with_prior_stores_mean_pet_and_starts_from_it(tmp_path):
     gen, card = load_generator(res.weights)
     assert card["config"]["prior_shape"] == list(SHAPE)
     assert "mean" in card["input"]["prior"]
-    _, mean_pet = training.mean_images(vols)
+    mean_t1, mean_pet = training.mean_images(vols)
     np.testing.assert_allclose(generator_prior(gen, SHAPE), mean_pet, atol=1e-6)
+    assert card["config"]["prior_input"] is True and "mean [0, 1] T1w" in card["input"]["prior"]
+    np.testing.assert_allclose(generator_input_prior(gen, SHAPE), mean_t1, atol=1e-6)
     # the card's parameter count excludes the prior buffer
     assert card["n_parameters"] == sum(p.numel() for p in gen.parameters())
     assert np.isfinite(res.history[0]["loss_mse_B"])

@@ -86,7 +86,8 @@ def get_parser() -> argparse.ArgumentParser:
                           help="None: the model's value in the registry (seed 001; "
                           "see docs/models.md)")  # fmt: skip
     g_hp.add_argument("--prior", action="store_true",
-                      help="the generators predict a residual to the mean training image "
+                      help="the generators also see the mean training images of both "
+                      "domains and predict a residual to the mean of their output domain "
                       "(shipped with the weights; cyclegan-mse and cyclegan only; not in "
                       "the seeds: see docs/models.md)")  # fmt: skip
     g_hp.add_argument("--patience", type=int, default=0,

@@ -9,7 +9,8 @@ G_A: B -> A the reverse one; D_A and D_B are PatchGANs. Generator loss::
 
 With ``prior_shape`` (semi-3D only) each generator also sees the slices of its output
 domain's prior (the mean training image at the same slice position) and predicts a
-residual to it (``ResnetGenerator``); ``train_step`` then takes the prior slices of the
+residual to it (``ResnetGenerator``); with ``prior_input`` it sees the mean image of its
+input domain too; ``train_step`` then takes the prior slices of the
 batch as ``priors = ((T1w prior, PET prior) at the T1w samples' slices, (T1w prior, PET
 prior) at the PET samples' slices)`` (the same pair twice for paired batches).
 """
@@ -35,8 +36,8 @@ class CycleGAN(SynthesisModel):
         if prior_shape is not None and dims != 2:
             raise ValueError("a prior is only supported by the semi-3D (slice) models")
         gen = dict(spatial_dims=dims, in_channels=ch, out_channels=ch,
-                   ngf=int(c["ngf"]), n_blocks=int(c["n_blocks"]),
-                   prior_shape=prior_shape)  # fmt: skip
+                   ngf=int(c["ngf"]), n_blocks=int(c["n_blocks"]), prior_shape=prior_shape,
+                   input_prior=prior_shape is not None and bool(c.get("prior_input")))  # fmt: skip
         self.G_B = ResnetGenerator(**gen)  # T1w -> PET
         self.G_A = ResnetGenerator(**gen)  # PET -> T1w
         self.D_A = PatchGAN(dims, ch, int(c["ndf"]))
@@ -80,12 +81,17 @@ class CycleGAN(SynthesisModel):
                 raise ValueError("this model needs the prior slices of the batch")
             (pa_at_a, pb_at_a), (pa_at_b, pb_at_b) = priors
 
-            def with_prior(net, prior):
-                return lambda x: net(torch.cat([x, prior], 1))
+            two = self.G_B.input_prior_channels
+
+            def with_prior(net, input_prior, prior):
+                extra = [input_prior, prior] if two else [prior]
+                return lambda x: net(torch.cat([x, *extra], 1))
 
             # a's chain (G_B(a), G_A(G_B(a))) at a's slices, b's chain at b's slices
-            g_b, g_a_cycle = with_prior(self.G_B, pb_at_a), with_prior(self.G_A, pa_at_a)
-            g_a, g_b_cycle = with_prior(self.G_A, pa_at_b), with_prior(self.G_B, pb_at_b)
+            g_b = with_prior(self.G_B, pa_at_a, pb_at_a)
+            g_a_cycle = with_prior(self.G_A, pb_at_a, pa_at_a)
+            g_a = with_prior(self.G_A, pb_at_b, pa_at_b)
+            g_b_cycle = with_prior(self.G_B, pa_at_b, pb_at_b)
         else:
             g_a = g_a_cycle = self.G_A
             g_b = g_b_cycle = self.G_B

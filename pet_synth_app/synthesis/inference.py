@@ -128,7 +128,17 @@ def generator_prior(generator: nn.Module, shape: tuple[int, ...]) -> np.ndarray 
 
     PetSynthError when the volume's grid ``shape`` is not the one the model was trained on.
     """
-    prior = getattr(generator, "prior", None)
+    return _prior_volume(getattr(generator, "prior", None), shape)
+
+
+def generator_input_prior(generator: nn.Module, shape: tuple[int, ...]) -> np.ndarray | None:
+    """The [0, 1] mean image of the input domain a residual generator carries
+    (``ResnetGenerator(input_prior=True)``; None without one). PetSynthError on another
+    grid."""
+    return _prior_volume(getattr(generator, "input_prior", None), shape)
+
+
+def _prior_volume(prior: torch.Tensor | None, shape: tuple[int, ...]) -> np.ndarray | None:
     if prior is None:
         return None
     if tuple(prior.shape) != tuple(shape):
@@ -157,10 +167,12 @@ def predict_volume(
     nonzero input, else to the input's bounding box, and zero-padded to
     ``size_multiple``. Memory is bounded by ``batch_size`` samples on the device.
     A generator with a prior (``ResnetGenerator(prior_shape=...)``) gets the prior's
-    slices at the same positions as extra channels.
+    slices at the same positions as extra channels (after those of its input-domain mean,
+    if it has one).
     """
     t1w = np.asarray(t1w, dtype=np.float32)
     prior = generator_prior(generator, t1w.shape)
+    input_prior = generator_input_prior(generator, t1w.shape)
     out = np.zeros_like(t1w)
     nonzero = np.argwhere(t1w > 0)
     if nonzero.size == 0:
@@ -181,7 +193,10 @@ def predict_volume(
         samples, (nx, ny) = _pad_inplane(volume_to_slices(sub), size_multiple)
         prior_samples = None
         if prior is not None:
-            prior_samples = _pad_inplane(volume_to_slices(prior[zbox]), size_multiple)[0]
+            priors = [p for p in (input_prior, prior) if p is not None]
+            prior_samples = np.concatenate(
+                [_pad_inplane(volume_to_slices(p[zbox]), size_multiple)[0] for p in priors], 1
+            )
         pred = _batched(generator, samples, batch_size, device, prior_samples)[..., :nx, :ny]
         pred_vol = slices_to_volume(pred)
         zs = np.zeros(t1w.shape[2], bool)
@@ -323,6 +338,7 @@ __all__ = [
     "CONTEXT_SLICES",
     "DEFAULT_FWHM_MM",
     "gaussian_smooth",
+    "generator_input_prior",
     "generator_prior",
     "patch_grid",
     "patch_keep",

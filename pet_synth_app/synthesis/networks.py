@@ -51,7 +51,10 @@ class ResnetGenerator(nn.Module):
     the trainer and saved with the weights). Its input is then the image channels
     followed by the prior's ``out_channels`` slices at the same position, and it predicts
     a residual: ``clamp(prior + tanh(net(x)), -1, 1)``; the last convolution starts at 0,
-    so an untrained generator returns the prior.
+    so an untrained generator returns the prior. With ``input_prior`` it also carries the
+    mean image of its *input* domain (buffer ``input_prior``), whose ``in_channels`` slices
+    come between the image and the prior channels, so that the first convolution can take
+    the input's deviation from its own mean.
 
     Spatial sizes must be multiples of ``size_multiple`` (4).
     """
@@ -66,6 +69,7 @@ class ResnetGenerator(nn.Module):
         ngf: int = 64,
         n_blocks: int = 9,
         prior_shape: tuple[int, ...] | list[int] | None = None,
+        input_prior: bool = False,
     ) -> None:
         super().__init__()
         _check_dims(spatial_dims)
@@ -76,8 +80,14 @@ class ResnetGenerator(nn.Module):
         if self.residual:
             if len(prior_shape) != 3:
                 raise ValueError("prior_shape must be an (x, y, z) grid shape")
-            self.register_buffer("prior", -torch.ones(tuple(int(n) for n in prior_shape)))
+            grid = tuple(int(n) for n in prior_shape)
+            self.register_buffer("prior", -torch.ones(grid))
+            if input_prior:
+                self.register_buffer("input_prior", -torch.ones(grid))
+                in_channels *= 2
             in_channels += out_channels
+        elif input_prior:
+            raise ValueError("input_prior needs prior_shape")
         layers: list[nn.Module] = [
             pad(3), conv(in_channels, ngf, 7), norm(ngf), nn.ReLU(True)
         ]
@@ -99,6 +109,11 @@ class ResnetGenerator(nn.Module):
             nn.init.zeros_(last.bias)
         layers += [pad(3), last, nn.Tanh()]
         self.model = nn.Sequential(*layers)
+
+    @property
+    def input_prior_channels(self) -> bool:
+        """Whether the input includes slices of the input-domain mean (``input_prior``)."""
+        return hasattr(self, "input_prior")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.residual:

@@ -19,9 +19,11 @@ DEFAULT_MODEL = "cyclegan-mse"
 _TRAINING = {"lr": 2e-4, "beta1": 0.5, "batch_size": 5, "n_epochs": 100, "n_epochs_decay": 100}
 _SEMI3D = {"spatial_dims": 2, "channels": 3, "ngf": 64, "ndf": 64}
 _SEMI3D_CYCLE = {**_TRAINING, **_SEMI3D, "n_blocks": 9, "lambda_cycle": 10.0, "pool_size": 50,
-                 "prior_shape": None}  # fmt: skip
+                 "prior_shape": None, "prior_input": None}  # fmt: skip
 # prior_shape: grid of the mean-training-image prior (PetSynth's residual option; None in
-# the seeds): set by ``petsynth-train --prior`` from the training data
+# the seeds): set by ``petsynth-train --prior`` from the training data; prior_input: the
+# generators also see the mean image of their input domain (set by --prior; None in
+# models trained before it, which see only the output-domain mean)
 
 
 @dataclass(frozen=True)

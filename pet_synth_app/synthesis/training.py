@@ -132,20 +132,24 @@ def slice_samples(
 
 
 def mean_images(volumes: list[Volumes]) -> tuple[np.ndarray, np.ndarray]:
-    """Voxelwise mean [0, 1] T1w (all volumes) and PET (volumes with PET), 0 outside
-    each brain mask: the priors of a residual model (running sums: memory of 2 volumes)."""
+    """Voxelwise mean [0, 1] T1w (all volumes) and PET (volumes with PET), each over the
+    participants whose brain mask contains the voxel (0 where none does), so the brain
+    edge is not diluted by zeros: the priors of a residual model (running sums)."""
     if not any(v.pet is not None for v in volumes):
         raise PetSynthError("a prior needs training participants with PET")
     shape = volumes[0].t1w.shape
-    t1, pet, n_pet = np.zeros(shape, np.float64), np.zeros(shape, np.float64), 0
+    t1, pet = np.zeros(shape, np.float64), np.zeros(shape, np.float64)
+    n_t1, n_pet = np.zeros(shape, np.int32), np.zeros(shape, np.int32)
     for v in volumes:
         if v.t1w.shape != shape:
             raise PetSynthError(f"{v.name}: MNI grid {v.t1w.shape} differs from {shape}")
         t1 += v.t1w * v.mask
+        n_t1 += v.mask
         if v.pet is not None:
-            pet += v.pet
-            n_pet += 1
-    return (t1 / len(volumes)).astype(np.float32), (pet / n_pet).astype(np.float32)
+            pet += v.pet * v.mask
+            n_pet += v.mask
+    return ((t1 / np.maximum(n_t1, 1)).astype(np.float32),
+            (pet / np.maximum(n_pet, 1)).astype(np.float32))  # fmt: skip
 
 
 def patch_samples(
@@ -396,7 +400,8 @@ def train(
         if not supports_prior(model_name):
             raise PetSynthError(f"{model_name} does not take a prior "
                                 f"({' and '.join(prior_models())} do)")  # fmt: skip
-        config = {**config, "prior_shape": [int(n) for n in train_volumes[0].t1w.shape]}
+        config = {**config, "prior_shape": [int(n) for n in train_volumes[0].t1w.shape],
+                  "prior_input": True}
     out_dir = Path(out_dir)
     ckpt_dir = out_dir / "checkpoints"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -417,6 +422,9 @@ def train(
             with torch.no_grad():
                 model.G_A.prior.copy_(torch.from_numpy(prior_t1 * 2 - 1))
                 model.G_B.prior.copy_(torch.from_numpy(prior_pet * 2 - 1))
+                if model.G_B.input_prior_channels:
+                    model.G_A.input_prior.copy_(model.G_B.prior)
+                    model.G_B.input_prior.copy_(model.G_A.prior)
     else:
         box = None
         samples = patch_samples(
@@ -562,8 +570,10 @@ def _card(name, config, pet_scale, fwhm_mm, train_v, val_v, paired, seed, histor
             "training_inplane_box": [[box[0].start, box[0].stop], [box[1].start, box[1].stop]]
             if box
             else None,
-            "prior": "voxelwise mean [0, 1] PET of the training participants (tensor "
-            "`prior` of the weights); the generator predicts a residual to it"
+            "prior": ("voxelwise mean [0, 1] PET of the training participants (tensor "
+                      "`prior` of the weights); the generator predicts a residual to it"
+                      + ("; it also sees the mean [0, 1] T1w (tensor `input_prior`)"
+                         if config.get("prior_input") else ""))
             if config.get("prior_shape")
             else None,
         },

@@ -47,8 +47,10 @@ def init_synthesis_wf(
         how = ("three adjacent axial slices were translated at a time and the slices "
                "restacked into a volume")  # fmt: skip
         if card["config"].get("prior_shape"):
-            how += (" (the generator also received the same slices of the mean PET of its "
-                    "training participants and predicted a residual to it)")  # fmt: skip
+            means = ("the mean T1w and the mean PET" if card["config"].get("prior_input")
+                     else "the mean PET")  # fmt: skip
+            how += (f" (the generator also received the same slices of {means} of its "
+                    "training participants and predicted a residual to the mean PET)")  # fmt: skip
     cite = "@pix2pix" if card["model"] == "pix2pix" else "@cyclegan"
     workflow = Workflow(name=name)
     workflow.__desc__ = f"""
