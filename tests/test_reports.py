@@ -327,3 +327,25 @@ def test_group_report_qc_table_and_detection(tmp_path):
     # without truth and without evaluation files: a "not available" line
     text = write_group_report(out).read_text()
     assert "Not available because" in _section(text, "detection")
+
+
+def test_group_report_before_any_patient_ran_says_so_without_warning(tmp_path, caplog):
+    """Demo/HPC order: controls, group level, then patients. The first group report has
+    control maps but no patient maps: a plain "not yet", not a failed evaluation."""
+    out = tmp_path / "out"
+    settings = make_outputs(out)
+    make_tree(out, "c1", ocsvm=False)
+    write_subject_report(out, "c1", "run1", settings)
+    truth = tmp_path / "truth"
+    (truth / "sub-c1").mkdir(parents=True)
+    (truth / "sub-p1").mkdir(parents=True)
+    (truth / "lesions.tsv").write_text(
+        "participant_id\tlesion\themisphere\tlobe\tvolume_ml\tuptake_loss\n"
+        "sub-p1\t1\tL\ttemporal\t0.2\t0.3\n"
+    )
+    with caplog.at_level("WARNING", logger="petsynth"):
+        text = write_group_report(out, truth_dir=truth).read_text()
+    detection = _section(text, "detection")
+    assert "no patient of the truth folder has space-T1w desc-hypometabolism" in detection
+    assert "Evaluation failed" not in detection
+    assert not [r for r in caplog.records if r.levelname == "WARNING"], caplog.text

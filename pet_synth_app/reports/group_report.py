@@ -10,6 +10,7 @@ with ground truth, the lesion-detection curve of ``petsynth-evaluate``
 
 from __future__ import annotations
 
+import csv
 import logging
 import time
 from pathlib import Path
@@ -97,6 +98,17 @@ def collect(output_dir: Path, groups: dict[str, str] | None = None) -> list[dict
     return rows
 
 
+def _truth_patients(truth_dir: Path) -> list[str]:
+    """Labels (no ``sub-``) of the participants with lesions in ``truth_dir/lesions.tsv``;
+    every participant folder of the truth when the table is missing or unreadable (the
+    evaluation then reports the problem)."""
+    try:
+        rows = read_tsv(Path(truth_dir) / "lesions.tsv")
+        return sorted({r["participant_id"].removeprefix("sub-") for r in rows})
+    except (OSError, KeyError, csv.Error):
+        return sorted(p.name[4:] for p in Path(truth_dir).glob("sub-*") if p.is_dir())
+
+
 def _detection(out: Path, truth_dir: Path | None, figmaker: FigureMaker, figdir: Path) -> str:
     from ..analysis import detection as det
 
@@ -105,11 +117,14 @@ def _detection(out: Path, truth_dir: Path | None, figmaker: FigureMaker, figdir:
         curve = lesion_curve = summary = None
         source = ""
         if truth_dir is not None:
-            has_maps = any(out.glob(f"sub-*/**/pet/*_space-T1w_desc-{desc}_dseg.nii.gz"))
-            if not has_maps:
+            patients = _truth_patients(truth_dir)
+            pattern = f"**/pet/*_space-T1w_desc-{desc}_dseg.nii.gz"
+            if not any(any((out / f"sub-{s}").glob(pattern)) for s in patients):
+                # e.g. after the first group level, before the patients' participant runs
                 parts.append(
                     f"<h3>{esc(title)}</h3>"
-                    + na(f"no space-T1w desc-{desc} cluster maps were written")
+                    + na(f"no patient of the truth folder has space-T1w desc-{desc} "
+                         "cluster maps yet")  # fmt: skip
                 )
                 continue
             try:
