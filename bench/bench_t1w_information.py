@@ -36,8 +36,8 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from pet_synth_app.analysis.metrics import image_metrics
-from pet_synth_app.cli.train import find_training_files
-from pet_synth_app.preproc.anat import normalize_t1_intensity
+from pet_synth_app.bids import find_mni_derivatives
+from pet_synth_app.synthesis.training import load_volumes
 
 METRICS = ("ssim", "ssim_2d", "psnr", "rmse", "mae")
 RIDGE = (0.0, 1e-4, 1e-3, 1e-2)
@@ -45,21 +45,15 @@ SCALES_VOX = (1.0, 2.0, 4.0)
 
 
 def load(deriv: Path, subject: str) -> dict[str, np.ndarray]:
-    """MNI T1w (scaled to [0, 1] in the mask), GM probability, SUVR PET and brain mask."""
-    f = find_training_files(deriv, subject)
-    if f is None or f["pet"] is None:
-        raise SystemExit(f"{subject}: no MNI-space T1w/mask/PET in {deriv}")
-    gm_path = Path(str(f["t1w"]).replace("desc-preproc_T1w", "label-GM_probseg"))
-    if not gm_path.exists():
-        raise SystemExit(f"{subject}: no {gm_path.name} in {gm_path.parent}")
-    mask = nib.load(f["mask"])
-    t1 = normalize_t1_intensity(nib.load(f["t1w"]), mask)
-    return {
-        "t1w": np.asanyarray(t1.dataobj, dtype=np.float32),
-        "gm": np.asanyarray(nib.load(gm_path).dataobj, dtype=np.float32),
-        "pet": np.asanyarray(nib.load(f["pet"]).dataobj, dtype=np.float32),
-        "mask": np.asanyarray(mask.dataobj) > 0,
-    }
+    """MNI T1w (scaled to [0, 1] in the mask, as the model sees it), GM probability, SUVR
+    PET and brain mask, plus the grid's voxel size (mm)."""
+    f = find_mni_derivatives(deriv, subject)
+    if not all(f[role] for role in ("t1w", "mask", "pet", "gm")):
+        raise SystemExit(f"{subject}: no MNI-space T1w/mask/PET/GM probability in {deriv}")
+    v = load_volumes(subject, f["t1w"], f["mask"], f["pet"])
+    return {"t1w": v.t1w, "pet": v.pet_suvr, "mask": v.mask,
+            "gm": np.asanyarray(nib.load(f["gm"]).dataobj, dtype=np.float32),
+            "voxel_mm": float(abs(v.affine[0, 0]))}  # fmt: skip
 
 
 def score(preds: list[np.ndarray], test: list[dict]) -> dict[str, float]:
@@ -109,9 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     train = [load(opts.deriv, s) for s in opts.train]
     test = [load(opts.deriv, s) for s in opts.test]
     mean_pet = np.mean([s["pet"] for s in train], 0)
-    voxel_mm = float(abs(nib.load(find_training_files(opts.deriv, opts.test[0])["pet"])
-                         .affine[0, 0]))  # fmt: skip
-    sigma = opts.fwhm / (2 * np.sqrt(2 * np.log(2))) / voxel_mm
+    sigma = opts.fwhm / (2 * np.sqrt(2 * np.log(2))) / test[0]["voxel_mm"]
 
     rows = {"mean control PET (baseline)": score([mean_pet] * len(test), test),
             f"mean control PET, {opts.fwhm:g} mm FWHM": score(

@@ -31,7 +31,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from pet_synth_app.cli.train import find_training_files
-from pet_synth_app.preproc.anat import normalize_t1_intensity
+from pet_synth_app.synthesis.training import load_volumes
 
 
 def planted(t1n: np.ndarray, mean_t1: np.ndarray, mask: np.ndarray, gain: float,
@@ -56,12 +56,8 @@ def main(argv: list[str] | None = None) -> int:
         if f is None or f["pet"] is None:
             raise SystemExit(f"{s}: no MNI-space T1w/mask/PET in {opts.deriv}")
         files[s] = f
-    t1s = {}
-    for s, f in files.items():
-        mask = nib.load(f["mask"])
-        t1s[s] = np.asanyarray(normalize_t1_intensity(nib.load(f["t1w"]), mask).dataobj,
-                               dtype=np.float32)  # fmt: skip
-    mean_t1 = np.mean(list(t1s.values()), 0)
+    vols = {s: load_volumes(s, f["t1w"], f["mask"], f["pet"]) for s, f in files.items()}
+    mean_t1 = np.mean([v.t1w for v in vols.values()], 0)
 
     opts.out.mkdir(parents=True)
     for item in opts.deriv.iterdir():  # dataset_description.json, logs, ...
@@ -77,11 +73,10 @@ def main(argv: list[str] | None = None) -> int:
             if src.name.startswith(Path(f["pet"]).name.split(".nii")[0]):
                 continue  # written below
             dst.symlink_to(src.absolute())
-        pet_img = nib.load(f["pet"])
-        mask = np.asanyarray(nib.load(f["mask"]).dataobj) > 0
-        sigma = opts.sigma_mm / (2 * np.sqrt(2 * np.log(2))) / float(abs(pet_img.affine[0, 0]))
-        add = planted(t1s[s], mean_t1, mask, opts.gain, sigma)
-        pet = np.asanyarray(pet_img.dataobj, dtype=np.float32)
+        v, pet_img = vols[s], nib.load(f["pet"])  # the image for its header only
+        mask, pet = v.mask, v.pet_suvr
+        sigma = opts.sigma_mm / (2 * np.sqrt(2 * np.log(2))) / float(abs(v.affine[0, 0]))
+        add = planted(v.t1w, mean_t1, mask, opts.gain, sigma)
         dst = opts.out / Path(f["pet"]).relative_to(opts.deriv)
         nib.save(nib.Nifti1Image(pet + add, pet_img.affine, pet_img.header), dst)
         sidecar = Path(str(f["pet"]).replace(".nii.gz", ".json"))

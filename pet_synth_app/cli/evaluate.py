@@ -74,6 +74,10 @@ def fitted_participants(out_dir: Path, desc: str) -> set[str]:
         return set()
 
 
+class NoPatientMaps(PetSynthError):
+    """No patient of the truth folder has cluster maps yet (nothing to evaluate)."""
+
+
 def evaluate(out_dir: Path, truth: Path, desc: str = "hypometabolism", max_k: int = 10):
     """Per-patient, per-lesion and per-control rows and the summary dict."""
     import nibabel as nib
@@ -120,7 +124,7 @@ def evaluate(out_dir: Path, truth: Path, desc: str = "hypometabolism", max_k: in
                                 "uptake_loss": float(v["uptake_loss"]),
                                 "best_rank": res["lesion_ranks"].get(k)})  # fmt: skip
     if not patients:
-        raise PetSynthError(
+        raise NoPatientMaps(
             f"no patient of the truth folder has `space-T1w_desc-{desc}_dseg` outputs "
             "(run the participant level with --output-spaces including T1w)",
             str(out_dir),

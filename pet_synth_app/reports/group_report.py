@@ -10,7 +10,6 @@ with ground truth, the lesion-detection curve of ``petsynth-evaluate``
 
 from __future__ import annotations
 
-import csv
 import logging
 import time
 from pathlib import Path
@@ -98,17 +97,6 @@ def collect(output_dir: Path, groups: dict[str, str] | None = None) -> list[dict
     return rows
 
 
-def _truth_patients(truth_dir: Path) -> list[str]:
-    """Labels (no ``sub-``) of the participants with lesions in ``truth_dir/lesions.tsv``;
-    every participant folder of the truth when the table is missing or unreadable (the
-    evaluation then reports the problem)."""
-    try:
-        rows = read_tsv(Path(truth_dir) / "lesions.tsv")
-        return sorted({r["participant_id"].removeprefix("sub-") for r in rows})
-    except (OSError, KeyError, csv.Error):
-        return sorted(p.name[4:] for p in Path(truth_dir).glob("sub-*") if p.is_dir())
-
-
 def _detection(out: Path, truth_dir: Path | None, figmaker: FigureMaker, figdir: Path) -> str:
     from ..analysis import detection as det
 
@@ -117,21 +105,18 @@ def _detection(out: Path, truth_dir: Path | None, figmaker: FigureMaker, figdir:
         curve = lesion_curve = summary = None
         source = ""
         if truth_dir is not None:
-            patients = _truth_patients(truth_dir)
-            pattern = f"**/pet/*_space-T1w_desc-{desc}_dseg.nii.gz"
-            if not any(any((out / f"sub-{s}").glob(pattern)) for s in patients):
-                # e.g. after the first group level, before the patients' participant runs
+            from ..cli.evaluate import NoPatientMaps, evaluate
+
+            try:
+                *_, summary, curve, lesion_curve = evaluate(out, Path(truth_dir), desc)
+                source = f"computed now against <code>{esc(str(truth_dir))}</code>"
+            except NoPatientMaps:  # e.g. first group level, before the patients ran
                 parts.append(
                     f"<h3>{esc(title)}</h3>"
                     + na(f"no patient of the truth folder has space-T1w desc-{desc} "
                          "cluster maps yet")  # fmt: skip
                 )
                 continue
-            try:
-                from ..cli.evaluate import evaluate
-
-                *_, summary, curve, lesion_curve = evaluate(out, Path(truth_dir), desc)
-                source = f"computed now against <code>{esc(str(truth_dir))}</code>"
             except Exception as exc:  # noqa: BLE001
                 LOGGER.warning("group report: evaluation (%s) failed: %s", desc, exc)
                 parts.append(
