@@ -50,8 +50,9 @@ def _peak_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
 
 
-def evaluate(maps: dict[str, np.ndarray], data: dict, lesions: dict, truth: Path,
-             held_out: list[str]) -> dict:  # fmt: skip
+def evaluate(
+    maps: dict[str, np.ndarray], data: dict, lesions: dict, truth: Path, held_out: list[str]
+) -> dict:
     """Detection summary of score/Z maps (MNI) of the patients and held-out controls."""
     import nibabel as nib
 
@@ -104,50 +105,84 @@ def main(argv: list[str] | None = None) -> int:
     gm = np.asanyarray(get_template("GM", 2).dataobj)
     f32 = {s: d["pet"].astype(np.float32) for s, d in data.items()}
     configs = {
-        "a": (f"OC-SVM, {len(real)} real", [f32[s] for s in real],
-              [data[s]["mask"] for s in real]),
-        "b": (f"OC-SVM, {len(real)} real + {len(synth)} synthetic",
-              [f32[s] for s in real] + [data[s]["pseudo"].astype(np.float32) for s in synth],
-              [data[s]["mask"] for s in real + synth]),
-        "c": (f"OC-SVM, {len(synth)} synthetic",
-              [data[s]["pseudo"].astype(np.float32) for s in synth],
-              [data[s]["mask"] for s in synth]),
-    }  # fmt: skip
+        "a": (
+            f"OC-SVM, {len(real)} real",
+            [f32[s] for s in real],
+            [data[s]["mask"] for s in real],
+        ),
+        "b": (
+            f"OC-SVM, {len(real)} real + {len(synth)} synthetic",
+            [f32[s] for s in real] + [data[s]["pseudo"].astype(np.float32) for s in synth],
+            [data[s]["mask"] for s in real + synth],
+        ),
+        "c": (
+            f"OC-SVM, {len(synth)} synthetic",
+            [data[s]["pseudo"].astype(np.float32) for s in synth],
+            [data[s]["mask"] for s in synth],
+        ),
+    }
     results, timing = {}, {}
     scored = patients + held
     for label, pets, masks in configs.values():
         with tempfile.TemporaryDirectory() as tmp:
             t0 = time.time()
-            fit = anomaly.fit(pets, masks, gm, affine, Path(tmp), nu=OCSVM_NU,
-                              gamma=OCSVM_GAMMA, epochs=opts.epochs, seed=opts.seed,
-                              threads=opts.threads)  # fmt: skip
+            fit = anomaly.fit(
+                pets,
+                masks,
+                gm,
+                affine,
+                Path(tmp),
+                nu=OCSVM_NU,
+                gamma=OCSVM_GAMMA,
+                epochs=opts.epochs,
+                seed=opts.seed,
+                threads=opts.threads,
+            )
             t_fit = time.time() - t0
             t1 = time.time()
-            maps = {s: anomaly.score(tmp, f32[s], data[s]["mask"], threads=opts.threads)[0]
-                    for s in scored}  # fmt: skip
+            maps = {
+                s: anomaly.score(tmp, f32[s], data[s]["mask"], threads=opts.threads)[0]
+                for s in scored
+            }
             t_score = (time.time() - t1) / len(scored)
-        timing[label] = {"n_train": len(pets), "fit_s": round(t_fit, 1),
-                         "autoencoder_s": round(fit.seconds_autoencoder, 1),
-                         "ocsvm_s": round(fit.seconds_ocsvm, 1), "voxels": fit.n_voxels,
-                         "score_s_per_pet": round(t_score, 2),
-                         "peak_rss_gb": round(_peak_gb(), 2)}  # fmt: skip
-        print(f"{label}: fit {t_fit:.0f} s (autoencoder {fit.seconds_autoencoder:.0f} s, "
-              f"OC-SVMs {fit.seconds_ocsvm:.0f} s, {fit.n_voxels} voxels), scoring "
-              f"{t_score:.1f} s per PET, peak RSS {_peak_gb():.2f} GB", flush=True)  # fmt: skip
+        timing[label] = {
+            "n_train": len(pets),
+            "fit_s": round(t_fit, 1),
+            "autoencoder_s": round(fit.seconds_autoencoder, 1),
+            "ocsvm_s": round(fit.seconds_ocsvm, 1),
+            "voxels": fit.n_voxels,
+            "score_s_per_pet": round(t_score, 2),
+            "peak_rss_gb": round(_peak_gb(), 2),
+        }
+        print(
+            f"{label}: fit {t_fit:.0f} s (autoencoder {fit.seconds_autoencoder:.0f} s, "
+            f"OC-SVMs {fit.seconds_ocsvm:.0f} s, {fit.n_voxels} voxels), scoring "
+            f"{t_score:.1f} s per PET, peak RSS {_peak_gb():.2f} GB",
+            flush=True,
+        )
         results[label] = evaluate(maps, data, lesions, p_truth, held)
-    zmaps = {s: self_referenced_z(residual(data[s]["pet"], data[s]["pseudo"], data[s]["mask"]),
-                                  data[s]["gm"], data[s]["mask"]) for s in scored}  # fmt: skip
+    zmaps = {
+        s: self_referenced_z(
+            residual(data[s]["pet"], data[s]["pseudo"], data[s]["mask"]),
+            data[s]["gm"],
+            data[s]["mask"],
+        )
+        for s in scored
+    }
     results["self-referenced Z (pseudo-normal)"] = evaluate(zmaps, data, lesions, p_truth, held)
 
     n_les = sum(len(v) for v in lesions.values())
-    print(f"\n{len(patients)} patients ({n_les} lesions); false positives in {len(held)} "
-          "held-out controls' real PET\n")
+    print(
+        f"\n{len(patients)} patients ({n_les} lesions); false positives in {len(held)} "
+        "held-out controls' real PET\n"
+    )
     print_table(results, "map")
     if opts.png:
         det.plot_sensitivity_curve({k: v["curve"] for k, v in results.items()}, opts.png)
     if opts.json:
-        opts.json.write_text(json.dumps({"results": results, "timing": timing}, indent=1,
-                                        default=str))  # fmt: skip
+        opts.json.write_text(
+            json.dumps({"results": results, "timing": timing}, indent=1, default=str)
+        )
     return 0
 
 

@@ -45,8 +45,11 @@ from pet_synth_app.config import TEMPLATE_SPACE
 from pet_synth_app.preproc.anat import apply_transforms
 from pet_synth_app.preproc.reference import GM_THRESHOLD
 
-METHODS = {"a": "self-referenced Z (pseudo-normal)", "b": "control-referenced Z (pseudo-normal)",
-           "c": "control PET Z (no synthesis)"}  # fmt: skip
+METHODS = {
+    "a": "self-referenced Z (pseudo-normal)",
+    "b": "control-referenced Z (pseudo-normal)",
+    "c": "control PET Z (no synthesis)",
+}
 
 
 def _one(folder: Path, pattern: str) -> Path:
@@ -94,18 +97,22 @@ def truth_of(truth: Path) -> dict[str, dict[int, dict]]:
 
 def print_table(results: dict[str, dict], first: str) -> None:
     """Markdown table of detection summaries (one row per method/map)."""
-    print(f"| {first} | sens. top 1 | top 3 | top 5 | lesions top 3 | detection rate | "
-          "mean rank | lobe acc. | FP clusters/control |")
+    print(
+        f"| {first} | sens. top 1 | top 3 | top 5 | lesions top 3 | detection rate | "
+        "mean rank | lobe acc. | FP clusters/control |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
 
     def f(v):
         return "n/a" if v is None else f"{v:.2f}"
 
     for label, s in results.items():
-        print(f"| {label} | {f(s['sensitivity_top1'])} | {f(s['sensitivity_top3'])} | "
-              f"{f(s['sensitivity_top5'])} | {f(s['lesion_sensitivity_top3'])} | "
-              f"{f(s['detection_rate'])} | {f(s['mean_rank'])} | {f(s['lobe_accuracy'])} | "
-              f"{f(s['fp_per_control'])} |")  # fmt: skip
+        print(
+            f"| {label} | {f(s['sensitivity_top1'])} | {f(s['sensitivity_top3'])} | "
+            f"{f(s['sensitivity_top5'])} | {f(s['lesion_sensitivity_top3'])} | "
+            f"{f(s['detection_rate'])} | {f(s['mean_rank'])} | {f(s['lobe_accuracy'])} | "
+            f"{f(s['fp_per_control'])} |"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -127,8 +134,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def models(fit_set):
         r = fit_normative([np.where(mask, resid[c], 0) for c in fit_set], mask, zooms=zooms)
-        q = fit_normative([np.where(mask, data[c]["pet"], 0) for c in fit_set], mask,
-                          zooms=zooms)  # fmt: skip
+        q = fit_normative([np.where(mask, data[c]["pet"], 0) for c in fit_set], mask, zooms=zooms)
         return r, q
 
     full = models(controls)
@@ -137,9 +143,11 @@ def main(argv: list[str] | None = None) -> int:
         d = data[s]
         (rm, rs), (pm, ps) = fitted
         inside = d["mask"] & mask
-        return {"a": self_referenced_z(resid[s], d["gm"], d["mask"]),
-                "b": control_referenced_z(resid[s], rm, rs, inside),
-                "c": control_pet_z(d["pet"], pm, ps, inside)}  # fmt: skip
+        return {
+            "a": self_referenced_z(resid[s], d["gm"], d["mask"]),
+            "b": control_referenced_z(resid[s], rm, rs, inside),
+            "c": control_pet_z(d["pet"], pm, ps, inside),
+        }
 
     per_patient = {m: [] for m in METHODS}
     per_lesion = {m: [] for m in METHODS}
@@ -167,15 +175,18 @@ def main(argv: list[str] | None = None) -> int:
         summ = det.summarize(per_patient[m], per_control[m])
         ranks = per_lesion[m]
         for k in det.SUMMARY_TOP_K:
-            summ[f"lesion_sensitivity_top{k}"] = sum(r is not None and r <= k
-                                                     for r in ranks) / len(ranks)  # fmt: skip
+            summ[f"lesion_sensitivity_top{k}"] = sum(
+                r is not None and r <= k for r in ranks
+            ) / len(ranks)
         summ["curve"] = det.sensitivity_curve([r["first_hit_rank"] for r in per_patient[m]])
         summ["first_hit_ranks"] = [r["first_hit_rank"] for r in per_patient[m]]
         summ["control_clusters"] = per_control[m]
         results[label] = summ
 
-    print(f"\n{len(patients)} patients ({sum(len(v) for v in lesions.values())} lesions), "
-          f"{len(controls)} controls (leave-one-out normative models); {time.time() - t0:.0f} s\n")
+    print(
+        f"\n{len(patients)} patients ({sum(len(v) for v in lesions.values())} lesions), "
+        f"{len(controls)} controls (leave-one-out normative models); {time.time() - t0:.0f} s\n"
+    )
     print_table(results, "method")
     if opts.png:
         det.plot_sensitivity_curve({k: v["curve"] for k, v in results.items()}, opts.png)

@@ -32,16 +32,35 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def run_subject(bids: Path, out: Path, work: Path, label: str, extra: list[str]) -> dict:
-    cmd = ["/usr/bin/time", "-v", sys.executable, "-m", "pet_synth_app.cli.run", str(bids),
-           str(out), "participant", "--participant-label", label, "-w", str(work),
-           "--nprocs", "1", "--omp-nthreads", "2", *extra]  # fmt: skip
+    cmd = [
+        "/usr/bin/time",
+        "-v",
+        sys.executable,
+        "-m",
+        "pet_synth_app.cli.run",
+        str(bids),
+        str(out),
+        "participant",
+        "--participant-label",
+        label,
+        "-w",
+        str(work),
+        "--nprocs",
+        "1",
+        "--omp-nthreads",
+        "2",
+        *extra,
+    ]
     t0 = time.time()
     res = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.time() - t0
     if res.returncode != 0:
         raise RuntimeError(f"sub-{label} failed:\n{res.stderr[-3000:]}")
-    rss_kb = next(int(ln.split(":")[1]) for ln in res.stderr.splitlines()
-                  if "Maximum resident set size" in ln)  # fmt: skip
+    rss_kb = next(
+        int(ln.split(":")[1])
+        for ln in res.stderr.splitlines()
+        if "Maximum resident set size" in ln
+    )
     return {"wall_s": wall, "peak_gb": rss_kb / 1024**2}
 
 
@@ -59,8 +78,9 @@ def metrics(bids: Path, out: Path, label: str) -> dict:
     tmask = nib.load(truth / "anat" / f"{sub}_desc-brain_mask.nii.gz")
     omask = nib.load(anat / f"{sub}_desc-brain_mask.nii.gz")
     res["mask_dice"] = dice(np.asarray(tmask.dataobj) > 0, np.asarray(omask.dataobj) > 0)
-    res["brain_ml"] = float((np.asarray(omask.dataobj) > 0).sum()
-                            * np.prod(omask.header.get_zooms()[:3]) / 1000)  # fmt: skip
+    res["brain_ml"] = float(
+        (np.asarray(omask.dataobj) > 0).sum() * np.prod(omask.header.get_zooms()[:3]) / 1000
+    )
     tgm = nib.load(truth / "anat" / f"{sub}_label-GM_probseg.nii.gz")
     ref = get_template("T1w", 2)
     xfm = str(anat / f"{sub}_from-T1w_to-{SPACE}_mode-image_xfm.h5")
@@ -92,24 +112,54 @@ def main() -> int:
     if not args.keep:
         shutil.rmtree(args.workdir, ignore_errors=True)
         n_pat = args.n // 2
-        subprocess.run([sys.executable, "-m", "pet_synth_app.cli.simulate", str(bids),
-                        "--n-controls", str(args.n - n_pat), "--n-patients", str(n_pat),
-                        "--seed", str(args.seed), "--voxel-size", args.voxel_size,
-                        "--n-t1w-only", "0", "--quiet"], check=True)  # fmt: skip
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pet_synth_app.cli.simulate",
+                str(bids),
+                "--n-controls",
+                str(args.n - n_pat),
+                "--n-patients",
+                str(n_pat),
+                "--seed",
+                str(args.seed),
+                "--voxel-size",
+                args.voxel_size,
+                "--n-t1w-only",
+                "0",
+                "--quiet",
+            ],
+            check=True,
+        )
     labels = sorted(p.name[4:] for p in bids.glob("sub-*"))
     rows = []
     for label in labels:
         perf = run_subject(bids, out, work, label, args.extra)
         rows.append({"subject": label, **perf, **metrics(bids, out, label)})
         print(json.dumps(rows[-1]), flush=True)
-    cols = ["subject", "wall_s", "peak_gb", "brain_ml", "mask_dice", "seg_gm_dice", "gm_dice",
-            "coreg_err_mm", "n_frames"]  # fmt: skip
+    cols = [
+        "subject",
+        "wall_s",
+        "peak_gb",
+        "brain_ml",
+        "mask_dice",
+        "seg_gm_dice",
+        "gm_dice",
+        "coreg_err_mm",
+        "n_frames",
+    ]
     print("\n| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
     for r in rows:
         print("| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |")
     keys = [c for c in cols[1:] if all(isinstance(r.get(c), float) for r in rows)]
-    print("| mean | " + " | ".join(_fmt(float(np.mean([r[c] for r in rows]))) if c in keys
-                                   else "" for c in cols[1:]) + " |")  # fmt: skip
+    print(
+        "| mean | "
+        + " | ".join(
+            _fmt(float(np.mean([r[c] for r in rows]))) if c in keys else "" for c in cols[1:]
+        )
+        + " |"
+    )
     return 0
 
 

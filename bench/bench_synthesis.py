@@ -66,8 +66,13 @@ def throughput(weights: Path, t1w: np.ndarray) -> dict:
         first = next(m for m in generator.modules() if isinstance(m, torch.nn.Conv2d))
         generator(torch.zeros(1, first.in_channels, int(nx), int(ny)))  # + prior slices
     gflop = counter.get_total_flops() / 1e9
-    return {"slices": nz, "seconds": wall, "slices_per_s": nz / wall,
-            "gflop_per_slice": gflop, "gflops": gflop * nz / wall}  # fmt: skip
+    return {
+        "slices": nz,
+        "seconds": wall,
+        "slices_per_s": nz / wall,
+        "gflop_per_slice": gflop,
+        "gflops": gflop * nz / wall,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,10 +80,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("deriv", type=Path)
     p.add_argument("--weights", type=Path, default=None)
     p.add_argument("--test", nargs="+", default=None, help="held-out controls")
-    p.add_argument("--baseline", nargs="+", default=None,
-                   help="controls whose mean PET is the baseline (default: training set)")
-    p.add_argument("--noise-free", type=Path, default=None,
-                   help="derivatives of the cohort's noise-free twin (ceiling row)")
+    p.add_argument(
+        "--baseline",
+        nargs="+",
+        default=None,
+        help="controls whose mean PET is the baseline (default: training set)",
+    )
+    p.add_argument(
+        "--noise-free",
+        type=Path,
+        default=None,
+        help="derivatives of the cohort's noise-free twin (ceiling row)",
+    )
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", type=Path, default=None)
     opts = p.parse_args(argv)
@@ -107,8 +120,9 @@ def main(argv: list[str] | None = None) -> int:
         real = np.asanyarray(nib.load(f["pet"]).dataobj, dtype=np.float32)
         m = np.asanyarray(mask.dataobj) > 0
         t0 = time.perf_counter()
-        pseudo, _ = synthesize_pet(normalize_t1_intensity(t1, mask), mask, weights,
-                                   nthreads=opts.threads)  # fmt: skip
+        pseudo, _ = synthesize_pet(
+            normalize_t1_intensity(t1, mask), mask, weights, nthreads=opts.threads
+        )
         secs = time.perf_counter() - t0
         model = image_metrics(np.asanyarray(pseudo.dataobj), real, m)
         baseline = image_metrics(mean_pet * m, real, m)
@@ -120,19 +134,37 @@ def main(argv: list[str] | None = None) -> int:
             clean = np.asanyarray(nib.load(twin["pet"]).dataobj, dtype=np.float32)
             row["noise_free"] = image_metrics(clean * m, real, m)
         rows.append(row)
-        print(f"{s}: model " + " ".join(f"{k} {model[k]:.4f}" for k in METRICS)
-              + " | mean-PET " + " ".join(f"{k} {baseline[k]:.4f}" for k in METRICS)
-              + (" | noise-free " + " ".join(f"{k} {row['noise_free'][k]:.4f}"
-                                           for k in METRICS) if opts.noise_free else ""),
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"{s}: model "
+            + " ".join(f"{k} {model[k]:.4f}" for k in METRICS)
+            + " | mean-PET "
+            + " ".join(f"{k} {baseline[k]:.4f}" for k in METRICS)
+            + (
+                " | noise-free " + " ".join(f"{k} {row['noise_free'][k]:.4f}" for k in METRICS)
+                if opts.noise_free
+                else ""
+            ),
+            file=sys.stderr,
+        )
 
     def summary(kind):
-        return {k: (statistics.mean(r[kind][k] for r in rows),
-                    statistics.pstdev(r[kind][k] for r in rows)) for k in METRICS}  # fmt: skip
+        return {
+            k: (
+                statistics.mean(r[kind][k] for r in rows),
+                statistics.pstdev(r[kind][k] for r in rows),
+            )
+            for k in METRICS
+        }
 
-    res = {"weights": str(weights), "sha256": card["sha256"], "test": test,
-           "baseline_controls": base, "model": summary("model"),
-           "baseline": summary("baseline"), "rows": rows}  # fmt: skip
+    res = {
+        "weights": str(weights),
+        "sha256": card["sha256"],
+        "test": test,
+        "baseline_controls": base,
+        "model": summary("model"),
+        "baseline": summary("baseline"),
+        "rows": rows,
+    }
     kinds = [("model", f"{card['model']} ({weights.name})"), ("baseline", "mean control PET")]
     if opts.noise_free:
         res["noise_free"] = summary("noise_free")
@@ -143,22 +175,27 @@ def main(argv: list[str] | None = None) -> int:
     res["matmul_peak_gflops"] = matmul_peak_gflops()
     res["synthesis_seconds_per_subject"] = statistics.mean(r["seconds"] for r in rows)
 
-    print(f"\nheld-out controls (n={len(test)}): {', '.join(test)}; baseline = mean SUVR PET "
-          f"of {len(base)} training controls\n")  # fmt: skip
+    print(
+        f"\nheld-out controls (n={len(test)}): {', '.join(test)}; baseline = mean SUVR PET "
+        f"of {len(base)} training controls\n"
+    )
     print("| method | SSIM (3D) | SSIM (2D) | PSNR (dB) | RMSE | MAE |")
     print("|---|---|---|---|---|---|")
     for kind, label in kinds:
         s = res[kind]
-        print(f"| {label} | " + " | ".join(f"{s[k][0]:.4f} ± {s[k][1]:.4f}" for k in METRICS)
-              + " |")  # fmt: skip
+        print(
+            f"| {label} | " + " | ".join(f"{s[k][0]:.4f} ± {s[k][1]:.4f}" for k in METRICS) + " |"
+        )
     t = res["throughput"]
     peak = res["matmul_peak_gflops"]
-    print(f"\nthroughput ({opts.threads} threads): {t['slices_per_s']:.1f} slices/s "
-          f"({t['slices']} slices in {t['seconds']:.2f} s), "
-          f"{t['gflop_per_slice']:.2f} GFLOP/slice, {t['gflops']:.1f} GFLOP/s = "
-          f"{100 * t['gflops'] / peak:.0f} % of the {peak:.0f} GFLOP/s matmul peak; "
-          f"synthesize_pet {res['synthesis_seconds_per_subject']:.2f} s/subject "
-          "(load, predict, smooth)")  # fmt: skip
+    print(
+        f"\nthroughput ({opts.threads} threads): {t['slices_per_s']:.1f} slices/s "
+        f"({t['slices']} slices in {t['seconds']:.2f} s), "
+        f"{t['gflop_per_slice']:.2f} GFLOP/slice, {t['gflops']:.1f} GFLOP/s = "
+        f"{100 * t['gflops'] / peak:.0f} % of the {peak:.0f} GFLOP/s matmul peak; "
+        f"synthesize_pet {res['synthesis_seconds_per_subject']:.2f} s/subject "
+        "(load, predict, smooth)"
+    )
     if opts.json:
         opts.json.write_text(json.dumps(res, indent=1))
     return 0

@@ -51,9 +51,13 @@ def load(deriv: Path, subject: str) -> dict[str, np.ndarray]:
     if not all(f[role] for role in ("t1w", "mask", "pet", "gm")):
         raise SystemExit(f"{subject}: no MNI-space T1w/mask/PET/GM probability in {deriv}")
     v = load_volumes(subject, f["t1w"], f["mask"], f["pet"])
-    return {"t1w": v.t1w, "pet": v.pet_suvr, "mask": v.mask,
-            "gm": np.asanyarray(nib.load(f["gm"]).dataobj, dtype=np.float32),
-            "voxel_mm": float(abs(v.affine[0, 0]))}  # fmt: skip
+    return {
+        "t1w": v.t1w,
+        "pet": v.pet_suvr,
+        "mask": v.mask,
+        "gm": np.asanyarray(nib.load(f["gm"]).dataobj, dtype=np.float32),
+        "voxel_mm": float(abs(v.affine[0, 0])),
+    }
 
 
 def score(preds: list[np.ndarray], test: list[dict]) -> dict[str, float]:
@@ -63,8 +67,9 @@ def score(preds: list[np.ndarray], test: list[dict]) -> dict[str, float]:
     return {k: float(np.mean([r[k] for r in rows])) for k in METRICS}
 
 
-def voxelwise_ridge(train: list[dict], test: list[dict], key: str, mean_pet: np.ndarray,
-                    sigma: float, lam: float) -> list[np.ndarray]:  # fmt: skip
+def voxelwise_ridge(
+    train: list[dict], test: list[dict], key: str, mean_pet: np.ndarray, sigma: float, lam: float
+) -> list[np.ndarray]:
     """Per-voxel slope of PET deviation on the smoothed feature deviation (ridge ``lam``)."""
     feats = [ndi.gaussian_filter(s[key], sigma) for s in train]
     mean_f = np.mean(feats, 0)
@@ -74,8 +79,9 @@ def voxelwise_ridge(train: list[dict], test: list[dict], key: str, mean_pet: np.
     return [mean_pet + slope * (ndi.gaussian_filter(t[key], sigma) - mean_f) for t in test]
 
 
-def shared_multiscale(train: list[dict], test: list[dict], key: str,
-                      mean_pet: np.ndarray) -> list[np.ndarray]:  # fmt: skip
+def shared_multiscale(
+    train: list[dict], test: list[dict], key: str, mean_pet: np.ndarray
+) -> list[np.ndarray]:
     """One set of slopes for the brain on multi-scale feature deviations (x1, x mean PET)."""
     mean_f = np.mean([s[key] for s in train], 0)
     inside = np.all([s["mask"] for s in train], 0)
@@ -105,26 +111,37 @@ def main(argv: list[str] | None = None) -> int:
     mean_pet = np.mean([s["pet"] for s in train], 0)
     sigma = opts.fwhm / (2 * np.sqrt(2 * np.log(2))) / test[0]["voxel_mm"]
 
-    rows = {"mean control PET (baseline)": score([mean_pet] * len(test), test),
-            f"mean control PET, {opts.fwhm:g} mm FWHM": score(
-                [ndi.gaussian_filter(mean_pet, sigma)] * len(test), test)}  # fmt: skip
+    rows = {
+        "mean control PET (baseline)": score([mean_pet] * len(test), test),
+        f"mean control PET, {opts.fwhm:g} mm FWHM": score(
+            [ndi.gaussian_filter(mean_pet, sigma)] * len(test), test
+        ),
+    }
     for key, label in (("t1w", "MNI T1w (the model's input)"), ("gm", "GM probability")):
         for lam in RIDGE:
             rows[f"voxelwise ridge on {label}, lam {lam:g}"] = score(
-                voxelwise_ridge(train, test, key, mean_pet, 1.0, lam), test)
+                voxelwise_ridge(train, test, key, mean_pet, 1.0, lam), test
+            )
         rows[f"shared multi-scale on {label}"] = score(
-            shared_multiscale(train, test, key, mean_pet), test)
+            shared_multiscale(train, test, key, mean_pet), test
+        )
         print(f"{label}: done", file=sys.stderr, flush=True)
 
-    print(f"\ntrain (n={len(train)}): {', '.join(opts.train)}; "
-          f"held out (n={len(test)}): {', '.join(opts.test)}\n")  # fmt: skip
+    print(
+        f"\ntrain (n={len(train)}): {', '.join(opts.train)}; "
+        f"held out (n={len(test)}): {', '.join(opts.test)}\n"
+    )
     print("| prediction | SSIM (3D) | SSIM (2D) | PSNR (dB) | RMSE | MAE |")
     print("|---|---|---|---|---|---|")
     for label, s in rows.items():
         print(f"| {label} | " + " | ".join(f"{s[k]:.4f}" for k in METRICS) + " |")
     if opts.json:
-        opts.json.write_text(json.dumps({"train": opts.train, "test": opts.test,
-                                         "fwhm_mm": opts.fwhm, "rows": rows}, indent=1))
+        opts.json.write_text(
+            json.dumps(
+                {"train": opts.train, "test": opts.test, "fwhm_mm": opts.fwhm, "rows": rows},
+                indent=1,
+            )
+        )
     return 0
 
 

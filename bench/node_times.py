@@ -61,8 +61,11 @@ def main(argv: list[str] | None = None) -> int:
     print("| subject | " + " | ".join(keys) + " | total (s) |")
     print("|---" * (len(keys) + 2) + "|")
     for label, t in rows.items():
-        print(f"| {label} | " + " | ".join(f"{t.get(k, 0):.1f}" for k in keys)
-              + f" | {sum(t.values()):.1f} |")  # fmt: skip
+        print(
+            f"| {label} | "
+            + " | ".join(f"{t.get(k, 0):.1f}" for k in keys)
+            + f" | {sum(t.values()):.1f} |"
+        )
     return 0
 
 

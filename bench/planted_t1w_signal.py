@@ -34,8 +34,9 @@ from pet_synth_app.cli.train import find_training_files
 from pet_synth_app.synthesis.training import load_volumes
 
 
-def planted(t1n: np.ndarray, mean_t1: np.ndarray, mask: np.ndarray, gain: float,
-            sigma_vox: float) -> np.ndarray:  # fmt: skip
+def planted(
+    t1n: np.ndarray, mean_t1: np.ndarray, mask: np.ndarray, gain: float, sigma_vox: float
+) -> np.ndarray:
     """The planted PET increment (SUVR): gain x smoothed T1w deviation, 0 outside mask."""
     return (gain * ndi.gaussian_filter(t1n - mean_t1, sigma_vox) * mask).astype(np.float32)
 
@@ -82,12 +83,18 @@ def main(argv: list[str] | None = None) -> int:
         sidecar = Path(str(f["pet"]).replace(".nii.gz", ".json"))
         if sidecar.exists():
             meta = json.loads(sidecar.read_text())
-            meta["PlantedT1wSignal"] = {"gain": opts.gain, "sigma_mm": opts.sigma_mm,
-                                        "subjects": opts.subjects}  # fmt: skip
+            meta["PlantedT1wSignal"] = {
+                "gain": opts.gain,
+                "sigma_mm": opts.sigma_mm,
+                "subjects": opts.subjects,
+            }
             dst.with_name(sidecar.name).write_text(json.dumps(meta, indent=1))
         gm = mask & (pet > 0.8)
-        print(f"{s}: planted SD {add[mask].std():.4f} SUVR (brain), {add[gm].std():.4f} "
-              "(SUVR > 0.8)", file=sys.stderr)
+        print(
+            f"{s}: planted SD {add[mask].std():.4f} SUVR (brain), {add[gm].std():.4f} "
+            "(SUVR > 0.8)",
+            file=sys.stderr,
+        )
     return 0
 
 

@@ -47,39 +47,54 @@ def main() -> int:
     rows = []
     for name, path in HEADS.items():
         t1 = nib.load(path)
-        row = {"head": name, "shape": "x".join(map(str, t1.shape[:3])),
-               "orient": "".join(nib.aff2axcodes(t1.affine))}  # fmt: skip
+        row = {
+            "head": name,
+            "shape": "x".join(map(str, t1.shape[:3])),
+            "orient": "".join(nib.aff2axcodes(t1.affine)),
+        }
         t0 = time.time()
         n4 = anat.n4_bias_correct(t1)
         row["n4_s"] = time.time() - t0
         for method in ("deepbet", "ants"):
             t0 = time.time()
             brain, mask, used = anat.brain_extract(n4, method=method)
-            vol = float(np.asarray(mask.dataobj).astype(bool).sum()
-                        * np.prod(mask.header.get_zooms()[:3]) / 1e6)  # fmt: skip
+            vol = float(
+                np.asarray(mask.dataobj).astype(bool).sum()
+                * np.prod(mask.header.get_zooms()[:3])
+                / 1e6
+            )
             row[f"{method}_L"] = vol
             row[f"{method}_s"] = time.time() - t0
             row[f"{method}_used"] = used
             if method == "deepbet":
                 keep_brain, keep_mask = brain, mask
-        d = plotting.plot_anat(n4, display_mode="ortho", title=f"{name}: deepbet mask",
-                               dim=-0.3, draw_cross=False)  # fmt: skip
+        d = plotting.plot_anat(
+            n4, display_mode="ortho", title=f"{name}: deepbet mask", dim=-0.3, draw_cross=False
+        )
         d.add_contours(keep_mask, levels=[0.5], colors="r")
         d.savefig(str(args.outdir / f"{name}_mask.png"))
         d.close()
         t0 = time.time()
         reg = anat.register_to_template(keep_brain, str(args.outdir / name), preset=args.preset)
         row["reg_s"] = time.time() - t0
-        priors = tuple(anat.apply_transforms(get_template(k, 2), n4, [reg["inverse_composite"]])
-                       for k in ("GM", "WM", "CSF"))  # fmt: skip
+        priors = tuple(
+            anat.apply_transforms(get_template(k, 2), n4, [reg["inverse_composite"]])
+            for k in ("GM", "WM", "CSF")
+        )
         gm, _, _ = anat.segment_tissues(n4, keep_mask, priors)
         gm_std = anat.apply_transforms(gm, tpl, [reg["composite"]])
         row["gm_dice_proxy"] = float(
-            2 * np.logical_and(np.asarray(gm_std.dataobj) > 0.5, tpl_gm).sum()
+            2
+            * np.logical_and(np.asarray(gm_std.dataobj) > 0.5, tpl_gm).sum()
             / ((np.asarray(gm_std.dataobj) > 0.5).sum() + tpl_gm.sum())
         )
-        d = plotting.plot_anat(reg["warped"], display_mode="ortho", draw_cross=False,
-                               title=f"{name} in MNI, template edges", dim=-0.3)  # fmt: skip
+        d = plotting.plot_anat(
+            reg["warped"],
+            display_mode="ortho",
+            draw_cross=False,
+            title=f"{name} in MNI, template edges",
+            dim=-0.3,
+        )
         d.add_edges(tpl, color="r")
         d.savefig(str(args.outdir / f"{name}_mni.png"))
         d.close()
@@ -88,8 +103,11 @@ def main() -> int:
     cols = list(rows[0])
     print("\n| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
     for r in rows:
-        print("| " + " | ".join(f"{r[c]:.2f}" if isinstance(r[c], float) else str(r[c])
-                                for c in cols) + " |")  # fmt: skip
+        print(
+            "| "
+            + " | ".join(f"{r[c]:.2f}" if isinstance(r[c], float) else str(r[c]) for c in cols)
+            + " |"
+        )
     return 0
 
 

@@ -242,9 +242,7 @@ def check_image(path: str | Path, kind: str, metadata: dict | None = None) -> ni
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     if kind == "T1w" and data.ndim != 3:
-        raise PetSynthError(
-            f"T1w must be a 3D image, got shape {tuple(img.shape)}", path
-        )
+        raise PetSynthError(f"T1w must be a 3D image, got shape {tuple(img.shape)}", path)
     if kind == "pet" and data.ndim not in (3, 4):
         raise PetSynthError(f"PET must be 3D or 4D, got shape {tuple(img.shape)}", path)
     if min(data.shape[:3]) < 8:

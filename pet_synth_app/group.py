@@ -94,8 +94,9 @@ def run_group_level(settings: Settings) -> int:
         try:
             quality = image_metrics(pseudo, pet, mask)
         except ValueError as exc:
-            raise PetSynthError(f"cannot compare pseudo and real PET: {exc}",
-                                str(files["pet"])) from None  # fmt: skip
+            raise PetSynthError(
+                f"cannot compare pseudo and real PET: {exc}", str(files["pet"])
+            ) from None
         rows.append({"participant_id": f"sub-{subject}", **quality})
     meta = {
         "participants": [f"sub-{s}" for s in found],
@@ -105,8 +106,9 @@ def run_group_level(settings: Settings) -> int:
         "space": TEMPLATE_SPACE,
     }
     try:
-        model = normative.fit_from_controls(pets, pseudos, masks, ref.affine, meta,
-                                            settings.histogram_matching)  # fmt: skip
+        model = normative.fit_from_controls(
+            pets, pseudos, masks, ref.affine, meta, settings.histogram_matching
+        )
     except ValueError as exc:
         raise PetSynthError(f"cannot fit the normative model: {exc}", str(out)) from None
     folder = out / "group" / "normative"
@@ -119,11 +121,17 @@ def run_group_level(settings: Settings) -> int:
     LOGGER.info(
         "group: normative model of %d controls in %s (%.0f s); synthesis quality on controls: "
         "SSIM %.3f, PSNR %.1f dB, RMSE %.3f, MAE %.3f",
-        len(found), folder, time.time() - t0, mean["ssim"], mean["psnr"], mean["rmse"],
+        len(found),
+        folder,
+        time.time() - t0,
+        mean["ssim"],
+        mean["psnr"],
+        mean["rmse"],
         mean["mae"],
-    )  # fmt: skip
-    LOGGER.info("rerun the participant level to write control-referenced Z maps and OC-SVM "
-                "anomaly maps")
+    )
+    LOGGER.info(
+        "rerun the participant level to write control-referenced Z maps and OC-SVM anomaly maps"
+    )
     _write_group_citation(settings, len(found), n_synthetic)
     return 0
 
@@ -152,8 +160,10 @@ def fit_anomaly_detector(
             if files and find_mni_derivatives(out, s)["pet"] is None:
                 synthetic[s] = files
         if not synthetic:
-            LOGGER.warning("--augment-synthetic: no finished control without PET has a "
-                           "pseudo-normal PET; the detector uses real PET only")  # fmt: skip
+            LOGGER.warning(
+                "--augment-synthetic: no finished control without PET has a "
+                "pseudo-normal PET; the detector uses real PET only"
+            )
     train = [p.astype(np.float32) for p in pets]
     train_masks = list(masks)
     for files in synthetic.values():
@@ -163,8 +173,9 @@ def fit_anomaly_detector(
             raise PetSynthError("MNI grids differ between controls", str(files["pseudo"]))
     gm = get_template("GM", settings.mni_resolution)
     if gm.shape[:3] != ref.shape[:3] or not np.allclose(gm.affine, ref.affine, atol=1e-3):
-        raise PetSynthError("participant outputs are not on the template grid of "
-                            "--mni-resolution", str(out))  # fmt: skip
+        raise PetSynthError(
+            "participant outputs are not on the template grid of --mni-resolution", str(out)
+        )
     meta = {
         "participants_real": [f"sub-{s}" for s in found],
         "participants_synthetic": [f"sub-{s}" for s in synthetic],
@@ -173,18 +184,30 @@ def fit_anomaly_detector(
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     try:
-        result = anomaly.fit(train, train_masks, np.asanyarray(gm.dataobj), ref.affine, folder,
-                             nu=settings.ocsvm_nu, gamma=settings.ocsvm_gamma,
-                             epochs=settings.siamese_epochs, seed=settings.random_seed,
-                             threads=settings.omp_nthreads, meta=meta)  # fmt: skip
+        result = anomaly.fit(
+            train,
+            train_masks,
+            np.asanyarray(gm.dataobj),
+            ref.affine,
+            folder,
+            nu=settings.ocsvm_nu,
+            gamma=settings.ocsvm_gamma,
+            epochs=settings.siamese_epochs,
+            seed=settings.random_seed,
+            threads=settings.omp_nthreads,
+            meta=meta,
+        )
     except ValueError as exc:
         raise PetSynthError(f"cannot fit the OC-SVM anomaly detector: {exc}", str(out)) from None
     LOGGER.info(
         "group: OC-SVM anomaly detector on %d real + %d synthetic control PET, %d voxels "
         "(autoencoder %.0f s, OC-SVMs %.0f s)",
-        len(found), len(synthetic), result.n_voxels, result.seconds_autoencoder,
+        len(found),
+        len(synthetic),
+        result.n_voxels,
+        result.seconds_autoencoder,
         result.seconds_ocsvm,
-    )  # fmt: skip
+    )
     return len(synthetic)
 
 
@@ -197,8 +220,12 @@ def _write_group_citation(settings: Settings, n_real: int, n_syn: int) -> None:
         "controls: the voxelwise robust mean and SD of the residual between real and "
         "pseudo-normal PET (for control-referenced Z maps) and the OC-SVM anomaly detector "
         "[@zotova2021; @alaverdyan2020; @scholkopf2001], trained on the controls' real PET"
-        + (f" and the pseudo-normal PET of {n_syn} control{'s' * (n_syn > 1)} without a PET "
-           "scan (hybrid database)" if n_syn else "")
+        + (
+            f" and the pseudo-normal PET of {n_syn} control{'s' * (n_syn > 1)} without a PET "
+            "scan (hybrid database)"
+            if n_syn
+            else ""
+        )
         + f", with a siamese autoencoder trained for {settings.siamese_epochs} epochs "
         f"(random seed {settings.random_seed}), nu = {settings.ocsvm_nu:g} and gamma = "
         f"{settings.ocsvm_gamma}."

@@ -73,10 +73,17 @@ def make_tiny_weights(path: Path, model: str = "cyclegan-mse", voxel_size: float
 
     torch.manual_seed(0)
     config = model_config(model, ngf=4, ndf=4)
-    card = {"model": model, "config": config,
-            "input": {"space": "MNI152NLin2009aSym", "voxel_size_mm": voxel_size,
-                      "pet_scale": 2.5, "pet_units": "SUVR"},
-            "training": {"data": "random initialisation (tests)", "participants": []}}  # fmt: skip
+    card = {
+        "model": model,
+        "config": config,
+        "input": {
+            "space": "MNI152NLin2009aSym",
+            "voxel_size_mm": voxel_size,
+            "pet_scale": 2.5,
+            "pet_units": "SUVR",
+        },
+        "training": {"data": "random initialisation (tests)", "participants": []},
+    }
     save_generator(build_model(model, config).generator, path, card)
     return path
 

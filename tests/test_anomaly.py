@@ -36,10 +36,23 @@ def _cohort(n: int, seed: int = 0):
 def fitted(tmp_path_factory):
     pets, mask, gm = _cohort(8)
     folder = tmp_path_factory.mktemp("detector")
-    res = anomaly.fit(pets, [mask] * 8, gm, np.diag([2.0, 2, 2, 1]), folder, nu=0.1,
-                      gamma="scale", epochs=2, pairs_per_epoch=4000, seed=0, threads=1,
-                      meta={"participants_real": [f"sub-c{i}" for i in range(6)],
-                            "participants_synthetic": ["sub-s1", "sub-s2"]})  # fmt: skip
+    res = anomaly.fit(
+        pets,
+        [mask] * 8,
+        gm,
+        np.diag([2.0, 2, 2, 1]),
+        folder,
+        nu=0.1,
+        gamma="scale",
+        epochs=2,
+        pairs_per_epoch=4000,
+        seed=0,
+        threads=1,
+        meta={
+            "participants_real": [f"sub-c{i}" for i in range(6)],
+            "participants_synthetic": ["sub-s1", "sub-s2"],
+        },
+    )
     return folder, res, mask, gm
 
 
@@ -94,9 +107,13 @@ def test_interface_metadata(fitted, tmp_path):
     affine = np.diag([2.0, 2, 2, 1])
     nib.Nifti1Image(pets[0], affine).to_filename(tmp_path / "pet.nii.gz")
     nib.Nifti1Image(mask.astype(np.uint8), affine).to_filename(tmp_path / "mask.nii.gz")
-    res = OCSVMScore(pet=str(tmp_path / "pet.nii.gz"), mask=str(tmp_path / "mask.nii.gz"),
-                     model=str(folder), participant_id="sub-s1",
-                     nthreads=1).run(cwd=str(tmp_path))  # fmt: skip
+    res = OCSVMScore(
+        pet=str(tmp_path / "pet.nii.gz"),
+        mask=str(tmp_path / "mask.nii.gz"),
+        model=str(folder),
+        participant_id="sub-s1",
+        nthreads=1,
+    ).run(cwd=str(tmp_path))
     meta = res.outputs.metadata
     assert meta["InTrainingSet"] is True
     assert meta["TrainingControlsReal"] == 6 and meta["TrainingControlsSynthetic"] == 2
@@ -110,9 +127,20 @@ def test_fit_block_by_block_matches_one_block(fitted, tmp_path):
     """Encoding and fitting one voxel block at a time (memory) gives the same detector."""
     folder, _, mask, gm = fitted
     pets, _, _ = _cohort(8)
-    blocked = anomaly.fit(pets, [mask] * 8, gm, np.diag([2.0, 2, 2, 1]), tmp_path, nu=0.1,
-                          gamma="scale", epochs=2, pairs_per_epoch=4000, seed=0, threads=1,
-                          block_voxels=500)  # fmt: skip
+    blocked = anomaly.fit(
+        pets,
+        [mask] * 8,
+        gm,
+        np.diag([2.0, 2, 2, 1]),
+        tmp_path,
+        nu=0.1,
+        gamma="scale",
+        epochs=2,
+        pairs_per_epoch=4000,
+        seed=0,
+        threads=1,
+        block_voxels=500,
+    )
     assert blocked.n_voxels > 1500  # several blocks
     test_pet = _cohort(1, seed=42)[0][0]
     _, one, _ = anomaly.score(folder, test_pet, mask, threads=1)

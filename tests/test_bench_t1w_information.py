@@ -23,8 +23,14 @@ def _subjects(n: int, slope, rng: np.random.Generator) -> tuple[list[dict], np.n
     for _ in range(n):
         t1 = (mean_t1 + 0.1 * rng.standard_normal(shape)).astype(np.float32)
         dev = ndi.gaussian_filter(t1, 1.0) - ndi.gaussian_filter(mean_t1, 1.0)
-        out.append({"t1w": t1, "gm": t1, "pet": (base + slope * dev).astype(np.float32),
-                    "mask": np.ones(shape, bool)})  # fmt: skip
+        out.append(
+            {
+                "t1w": t1,
+                "gm": t1,
+                "pet": (base + slope * dev).astype(np.float32),
+                "mask": np.ones(shape, bool),
+            }
+        )
     return out, base
 
 

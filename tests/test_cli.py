@@ -17,8 +17,11 @@ from pet_synth_app.config import Settings
 def _cli(*args, cwd=None):
     return subprocess.run(
         [sys.executable, "-m", "pet_synth_app.cli.run", *map(str, args)],
-        capture_output=True, text=True, cwd=cwd, timeout=300,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=300,
+    )
 
 
 def test_help_shows_groups_and_defaults(capsys):
@@ -26,9 +29,17 @@ def test_help_shows_groups_and_defaults(capsys):
         run.main(["--help"])
     assert info.value.code == 0
     out = capsys.readouterr().out
-    for text in ("--participant-label", "--participant_label", "--reference-region",
-                 "(default: gm-mean)", "Options to handle performance", "--use-plugin",
-                 "--skip-bids-validation", "--stop-on-first-crash", "--sloppy"):  # fmt: skip
+    for text in (
+        "--participant-label",
+        "--participant_label",
+        "--reference-region",
+        "(default: gm-mean)",
+        "Options to handle performance",
+        "--use-plugin",
+        "--skip-bids-validation",
+        "--stop-on-first-crash",
+        "--sloppy",
+    ):
         assert text in out
 
 
@@ -40,10 +51,12 @@ def test_version(capsys):
 
 def test_parse_both_label_spellings(tmp_path):
     parser = run.get_parser()
-    a = parser.parse_args([str(tmp_path), str(tmp_path / "o"), "participant",
-                           "--participant_label", "sub-01", "02"])  # fmt: skip
-    b = parser.parse_args([str(tmp_path), str(tmp_path / "o"), "participant",
-                           "--participant-label", "sub-01", "02"])  # fmt: skip
+    a = parser.parse_args(
+        [str(tmp_path), str(tmp_path / "o"), "participant", "--participant_label", "sub-01", "02"]
+    )
+    b = parser.parse_args(
+        [str(tmp_path), str(tmp_path / "o"), "participant", "--participant-label", "sub-01", "02"]
+    )
     assert a.participant_label == b.participant_label == ["sub-01", "02"]
 
 
@@ -66,12 +79,34 @@ def test_unknown_option_is_usage_error():
 
 def test_not_bids_and_no_match(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
-    assert run.main([str(tmp_path / "empty"), str(tmp_path / "o"), "participant",
-                     "-w", str(tmp_path / "w")]) == 1  # fmt: skip
+    assert (
+        run.main(
+            [
+                str(tmp_path / "empty"),
+                str(tmp_path / "o"),
+                "participant",
+                "-w",
+                str(tmp_path / "w"),
+            ]
+        )
+        == 1
+    )
     assert "not a BIDS dataset" in capsys.readouterr().err
     bids = make_bids(tmp_path / "ds")
-    assert run.main([str(bids), str(tmp_path / "o"), "participant", "--participant-label",
-                     "99", "-w", str(tmp_path / "w")]) == 1  # fmt: skip
+    assert (
+        run.main(
+            [
+                str(bids),
+                str(tmp_path / "o"),
+                "participant",
+                "--participant-label",
+                "99",
+                "-w",
+                str(tmp_path / "w"),
+            ]
+        )
+        == 1
+    )
     err = capsys.readouterr().err
     assert "no participant matches" in err
     assert not (tmp_path / "o").exists()
@@ -79,21 +114,31 @@ def test_not_bids_and_no_match(tmp_path, capsys):
 
 EXPECTED = {
     "pet001": ["T1w.nii: file is an HTML/XML page", "image has 21 frame(s), sidecar lists 45"],
-    "pet002": ["sub-01_ses-baseline_T1w.nii: file is an HTML/XML page",
-               "sub-02_ses-rescan_pet.nii.gz: file is an HTML/XML page"],
+    "pet002": [
+        "sub-01_ses-baseline_T1w.nii: file is an HTML/XML page",
+        "sub-02_ses-rescan_pet.nii.gz: file is an HTML/XML page",
+    ],
     "pet003": ["T1w.nii: file is 1 byte(s)", "pet.nii.gz: file is an HTML/XML page"],
     "pet004": ["sub-01 has no T1w image"],
-    "pet005": ["ses-baseline_T1w.nii.gz: all voxels are zero",
-               "task-eyes_pet.nii.gz: file is 1 byte(s)"],
+    "pet005": [
+        "ses-baseline_T1w.nii.gz: all voxels are zero",
+        "task-eyes_pet.nii.gz: file is 1 byte(s)",
+    ],
     "pet006": ["sub-01 has no T1w image"],
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_bids_examples_give_clear_errors(realdata, tmp_path, name):
     """Real BIDS PET layouts with broken images: one line per problem, exit 1, no output."""
-    res = _cli(realdata / "bids-examples" / name, tmp_path / "out", "participant",
-               "-w", tmp_path / "work", cwd=tmp_path)  # fmt: skip
+    res = _cli(
+        realdata / "bids-examples" / name,
+        tmp_path / "out",
+        "participant",
+        "-w",
+        tmp_path / "work",
+        cwd=tmp_path,
+    )
     assert res.returncode == 1, res.stderr
     assert "Traceback" not in res.stderr
     lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
@@ -132,12 +177,26 @@ def test_anomaly_options_are_checked(tmp_path, capsys, args, message):
 
 def test_anomaly_options_reach_settings(tmp_path):
     bids = make_bids(tmp_path / "bids")
-    args = [str(bids), str(tmp_path / "o"), "group", "--augment-synthetic", "--ocsvm-gamma",
-            "0.05", "--ocsvm-nu", "0.2", "--ocsvm-threshold", "-2"]  # fmt: skip
+    args = [
+        str(bids),
+        str(tmp_path / "o"),
+        "group",
+        "--augment-synthetic",
+        "--ocsvm-gamma",
+        "0.05",
+        "--ocsvm-nu",
+        "0.2",
+        "--ocsvm-threshold",
+        "-2",
+    ]
     opts = run.get_parser().parse_args(args)
     s = run.settings_from_args(opts)
     assert (s.augment_synthetic, s.ocsvm_gamma, s.ocsvm_nu, s.ocsvm_threshold) == (
-        True, 0.05, 0.2, -2.0)  # fmt: skip
+        True,
+        0.05,
+        0.2,
+        -2.0,
+    )
 
 
 def test_demo_refuses_too_small_cohort_and_existing_output(tmp_path, capsys):

@@ -19,8 +19,9 @@ SPACE = "MNI152NLin2009aSym"
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
-    code = demo.main([str(out), "--n-controls", "3", "--n-t1w-only", "1", "--n-patients", "1",
-                      "--seed", "2"])  # fmt: skip
+    code = demo.main(
+        [str(out), "--n-controls", "3", "--n-t1w-only", "1", "--n-patients", "1", "--seed", "2"]
+    )
     return code, out / "derivatives"
 
 
@@ -41,8 +42,9 @@ def test_demo_finishes_and_prints_results(demo_run, capsys):
     code, deriv = demo_run
     assert code == 0
     assert (deriv / "group" / "evaluation" / "desc-ocsvm_summary.json").is_file()
-    summary = json.loads((deriv / "group" / "evaluation" /
-                          "desc-hypometabolism_summary.json").read_text())  # fmt: skip
+    summary = json.loads(
+        (deriv / "group" / "evaluation" / "desc-hypometabolism_summary.json").read_text()
+    )
     assert summary["n_patients"] == 1 and summary["n_controls"] == 2
 
 
@@ -56,15 +58,20 @@ def test_group_models_record_real_and_synthetic_controls(demo_run):
 def test_patient_has_control_referenced_z_and_ocsvm_maps(demo_run):
     _, deriv = demo_run
     pet = deriv / "sub-p01" / "pet"
-    z = json.loads(next(pet.glob(f"*space-{SPACE}_desc-hypometabolism_stat-z_statmap.json"))
-                   .read_text())  # fmt: skip
+    z = json.loads(
+        next(pet.glob(f"*space-{SPACE}_desc-hypometabolism_stat-z_statmap.json")).read_text()
+    )
     assert z["ZReference"] == "controls"
-    for pattern in (f"*space-{SPACE}_desc-ocsvm_stat-score_statmap.nii.gz",
-                    "*space-T1w_desc-ocsvm_stat-score_statmap.nii.gz",
-                    "*space-T1w_desc-ocsvm_dseg.nii.gz", "*_desc-ocsvm_clusters.tsv"):  # fmt: skip
+    for pattern in (
+        f"*space-{SPACE}_desc-ocsvm_stat-score_statmap.nii.gz",
+        "*space-T1w_desc-ocsvm_stat-score_statmap.nii.gz",
+        "*space-T1w_desc-ocsvm_dseg.nii.gz",
+        "*_desc-ocsvm_clusters.tsv",
+    ):
         assert len(list(pet.glob(pattern))) == 1, pattern
-    side = json.loads(next(pet.glob(f"*space-{SPACE}_desc-ocsvm_stat-score_statmap.json"))
-                      .read_text())  # fmt: skip
+    side = json.loads(
+        next(pet.glob(f"*space-{SPACE}_desc-ocsvm_stat-score_statmap.json")).read_text()
+    )
     assert side["InTrainingSet"] is False and side["TrainingControlsSynthetic"] == 1
     assert side["Threshold"] == -1.65 and len(side["OCSVMSha256"]) == 64
 

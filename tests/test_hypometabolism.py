@@ -33,8 +33,15 @@ def mni():
     grid = np.indices(mask.shape)
     blob = ((grid - ijk[:, None, None, None]) ** 2).sum(0) <= 36  # radius 6 voxels = 12 mm
     pet = np.where(blob & mask, pet * 0.6, pet)
-    return {"affine": ref.affine, "mask": mask, "gm": gm, "pet": pet, "pseudo": pseudo,
-            "blob": blob, "ijk": ijk}  # fmt: skip
+    return {
+        "affine": ref.affine,
+        "mask": mask,
+        "gm": gm,
+        "pet": pet,
+        "pseudo": pseudo,
+        "blob": blob,
+        "ijk": ijk,
+    }
 
 
 def _save(path: Path, data, affine, dtype=np.float32) -> str:
@@ -43,21 +50,25 @@ def _save(path: Path, data, affine, dtype=np.float32) -> str:
 
 
 def _inputs(tmp_path, m):
-    return {k: _save(tmp_path / f"{k}.nii.gz", m[k], m["affine"]) for k in ("pet", "pseudo",
-            "gm", "mask")}  # fmt: skip
+    return {
+        k: _save(tmp_path / f"{k}.nii.gz", m[k], m["affine"])
+        for k in ("pet", "pseudo", "gm", "mask")
+    }
 
 
 def test_self_referenced_z_and_clusters(tmp_path, mni):
     files = _inputs(tmp_path, mni)
-    res = HypometabolismZ(pet=files["pet"], pseudo=files["pseudo"], gm=files["gm"],
-                          mask=files["mask"]).run(cwd=str(tmp_path))  # fmt: skip
+    res = HypometabolismZ(
+        pet=files["pet"], pseudo=files["pseudo"], gm=files["gm"], mask=files["mask"]
+    ).run(cwd=str(tmp_path))
     z = np.asanyarray(nib.load(res.outputs.out_file).dataobj)
     gm = mni["gm"] > 0.5
     assert abs(z[gm].mean()) < 1e-3 and abs(z[gm].std() - 1) < 1e-3
     assert z[mni["blob"] & gm].mean() < -3  # the blob is strongly hypometabolic
     assert res.outputs.metadata["ZReference"].startswith("self")
     cl = FindClusters(in_file=res.outputs.out_file, gm=files["gm"], mask=files["mask"]).run(
-        cwd=str(tmp_path))  # fmt: skip
+        cwd=str(tmp_path)
+    )
     dseg = np.asanyarray(nib.load(cl.outputs.dseg).dataobj)
     assert cl.outputs.n_clusters >= 1 and dseg[tuple(mni["ijk"])] == 1  # top rank = the blob
     rows = json.loads(Path(cl.outputs.clusters).read_text())
@@ -73,8 +84,13 @@ def test_cluster_table_t1w_peaks_follow_the_inverse_warp(tmp_path, mni):
     from pet_synth_app.preproc.pet import write_ants_rigid
 
     files = _inputs(tmp_path, mni)
-    z = HypometabolismZ(pet=files["pet"], pseudo=files["pseudo"], gm=files["gm"],
-                        mask=files["mask"]).run(cwd=str(tmp_path)).outputs.out_file  # fmt: skip
+    z = (
+        HypometabolismZ(
+            pet=files["pet"], pseudo=files["pseudo"], gm=files["gm"], mask=files["mask"]
+        )
+        .run(cwd=str(tmp_path))
+        .outputs.out_file
+    )
     cl = FindClusters(in_file=z, gm=files["gm"], mask=files["mask"]).run(cwd=str(tmp_path))
     a = np.deg2rad(12)
     m = np.eye(4)  # T1w world -> MNI world (ANTs fixed -> moving)
@@ -84,17 +100,25 @@ def test_cluster_table_t1w_peaks_follow_the_inverse_warp(tmp_path, mni):
     t1w_aff = np.diag([1.5, 1.5, 1.5, 1.0])
     t1w_aff[:3, 3] = [-90, -120, -80]
     t1w_ref = _save(tmp_path / "t1w.nii.gz", np.zeros((120, 150, 120)), t1w_aff)
-    dseg_t1w = ApplyTransforms(in_file=cl.outputs.dseg, reference=t1w_ref, transforms=[xfm],
-                               interpolation="nearestNeighbor").run(cwd=str(tmp_path))  # fmt: skip
-    z_t1w = ApplyTransforms(in_file=z, reference=t1w_ref, transforms=[xfm],
-                            out_name="z_t1w.nii.gz").run(cwd=str(tmp_path))  # fmt: skip
+    dseg_t1w = ApplyTransforms(
+        in_file=cl.outputs.dseg,
+        reference=t1w_ref,
+        transforms=[xfm],
+        interpolation="nearestNeighbor",
+    ).run(cwd=str(tmp_path))
+    z_t1w = ApplyTransforms(
+        in_file=z, reference=t1w_ref, transforms=[xfm], out_name="z_t1w.nii.gz"
+    ).run(cwd=str(tmp_path))
     lab = np.asanyarray(nib.load(dseg_t1w.outputs.out_file).dataobj)
     mni_lab = np.asanyarray(nib.load(cl.outputs.dseg).dataobj)
     c_mni = nib.affines.apply_affine(mni["affine"], np.argwhere(mni_lab == 1).mean(0))
     c_t1w = nib.affines.apply_affine(t1w_aff, np.argwhere(lab == 1).mean(0))
     assert np.linalg.norm(m @ [*c_t1w, 1] - [*c_mni, 1]) < 1.5  # mm
-    tab = ClusterTable(clusters=cl.outputs.clusters, dseg_t1w=dseg_t1w.outputs.out_file,
-                       stat_t1w=z_t1w.outputs.out_file).run(cwd=str(tmp_path))  # fmt: skip
+    tab = ClusterTable(
+        clusters=cl.outputs.clusters,
+        dseg_t1w=dseg_t1w.outputs.out_file,
+        stat_t1w=z_t1w.outputs.out_file,
+    ).run(cwd=str(tmp_path))
     with open(tab.outputs.out_file, newline="") as fh:
         rows = list(csv.DictReader(fh, delimiter="\t"))
     peak = np.array([float(rows[0][k]) for k in ("peak_x_t1w", "peak_y_t1w", "peak_z_t1w_mm")])
@@ -108,8 +132,9 @@ def test_empty_cluster_table_keeps_header(tmp_path, mni):
     zero = _save(tmp_path / "z0.nii.gz", np.zeros(mni["mask"].shape), mni["affine"])
     cl = FindClusters(in_file=zero, gm=files["gm"], mask=files["mask"]).run(cwd=str(tmp_path))
     assert cl.outputs.n_clusters == 0
-    tab = ClusterTable(clusters=cl.outputs.clusters, dseg_t1w=cl.outputs.dseg,
-                       stat_t1w=zero).run(cwd=str(tmp_path))  # fmt: skip
+    tab = ClusterTable(clusters=cl.outputs.clusters, dseg_t1w=cl.outputs.dseg, stat_t1w=zero).run(
+        cwd=str(tmp_path)
+    )
     header = Path(tab.outputs.out_file).read_text().splitlines()
     assert len(header) == 1 and header[0].startswith("rank\tsize_mm3")
     assert "peak_x_t1w" in header[0]
@@ -117,10 +142,13 @@ def test_empty_cluster_table_keeps_header(tmp_path, mni):
 
 def _normative(tmp_path, mni, sha="abc"):
     rng = np.random.default_rng(1)
-    pets = [mni["pseudo"] + np.where(mni["mask"], rng.normal(0, 0.03, mni["mask"].shape), 0)
-            for _ in range(4)]  # fmt: skip
-    model = normative.fit_from_controls(pets, [mni["pseudo"]] * 4, [mni["mask"]] * 4,
-                                        mni["affine"], {"model_sha256": sha})  # fmt: skip
+    pets = [
+        mni["pseudo"] + np.where(mni["mask"], rng.normal(0, 0.03, mni["mask"].shape), 0)
+        for _ in range(4)
+    ]
+    model = normative.fit_from_controls(
+        pets, [mni["pseudo"]] * 4, [mni["mask"]] * 4, mni["affine"], {"model_sha256": sha}
+    )
     return normative.save(model, tmp_path / "normative")
 
 
@@ -132,16 +160,26 @@ def test_normative_roundtrip_and_control_referenced_z(tmp_path, mni):
     pet_mean = model.pet_mean[model.mask].mean()
     assert abs(pet_mean - mni["pseudo"][model.mask].mean()) < 0.01
     files = _inputs(tmp_path, mni)
-    res = HypometabolismZ(pet=files["pet"], pseudo=files["pseudo"], gm=files["gm"],
-                          mask=files["mask"], normative=str(folder),
-                          weights_sha256="abc").run(cwd=str(tmp_path))  # fmt: skip
+    res = HypometabolismZ(
+        pet=files["pet"],
+        pseudo=files["pseudo"],
+        gm=files["gm"],
+        mask=files["mask"],
+        normative=str(folder),
+        weights_sha256="abc",
+    ).run(cwd=str(tmp_path))
     z = np.asanyarray(nib.load(res.outputs.out_file).dataobj)
     assert res.outputs.metadata["ZReference"] == "controls"
     assert z[mni["blob"] & (mni["gm"] > 0.5)].mean() < -3
     with pytest.raises(PetSynthError, match="fitted with synthesis weights abc"):
-        HypometabolismZ(pet=files["pet"], pseudo=files["pseudo"], gm=files["gm"],
-                        mask=files["mask"], normative=str(folder),
-                        weights_sha256="xyz").run(cwd=str(tmp_path))  # fmt: skip
+        HypometabolismZ(
+            pet=files["pet"],
+            pseudo=files["pseudo"],
+            gm=files["gm"],
+            mask=files["mask"],
+            normative=str(folder),
+            weights_sha256="xyz",
+        ).run(cwd=str(tmp_path))
 
 
 def test_normative_load_refuses_incomplete(tmp_path):
@@ -157,11 +195,15 @@ def _fake_out(root: Path, subjects, mni, html=True, sha="abc"):
         anat.mkdir(parents=True)
         rng = np.random.default_rng(i)
         noise = np.where(mni["mask"], rng.normal(0, 0.03, mni["mask"].shape), 0)
-        _save(pet / f"sub-{s}_trc-FDG_{SP}_desc-preproc_pet.nii.gz", mni["pseudo"] + noise,
-              mni["affine"])  # fmt: skip
+        _save(
+            pet / f"sub-{s}_trc-FDG_{SP}_desc-preproc_pet.nii.gz",
+            mni["pseudo"] + noise,
+            mni["affine"],
+        )
         _save(pet / f"sub-{s}_{SP}_desc-pseudonormal_pet.nii.gz", mni["pseudo"], mni["affine"])
         (pet / f"sub-{s}_{SP}_desc-pseudonormal_pet.json").write_text(
-            json.dumps({"ModelWeightsSha256": sha}))  # fmt: skip
+            json.dumps({"ModelWeightsSha256": sha})
+        )
         _save(anat / f"sub-{s}_{SP}_desc-brain_mask.nii.gz", mni["mask"], mni["affine"], np.uint8)
         if html:
             (root / f"sub-{s}.html").write_text("<html></html>")
@@ -177,8 +219,7 @@ def test_group_level_fits_normative_and_quality(tmp_path, mni):
     _fake_out(out, ("01", "02", "03", "04"), mni)
     # sub-04 is a T1w-only control: its pseudo-normal PET but no real PET
     next((out / "sub-04" / "pet").glob("*desc-preproc_pet.nii.gz")).unlink()
-    settings = Settings(bids_dir=bids, output_dir=out, siamese_epochs=1,
-                        augment_synthetic=True)  # fmt: skip
+    settings = Settings(bids_dir=bids, output_dir=out, siamese_epochs=1, augment_synthetic=True)
     assert run_group_level(settings) == 0
     model = normative.load(out / "group" / "normative")
     assert model.meta["participants"] == ["sub-01", "sub-02", "sub-03"]
@@ -232,18 +273,20 @@ def test_evaluate_cli(tmp_path, mni, capsys):
     for s, d in (("p01", dseg), ("c01", ctrl)):
         pet = out / f"sub-{s}" / "pet"
         pet.mkdir(parents=True)
-        _save(pet / f"sub-{s}_trc-FDG_space-T1w_desc-hypometabolism_dseg.nii.gz", d, aff,
-              np.int16)  # fmt: skip
+        _save(pet / f"sub-{s}_trc-FDG_space-T1w_desc-hypometabolism_dseg.nii.gz", d, aff, np.int16)
         (pet / f"sub-{s}_trc-FDG_desc-hypometabolism_clusters.tsv").write_text(
-            "rank\themisphere\tlobe\n1\tR\tfrontal\n2\tL\ttemporal\n")  # fmt: skip
+            "rank\themisphere\tlobe\n1\tR\tfrontal\n2\tL\ttemporal\n"
+        )
         (truth / f"sub-{s}" / "anat").mkdir(parents=True)
     _save(truth / "sub-p01" / "anat" / "sub-p01_desc-lesion_mask.nii.gz", lesion, aff, np.int16)
     (truth / "lesions.tsv").write_text(
         "participant_id\tlesion\themisphere\tlobe\tvolume_ml\tuptake_loss\n"
-        "sub-p01\t1\tL\ttemporal\t0.06\t0.3\nsub-p01\t2\tR\tparietal\t0.06\t0.2\n")  # fmt: skip
+        "sub-p01\t1\tL\ttemporal\t0.06\t0.3\nsub-p01\t2\tR\tparietal\t0.06\t0.2\n"
+    )
     assert evaluate.main([str(out), "--truth", str(truth)]) == 0
-    summary = json.loads((out / "group" / "evaluation" /
-                          "desc-hypometabolism_summary.json").read_text())  # fmt: skip
+    summary = json.loads(
+        (out / "group" / "evaluation" / "desc-hypometabolism_summary.json").read_text()
+    )
     assert summary["sensitivity_top1"] == 0 and summary["sensitivity_top3"] == 1
     assert summary["mean_rank"] == 2 and summary["lobe_accuracy"] == 1
     assert summary["lesion_sensitivity_top3"] == 0.5 and summary["fp_per_control"] == 1

@@ -47,8 +47,9 @@ def test_runs_offline(tmp_path):
         """
     )
     env = dict(os.environ, HOME=str(tmp_path), NO_ET="1")
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         env=env, timeout=300)  # fmt: skip
+    res = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     assert "offline-ok" in res.stdout
 
@@ -57,9 +58,11 @@ def test_container_recipes_in_step_with_install():
     docker = (ROOT / "Dockerfile").read_text()
     sing = (ROOT / "singularity.def").read_text()
     ci = (ROOT / ".ci" / "run").read_text()
-    torch_pins = {re.search(r"TORCH_VERSION=(\S+)", docker).group(1),
-                  re.search(r"TORCH_VERSION=(\S+)", sing).group(1),
-                  re.search(r"torch==([\d.]+)", ci).group(1)}  # fmt: skip
+    torch_pins = {
+        re.search(r"TORCH_VERSION=(\S+)", docker).group(1),
+        re.search(r"TORCH_VERSION=(\S+)", sing).group(1),
+        re.search(r"torch==([\d.]+)", ci).group(1),
+    }
     assert torch_pins == {"2.13.0"}
     assert 'ENTRYPOINT ["petsynth"]' in docker
     assert "USER petsynth" in docker and "chmod -R a+rwX /home/petsynth" in docker
@@ -81,7 +84,12 @@ def test_cli_as_unprivileged_home(tmp_path):
     home.mkdir()
     home.chmod(0o555)
     env = dict(os.environ, HOME=str(home), NO_ET="1", MPLCONFIGDIR=str(tmp_path / "mpl"))
-    res = subprocess.run([sys.executable, "-m", "pet_synth_app.cli.run", "--version"],
-                         capture_output=True, text=True, env=env, timeout=120)  # fmt: skip
+    res = subprocess.run(
+        [sys.executable, "-m", "pet_synth_app.cli.run", "--version"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert res.returncode == 0 and "petsynth" in res.stdout
     assert list(Path(home).iterdir()) == []

@@ -331,8 +331,9 @@ def test_atrophy_moves_gm_to_csf_in_t1w_and_pet() -> None:
     assert loss.shape == space.shape and 0.0 <= loss.min() and loss.max() <= 0.45
     brain = loss[space.brain > 0.5]  # regional: from the global loss to global + local
     assert brain.min() == pytest.approx(params["atrophy_global"], abs=1e-6)
-    assert brain.max() == pytest.approx(params["atrophy_global"] + params["atrophy_local"],
-                                        abs=1e-6)  # fmt: skip
+    assert brain.max() == pytest.approx(
+        params["atrophy_global"] + params["atrophy_local"], abs=1e-6
+    )
     sub = phantom.atrophied_space(space, loss)
     np.testing.assert_allclose(sub.gm, space.gm * (1 - loss), atol=1e-6)
     np.testing.assert_allclose(sub.gm + sub.csf, space.gm + space.csf, atol=1e-5)
@@ -342,10 +343,12 @@ def test_atrophy_moves_gm_to_csf_in_t1w_and_pet() -> None:
     t1_before = phantom.t1w_template_image(space, anat, space.dist_out)
     t1_after = phantom.t1w_template_image(sub, anat, space.dist_out)
     pattern = space.uptake_pattern
-    pet_before = phantom.pet_activity_mni(None, space, uptake, anat, space.dist_out,
-                                          pattern_field=pattern)  # fmt: skip
-    pet_after = phantom.pet_activity_mni(None, sub, uptake, anat, space.dist_out,
-                                         pattern_field=pattern)  # fmt: skip
+    pet_before = phantom.pet_activity_mni(
+        None, space, uptake, anat, space.dist_out, pattern_field=pattern
+    )
+    pet_after = phantom.pet_activity_mni(
+        None, sub, uptake, anat, space.dist_out, pattern_field=pattern
+    )
     d_t1 = (t1_before - t1_after)[core]
     d_pet = (pet_before - pet_after)[core]
     assert (d_t1 > 0).all() and (d_pet > 0).all()

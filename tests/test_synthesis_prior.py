@@ -55,8 +55,9 @@ def test_input_prior_generator_sees_image_input_mean_and_prior_and_returns_the_p
     with torch.no_grad():
         out = gen(torch.cat([x, mean_in, prior], 1))
     assert torch.equal(out, prior)
-    assert not ResnetGenerator(2, 3, 3, ngf=4, n_blocks=1, prior_shape=(8, 8, 4)
-                               ).input_prior_channels  # fmt: skip
+    assert not ResnetGenerator(
+        2, 3, 3, ngf=4, n_blocks=1, prior_shape=(8, 8, 4)
+    ).input_prior_channels
     with pytest.raises(ValueError, match="prior_shape"):
         ResnetGenerator(2, 3, 3, ngf=4, n_blocks=1, input_prior=True)
 
@@ -91,14 +92,18 @@ def test_cyclegan_chains_give_each_generator_its_input_mean_and_prior():
     seen = {"G_A": [], "G_B": []}
     for name in seen:
         getattr(model, name).register_forward_pre_hook(
-            lambda _m, args, name=name: seen[name].append(args[0].detach()))
+            lambda _m, args, name=name: seen[name].append(args[0].detach())
+        )
+
     def const(v):
         return torch.full((2, 3, 32, 32), v)
 
     a, b, pa, pb = const(0.1), const(0.2), const(0.3), const(0.4)
     model.generator_losses(a, b, True, priors=((pa, pb), (pa, pb)))
-    means = {name: [tuple(round(float(x[:, i].mean()), 4) for i in (0, 3, 6)) for x in xs]
-             for name, xs in seen.items()}  # fmt: skip
+    means = {
+        name: [tuple(round(float(x[:, i].mean()), 4) for i in (0, 3, 6)) for x in xs]
+        for name, xs in seen.items()
+    }
     # untrained residual generators return their prior: fake_b = pb, fake_a = pa
     assert means["G_B"] == [(0.1, 0.3, 0.4), (0.3, 0.3, 0.4)]  # G_B(a), cycle G_B(fake_a)
     assert means["G_A"] == [(0.2, 0.4, 0.3), (0.4, 0.4, 0.3)]  # G_A(b), cycle G_A(fake_b)
@@ -142,8 +147,9 @@ def test_mean_images_average_over_the_masks_that_contain_each_voxel():
     a.mask[:, :, 6:9] = False  # a's brain stops earlier: its zeros must not dilute b's
     t1, pet = training.mean_images([a, b, c])
     n = a.mask.astype(int) + b.mask + c.mask
-    expect_t1 = np.where(n > 0, (a.t1w * a.mask + b.t1w * b.mask + c.t1w * c.mask)
-                         / np.maximum(n, 1), 0)  # fmt: skip
+    expect_t1 = np.where(
+        n > 0, (a.t1w * a.mask + b.t1w * b.mask + c.t1w * c.mask) / np.maximum(n, 1), 0
+    )
     np.testing.assert_allclose(t1, expect_t1, atol=1e-6)
     only_b = ~a.mask & b.mask
     assert only_b.any()
@@ -166,9 +172,18 @@ def test_slice_samples_record_axial_positions():
 
 def test_train_with_prior_stores_mean_pet_and_starts_from_it(tmp_path):
     vols = [slab("a", 0), slab("b", 1)]
-    res = training.train("cyclegan-mse", tiny_config("cyclegan-mse", n_epochs=1),
-                         vols, [slab("v", 2)], tmp_path, epochs=1, seed=0,
-                         resume=False, prior=True, tune_fwhm=False)  # fmt: skip
+    res = training.train(
+        "cyclegan-mse",
+        tiny_config("cyclegan-mse", n_epochs=1),
+        vols,
+        [slab("v", 2)],
+        tmp_path,
+        epochs=1,
+        seed=0,
+        resume=False,
+        prior=True,
+        tune_fwhm=False,
+    )
     gen, card = load_generator(res.weights)
     assert card["config"]["prior_shape"] == list(SHAPE)
     assert "mean" in card["input"]["prior"]
@@ -208,8 +223,16 @@ def test_residual_generator_learns_what_the_prior_cannot_follow():
 
 def test_pix2pix_refuses_a_prior(tmp_path):
     with pytest.raises(PetSynthError, match="prior"):
-        training.train("pix2pix", tiny_config("pix2pix"), [slab()], [], tmp_path,
-                       epochs=1, resume=False, prior=True)  # fmt: skip
+        training.train(
+            "pix2pix",
+            tiny_config("pix2pix"),
+            [slab()],
+            [],
+            tmp_path,
+            epochs=1,
+            resume=False,
+            prior=True,
+        )
 
 
 def z_coded(name: str, with_pet: bool = True) -> training.Volumes:
@@ -238,8 +261,18 @@ def test_train_feeds_prior_slices_of_each_samples_own_position(tmp_path, monkeyp
     monkeypatch.setattr(CycleGAN, "train_step", record)
     vols = [z_coded("a"), z_coded("b"), z_coded("c", with_pet=paired)]
     name = "cyclegan-mse" if paired else "cyclegan"
-    training.train(name, tiny_config(name), vols, [], tmp_path, epochs=1, paired=paired,
-                   resume=False, prior=True, tune_fwhm=False)  # fmt: skip
+    training.train(
+        name,
+        tiny_config(name),
+        vols,
+        [],
+        tmp_path,
+        epochs=1,
+        paired=paired,
+        resume=False,
+        prior=True,
+        tune_fwhm=False,
+    )
     assert seen
     inside = (slice(None), 1, slice(8, 12), slice(8, 12))  # centre channel, in the box
     for t1, pet, ((pa_a, pb_a), (pa_b, pb_b)) in seen:

@@ -419,8 +419,9 @@ def test_predict_pet_suvr_in_brain_and_scaled():
 
 def test_smoothing_is_tuned_on_validation_ssim(tmp_path):
     config = tiny_config("pix2pix", n_epochs=1)
-    res = training.train("pix2pix", config, [slab("a", 0)], [slab("v", 1)], tmp_path,
-                         epochs=1, seed=0, resume=False)  # fmt: skip
+    res = training.train(
+        "pix2pix", config, [slab("a", 0)], [slab("v", 1)], tmp_path, epochs=1, seed=0, resume=False
+    )
     card = json.loads(res.weights.with_suffix(".json").read_text())
     sweep = card["training"]["smoothing_sweep"]
     assert [r["fwhm_mm"] for r in sweep] == list(training.FWHM_CANDIDATES_MM)

@@ -66,8 +66,10 @@ def test_find_training_files(tmp_path):
     anat, pet = tmp_path / "sub-01" / "anat", tmp_path / "sub-01" / "pet"
     anat.mkdir(parents=True)
     pet.mkdir()
-    for name in (f"anat/sub-01_{space}_desc-preproc_T1w.nii.gz",
-                 f"anat/sub-01_{space}_desc-brain_mask.nii.gz"):  # fmt: skip
+    for name in (
+        f"anat/sub-01_{space}_desc-preproc_T1w.nii.gz",
+        f"anat/sub-01_{space}_desc-brain_mask.nii.gz",
+    ):
         (tmp_path / "sub-01" / name).touch()
     files = train.find_training_files(tmp_path, "01")
     assert files["t1w"].name.endswith("desc-preproc_T1w.nii.gz") and files["pet"] is None
@@ -92,8 +94,17 @@ def test_bad_model_weights_refused_before_writing(tmp_path, capsys, problem):
     else:
         weights.with_suffix(".json").write_text("{not json")
     out = tmp_path / "out"
-    code = run.main([str(root), str(out), "participant", "-w", str(tmp_path / "w"),
-                     "--model-weights", str(weights)])  # fmt: skip
+    code = run.main(
+        [
+            str(root),
+            str(out),
+            "participant",
+            "-w",
+            str(tmp_path / "w"),
+            "--model-weights",
+            str(weights),
+        ]
+    )
     assert code == 1
     (line,) = _err_lines(capsys)
     assert str(weights.name) in line or "tiny.json" in line
@@ -107,8 +118,13 @@ def test_model_weights_reach_the_workflow(tmp_path, tiny_weights):
 
     root = make_bids(tmp_path / "ds", subjects=("01",), pet=False)
     units, _ = pbids.collect_inputs(pbids.load_layout(root))
-    settings = Settings(bids_dir=root, output_dir=tmp_path / "o", work_dir=tmp_path / "w",
-                        model_weights=tiny_weights, synthesis_fwhm=2.0)  # fmt: skip
+    settings = Settings(
+        bids_dir=root,
+        output_dir=tmp_path / "o",
+        work_dir=tmp_path / "w",
+        model_weights=tiny_weights,
+        synthesis_fwhm=2.0,
+    )
     wf = base.init_petsynth_wf(settings, units)
     node = wf.get_node("single_subject_01_wf.synthesis_wf.synthesize")
     assert node.inputs.weights == str(tiny_weights) and node.inputs.fwhm == 2.0
@@ -142,8 +158,14 @@ def _vol(name, with_pet=True, seed=0):
     mask[4:36, 4:40, 3:33] = True
     t1 = (rng.random(mask.shape) * mask).astype(np.float32)
     pet = ((1 - t1) * mask * 0.8).astype(np.float32)
-    return Volumes(name, t1, pet if with_pet else None, mask, np.diag([2, 2, 2, 1.0]),
-                   pet * 2.5 if with_pet else None)  # fmt: skip
+    return Volumes(
+        name,
+        t1,
+        pet if with_pet else None,
+        mask,
+        np.diag([2, 2, 2, 1.0]),
+        pet * 2.5 if with_pet else None,
+    )
 
 
 def test_resume_refuses_other_settings(tmp_path):
@@ -154,8 +176,7 @@ def test_resume_refuses_other_settings(tmp_path):
     cfg = model_config("pix2pix", ngf=4, ndf=4, batch_size=4, n_epochs=1, n_epochs_decay=0)
     train("pix2pix", cfg, vols, val, tmp_path, max_steps_per_epoch=1)
     with pytest.raises(PetSynthError, match="--no-resume"):
-        train("pix2pix", {**cfg, "ngf": 8}, vols, val, tmp_path, epochs=2,
-              max_steps_per_epoch=1)  # fmt: skip
+        train("pix2pix", {**cfg, "ngf": 8}, vols, val, tmp_path, epochs=2, max_steps_per_epoch=1)
     with pytest.raises(PetSynthError, match="--no-resume"):
         train("pix2pix", cfg, vols[:1], val, tmp_path, epochs=2, max_steps_per_epoch=1)
 
@@ -165,13 +186,22 @@ def test_early_stop_is_remembered(tmp_path):
     from pet_synth_app.synthesis.training import train
 
     vols, val = [_vol("a"), _vol("b", seed=1)], [_vol("c", seed=2)]
-    cfg = model_config("pix2pix", ngf=4, ndf=4, batch_size=4, n_epochs=5, n_epochs_decay=0,
-                       lr=0.0)  # lr 0: validation never improves after epoch 1  # fmt: skip
+    cfg = model_config(
+        "pix2pix", ngf=4, ndf=4, batch_size=4, n_epochs=5, n_epochs_decay=0, lr=0.0
+    )  # lr 0: validation never improves after epoch 1
     res = train("pix2pix", cfg, vols, val, tmp_path, patience=1, max_steps_per_epoch=1)
     assert len(res.history) == 2
     seen = []
-    train("pix2pix", cfg, vols, val, tmp_path, patience=1, max_steps_per_epoch=1,
-          progress=lambda *a: seen.append(a))  # fmt: skip
+    train(
+        "pix2pix",
+        cfg,
+        vols,
+        val,
+        tmp_path,
+        patience=1,
+        max_steps_per_epoch=1,
+        progress=lambda *a: seen.append(a),
+    )
     assert seen == []  # the rerun does not train again
 
 
@@ -190,9 +220,19 @@ def test_reference_region_must_match_the_model(tmp_path, capsys):
     root = make_bids(tmp_path / "ds", subjects=("01",))
     weights = make_tiny_weights(tmp_path / "m" / "tiny.safetensors")
     out = tmp_path / "out"
-    code = run.main([str(root), str(out), "participant", "-w", str(tmp_path / "w"),
-                     "--model-weights", str(weights),
-                     "--reference-region", "cerebellum"])  # fmt: skip
+    code = run.main(
+        [
+            str(root),
+            str(out),
+            "participant",
+            "-w",
+            str(tmp_path / "w"),
+            "--model-weights",
+            str(weights),
+            "--reference-region",
+            "cerebellum",
+        ]
+    )
     assert code == 1
     (line,) = _err_lines(capsys)
     assert "reference region gm-mean" in line and not out.exists()
@@ -208,13 +248,24 @@ def test_incompatible_normative_model_refused_before_writing(tmp_path, capsys):
     weights = make_tiny_weights(tmp_path / "m" / "tiny.safetensors")
     ref = get_template("mask", 2)
     z = np.zeros(ref.shape)
-    model = normative.NormativeModel(z, z + 1, z, z + 1, np.asanyarray(ref.dataobj) > 0,
-                                     ref.affine, {"model_sha256": "0" * 64})  # fmt: skip
+    model = normative.NormativeModel(
+        z, z + 1, z, z + 1, np.asanyarray(ref.dataobj) > 0, ref.affine, {"model_sha256": "0" * 64}
+    )
     folder = normative.save(model, tmp_path / "norm")
     out = tmp_path / "out"
-    code = run.main([str(root), str(out), "participant", "-w", str(tmp_path / "w"),
-                     "--model-weights", str(weights),
-                     "--normative-model", str(folder)])  # fmt: skip
+    code = run.main(
+        [
+            str(root),
+            str(out),
+            "participant",
+            "-w",
+            str(tmp_path / "w"),
+            "--model-weights",
+            str(weights),
+            "--normative-model",
+            str(folder),
+        ]
+    )
     assert code == 1
     (line,) = _err_lines(capsys)
     assert "refit it" in line and not out.exists()

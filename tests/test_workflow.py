@@ -25,8 +25,23 @@ SPACE = "MNI152NLin2009aSym"
 @pytest.fixture(scope="module")
 def phantom(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("phantom") / "bids"
-    code = sim_cli.main([str(root), "--n-controls", "1", "--n-patients", "1", "--seed", "7",
-                         "--voxel-size", "2", "--n-t1w-only", "0", "--n-4d", "1"])  # fmt: skip
+    code = sim_cli.main(
+        [
+            str(root),
+            "--n-controls",
+            "1",
+            "--n-patients",
+            "1",
+            "--seed",
+            "7",
+            "--voxel-size",
+            "2",
+            "--n-t1w-only",
+            "0",
+            "--n-4d",
+            "1",
+        ]
+    )
     assert code == 0
     return root
 
@@ -35,8 +50,20 @@ def phantom(tmp_path_factory) -> Path:
 def first_run(phantom, tmp_path_factory):
     base = tmp_path_factory.mktemp("run")
     out, work = base / "out", base / "work"
-    args = [str(phantom), str(out), "participant", "-w", str(work), "--sloppy",
-            "--nprocs", "2", "--omp-nthreads", "1", "--random-seed", "3"]  # fmt: skip
+    args = [
+        str(phantom),
+        str(out),
+        "participant",
+        "-w",
+        str(work),
+        "--sloppy",
+        "--nprocs",
+        "2",
+        "--omp-nthreads",
+        "1",
+        "--random-seed",
+        "3",
+    ]
     t0 = time.time()
     code = run.main(args)
     return {"code": code, "out": out, "work": work, "args": args, "wall": time.time() - t0}
@@ -66,8 +93,11 @@ def test_participant_outputs(first_run):
         std = _one(anat, f"sub-{sub}_space-{SPACE}_desc-preproc_T1w.nii.gz")
         assert nib.load(std).shape == (99, 117, 95)
         assert nib.load(t1w).shape == nib.load(mask).shape
-        vol_ml = np.asarray(nib.load(mask).dataobj).astype(bool).sum() * np.prod(
-            nib.load(mask).header.get_zooms()[:3]) / 1000  # fmt: skip
+        vol_ml = (
+            np.asarray(nib.load(mask).dataobj).astype(bool).sum()
+            * np.prod(nib.load(mask).header.get_zooms()[:3])
+            / 1000
+        )
         assert 900 < vol_ml < 2000
         side = json.loads(mask.with_name(mask.name.replace(".nii.gz", ".json")).read_text())
         assert side["Sources"] == [f"bids:raw:sub-{sub}/anat/sub-{sub}_T1w.nii.gz"]
@@ -91,11 +121,14 @@ def test_participant_outputs(first_run):
         pseudo = np.asarray(nib.load(pseudo_t1w).dataobj)
         assert 0.7 < pseudo[gm > 0.5].mean() < 1.3  # SUVR scale, like the real PET
         mask_std = _one(anat, f"sub-{sub}_space-{SPACE}_desc-brain_mask.nii.gz")
-        assert (np.asarray(nib.load(pseudo_std).dataobj)[
-            np.asarray(nib.load(mask_std).dataobj) == 0] == 0).all()
+        assert (
+            np.asarray(nib.load(pseudo_std).dataobj)[np.asarray(nib.load(mask_std).dataobj) == 0]
+            == 0
+        ).all()
         _one(anat, f"sub-{sub}_space-{SPACE}_label-GM_probseg.nii.gz")
-        side = json.loads(pseudo_std.with_name(
-            pseudo_std.name.replace(".nii.gz", ".json")).read_text())  # fmt: skip
+        side = json.loads(
+            pseudo_std.with_name(pseudo_std.name.replace(".nii.gz", ".json")).read_text()
+        )
         card = json.loads(default_weights().with_suffix(".json").read_text())
         assert side["Model"] == "cyclegan-mse"
         assert side["ModelWeightsSha256"] == card["sha256"]
@@ -131,8 +164,12 @@ def test_rerun_reuses_finished_nodes(first_run):
     result = next(work.rglob("anat_preproc_wf/register/result_register.pklz"))
     before = result.stat().st_mtime
     (first_run["out"] / "sub-c01.html").unlink()
-    res = subprocess.run([sys.executable, "-m", "pet_synth_app.cli.run", *first_run["args"]],
-                         capture_output=True, text=True, timeout=900)  # fmt: skip
+    res = subprocess.run(
+        [sys.executable, "-m", "pet_synth_app.cli.run", *first_run["args"]],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     assert result.stat().st_mtime == before  # cached, not recomputed
     assert (first_run["out"] / "sub-c01.html").is_file()
@@ -144,8 +181,20 @@ def test_one_bad_subject_others_finish(phantom, tmp_path, capsys):
     bad = bids / "sub-c01" / "anat" / "sub-c01_T1w.nii.gz"
     bad.write_text("<!DOCTYPE html><html>not an image</html>" + " " * 400)
     out = tmp_path / "out"
-    code = run.main([str(bids), str(out), "participant", "-w", str(tmp_path / "w"),
-                     "--sloppy", "--nprocs", "2", "--output-spaces", SPACE])  # fmt: skip
+    code = run.main(
+        [
+            str(bids),
+            str(out),
+            "participant",
+            "-w",
+            str(tmp_path / "w"),
+            "--sloppy",
+            "--nprocs",
+            "2",
+            "--output-spaces",
+            SPACE,
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 1
     assert "sub-c01 skipped" in err and "HTML" in err and "Traceback" not in err
@@ -158,11 +207,36 @@ def test_train_then_use_the_model(phantom, first_run, tmp_path):
     """petsynth-train preprocesses with the participant workflow (same work dir: cached
     nodes), trains a tiny model and `petsynth --model-weights` uses it."""
     model = tmp_path / "model"
-    code = train.main([str(phantom), str(model), "--participant-label", "c01", "p01",
-                       "--val-participants", "p01", "-w", str(first_run["work"]), "--sloppy",
-                       "--random-seed", "3", "--nprocs", "2", "--omp-nthreads", "1",
-                       "--ngf", "4", "--ndf", "4", "--batch-size", "2", "--epochs", "2",
-                       "--max-steps-per-epoch", "2"])  # fmt: skip
+    code = train.main(
+        [
+            str(phantom),
+            str(model),
+            "--participant-label",
+            "c01",
+            "p01",
+            "--val-participants",
+            "p01",
+            "-w",
+            str(first_run["work"]),
+            "--sloppy",
+            "--random-seed",
+            "3",
+            "--nprocs",
+            "2",
+            "--omp-nthreads",
+            "1",
+            "--ngf",
+            "4",
+            "--ndf",
+            "4",
+            "--batch-size",
+            "2",
+            "--epochs",
+            "2",
+            "--max-steps-per-epoch",
+            "2",
+        ]
+    )
     assert code == 0
     card = json.loads((model / "model.json").read_text())
     assert card["training"]["participants"] == ["c01"]
@@ -172,10 +246,26 @@ def test_train_then_use_the_model(phantom, first_run, tmp_path):
     assert len(log) == 3 and "val_ssim" in log[0]
     assert _one(model / "preproc", f"sub-c01/anat/sub-c01_space-{SPACE}_desc-brain_mask.nii.gz")
     out = tmp_path / "out"
-    code = run.main([str(phantom), str(out), "participant", "--participant-label", "c01",
-                     "-w", str(first_run["work"]), "--sloppy", "--random-seed", "3",
-                     "--nprocs", "2", "--omp-nthreads", "1",
-                     "--model-weights", str(model / "model.safetensors")])  # fmt: skip
+    code = run.main(
+        [
+            str(phantom),
+            str(out),
+            "participant",
+            "--participant-label",
+            "c01",
+            "-w",
+            str(first_run["work"]),
+            "--sloppy",
+            "--random-seed",
+            "3",
+            "--nprocs",
+            "2",
+            "--omp-nthreads",
+            "1",
+            "--model-weights",
+            str(model / "model.safetensors"),
+        ]
+    )
     assert code == 0
     side = _one(out, f"sub-c01/pet/sub-c01_space-{SPACE}_desc-pseudonormal_pet.json")
     assert json.loads(side.read_text())["ModelWeightsSha256"] == card["sha256"]

@@ -26,17 +26,26 @@ def test_graph_has_every_step_and_sink(tmp_path):
     settings = Settings(bids_dir=root, output_dir=tmp_path / "out", work_dir=tmp_path / "w")
     wf = base.init_petsynth_wf(settings, units)
     names = set(wf.list_node_names())
-    for step in ("anat_preproc_wf.skullstrip", "anat_preproc_wf.n4", "anat_preproc_wf.register",
-                 "anat_preproc_wf.segment", "pet_trc_FDG_wf.frame_average",
-                 "pet_trc_FDG_wf.coregister", "pet_trc_FDG_wf.suvr",
-                 "pet_trc_FDG_wf_derivatives.ds_pet_std",
-                 "pet_trc_FDG_wf_derivatives.ds_pet_t1w", "synthesis_wf.synthesize",
-                 "synthesis_wf.pseudo_to_t1w", "synthesis_derivatives_wf.ds_pseudo_std",
-                 "pet_trc_FDG_wf_hypo.zmap", "pet_trc_FDG_wf_hypo.clusters",
-                 "pet_trc_FDG_wf_hypo.cluster_table",
-                 "pet_trc_FDG_wf_hypo_derivatives.ds_stat_std",
-                 "pet_trc_FDG_wf_hypo_derivatives.ds_dseg_t1w",
-                 "pet_trc_FDG_wf_hypo_derivatives.ds_clusters"):  # fmt: skip
+    for step in (
+        "anat_preproc_wf.skullstrip",
+        "anat_preproc_wf.n4",
+        "anat_preproc_wf.register",
+        "anat_preproc_wf.segment",
+        "pet_trc_FDG_wf.frame_average",
+        "pet_trc_FDG_wf.coregister",
+        "pet_trc_FDG_wf.suvr",
+        "pet_trc_FDG_wf_derivatives.ds_pet_std",
+        "pet_trc_FDG_wf_derivatives.ds_pet_t1w",
+        "synthesis_wf.synthesize",
+        "synthesis_wf.pseudo_to_t1w",
+        "synthesis_derivatives_wf.ds_pseudo_std",
+        "pet_trc_FDG_wf_hypo.zmap",
+        "pet_trc_FDG_wf_hypo.clusters",
+        "pet_trc_FDG_wf_hypo.cluster_table",
+        "pet_trc_FDG_wf_hypo_derivatives.ds_stat_std",
+        "pet_trc_FDG_wf_hypo_derivatives.ds_dseg_t1w",
+        "pet_trc_FDG_wf_hypo_derivatives.ds_clusters",
+    ):
         for sub in ("01", "02"):
             assert f"single_subject_{sub}_wf.{step}" in names, step
     # the frame durations from the sidecar reach the frame-average step
@@ -55,8 +64,9 @@ def test_graph_has_every_step_and_sink(tmp_path):
 
 def test_output_spaces_select_sinks(tmp_path):
     root, units = _units(tmp_path)
-    settings = Settings(bids_dir=root, output_dir=tmp_path / "o", work_dir=tmp_path / "w",
-                        output_spaces=["T1w"])  # fmt: skip
+    settings = Settings(
+        bids_dir=root, output_dir=tmp_path / "o", work_dir=tmp_path / "w", output_spaces=["T1w"]
+    )
     names = base.init_petsynth_wf(settings, units).list_node_names()
     assert any(n.endswith("ds_pet_t1w") for n in names)
     assert not any(n.endswith("ds_pet_std") for n in names)

@@ -89,8 +89,9 @@ def fit(
         raise ValueError("no gray-matter voxel is inside every control's brain mask")
     scaled = [siamese.scale_unit(p, m) for p, m in zip(pets, masks, strict=True)]
     t0 = time.time()
-    ae, log = siamese.train_siamese(scaled, voxels, epochs=epochs, seed=seed, threads=threads,
-                                    pairs_per_epoch=pairs_per_epoch)  # fmt: skip
+    ae, log = siamese.train_siamese(
+        scaled, voxels, epochs=epochs, seed=seed, threads=threads, pairs_per_epoch=pairs_per_epoch
+    )
     t_ae = time.time() - t0
     ijk = np.argwhere(voxels).astype(np.int32)  # C order, as np.nonzero
     parts, t_svm = [], 0.0
@@ -99,9 +100,17 @@ def fit(
         block[tuple(ijk[start : start + block_voxels].T)] = True
         latents = np.stack([siamese.encode_volume(ae, v, block) for v in scaled])
         t1 = time.time()
-        parts.append(ocsvm.fit_model(latents, ijk[start : start + block_voxels], voxels.shape,
-                                     np.asarray(affine), nu=nu, gamma=gamma,
-                                     meta=dict(meta or {})))  # fmt: skip
+        parts.append(
+            ocsvm.fit_model(
+                latents,
+                ijk[start : start + block_voxels],
+                voxels.shape,
+                np.asarray(affine),
+                nu=nu,
+                gamma=gamma,
+                meta=dict(meta or {}),
+            )
+        )
         t_svm += time.time() - t1
         del latents
     model = ocsvm.concat_models(parts)

@@ -141,8 +141,13 @@ def meta_sha256(folder: str | Path) -> str:
     return hashlib.sha256((Path(folder) / META).read_bytes()).hexdigest()
 
 
-def preflight(folder: str | Path, weights_sha256: str | None, histogram_matching: bool,
-              affine: np.ndarray, shape: tuple) -> dict:  # fmt: skip
+def preflight(
+    folder: str | Path,
+    weights_sha256: str | None,
+    histogram_matching: bool,
+    affine: np.ndarray,
+    shape: tuple,
+) -> dict:
     """Check a normative model against this run before anything is computed."""
     folder = Path(folder)
     try:
@@ -157,7 +162,8 @@ def preflight(folder: str | Path, weights_sha256: str | None, histogram_matching
     if bool(meta.get("histogram_matching", False)) != bool(histogram_matching):
         raise PetSynthError(
             f"normative model was fitted {'with' if meta.get('histogram_matching') else 'without'}"
-            " --histogram-matching: use the same setting or refit it", str(folder)
+            " --histogram-matching: use the same setting or refit it",
+            str(folder),
         )
     return meta
 

@@ -27,24 +27,36 @@ LOGGER = logging.getLogger("petsynth")
 def get_parser() -> argparse.ArgumentParser:
     """Argument parser of ``petsynth-demo``."""
     parser = argparse.ArgumentParser(
-        prog=PROG, description=__doc__.splitlines()[0].split(": ", 1)[1],
+        prog=PROG,
+        description=__doc__.splitlines()[0].split(": ", 1)[1],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )  # fmt: skip
-    parser.add_argument("out", type=Path, metavar="OUT",
-                        help="demo folder (bids/, derivatives/, work/ are created in it)")
-    parser.add_argument("--n-controls", type=int, default=4,
-                        help="controls, including the T1w-only ones")
+    )
+    parser.add_argument(
+        "out",
+        type=Path,
+        metavar="OUT",
+        help="demo folder (bids/, derivatives/, work/ are created in it)",
+    )
+    parser.add_argument(
+        "--n-controls", type=int, default=4, help="controls, including the T1w-only ones"
+    )
     parser.add_argument("--n-t1w-only", type=int, default=1, help="controls without PET")
     parser.add_argument("--n-patients", type=int, default=2, help="patients with lesions")
     parser.add_argument("--seed", type=int, default=1, help="cohort and model random seed")
     parser.add_argument("--nprocs", type=int, default=2, help="parallel processes")
-    parser.add_argument("--registration", default="sloppy",
-                        choices=["sloppy", "default", "precise"],
-                        help="T1w-to-MNI preset (sloppy keeps the demo to minutes)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace an earlier demo in OUT (its bids/, derivatives/, work/)")
+    parser.add_argument(
+        "--registration",
+        default="sloppy",
+        choices=["sloppy", "default", "precise"],
+        help="T1w-to-MNI preset (sloppy keeps the demo to minutes)",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an earlier demo in OUT (its bids/, derivatives/, work/)",
+    )
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
-    return parser  # fmt: skip
+    return parser
 
 
 class _Steps:
@@ -86,21 +98,40 @@ def run_demo(opts: argparse.Namespace) -> int:
         for p in (bids, deriv, work):
             shutil.rmtree(p, ignore_errors=True)
     step = _Steps(6)
-    step(f"simulating {opts.n_controls} controls ({opts.n_t1w_only} without PET) and "
-         f"{opts.n_patients} patients into {bids}")  # fmt: skip
-    config = CohortConfig(n_controls=opts.n_controls, n_patients=opts.n_patients,
-                          seed=opts.seed, voxel_size=2.0, n_t1w_only=opts.n_t1w_only, n_4d=0,
-                          lesion_loss=(0.2, 0.35), lesion_volume_ml=(4.0, 15.0))  # fmt: skip
+    step(
+        f"simulating {opts.n_controls} controls ({opts.n_t1w_only} without PET) and "
+        f"{opts.n_patients} patients into {bids}"
+    )
+    config = CohortConfig(
+        n_controls=opts.n_controls,
+        n_patients=opts.n_patients,
+        seed=opts.seed,
+        voxel_size=2.0,
+        n_t1w_only=opts.n_t1w_only,
+        n_4d=0,
+        lesion_loss=(0.2, 0.35),
+        lesion_volume_ml=(4.0, 15.0),
+    )
     plans = write_cohort(bids, config, overwrite=True)
-    common = ["-w", str(work), "--nprocs", str(opts.nprocs), "--registration",
-              opts.registration, "--random-seed", str(opts.seed)]  # fmt: skip
+    common = [
+        "-w",
+        str(work),
+        "--nprocs",
+        str(opts.nprocs),
+        "--registration",
+        opts.registration,
+        "--random-seed",
+        str(opts.seed),
+    ]
     controls = [p.label for p in plans if p.group == "control"]
     step(f"participant level, {len(controls)} controls: preprocessing, pseudo-normal PET")
     _run([str(bids), str(deriv), "participant", "--participant-label", *controls, *common])
     step("group level: control normative model and OC-SVM detector (real + synthetic PET)")
     _run([str(bids), str(deriv), "group", "--augment-synthetic", *common])
-    step("participant level, everyone: patients processed, control-referenced Z maps and "
-         "OC-SVM anomaly maps")  # fmt: skip
+    step(
+        "participant level, everyone: patients processed, control-referenced Z maps and "
+        "OC-SVM anomaly maps"
+    )
     _run([str(bids), str(deriv), "participant", *common])
     step("evaluation against the simulated lesions")
     lines = _evaluate(deriv, bids / "derivatives" / "truth")
@@ -119,8 +150,10 @@ def _evaluate(deriv: Path, truth: Path) -> list[str]:
     run has already refreshed the group report, with the truth)."""
     from .evaluate import evaluate, write_evaluation
 
-    lines = ["  detection of the simulated lesions (sensitivity: patients with a true cluster "
-             "among their top-k clusters):"]  # fmt: skip
+    lines = [
+        "  detection of the simulated lesions (sensitivity: patients with a true cluster "
+        "among their top-k clusters):"
+    ]
     for desc in ("hypometabolism", "ocsvm"):
         try:
             results = evaluate(deriv, truth, desc)

@@ -32,12 +32,24 @@ def get_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("output_dir", type=Path, help="PetSynth output folder")
-    parser.add_argument("--truth", type=Path, required=True,
-                        help="ground-truth folder (lesions.tsv, sub-*/anat/*_desc-lesion_mask)")
-    parser.add_argument("--desc", default="hypometabolism", choices=["hypometabolism", "ocsvm"],
-                        help="which cluster maps: hypometabolism or ocsvm")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="where to write (default OUTPUT_DIR/group/evaluation)")
+    parser.add_argument(
+        "--truth",
+        type=Path,
+        required=True,
+        help="ground-truth folder (lesions.tsv, sub-*/anat/*_desc-lesion_mask)",
+    )
+    parser.add_argument(
+        "--desc",
+        default="hypometabolism",
+        choices=["hypometabolism", "ocsvm"],
+        help="which cluster maps: hypometabolism or ocsvm",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="where to write (default OUTPUT_DIR/group/evaluation)",
+    )
     parser.add_argument("--max-k", type=int, default=10, help="longest sensitivity curve")
     parser.add_argument("--version", action="version", version=f"petsynth {__version__}")
     return parser
@@ -57,8 +69,9 @@ def _load_labels_on(path: Path, ref_path: Path):
     if img.shape[:3] != ref.shape[:3] or not np.allclose(img.affine, ref.affine, atol=1e-3):
         from nilearn.image import resample_to_img
 
-        img = resample_to_img(img, ref, interpolation="nearest", force_resample=True,
-                              copy_header=True)  # fmt: skip
+        img = resample_to_img(
+            img, ref, interpolation="nearest", force_resample=True, copy_header=True
+        )
     return np.rint(np.asanyarray(img.dataobj)).astype(int)
 
 
@@ -108,8 +121,13 @@ def evaluate(out_dir: Path, truth: Path, desc: str = "hypometabolism", max_k: in
         cluster_lobes = {int(r["rank"]): det.lobe_key(r["hemisphere"], r["lobe"]) for r in rows}
         if s not in lesions:
             n_clusters = det.count_clusters(labels)
-            controls.append({"participant_id": f"sub-{s}", "n_clusters": n_clusters,
-                             "in_normative_model": f"sub-{s}" in fitted})  # fmt: skip
+            controls.append(
+                {
+                    "participant_id": f"sub-{s}",
+                    "n_clusters": n_clusters,
+                    "in_normative_model": f"sub-{s}" in fitted,
+                }
+            )
             continue
         mask = first_match(truth / f"sub-{s}", f"**/sub-{s}*_desc-lesion_mask.nii.gz")
         if mask is None:
@@ -119,10 +137,16 @@ def evaluate(out_dir: Path, truth: Path, desc: str = "hypometabolism", max_k: in
         res = det.evaluate_patient(labels, truth_labels, lesion_lobes, cluster_lobes)
         patients.append({"participant_id": f"sub-{s}", **res})
         for k, v in lesions[s].items():
-            lesion_rows.append({"participant_id": f"sub-{s}", "lesion": k,
-                                "lobe": lesion_lobes[k], "volume_ml": float(v["volume_ml"]),
-                                "uptake_loss": float(v["uptake_loss"]),
-                                "best_rank": res["lesion_ranks"].get(k)})  # fmt: skip
+            lesion_rows.append(
+                {
+                    "participant_id": f"sub-{s}",
+                    "lesion": k,
+                    "lobe": lesion_lobes[k],
+                    "volume_ml": float(v["volume_ml"]),
+                    "uptake_loss": float(v["uptake_loss"]),
+                    "best_rank": res["lesion_ranks"].get(k),
+                }
+            )
     if not patients:
         raise NoPatientMaps(
             f"no patient of the truth folder has `space-T1w_desc-{desc}_dseg` outputs "
@@ -141,8 +165,9 @@ def evaluate(out_dir: Path, truth: Path, desc: str = "hypometabolism", max_k: in
     summary["fp_per_control_held_out"] = float(np.mean(held_out)) if held_out else None
     summary["controls_in_normative_model"] = sum(c["in_normative_model"] for c in controls)
     curve = det.sensitivity_curve([p["first_hit_rank"] for p in patients], max_k)
-    lesion_curve = [(k, sum(r is not None and r <= k for r in ranks) / len(ranks))
-                    for k in range(1, max_k + 1)]  # fmt: skip
+    lesion_curve = [
+        (k, sum(r is not None and r <= k for r in ranks) / len(ranks)) for k in range(1, max_k + 1)
+    ]
     return patients, lesion_rows, controls, summary, curve, lesion_curve
 
 
@@ -154,25 +179,41 @@ def main(argv: list[str] | None = None) -> int:
     return guarded(parser, lambda: run_evaluation(opts), "interrupted")
 
 
-def write_evaluation(out: Path, desc: str, patients, lesion_rows, controls, summary, curve,
-                     lesion_curve) -> dict:  # fmt: skip
+def write_evaluation(
+    out: Path, desc: str, patients, lesion_rows, controls, summary, curve, lesion_curve
+) -> dict:
     """Write ``evaluate``'s results to ``out/desc-<desc>_*`` (tables, curve, summary)."""
     from ..analysis import detection as det
 
     out.mkdir(parents=True, exist_ok=True)
     stem = f"desc-{desc}"
-    cols = ["participant_id", "n_clusters", "n_lesions", "first_hit_rank", "hit_lesions",
-            "lobe_correct"]  # fmt: skip
+    cols = [
+        "participant_id",
+        "n_clusters",
+        "n_lesions",
+        "first_hit_rank",
+        "hit_lesions",
+        "lobe_correct",
+    ]
     det.write_tsv(patients, out / f"{stem}_patients.tsv", cols)
     det.write_tsv(lesion_rows, out / f"{stem}_lesions.tsv")
-    det.write_tsv(controls, out / f"{stem}_controls.tsv",
-                  ["participant_id", "n_clusters", "in_normative_model"])  # fmt: skip
-    det.write_tsv([{"k": k, "patient_sensitivity": s, "lesion_sensitivity": ls}
-                   for (k, s), (_, ls) in zip(curve, lesion_curve, strict=True)],
-                  out / f"{stem}_sensitivity.tsv")  # fmt: skip
-    det.plot_sensitivity_curve({"patients": curve, "lesions": lesion_curve},
-                               out / f"{stem}_sensitivity.png",
-                               title=f"{desc}: detection vs clusters")  # fmt: skip
+    det.write_tsv(
+        controls,
+        out / f"{stem}_controls.tsv",
+        ["participant_id", "n_clusters", "in_normative_model"],
+    )
+    det.write_tsv(
+        [
+            {"k": k, "patient_sensitivity": s, "lesion_sensitivity": ls}
+            for (k, s), (_, ls) in zip(curve, lesion_curve, strict=True)
+        ],
+        out / f"{stem}_sensitivity.tsv",
+    )
+    det.plot_sensitivity_curve(
+        {"patients": curve, "lesions": lesion_curve},
+        out / f"{stem}_sensitivity.png",
+        title=f"{desc}: detection vs clusters",
+    )
     (out / f"{stem}_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
@@ -189,25 +230,34 @@ def run_evaluation(opts: argparse.Namespace) -> int:
         opts.output_dir, opts.truth, opts.desc, opts.max_k
     )
     out = opts.out or opts.output_dir / "group" / "evaluation"
-    summary = write_evaluation(out, opts.desc, patients, lesion_rows, controls, summary, curve,
-                               lesion_curve)  # fmt: skip
-    print(f"petsynth-evaluate ({opts.desc}): {summary['n_patients']} patients, "
-          f"{summary['n_lesions']} lesions, {summary['n_controls']} controls")
+    summary = write_evaluation(
+        out, opts.desc, patients, lesion_rows, controls, summary, curve, lesion_curve
+    )
+    print(
+        f"petsynth-evaluate ({opts.desc}): {summary['n_patients']} patients, "
+        f"{summary['n_lesions']} lesions, {summary['n_controls']} controls"
+    )
     for k in det.SUMMARY_TOP_K:
-        print(f"  sensitivity within top {k}: patients {summary[f'sensitivity_top{k}']:.2f}, "
-              f"lesions {summary[f'lesion_sensitivity_top{k}']:.2f}")
+        print(
+            f"  sensitivity within top {k}: patients {summary[f'sensitivity_top{k}']:.2f}, "
+            f"lesions {summary[f'lesion_sensitivity_top{k}']:.2f}"
+        )
     mr = summary["mean_rank"]
     la = summary["lobe_accuracy"]
     fp = summary["fp_per_control"]
-    print(f"  detection rate {summary['detection_rate']:.2f}, mean rank "
-          f"{'n/a' if mr is None else f'{mr:.2f}'}, lobe accuracy "
-          f"{'n/a' if la is None else f'{la:.2f}'}, false-positive clusters per control "
-          f"{'n/a' if fp is None else f'{fp:.2f}'}")  # fmt: skip
+    print(
+        f"  detection rate {summary['detection_rate']:.2f}, mean rank "
+        f"{'n/a' if mr is None else f'{mr:.2f}'}, lobe accuracy "
+        f"{'n/a' if la is None else f'{la:.2f}'}, false-positive clusters per control "
+        f"{'n/a' if fp is None else f'{fp:.2f}'}"
+    )
     if summary["controls_in_normative_model"]:
         held = summary["fp_per_control_held_out"]
-        print(f"  note: {summary['controls_in_normative_model']} control(s) were used to fit "
-              "the normative model, so their false-positive count is optimistic; held-out "
-              f"controls: {'none' if held is None else f'{held:.2f} clusters each'}")
+        print(
+            f"  note: {summary['controls_in_normative_model']} control(s) were used to fit "
+            "the normative model, so their false-positive count is optimistic; held-out "
+            f"controls: {'none' if held is None else f'{held:.2f} clusters each'}"
+        )
     print(f"  written to {out}")
     return 0
 

@@ -88,139 +88,235 @@ def get_parser() -> argparse.ArgumentParser:
 
     g_perf = parser.add_argument_group("Options to handle performance")
     g_perf.add_argument(
-        "--nprocs", "--n-cpus", "--n_cpus", dest="nprocs", type=int,
-        default=available_cpus(), help="maximum number of processes (default: the CPUs "
-        "this job may use)",
-    )  # fmt: skip
+        "--nprocs",
+        "--n-cpus",
+        "--n_cpus",
+        dest="nprocs",
+        type=int,
+        default=available_cpus(),
+        help="maximum number of processes (default: the CPUs this job may use)",
+    )
     g_perf.add_argument(
-        "--omp-nthreads", "--omp_nthreads", dest="omp_nthreads", type=int, default=0,
+        "--omp-nthreads",
+        "--omp_nthreads",
+        dest="omp_nthreads",
+        type=int,
+        default=0,
         help="threads per process (0: min(nprocs, 8))",
-    )  # fmt: skip
+    )
     g_perf.add_argument(
-        "--mem-mb", "--mem_mb", dest="mem_mb", type=int, default=0,
+        "--mem-mb",
+        "--mem_mb",
+        dest="mem_mb",
+        type=int,
+        default=0,
         help="memory limit in MB for the scheduler (0: no limit)",
-    )  # fmt: skip
+    )
     g_perf.add_argument(
-        "--use-plugin", "--use_plugin", dest="use_plugin", type=Path, metavar="FILE",
+        "--use-plugin",
+        "--use_plugin",
+        dest="use_plugin",
+        type=Path,
+        metavar="FILE",
         help="Nipype plugin YAML (e.g. {plugin: SLURM, plugin_args: {...}})",
-    )  # fmt: skip
+    )
     g_perf.add_argument(
-        "--device", choices=DEVICES, default="auto",
+        "--device",
+        choices=DEVICES,
+        default="auto",
         help="torch device for the deep models (auto: CUDA when available)",
-    )  # fmt: skip
+    )
 
     g_wf = parser.add_argument_group("Workflow configuration")
     g_wf.add_argument(
-        "--output-spaces", "--output_spaces", dest="output_spaces", nargs="+",
-        choices=OUTPUT_SPACES, default=list(OUTPUT_SPACES),
+        "--output-spaces",
+        "--output_spaces",
+        dest="output_spaces",
+        nargs="+",
+        choices=OUTPUT_SPACES,
+        default=list(OUTPUT_SPACES),
         help="spaces of the PET outputs",
-    )  # fmt: skip
+    )
     g_wf.add_argument(
-        "--reference-region", "--reference_region", dest="reference_region",
-        choices=REFERENCE_REGIONS, default="gm-mean",
+        "--reference-region",
+        "--reference_region",
+        dest="reference_region",
+        choices=REFERENCE_REGIONS,
+        default="gm-mean",
         help="SUVR reference region for PET intensity normalization",
-    )  # fmt: skip
+    )
     g_wf.add_argument(
-        "--registration", dest="registration_preset", choices=REGISTRATION_PRESETS,
-        default="default", help="T1w-to-MNI registration preset (see docs/usage.md)",
-    )  # fmt: skip
+        "--registration",
+        dest="registration_preset",
+        choices=REGISTRATION_PRESETS,
+        default="default",
+        help="T1w-to-MNI registration preset (see docs/usage.md)",
+    )
     g_wf.add_argument(
-        "--brain-extraction", "--brain_extraction", dest="brain_extraction",
-        choices=["deepbet", "ants"], default="deepbet",
+        "--brain-extraction",
+        "--brain_extraction",
+        dest="brain_extraction",
+        choices=["deepbet", "ants"],
+        default="deepbet",
         help="brain extraction method (deepbet falls back to ants on failure)",
-    )  # fmt: skip
+    )
     g_wf.add_argument(
-        "--mni-resolution", "--mni_resolution", dest="mni_resolution", type=int,
-        choices=[1, 2], default=2, help="voxel size (mm) of the MNI-space outputs",
-    )  # fmt: skip
+        "--mni-resolution",
+        "--mni_resolution",
+        dest="mni_resolution",
+        type=int,
+        choices=[1, 2],
+        default=2,
+        help="voxel size (mm) of the MNI-space outputs",
+    )
     g_syn = parser.add_argument_group("Synthesis")
     g_syn.add_argument(
-        "--model-weights", "--model_weights", dest="model_weights", type=Path, default=None,
+        "--model-weights",
+        "--model_weights",
+        dest="model_weights",
+        type=Path,
+        default=None,
         help="synthesis model (.safetensors with its .json card, from petsynth-train); "
         "default: the shipped cyclegan-mse trained on phantoms",
-    )  # fmt: skip
+    )
     g_syn.add_argument(
-        "--synthesis-fwhm", "--synthesis_fwhm", dest="synthesis_fwhm", type=float,
+        "--synthesis-fwhm",
+        "--synthesis_fwhm",
+        dest="synthesis_fwhm",
+        type=float,
         default=None,
         help="Gaussian smoothing (mm FWHM) of the restacked pseudo-normal PET (default: the "
         f"value tuned on validation SSIM in the model card, else {SYNTHESIS_FWHM_MM})",
-    )  # fmt: skip
+    )
     g_syn.add_argument(
-        "--skip-synthesis", "--skip_synthesis", dest="skip_synthesis", action="store_true",
+        "--skip-synthesis",
+        "--skip_synthesis",
+        dest="skip_synthesis",
+        action="store_true",
         help="preprocessing only (no pseudo-normal PET)",
-    )  # fmt: skip
+    )
     g_hypo = parser.add_argument_group("Hypometabolism maps")
     g_hypo.add_argument(
-        "--z-threshold", "--z_threshold", dest="z_threshold", type=float, default=Z_THRESHOLD,
+        "--z-threshold",
+        "--z_threshold",
+        dest="z_threshold",
+        type=float,
+        default=Z_THRESHOLD,
         help="voxel threshold (one-sided, lower tail): Z below it is hypometabolic",
-    )  # fmt: skip
+    )
     g_hypo.add_argument(
-        "--min-cluster-size", "--min_cluster_size", dest="min_cluster_mm3", type=float,
-        default=MIN_CLUSTER_MM3, metavar="MM3", help="minimum cluster volume in mm³",
-    )  # fmt: skip
+        "--min-cluster-size",
+        "--min_cluster_size",
+        dest="min_cluster_mm3",
+        type=float,
+        default=MIN_CLUSTER_MM3,
+        metavar="MM3",
+        help="minimum cluster volume in mm³",
+    )
     g_hypo.add_argument(
-        "--cluster-rank", "--cluster_rank", dest="cluster_rank", choices=RANK_METHODS,
-        default=RANK_BY, help="cluster ranking: mass (sum of Z beyond threshold), size, peak",
-    )  # fmt: skip
+        "--cluster-rank",
+        "--cluster_rank",
+        dest="cluster_rank",
+        choices=RANK_METHODS,
+        default=RANK_BY,
+        help="cluster ranking: mass (sum of Z beyond threshold), size, peak",
+    )
     g_hypo.add_argument(
-        "--histogram-matching", "--histogram_matching", dest="histogram_matching",
+        "--histogram-matching",
+        "--histogram_matching",
+        dest="histogram_matching",
         action="store_true",
         help="match the pseudo-normal PET's histogram to the real PET inside the brain",
-    )  # fmt: skip
+    )
     g_hypo.add_argument(
-        "--normative-model", "--normative_model", dest="normative_model", type=Path,
+        "--normative-model",
+        "--normative_model",
+        dest="normative_model",
+        type=Path,
         default=None,
         help="control normative model folder (from the group level) for control-referenced "
         "Z maps and OC-SVM anomaly maps; default: OUT/group/normative when it exists, else "
         "self-referenced Z and no anomaly map",
-    )  # fmt: skip
+    )
     g_ano = parser.add_argument_group("OC-SVM anomaly maps (fitted at the group level)")
     g_ano.add_argument(
-        "--ocsvm-threshold", "--ocsvm_threshold", dest="ocsvm_threshold", type=float,
+        "--ocsvm-threshold",
+        "--ocsvm_threshold",
+        dest="ocsvm_threshold",
+        type=float,
         default=Z_THRESHOLD,
         help="voxel threshold on the self-standardized OC-SVM score (SD units; lower tail)",
-    )  # fmt: skip
+    )
     g_ano.add_argument(
-        "--augment-synthetic", "--augment_synthetic", dest="augment_synthetic",
+        "--augment-synthetic",
+        "--augment_synthetic",
+        dest="augment_synthetic",
         action="store_true",
         help="group: also train on the pseudo-normal PET of controls without a real PET "
         "(T1w-only controls; the hybrid database of Zotova et al.)",
-    )  # fmt: skip
+    )
     g_ano.add_argument(
-        "--ocsvm-nu", "--ocsvm_nu", dest="ocsvm_nu", type=float, default=OCSVM_NU,
+        "--ocsvm-nu",
+        "--ocsvm_nu",
+        dest="ocsvm_nu",
+        type=float,
+        default=OCSVM_NU,
         help="group: one-class SVM nu (bound on the fraction of controls outside the support)",
-    )  # fmt: skip
+    )
     g_ano.add_argument(
-        "--ocsvm-gamma", "--ocsvm_gamma", dest="ocsvm_gamma", default=OCSVM_GAMMA,
+        "--ocsvm-gamma",
+        "--ocsvm_gamma",
+        dest="ocsvm_gamma",
+        default=OCSVM_GAMMA,
         help="group: RBF gamma, a number or 'scale' (1 / (64 x variance), per voxel)",
-    )  # fmt: skip
+    )
     g_ano.add_argument(
-        "--siamese-epochs", "--siamese_epochs", dest="siamese_epochs", type=int,
-        default=SIAMESE_EPOCHS, help="group: siamese autoencoder training epochs",
-    )  # fmt: skip
+        "--siamese-epochs",
+        "--siamese_epochs",
+        dest="siamese_epochs",
+        type=int,
+        default=SIAMESE_EPOCHS,
+        help="group: siamese autoencoder training epochs",
+    )
     g_wf.add_argument(
-        "--random-seed", "--random_seed", dest="random_seed", type=int, default=0,
+        "--random-seed",
+        "--random_seed",
+        dest="random_seed",
+        type=int,
+        default=0,
         help="seed for every random step (registration sampling, models)",
-    )  # fmt: skip
+    )
     g_wf.add_argument(
-        "--sloppy", action="store_true",
+        "--sloppy",
+        action="store_true",
         help="fast, low-accuracy settings for testing only",
-    )  # fmt: skip
+    )
 
     g_other = parser.add_argument_group("Other options")
     g_other.add_argument(
-        "-w", "--work-dir", "--work_dir", dest="work_dir", type=Path,
+        "-w",
+        "--work-dir",
+        "--work_dir",
+        dest="work_dir",
+        type=Path,
         default=Path("work").absolute(),
         help="Nipype working directory (reused on reruns to resume)",
-    )  # fmt: skip
+    )
     g_other.add_argument(
-        "--stop-on-first-crash", "--stop_on_first_crash", dest="stop_on_first_crash",
-        action="store_true", help="stop at the first failing step",
-    )  # fmt: skip
+        "--stop-on-first-crash",
+        "--stop_on_first_crash",
+        dest="stop_on_first_crash",
+        action="store_true",
+        help="stop at the first failing step",
+    )
     g_other.add_argument(
-        "-v", "--verbose", dest="verbose", action="count", default=0,
+        "-v",
+        "--verbose",
+        dest="verbose",
+        action="count",
+        default=0,
         help="more log output (-vv for debug)",
-    )  # fmt: skip
+    )
     return parser
 
 
@@ -267,8 +363,10 @@ def settings_from_args(opts: argparse.Namespace) -> Settings:
     if opts.normative_model and not any(
         (opts.normative_model / f).is_file() for f in ("normative.json", "anomaly.json")
     ):
-        raise UsageError("not a normative model folder (no normative.json or anomaly.json)",
-                         str(opts.normative_model))  # fmt: skip
+        raise UsageError(
+            "not a normative model folder (no normative.json or anomaly.json)",
+            str(opts.normative_model),
+        )
     gamma = opts.ocsvm_gamma
     if gamma != "scale":
         try:
@@ -477,8 +575,9 @@ def _preflight_models(settings: Settings) -> None:
     folder = normative_model_dir(settings)
     if folder is not None:
         ref = get_template("T1w", settings.mni_resolution)
-        normative.preflight(folder, card["sha256"], settings.histogram_matching, ref.affine,
-                            ref.shape[:3])  # fmt: skip
+        normative.preflight(
+            folder, card["sha256"], settings.histogram_matching, ref.affine, ref.shape[:3]
+        )
         settings.normative_model = folder
 
 
@@ -517,8 +616,9 @@ def _write_group_report(settings: Settings) -> None:
     from ..reports.group_report import write_group_report
 
     truth = settings.bids_dir / "derivatives" / "truth"
-    report = write_group_report(settings.output_dir,
-                                truth if (truth / "lesions.tsv").is_file() else None)  # fmt: skip
+    report = write_group_report(
+        settings.output_dir, truth if (truth / "lesions.tsv").is_file() else None
+    )
     LOGGER.info("group report: %s", report)
 
 

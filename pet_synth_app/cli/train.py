@@ -43,78 +43,154 @@ def get_parser() -> argparse.ArgumentParser:
 
     g_data = parser.add_argument_group("Training data")
     g_data.add_argument(
-        "--group", nargs="+", default=["control"],
+        "--group",
+        nargs="+",
+        default=["control"],
         help="participants.tsv `group` values to train on",
-    )  # fmt: skip
+    )
     g_data.add_argument(
-        "--participant-label", "--participant_label", dest="participant_label", nargs="+",
-        default=[], help="train on these participants instead of selecting by group",
-    )  # fmt: skip
+        "--participant-label",
+        "--participant_label",
+        dest="participant_label",
+        nargs="+",
+        default=[],
+        help="train on these participants instead of selecting by group",
+    )
     g_data.add_argument(
-        "--derivatives", type=Path, default=None,
+        "--derivatives",
+        type=Path,
+        default=None,
         help="existing PetSynth outputs of BIDS_DIR to train on (default: preprocess into "
         "MODEL_DIR/preproc first)",
-    )  # fmt: skip
+    )
     g_data.add_argument(
-        "--unpaired", action="store_true",
+        "--unpaired",
+        action="store_true",
         help="do not pair each T1w with its own PET (models that allow it: cyclegan)",
-    )  # fmt: skip
+    )
     g_data.add_argument(
-        "--val-fraction", type=float, default=0.2,
+        "--val-fraction",
+        type=float,
+        default=0.2,
         help="fraction of participants held out for validation (early stopping)",
-    )  # fmt: skip
+    )
     g_data.add_argument(
-        "--val-participants", nargs="+", default=[],
+        "--val-participants",
+        nargs="+",
+        default=[],
         help="explicit validation participants (overrides --val-fraction)",
-    )  # fmt: skip
-    g_data.add_argument("--folds", type=int, default=0,
-                        help="k-fold cross-validation: train k models, one per held-out fold")
-    g_data.add_argument("--fold", type=int, default=None,
-                        help="with --folds: train only this fold (1-based; for array jobs)")
-    g_data.add_argument("--data-description", default=None,
-                        help="one line on the training data for the model card")
-    g_data.add_argument("--card-note", default=None,
-                        help="intended-use note written into the model card")
+    )
+    g_data.add_argument(
+        "--folds",
+        type=int,
+        default=0,
+        help="k-fold cross-validation: train k models, one per held-out fold",
+    )
+    g_data.add_argument(
+        "--fold",
+        type=int,
+        default=None,
+        help="with --folds: train only this fold (1-based; for array jobs)",
+    )
+    g_data.add_argument(
+        "--data-description", default=None, help="one line on the training data for the model card"
+    )
+    g_data.add_argument(
+        "--card-note", default=None, help="intended-use note written into the model card"
+    )
 
     g_hp = parser.add_argument_group("Hyper-parameters (defaults: the model registry / seed 001)")
-    g_hp.add_argument("--epochs", type=int, default=None,
-                      help="total epochs (default: n_epochs + n_epochs_decay of the model)")
-    for flag, typ in (("--n-epochs", int), ("--n-epochs-decay", int), ("--batch-size", int),
-                      ("--lr", float), ("--ngf", int), ("--ndf", int), ("--n-blocks", int),
-                      ("--lambda-mse", float), ("--lambda-cycle", float)):  # fmt: skip
-        g_hp.add_argument(flag, type=typ, default=None,
-                          help="None: the model's value in the registry (seed 001; "
-                          "see docs/models.md)")  # fmt: skip
-    g_hp.add_argument("--prior", action="store_true",
-                      help="the generators also see the mean training images of both "
-                      "domains and predict a residual to the mean of their output domain "
-                      "(shipped with the weights; cyclegan-mse and cyclegan only; not in "
-                      "the seeds: see docs/models.md)")  # fmt: skip
-    g_hp.add_argument("--patience", type=int, default=0,
-                      help="early stopping after this many epochs without a better "
-                      "validation SSIM (0: off)")  # fmt: skip
-    g_hp.add_argument("--max-patches", type=int, default=2000,
-                      help="3D-patch models: patches drawn per volume (seed 001: all, ~6000)")
-    g_hp.add_argument("--max-steps-per-epoch", type=int, default=None,
-                      help="cap the optimisation steps per epoch (quick runs)")
-    g_hp.add_argument("--pet-scale", type=float, default=None,
-                      help=f"SUVR mapped to 1.0 at the model output (default {DEFAULT_PET_SCALE})")
+    g_hp.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help="total epochs (default: n_epochs + n_epochs_decay of the model)",
+    )
+    for flag, typ in (
+        ("--n-epochs", int),
+        ("--n-epochs-decay", int),
+        ("--batch-size", int),
+        ("--lr", float),
+        ("--ngf", int),
+        ("--ndf", int),
+        ("--n-blocks", int),
+        ("--lambda-mse", float),
+        ("--lambda-cycle", float),
+    ):
+        g_hp.add_argument(
+            flag,
+            type=typ,
+            default=None,
+            help="None: the model's value in the registry (seed 001; see docs/models.md)",
+        )
+    g_hp.add_argument(
+        "--prior",
+        action="store_true",
+        help="the generators also see the mean training images of both "
+        "domains and predict a residual to the mean of their output domain "
+        "(shipped with the weights; cyclegan-mse and cyclegan only; not in "
+        "the seeds: see docs/models.md)",
+    )
+    g_hp.add_argument(
+        "--patience",
+        type=int,
+        default=0,
+        help="early stopping after this many epochs without a better validation SSIM (0: off)",
+    )
+    g_hp.add_argument(
+        "--max-patches",
+        type=int,
+        default=2000,
+        help="3D-patch models: patches drawn per volume (seed 001: all, ~6000)",
+    )
+    g_hp.add_argument(
+        "--max-steps-per-epoch",
+        type=int,
+        default=None,
+        help="cap the optimisation steps per epoch (quick runs)",
+    )
+    g_hp.add_argument(
+        "--pet-scale",
+        type=float,
+        default=None,
+        help=f"SUVR mapped to 1.0 at the model output (default {DEFAULT_PET_SCALE})",
+    )
 
     g_run = parser.add_argument_group("Run")
-    g_run.add_argument("--random-seed", "--random_seed", dest="random_seed", type=int,
-                       default=0)
+    g_run.add_argument("--random-seed", "--random_seed", dest="random_seed", type=int, default=0)
     g_run.add_argument("--device", choices=DEVICES, default="auto")
     g_run.add_argument("--nprocs", type=int, default=available_cpus())
-    g_run.add_argument("--omp-nthreads", "--omp_nthreads", dest="omp_nthreads", type=int,
-                       default=0, help="threads per process (0: nprocs)")
-    g_run.add_argument("-w", "--work-dir", "--work_dir", dest="work_dir", type=Path,
-                       default=None, help="Nipype work dir (default MODEL_DIR/work)")
-    g_run.add_argument("--mni-resolution", "--mni_resolution", dest="mni_resolution",
-                       type=int, choices=[1, 2], default=2)
-    g_run.add_argument("--no-resume", action="store_true",
-                       help="start over even if MODEL_DIR has a checkpoint")
-    g_run.add_argument("--sloppy", action="store_true",
-                       help="fast, low-accuracy preprocessing (testing only)")
+    g_run.add_argument(
+        "--omp-nthreads",
+        "--omp_nthreads",
+        dest="omp_nthreads",
+        type=int,
+        default=0,
+        help="threads per process (0: nprocs)",
+    )
+    g_run.add_argument(
+        "-w",
+        "--work-dir",
+        "--work_dir",
+        dest="work_dir",
+        type=Path,
+        default=None,
+        help="Nipype work dir (default MODEL_DIR/work)",
+    )
+    g_run.add_argument(
+        "--mni-resolution",
+        "--mni_resolution",
+        dest="mni_resolution",
+        type=int,
+        choices=[1, 2],
+        default=2,
+    )
+    g_run.add_argument(
+        "--no-resume", action="store_true", help="start over even if MODEL_DIR has a checkpoint"
+    )
+    g_run.add_argument(
+        "--sloppy", action="store_true", help="fast, low-accuracy preprocessing (testing only)"
+    )
     g_run.add_argument("-v", "--verbose", action="count", default=0)
     return parser
 
@@ -139,8 +215,9 @@ def _check_args(opts: argparse.Namespace) -> None:
     if opts.unpaired and get_spec(opts.model).paired:
         raise UsageError(f"--unpaired: {opts.model} needs paired T1w/PET (use cyclegan)")
     if opts.prior and not supports_prior(opts.model):
-        raise UsageError(f"--prior: {opts.model} does not take a prior "
-                         f"({' and '.join(prior_models())} do)")  # fmt: skip
+        raise UsageError(
+            f"--prior: {opts.model} does not take a prior ({' and '.join(prior_models())} do)"
+        )
     if not 0 < opts.val_fraction < 1:
         raise UsageError("--val-fraction must be between 0 and 1")
     if opts.folds == 1 or opts.folds < 0:
@@ -235,8 +312,9 @@ def train_from_args(opts: argparse.Namespace) -> int:
             skipped.append(subject)
             continue
         try:
-            volumes.append(load_volumes(subject, files["t1w"], files["mask"], files["pet"],
-                                        pet_scale))  # fmt: skip
+            volumes.append(
+                load_volumes(subject, files["t1w"], files["mask"], files["pet"], pet_scale)
+            )
         except (ValueError, OSError) as exc:
             raise PetSynthError(str(exc), str(files["t1w"])) from None
         if files["pet"] is not None:
@@ -255,8 +333,20 @@ def train_from_args(opts: argparse.Namespace) -> int:
             str(deriv),
         )
 
-    overrides = {k: getattr(opts, k) for k in ("n_epochs", "n_epochs_decay", "batch_size",
-                 "lr", "ngf", "ndf", "n_blocks", "lambda_mse", "lambda_cycle")}  # fmt: skip
+    overrides = {
+        k: getattr(opts, k)
+        for k in (
+            "n_epochs",
+            "n_epochs_decay",
+            "batch_size",
+            "lr",
+            "ngf",
+            "ndf",
+            "n_blocks",
+            "lambda_mse",
+            "lambda_cycle",
+        )
+    }
     spec = get_spec(opts.model)
     overrides = {k: v for k, v in overrides.items() if k in spec.defaults}
     config = model_config(opts.model, **overrides)
@@ -265,8 +355,10 @@ def train_from_args(opts: argparse.Namespace) -> int:
         f"{len(with_pet)} participants (group {'/'.join(opts.group)}) of "
         f"{_dataset_name(opts.bids_dir)}"
     )
-    extra = {"training": {"data": description, "dataset": _dataset_name(opts.bids_dir)},
-             "input": {"pet_reference_region": references.pop() if references else "gm-mean"}}
+    extra = {
+        "training": {"data": description, "dataset": _dataset_name(opts.bids_dir)},
+        "input": {"pet_reference_region": references.pop() if references else "gm-mean"},
+    }
     if opts.card_note:
         extra["intended_use"] = opts.card_note
 
@@ -276,8 +368,16 @@ def train_from_args(opts: argparse.Namespace) -> int:
         rows = []
         for k in todo:
             val_names = set(fold_sets[k - 1])
-            result = _train_one(opts, config, volumes, val_names, opts.model_dir / f"fold-{k}",
-                                pet_scale, device, extra)  # fmt: skip
+            result = _train_one(
+                opts,
+                config,
+                volumes,
+                val_names,
+                opts.model_dir / f"fold-{k}",
+                pet_scale,
+                device,
+                extra,
+            )
             rows.append({"fold": k, "best_epoch": result.best_epoch, **result.best_metrics})
         _write_cv(opts.model_dir / "cv_metrics.tsv", rows)
         return 0
@@ -304,16 +404,32 @@ def _train_one(opts, config, volumes, val_names, out_dir, pet_scale, device, ext
     val_v = [v for v in volumes if v.name in val_names]
     if not train_v or not val_v:
         raise PetSynthError("the split left no training or no validation participant")
-    LOGGER.info("training %s on %d participant(s), validating on %s", opts.model,
-                len(train_v), ", ".join(sorted(val_names)))  # fmt: skip
+    LOGGER.info(
+        "training %s on %d participant(s), validating on %s",
+        opts.model,
+        len(train_v),
+        ", ".join(sorted(val_names)),
+    )
     bar = _progress_bar()
     result = train(
-        opts.model, config, train_v, val_v, out_dir,
-        epochs=opts.epochs, paired=not opts.unpaired, patience=opts.patience,
-        seed=opts.random_seed, device=device, pet_scale=pet_scale,
-        max_patches=opts.max_patches, max_steps_per_epoch=opts.max_steps_per_epoch,
-        resume=not opts.no_resume, card_extra=extra, progress=bar, prior=opts.prior,
-    )  # fmt: skip
+        opts.model,
+        config,
+        train_v,
+        val_v,
+        out_dir,
+        epochs=opts.epochs,
+        paired=not opts.unpaired,
+        patience=opts.patience,
+        seed=opts.random_seed,
+        device=device,
+        pet_scale=pet_scale,
+        max_patches=opts.max_patches,
+        max_steps_per_epoch=opts.max_steps_per_epoch,
+        resume=not opts.no_resume,
+        card_extra=extra,
+        progress=bar,
+        prior=opts.prior,
+    )
     if bar is not None:
         bar.close()
     m = result.best_metrics
@@ -337,8 +453,7 @@ class _Bar:
 
         if epoch != self.epoch:
             self.close()
-            self.bar = tqdm(total=steps, desc=f"epoch {epoch + 1}", leave=False,
-                            file=sys.stderr)  # fmt: skip
+            self.bar = tqdm(total=steps, desc=f"epoch {epoch + 1}", leave=False, file=sys.stderr)
             self.epoch = epoch
         self.bar.update(1)
         self.bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items() if k in ("G", "D_B", "D")})

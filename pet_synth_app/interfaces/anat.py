@@ -40,8 +40,13 @@ class TemplateFiles(SimpleInterface):
     def _run_interface(self, runtime):
         from ..preproc.templates import write_template
 
-        for kind, key in (("T1w", "t1w"), ("mask", "mask"), ("GM", "gm"), ("WM", "wm"),
-                          ("CSF", "csf")):  # fmt: skip
+        for kind, key in (
+            ("T1w", "t1w"),
+            ("mask", "mask"),
+            ("GM", "gm"),
+            ("WM", "wm"),
+            ("CSF", "csf"),
+        ):
             self._results[key] = write_template(kind, self.inputs.resolution, runtime.cwd)
         return runtime
 

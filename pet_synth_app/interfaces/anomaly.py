@@ -20,8 +20,9 @@ class _ScoreInputSpec(BaseInterfaceInputSpec):
     pet = File(exists=True, mandatory=True, desc="real PET, SUVR, MNI")
     mask = File(exists=True, mandatory=True, desc="brain mask, MNI")
     model = Directory(exists=True, mandatory=True, desc="fitted anomaly detector folder")
-    model_sha256 = traits.Str("", usedefault=True,
-                              desc="sha256 of the OC-SVM tensors: a refit reruns the node")
+    model_sha256 = traits.Str(
+        "", usedefault=True, desc="sha256 of the OC-SVM tensors: a refit reruns the node"
+    )
     participant_id = traits.Str("", usedefault=True, desc="sub-<label>, to flag in-sample use")
     nthreads = traits.Int(1, usedefault=True)
 
@@ -43,8 +44,7 @@ class OCSVMScore(SimpleInterface):
         img = nib.load(self.inputs.pet)
         pet = np.asanyarray(img.dataobj, dtype=np.float32)
         mask = np.asanyarray(nib.load(self.inputs.mask).dataobj) > 0
-        score, _, meta = anomaly.score(self.inputs.model, pet, mask,
-                                              threads=self.inputs.nthreads)  # fmt: skip
+        score, _, meta = anomaly.score(self.inputs.model, pet, mask, threads=self.inputs.nthreads)
         out = nib.Nifti1Image(score, img.affine)
         out.header.set_xyzt_units("mm", "sec")
         self._results["out_file"] = os.path.join(runtime.cwd, "ocsvm_score.nii.gz")

@@ -37,8 +37,9 @@ class _ZInputSpec(BaseInterfaceInputSpec):
     gm = File(exists=True, mandatory=True, desc="GM probability, MNI")
     mask = File(exists=True, mandatory=True, desc="brain mask, MNI")
     normative = Directory(exists=True, desc="normative model folder (control-referenced Z)")
-    normative_sha256 = traits.Str("", usedefault=True,
-                                  desc="sha256 of normative.json: a refit reruns the node")
+    normative_sha256 = traits.Str(
+        "", usedefault=True, desc="sha256 of normative.json: a refit reruns the node"
+    )
     weights_sha256 = traits.Str("", usedefault=True, desc="synthesis weights of this run")
     histogram_matching = traits.Bool(False, usedefault=True)
 
@@ -61,17 +62,26 @@ class HypometabolismZ(SimpleInterface):
 
         ref = nib.load(self.inputs.pet)
         mask = _data(self.inputs.mask) > 0
-        d = residual(_data(self.inputs.pet), _data(self.inputs.pseudo), mask,
-                     self.inputs.histogram_matching)  # fmt: skip
+        d = residual(
+            _data(self.inputs.pet), _data(self.inputs.pseudo), mask, self.inputs.histogram_matching
+        )
         meta = {"HistogramMatching": self.inputs.histogram_matching}
         if isdefined(self.inputs.normative):
             model = norm.load(self.inputs.normative)
-            norm.check_compatible(model.meta, model.affine, model.mask.shape, ref.affine,
-                                  ref.shape[:3], self.inputs.weights_sha256)  # fmt: skip
-            z = control_referenced_z(d, model.residual_mean, model.residual_sd,
-                                     mask & model.mask)  # fmt: skip
-            meta.update(ZReference="controls", NormativeModel=str(self.inputs.normative),
-                        NormativeControls=model.meta.get("n_controls"))  # fmt: skip
+            norm.check_compatible(
+                model.meta,
+                model.affine,
+                model.mask.shape,
+                ref.affine,
+                ref.shape[:3],
+                self.inputs.weights_sha256,
+            )
+            z = control_referenced_z(d, model.residual_mean, model.residual_sd, mask & model.mask)
+            meta.update(
+                ZReference="controls",
+                NormativeModel=str(self.inputs.normative),
+                NormativeControls=model.meta.get("n_controls"),
+            )
         else:
             gm = np.where(mask, _data(self.inputs.gm), 0.0)  # d is 0 outside the mask
             z = self_referenced_z(d, gm, mask)
@@ -111,24 +121,32 @@ class FindClusters(SimpleInterface):
         img = nib.load(self.inputs.in_file)
         gm = (_data(self.inputs.gm) > GM_THRESHOLD) & (_data(self.inputs.mask) > 0)
         labels, clusters = find_clusters(
-            np.asanyarray(img.dataobj, dtype=np.float64), gm, img.affine,
-            threshold=self.inputs.threshold, min_volume_mm3=self.inputs.min_volume_mm3,
-            rank_by=self.inputs.rank_by, tail=self.inputs.tail,
-        )  # fmt: skip
-        self._results["dseg"] = _save(labels, img, os.path.join(runtime.cwd, "dseg.nii.gz"),
-                                      np.int16)  # fmt: skip
+            np.asanyarray(img.dataobj, dtype=np.float64),
+            gm,
+            img.affine,
+            threshold=self.inputs.threshold,
+            min_volume_mm3=self.inputs.min_volume_mm3,
+            rank_by=self.inputs.rank_by,
+            tail=self.inputs.tail,
+        )
+        self._results["dseg"] = _save(
+            labels, img, os.path.join(runtime.cwd, "dseg.nii.gz"), np.int16
+        )
         path = os.path.join(runtime.cwd, "clusters.json")
         with open(path, "w") as fh:
             json.dump(cluster_table(clusters), fh)
         self._results["clusters"] = path
         self._results["n_clusters"] = len(clusters)
         self._results["metadata"] = {
-            "Threshold": self.inputs.threshold, "Tail": self.inputs.tail,
+            "Threshold": self.inputs.threshold,
+            "Tail": self.inputs.tail,
             "MinimumClusterVolume": self.inputs.min_volume_mm3,
-            "MinimumClusterVolumeUnits": "mm^3", "RankedBy": self.inputs.rank_by,
-            "Connectivity": 26, "ClusterMask": f"GM probability > {GM_THRESHOLD}",
+            "MinimumClusterVolumeUnits": "mm^3",
+            "RankedBy": self.inputs.rank_by,
+            "Connectivity": 26,
+            "ClusterMask": f"GM probability > {GM_THRESHOLD}",
             "NumberOfClusters": len(clusters),
-        }  # fmt: skip
+        }
         return runtime
 
 
@@ -177,8 +195,7 @@ class ClusterTable(SimpleInterface):
             if inside.any():
                 idx = np.argwhere(inside)
                 best = idx[np.argmax(sign * stat[inside])]
-                xyz = [round(float(v), 2) for v in nib.affines.apply_affine(dseg_img.affine,
-                                                                             best)]  # fmt: skip
+                xyz = [round(float(v), 2) for v in nib.affines.apply_affine(dseg_img.affine, best)]
             row.update(zip(T1W_COLUMNS, xyz, strict=True))
         path = os.path.join(runtime.cwd, "clusters.tsv")
         write_tsv(rows, path, [*CLUSTER_COLUMNS, *T1W_COLUMNS])  # header even if empty

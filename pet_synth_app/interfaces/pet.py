@@ -17,8 +17,12 @@ from nipype.interfaces.base import (
 
 class _FrameAverageInputSpec(BaseInterfaceInputSpec):
     in_file = File(exists=True, mandatory=True, desc="3D or 4D PET")
-    frame_durations = traits.Either(None, traits.List(traits.Float), usedefault=True,
-                                    desc="frame durations in s (BIDS FrameDuration)")  # fmt: skip
+    frame_durations = traits.Either(
+        None,
+        traits.List(traits.Float),
+        usedefault=True,
+        desc="frame durations in s (BIDS FrameDuration)",
+    )
     motion_correct = traits.Bool(True, usedefault=True)
     seed = traits.Int(0, usedefault=True)
 

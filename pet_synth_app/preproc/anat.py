@@ -343,12 +343,17 @@ def _linear_stage(
 ) -> list[str]:
     """antsRegistration arguments of one linear stage (e.g. `Rigid[0.1]`, a Mattes metric)."""
     return [
-        "--transform", transform,
-        "--metric", metric,
-        "--convergence", f"[{iterations},1e-6,{window}]",
-        "--shrink-factors", shrink,
-        "--smoothing-sigmas", smooth,
-    ]  # fmt: skip
+        "--transform",
+        transform,
+        "--metric",
+        metric,
+        "--convergence",
+        f"[{iterations},1e-6,{window}]",
+        "--shrink-factors",
+        shrink,
+        "--smoothing-sigmas",
+        smooth,
+    ]
 
 
 def _ants_brain_mask(t1: nib.Nifti1Image, seed: int = 0, dilate_mm: int = 4) -> np.ndarray:

@@ -113,8 +113,10 @@ def _detection(out: Path, truth_dir: Path | None, figmaker: FigureMaker, figdir:
             except NoPatientMaps:  # e.g. first group level, before the patients ran
                 parts.append(
                     f"<h3>{esc(title)}</h3>"
-                    + na(f"no patient of the truth folder has space-T1w desc-{desc} "
-                         "cluster maps yet")  # fmt: skip
+                    + na(
+                        f"no patient of the truth folder has space-T1w desc-{desc} "
+                        "cluster maps yet"
+                    )
                 )
                 continue
             except Exception as exc:  # noqa: BLE001

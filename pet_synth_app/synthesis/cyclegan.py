@@ -35,9 +35,15 @@ class CycleGAN(SynthesisModel):
         prior_shape = c.get("prior_shape")
         if prior_shape is not None and dims != 2:
             raise ValueError("a prior is only supported by the semi-3D (slice) models")
-        gen = dict(spatial_dims=dims, in_channels=ch, out_channels=ch,
-                   ngf=int(c["ngf"]), n_blocks=int(c["n_blocks"]), prior_shape=prior_shape,
-                   input_prior=prior_shape is not None and bool(c.get("prior_input")))  # fmt: skip
+        gen = dict(
+            spatial_dims=dims,
+            in_channels=ch,
+            out_channels=ch,
+            ngf=int(c["ngf"]),
+            n_blocks=int(c["n_blocks"]),
+            prior_shape=prior_shape,
+            input_prior=prior_shape is not None and bool(c.get("prior_input")),
+        )
         self.G_B = ResnetGenerator(**gen)  # T1w -> PET
         self.G_A = ResnetGenerator(**gen)  # PET -> T1w
         self.D_A = PatchGAN(dims, ch, int(c["ndf"]))
@@ -62,8 +68,10 @@ class CycleGAN(SynthesisModel):
 
     def forward(self, t1: torch.Tensor) -> torch.Tensor:
         if self.uses_prior:
-            raise ValueError("a model with a prior needs its prior slices: use "
-                             "synthesis.inference.predict_volume")  # fmt: skip
+            raise ValueError(
+                "a model with a prior needs its prior slices: use "
+                "synthesis.inference.predict_volume"
+            )
         return self.G_B(t1)
 
     def generator_losses(

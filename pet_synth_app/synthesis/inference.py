@@ -87,10 +87,11 @@ def patches_to_volume(
     margin = (patch - keep) // 2
     full = np.zeros([n + sum(p) for n, p in zip(shape, pads, strict=True)], patches.dtype)
     for n, (i, j, k) in enumerate(corners):
-        full[i + margin : i + margin + keep, j + margin : j + margin + keep,
-             k + margin : k + margin + keep] = patches[n, 0, margin : margin + keep,
-                                                   margin : margin + keep,
-                                                   margin : margin + keep]  # fmt: skip
+        full[
+            i + margin : i + margin + keep,
+            j + margin : j + margin + keep,
+            k + margin : k + margin + keep,
+        ] = patches[n, 0, margin : margin + keep, margin : margin + keep, margin : margin + keep]
     return full[tuple(slice(p[0], p[0] + n) for n, p in zip(shape, pads, strict=True))]
 
 
@@ -256,8 +257,13 @@ def gaussian_smooth(volume: np.ndarray, fwhm_mm: float, zooms: tuple[float, ...]
 def _resample_to(img: nib.Nifti1Image, ref: nib.Nifti1Image, order: int) -> nib.Nifti1Image:
     from nilearn.image import resample_to_img
 
-    return resample_to_img(img, ref, interpolation="continuous" if order else "nearest",
-                           force_resample=True, copy_header=True)  # fmt: skip
+    return resample_to_img(
+        img,
+        ref,
+        interpolation="continuous" if order else "nearest",
+        force_resample=True,
+        copy_header=True,
+    )
 
 
 def synthesize_pet(
@@ -310,9 +316,7 @@ def synthesize_pet(
     out = nib.Nifti1Image(suvr.astype(np.float32), work_t1.affine)
     if resampled:
         out = _resample_to(out, t1w_norm, 1)
-        final = np.asanyarray(out.dataobj, dtype=np.float32) * (
-            np.asanyarray(mask.dataobj) > 0
-        )
+        final = np.asanyarray(out.dataobj, dtype=np.float32) * (np.asanyarray(mask.dataobj) > 0)
         out = nib.Nifti1Image(final, t1w_norm.affine)
     back = nib.orientations.ornt_transform(
         nib.orientations.io_orientation(out.affine),

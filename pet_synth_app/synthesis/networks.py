@@ -88,9 +88,7 @@ class ResnetGenerator(nn.Module):
             in_channels += out_channels
         elif input_prior:
             raise ValueError("input_prior needs prior_shape")
-        layers: list[nn.Module] = [
-            pad(3), conv(in_channels, ngf, 7), norm(ngf), nn.ReLU(True)
-        ]
+        layers: list[nn.Module] = [pad(3), conv(in_channels, ngf, 7), norm(ngf), nn.ReLU(True)]
         ch = ngf
         for _ in range(2):
             layers += [conv(ch, ch * 2, 3, stride=2, padding=1), norm(ch * 2), nn.ReLU(True)]

@@ -18,8 +18,15 @@ DEFAULT_MODEL = "cyclegan-mse"
 
 _TRAINING = {"lr": 2e-4, "beta1": 0.5, "batch_size": 5, "n_epochs": 100, "n_epochs_decay": 100}
 _SEMI3D = {"spatial_dims": 2, "channels": 3, "ngf": 64, "ndf": 64}
-_SEMI3D_CYCLE = {**_TRAINING, **_SEMI3D, "n_blocks": 9, "lambda_cycle": 10.0, "pool_size": 50,
-                 "prior_shape": None, "prior_input": None}  # fmt: skip
+_SEMI3D_CYCLE = {
+    **_TRAINING,
+    **_SEMI3D,
+    "n_blocks": 9,
+    "lambda_cycle": 10.0,
+    "pool_size": 50,
+    "prior_shape": None,
+    "prior_input": None,
+}
 # prior_shape: grid of the mean-training-image prior (PetSynth's residual option; None in
 # the seeds): set by ``petsynth-train --prior`` from the training data; prior_input: the
 # generators also see the mean image of their input domain (set by --prior; None in
@@ -65,10 +72,21 @@ MODELS: dict[str, ModelSpec] = {
         ModelSpec(
             "cyclegan-3dpatch",
             CycleGAN,
-            {**_TRAINING, "batch_size": 10, "n_epochs_decay": 0, "spatial_dims": 3,
-             "channels": 1, "ngf": 32, "ndf": 32, "n_blocks": 2, "lambda_cycle": 10.0,
-             "lambda_mse": 10.0, "pool_size": 50, "patch_size": 32,
-             "patch_stride": 8},  # fmt: skip
+            {
+                **_TRAINING,
+                "batch_size": 10,
+                "n_epochs_decay": 0,
+                "spatial_dims": 3,
+                "channels": 1,
+                "ngf": 32,
+                "ndf": 32,
+                "n_blocks": 2,
+                "lambda_cycle": 10.0,
+                "lambda_mse": 10.0,
+                "pool_size": 50,
+                "patch_size": 32,
+                "patch_stride": 8,
+            },
             paired=True,
             description="3D-patch CycleGAN with MSE (ResNet-2 3D generators on 32^3 "
             "patches; inference keeps the central part of each patch)",

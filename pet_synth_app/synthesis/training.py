@@ -127,8 +127,9 @@ def slice_samples(
         src += [f"{v.name}:z{z}" for z in zs]
     if not t1s or not pets:
         raise PetSynthError("no training slices (no brain voxels or no PET)")
-    return SampleSet(np.concatenate(t1s), np.concatenate(pets), src,
-                     np.concatenate(z_t1), np.concatenate(z_pet))  # fmt: skip
+    return SampleSet(
+        np.concatenate(t1s), np.concatenate(pets), src, np.concatenate(z_t1), np.concatenate(z_pet)
+    )
 
 
 def mean_images(volumes: list[Volumes]) -> tuple[np.ndarray, np.ndarray]:
@@ -148,8 +149,10 @@ def mean_images(volumes: list[Volumes]) -> tuple[np.ndarray, np.ndarray]:
         if v.pet is not None:
             pet += v.pet * v.mask
             n_pet += v.mask
-    return ((t1 / np.maximum(n_t1, 1)).astype(np.float32),
-            (pet / np.maximum(n_pet, 1)).astype(np.float32))  # fmt: skip
+    return (
+        (t1 / np.maximum(n_t1, 1)).astype(np.float32),
+        (pet / np.maximum(n_pet, 1)).astype(np.float32),
+    )
 
 
 def patch_samples(
@@ -198,9 +201,7 @@ def _unflatten_optimizer(prefix: str, meta: dict, tensors: dict) -> dict:
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
-def save_checkpoint(
-    path: Path, model: SynthesisModel, optimizers: dict, extra: dict
-) -> None:
+def save_checkpoint(path: Path, model: SynthesisModel, optimizers: dict, extra: dict) -> None:
     """Full training state as ``path`` (.safetensors) + ``path.json`` (no pickle)."""
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     meta = {"extra": extra, "optimizers": {}, "pools": {}}
@@ -270,8 +271,9 @@ def predict_pet_suvr(
 ) -> np.ndarray:
     """Full-volume SUVR prediction as at inference (stack, rescale, smooth, mask)."""
     model.eval()
-    pred = predict_with_config(v.t1w * v.mask, model.generator, model.config, device,
-                               inplane_box=inplane_box)  # fmt: skip
+    pred = predict_with_config(
+        v.t1w * v.mask, model.generator, model.config, device, inplane_box=inplane_box
+    )
     zooms = np.sqrt((v.affine[:3, :3] ** 2).sum(0))
     suvr = gaussian_smooth(pred * pet_scale, fwhm_mm, tuple(zooms))
     model.train()
@@ -288,8 +290,9 @@ def validate(
 ) -> dict[str, float]:
     """Mean SSIM/PSNR/RMSE/MAE (in-brain, [0, 1]-scaled) over validation volumes."""
     rows = [
-        image_metrics(predict_pet_suvr(model, v, pet_scale, fwhm_mm, device, inplane_box),
-                      v.pet_suvr, v.mask)  # fmt: skip
+        image_metrics(
+            predict_pet_suvr(model, v, pet_scale, fwhm_mm, device, inplane_box), v.pet_suvr, v.mask
+        )
         for v in volumes
         if v.pet is not None
     ]
@@ -326,39 +329,56 @@ def tune_smoothing(
     for v in val_volumes:
         if v.pet is None:
             continue
-        pred = predict_with_config(v.t1w * v.mask, generator, card["config"], device,
-                                   inplane_box=box)  # fmt: skip
+        pred = predict_with_config(
+            v.t1w * v.mask, generator, card["config"], device, inplane_box=box
+        )
         preds.append((v, pred * pet_scale))
     sweep = []
     for fwhm in candidates:
         rows = []
         for v, pred in preds:
             zooms = tuple(np.sqrt((v.affine[:3, :3] ** 2).sum(0)))
-            rows.append(image_metrics(gaussian_smooth(pred, fwhm, zooms) * v.mask,
-                                      v.pet_suvr, v.mask))  # fmt: skip
-        sweep.append({"fwhm_mm": fwhm, **{k: float(np.mean([r[k] for r in rows]))
-                                          for k in rows[0]}})  # fmt: skip
+            rows.append(
+                image_metrics(gaussian_smooth(pred, fwhm, zooms) * v.mask, v.pet_suvr, v.mask)
+            )
+        sweep.append(
+            {"fwhm_mm": fwhm, **{k: float(np.mean([r[k] for r in rows])) for k in rows[0]}}
+        )
     best = max(sweep, key=lambda r: r["ssim"])
     card["input"]["smoothing_fwhm_mm"] = best["fwhm_mm"]
     card["validation_metrics"] = {k: v for k, v in best.items() if k != "fwhm_mm"}
     card["training"]["smoothing_sweep"] = sweep
     card_path(weights).write_text(json.dumps(card, indent=2) + "\n")
-    LOGGER.info("smoothing tuned on validation SSIM: %.1f mm FWHM (SSIM %.4f)",
-                best["fwhm_mm"], best["ssim"])  # fmt: skip
+    LOGGER.info(
+        "smoothing tuned on validation SSIM: %.1f mm FWHM (SSIM %.4f)",
+        best["fwhm_mm"],
+        best["ssim"],
+    )
     return card
 
 
-def run_fingerprint(model_name: str, config: dict, train_v: list[Volumes],
-                    val_v: list[Volumes], paired: bool, pet_scale: float) -> dict:  # fmt: skip
+def run_fingerprint(
+    model_name: str,
+    config: dict,
+    train_v: list[Volumes],
+    val_v: list[Volumes],
+    paired: bool,
+    pet_scale: float,
+) -> dict:
     """What must not change between an interrupted run and its resumption (the epoch
     schedule may: a finished run can be extended with a longer one)."""
     schedule = {"n_epochs", "n_epochs_decay"}
     # unset options (None) are left out, so runs of versions without them still resume
-    return {"model": model_name,
-            "config": {k: config[k] for k in sorted(config)
-                       if k not in schedule and config[k] is not None},
-            "train": [v.name for v in train_v], "validation": [v.name for v in val_v],
-            "paired": paired, "pet_scale": pet_scale}  # fmt: skip
+    return {
+        "model": model_name,
+        "config": {
+            k: config[k] for k in sorted(config) if k not in schedule and config[k] is not None
+        },
+        "train": [v.name for v in train_v],
+        "validation": [v.name for v in val_v],
+        "paired": paired,
+        "pet_scale": pet_scale,
+    }
 
 
 def train(
@@ -398,10 +418,14 @@ def train(
         raise ValueError(f"{model_name} needs paired T1w/PET")
     if prior:
         if not supports_prior(model_name):
-            raise PetSynthError(f"{model_name} does not take a prior "
-                                f"({' and '.join(prior_models())} do)")  # fmt: skip
-        config = {**config, "prior_shape": [int(n) for n in train_volumes[0].t1w.shape],
-                  "prior_input": True}
+            raise PetSynthError(
+                f"{model_name} does not take a prior ({' and '.join(prior_models())} do)"
+            )
+        config = {
+            **config,
+            "prior_shape": [int(n) for n in train_volumes[0].t1w.shape],
+            "prior_input": True,
+        }
     out_dir = Path(out_dir)
     ckpt_dir = out_dir / "checkpoints"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -428,17 +452,21 @@ def train(
     else:
         box = None
         samples = patch_samples(
-            train_volumes, int(config["patch_size"]), int(config["patch_stride"]),
-            max_patches, seed,
-        )  # fmt: skip
+            train_volumes,
+            int(config["patch_size"]),
+            int(config["patch_stride"]),
+            max_patches,
+            seed,
+        )
     n, n_pet = len(samples.t1w), len(samples.pet)
     LOGGER.info("%s: %d training samples from %d volume(s)", model_name, n, len(train_volumes))
 
     history: list[dict] = []
     start_epoch, best = 0, {"epoch": -1, "ssim": -math.inf, "metrics": {}}
     stopped = False
-    fingerprint = run_fingerprint(model_name, model.config, train_volumes, val_volumes, paired,
-                                  pet_scale)  # fmt: skip
+    fingerprint = run_fingerprint(
+        model_name, model.config, train_volumes, val_volumes, paired, pet_scale
+    )
     last = ckpt_dir / "last.safetensors"
     if resume and last.is_file():
         try:
@@ -446,8 +474,10 @@ def train(
         except (OSError, ValueError, KeyError):
             previous = {}
         if "fingerprint" not in previous:
-            LOGGER.warning("checkpoint without a run fingerprint (older PetSynth): resuming "
-                           "without checking that the settings are the same")  # fmt: skip
+            LOGGER.warning(
+                "checkpoint without a run fingerprint (older PetSynth): resuming "
+                "without checking that the settings are the same"
+            )
         elif previous["fingerprint"] != json.loads(json.dumps(fingerprint)):
             raise PetSynthError(
                 "the checkpoint belongs to a run with other settings or participants; "
@@ -457,8 +487,12 @@ def train(
         extra = load_checkpoint(last, model, optimizers)
         start_epoch, best, history = extra["next_epoch"], extra["best"], extra["history"]
         stopped = bool(extra.get("stopped"))
-        LOGGER.info("resuming %s at epoch %d%s", model_name, start_epoch + 1,
-                    " (it had stopped early: nothing to do)" if stopped else "")  # fmt: skip
+        LOGGER.info(
+            "resuming %s at epoch %d%s",
+            model_name,
+            start_epoch + 1,
+            " (it had stopped early: nothing to do)" if stopped else "",
+        )
 
     prior_slices = None
     if model.uses_prior:  # from the buffers, which a resumed checkpoint has restored
@@ -477,8 +511,9 @@ def train(
         pet_order = (
             order
             if paired
-            else torch.randperm(n_pet,
-                                generator=torch.Generator().manual_seed(seed + 7 * epoch + 1))
+            else torch.randperm(
+                n_pet, generator=torch.Generator().manual_seed(seed + 7 * epoch + 1)
+            )
         )
         steps = math.ceil(n / batch)
         if max_steps_per_epoch:
@@ -501,10 +536,14 @@ def train(
             if progress:
                 progress(epoch, step + 1, steps, losses)
         metrics = validate(model, val_volumes, pet_scale, fwhm_mm, device, box)
-        row = {"epoch": epoch + 1, "lr": float(config["lr"]) * factor, "steps": steps,
-               **{f"loss_{k}": v / steps for k, v in sums.items()},
-               **{f"val_{k}": v for k, v in metrics.items()},
-               "seconds": round(time.time() - t0, 2)}  # fmt: skip
+        row = {
+            "epoch": epoch + 1,
+            "lr": float(config["lr"]) * factor,
+            "steps": steps,
+            **{f"loss_{k}": v / steps for k, v in sums.items()},
+            **{f"val_{k}": v for k, v in metrics.items()},
+            "seconds": round(time.time() - t0, 2),
+        }
         history.append(row)
         score = metrics.get("ssim", -float(sums.get("G", 0.0)) / steps)
         improved = score > best["ssim"]
@@ -513,21 +552,45 @@ def train(
             card = save_generator(
                 model.generator,
                 out_dir / "model.safetensors",
-                _card(model_name, model.config, pet_scale, fwhm_mm, train_volumes, val_volumes,
-                      paired, seed, history, best, box, card_extra),  # fmt: skip
+                _card(
+                    model_name,
+                    model.config,
+                    pet_scale,
+                    fwhm_mm,
+                    train_volumes,
+                    val_volumes,
+                    paired,
+                    seed,
+                    history,
+                    best,
+                    box,
+                    card_extra,
+                ),
             )
         _write_log(out_dir / "training_log.tsv", history)
         stopped = bool(patience) and epoch + 1 - best["epoch"] >= patience
-        save_checkpoint(last, model, optimizers,
-                        {"next_epoch": epoch + 1, "best": best, "history": history,
-                         "fingerprint": fingerprint, "stopped": stopped})  # fmt: skip
+        save_checkpoint(
+            last,
+            model,
+            optimizers,
+            {
+                "next_epoch": epoch + 1,
+                "best": best,
+                "history": history,
+                "fingerprint": fingerprint,
+                "stopped": stopped,
+            },
+        )
         LOGGER.info(
             "epoch %d/%d  %s  val SSIM %.4f PSNR %.2f  (%.0f s)%s",
-            epoch + 1, total,
+            epoch + 1,
+            total,
             "  ".join(f"{k} {v / steps:.4f}" for k, v in sums.items() if k in ("G", "D", "D_B")),
-            metrics.get("ssim", float("nan")), metrics.get("psnr", float("nan")),
-            row["seconds"], "  *best*" if improved else "",
-        )  # fmt: skip
+            metrics.get("ssim", float("nan")),
+            metrics.get("psnr", float("nan")),
+            row["seconds"],
+            "  *best*" if improved else "",
+        )
         if stopped:
             LOGGER.info("early stopping: no better validation SSIM for %d epochs", patience)
             break
@@ -546,8 +609,9 @@ def train(
     return TrainResult(weights, card, history, best["epoch"], best_metrics)
 
 
-def _card(name, config, pet_scale, fwhm_mm, train_v, val_v, paired, seed, history, best, box,
-          extra) -> dict:  # fmt: skip
+def _card(
+    name, config, pet_scale, fwhm_mm, train_v, val_v, paired, seed, history, best, box, extra
+) -> dict:
     from ..config import TEMPLATE_SPACE
 
     spec = get_spec(name)
@@ -570,10 +634,15 @@ def _card(name, config, pet_scale, fwhm_mm, train_v, val_v, paired, seed, histor
             "training_inplane_box": [[box[0].start, box[0].stop], [box[1].start, box[1].stop]]
             if box
             else None,
-            "prior": ("voxelwise mean [0, 1] PET of the training participants (tensor "
-                      "`prior` of the weights); the generator predicts a residual to it"
-                      + ("; it also sees the mean [0, 1] T1w (tensor `input_prior`)"
-                         if config.get("prior_input") else ""))
+            "prior": (
+                "voxelwise mean [0, 1] PET of the training participants (tensor "
+                "`prior` of the weights); the generator predicts a residual to it"
+                + (
+                    "; it also sees the mean [0, 1] T1w (tensor `input_prior`)"
+                    if config.get("prior_input")
+                    else ""
+                )
+            )
             if config.get("prior_shape")
             else None,
         },

@@ -44,17 +44,23 @@ An unsupervised anomaly map was computed as by Zotova et al. [@zotova2021], afte
 Alaverdyan et al. [@alaverdyan2020]: 15x15 axial patches of the template-space PET
 (scaled to [0, 1]) were encoded into 64-dimensional features by a siamese autoencoder
 trained on {data}, and every gray-matter voxel was scored by a one-class SVM [@scholkopf2001]
-(RBF kernel, nu = {meta.get('nu')}, gamma = {meta.get('gamma')}) fitted on the controls'
+(RBF kernel, nu = {meta.get("nu")}, gamma = {meta.get("gamma")}) fitted on the controls'
 features at that voxel. The decision values were standardized over the brain (median,
 1.4826 x MAD) and clustered like the Z maps (threshold {settings.ocsvm_threshold:g}).
 """
     inputnode = pe.Node(niu.IdentityInterface(fields=STAT_INPUTS), name="inputnode")
     outputnode = pe.Node(niu.IdentityInterface(fields=STAT_OUTPUTS), name="outputnode")
     score = pe.Node(
-        OCSVMScore(model=str(model), model_sha256=str(meta.get("ocsvm_sha256", "")),
-                   participant_id=participant_id, nthreads=settings.omp_nthreads),
-        name="ocsvm_score", n_procs=settings.omp_nthreads, mem_gb=1.0,
-    )  # fmt: skip
+        OCSVMScore(
+            model=str(model),
+            model_sha256=str(meta.get("ocsvm_sha256", "")),
+            participant_id=participant_id,
+            nthreads=settings.omp_nthreads,
+        ),
+        name="ocsvm_score",
+        n_procs=settings.omp_nthreads,
+        mem_gb=1.0,
+    )
     workflow.connect([(inputnode, score, [("pet_std", "pet"), ("mask_std", "mask")])])
     connect_clusters(workflow, settings, settings.ocsvm_threshold, inputnode, score, outputnode)
     return workflow

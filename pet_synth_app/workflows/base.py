@@ -78,17 +78,29 @@ def init_single_subject_wf(
         weights_sha256 = read_card(model_weights(settings))["sha256"]
         synth_wf = init_synthesis_wf(settings, device=device)
         synth_ds = init_synthesis_derivatives_wf(settings, unit.t1w)
-        # fmt: off
-        workflow.connect([
-            (anat_wf, synth_wf, [("outputnode.t1w_std_norm", "inputnode.t1w_std_norm"),
-                                 ("outputnode.mask_std", "inputnode.mask_std"),
-                                 ("outputnode.std2t1w_xfm", "inputnode.std2t1w_xfm"),
-                                 ("outputnode.t1w_preproc", "inputnode.t1w_preproc")]),
-            (synth_wf, synth_ds, [("outputnode.pseudo_std", "inputnode.pseudo_std"),
-                                  ("outputnode.pseudo_t1w", "inputnode.pseudo_t1w"),
-                                  ("outputnode.metadata", "inputnode.metadata")]),
-        ])
-        # fmt: on
+        workflow.connect(
+            [
+                (
+                    anat_wf,
+                    synth_wf,
+                    [
+                        ("outputnode.t1w_std_norm", "inputnode.t1w_std_norm"),
+                        ("outputnode.mask_std", "inputnode.mask_std"),
+                        ("outputnode.std2t1w_xfm", "inputnode.std2t1w_xfm"),
+                        ("outputnode.t1w_preproc", "inputnode.t1w_preproc"),
+                    ],
+                ),
+                (
+                    synth_wf,
+                    synth_ds,
+                    [
+                        ("outputnode.pseudo_std", "inputnode.pseudo_std"),
+                        ("outputnode.pseudo_t1w", "inputnode.pseudo_t1w"),
+                        ("outputnode.metadata", "inputnode.metadata"),
+                    ],
+                ),
+            ]
+        )
 
     for pet in unit.pet:
         pet_wf = init_pet_preproc_wf(pet, settings, name=_pet_wf_name(pet.path))
@@ -96,18 +108,30 @@ def init_single_subject_wf(
         pet_ds = init_pet_derivatives_wf(
             settings, pet.path, unit.t1w, name=_pet_wf_name(pet.path) + "_derivatives"
         )
-        # fmt: off
-        workflow.connect([
-            (anat_wf, pet_wf, [("outputnode.t1w_brain", "inputnode.t1w_brain"),
-                               ("outputnode.t1w2std_xfm", "inputnode.t1w2std_xfm"),
-                               ("outputnode.std_ref", "inputnode.std_ref"),
-                               ("outputnode.gm_std", "inputnode.gm_std")]),
-            (pet_wf, pet_ds, [("outputnode.pet_t1w", "inputnode.pet_t1w"),
-                              ("outputnode.pet_std", "inputnode.pet_std"),
-                              ("outputnode.pet2t1w_xfm", "inputnode.pet2t1w_xfm"),
-                              ("outputnode.suvr_metadata", "inputnode.suvr_metadata")]),
-        ])
-        # fmt: on
+        workflow.connect(
+            [
+                (
+                    anat_wf,
+                    pet_wf,
+                    [
+                        ("outputnode.t1w_brain", "inputnode.t1w_brain"),
+                        ("outputnode.t1w2std_xfm", "inputnode.t1w2std_xfm"),
+                        ("outputnode.std_ref", "inputnode.std_ref"),
+                        ("outputnode.gm_std", "inputnode.gm_std"),
+                    ],
+                ),
+                (
+                    pet_wf,
+                    pet_ds,
+                    [
+                        ("outputnode.pet_t1w", "inputnode.pet_t1w"),
+                        ("outputnode.pet_std", "inputnode.pet_std"),
+                        ("outputnode.pet2t1w_xfm", "inputnode.pet2t1w_xfm"),
+                        ("outputnode.suvr_metadata", "inputnode.suvr_metadata"),
+                    ],
+                ),
+            ]
+        )
         stat_wfs = []
         if not settings.skip_synthesis:
             hypo_wf = init_hypometabolism_wf(
@@ -116,14 +140,22 @@ def init_single_subject_wf(
             workflow.connect(synth_wf, "outputnode.pseudo_std", hypo_wf, "inputnode.pseudo_std")
             stat_wfs.append((hypo_wf, "hypometabolism", "z"))
         if detector is not None:
-            anomaly_wf = init_anomaly_wf(settings, str(detector), f"sub-{unit.subject}",
-                                         name=_pet_wf_name(pet.path) + "_anomaly")  # fmt: skip
+            anomaly_wf = init_anomaly_wf(
+                settings,
+                str(detector),
+                f"sub-{unit.subject}",
+                name=_pet_wf_name(pet.path) + "_anomaly",
+            )
             stat_wfs.append((anomaly_wf, "ocsvm", "score"))
         for stat_wf, desc, stat in stat_wfs:
             stat_ds = init_statmap_derivatives_wf(
-                settings, pet.path, unit.t1w, desc, stat,
+                settings,
+                pet.path,
+                unit.t1w,
+                desc,
+                stat,
                 name=f"{stat_wf.name}_derivatives",
-            )  # fmt: skip
+            )
             for field in STAT_INPUTS:
                 source = pet_wf if field == "pet_std" else anat_wf
                 workflow.connect(source, f"outputnode.{field}", stat_wf, f"inputnode.{field}")
@@ -141,8 +173,7 @@ def _plugin(settings: Settings) -> tuple[str, dict]:
     if settings.nprocs == 1:
         return "Linear", {}
     # forkserver: forking a parent that holds torch/ITK thread pools can deadlock workers
-    args = {"n_procs": settings.nprocs, "raise_insufficient": False,
-            "mp_context": "forkserver"}  # fmt: skip
+    args = {"n_procs": settings.nprocs, "raise_insufficient": False, "mp_context": "forkserver"}
     if settings.mem_mb:
         args["memory_gb"] = settings.mem_mb / 1024
     return "MultiProc", args
@@ -232,7 +263,5 @@ def failed_units(crash_dir: Path) -> list[tuple[str, str]]:
         lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
         exc_lines = [ln for ln in lines if re.match(r"^[A-Za-z_.]*(Error|Exception)\b", ln)]
         reason = exc_lines[-1] if exc_lines else (lines[-1] if lines else "unknown error")
-        out.setdefault(
-            unit_name, f"step {node_name.split('.')[-1]}: {reason[:300]} (see {crash})"
-        )
+        out.setdefault(unit_name, f"step {node_name.split('.')[-1]}: {reason[:300]} (see {crash})")
     return sorted(out.items())

@@ -14,8 +14,16 @@ from ..interfaces.hypometabolism import ClusterTable, FindClusters, Hypometaboli
 
 STAT_INPUTS = ["pet_std", "gm_std", "mask_std", "std2t1w_xfm", "t1w_preproc"]
 HYPO_INPUTS = [*STAT_INPUTS, "pseudo_std"]
-STAT_OUTPUTS = ["stat_std", "stat_t1w", "dseg_std", "dseg_t1w", "clusters_tsv",
-                "stat_metadata", "cluster_metadata", "table_metadata"]  # fmt: skip
+STAT_OUTPUTS = [
+    "stat_std",
+    "stat_t1w",
+    "dseg_std",
+    "dseg_t1w",
+    "clusters_tsv",
+    "stat_metadata",
+    "cluster_metadata",
+    "table_metadata",
+]
 HYPO_OUTPUTS = STAT_OUTPUTS
 
 
@@ -50,8 +58,11 @@ def init_hypometabolism_wf(
     )
     workflow.__desc__ = f"""
 Hypometabolism was mapped as the residual between the real and the pseudo-normal PET
-(both SUVR in template space{', after histogram matching of the pseudo-normal PET'
-if settings.histogram_matching else ''}), converted to Z scores {reference}. Voxels with
+(both SUVR in template space{
+        ", after histogram matching of the pseudo-normal PET"
+        if settings.histogram_matching
+        else ""
+    }), converted to Z scores {reference}. Voxels with
 Z < {settings.z_threshold:g} inside gray matter were grouped into 26-connected clusters;
 clusters smaller than {settings.min_cluster_mm3:g} mm³ were discarded and the rest ranked
 by {settings.cluster_rank} and labelled with the Harvard-Oxford [@harvardoxford] and AAL
@@ -61,22 +72,31 @@ maps were resampled to the native T1w space with the inverse template transform.
     inputnode = pe.Node(niu.IdentityInterface(fields=HYPO_INPUTS), name="inputnode")
     outputnode = pe.Node(niu.IdentityInterface(fields=HYPO_OUTPUTS), name="outputnode")
     zmap = pe.Node(
-        HypometabolismZ(histogram_matching=settings.histogram_matching,
-                        weights_sha256=weights_sha256),
+        HypometabolismZ(
+            histogram_matching=settings.histogram_matching, weights_sha256=weights_sha256
+        ),
         name="zmap",
-    )  # fmt: skip
+    )
     if normative:
         from ..analysis.normative import meta_sha256
 
         zmap.inputs.normative = str(normative)
         zmap.inputs.normative_sha256 = meta_sha256(normative)
     connect_clusters(workflow, settings, settings.z_threshold, inputnode, zmap, outputnode)
-    # fmt: off
-    workflow.connect([
-        (inputnode, zmap, [("pet_std", "pet"), ("pseudo_std", "pseudo"), ("gm_std", "gm"),
-                           ("mask_std", "mask")]),
-    ])
-    # fmt: on
+    workflow.connect(
+        [
+            (
+                inputnode,
+                zmap,
+                [
+                    ("pet_std", "pet"),
+                    ("pseudo_std", "pseudo"),
+                    ("gm_std", "gm"),
+                    ("mask_std", "mask"),
+                ],
+            ),
+        ]
+    )
     return workflow
 
 
@@ -95,34 +115,37 @@ def connect_clusters(
     (``stat.metadata`` becomes ``stat_metadata``).
     """
     clusters = pe.Node(
-        FindClusters(threshold=threshold, min_volume_mm3=settings.min_cluster_mm3,
-                     rank_by=settings.cluster_rank),
+        FindClusters(
+            threshold=threshold,
+            min_volume_mm3=settings.min_cluster_mm3,
+            rank_by=settings.cluster_rank,
+        ),
         name="clusters",
-    )  # fmt: skip
+    )
     stat_t1w = pe.Node(ApplyTransforms(out_name="stat_t1w.nii.gz"), name="stat_to_t1w")
     dseg_t1w = pe.Node(
         ApplyTransforms(interpolation="nearestNeighbor", out_name="dseg_t1w.nii.gz"),
         name="dseg_to_t1w",
     )
     table = pe.Node(ClusterTable(), name="cluster_table")
-    # fmt: off
-    workflow.connect([
-        (stat, clusters, [("out_file", "in_file")]),
-        (inputnode, clusters, [("gm_std", "gm"), ("mask_std", "mask")]),
-        (stat, stat_t1w, [("out_file", "in_file")]),
-        (clusters, dseg_t1w, [("dseg", "in_file")]),
-        (inputnode, stat_t1w, [("t1w_preproc", "reference"), ("std2t1w_xfm", "transforms")]),
-        (inputnode, dseg_t1w, [("t1w_preproc", "reference"), ("std2t1w_xfm", "transforms")]),
-        (clusters, table, [("clusters", "clusters")]),
-        (dseg_t1w, table, [("out_file", "dseg_t1w")]),
-        (stat_t1w, table, [("out_file", "stat_t1w")]),
-        (stat, outputnode, [("out_file", "stat_std"), ("metadata", "stat_metadata")]),
-        (stat_t1w, outputnode, [("out_file", "stat_t1w")]),
-        (clusters, outputnode, [("dseg", "dseg_std"), ("metadata", "cluster_metadata")]),
-        (dseg_t1w, outputnode, [("out_file", "dseg_t1w")]),
-        (table, outputnode, [("out_file", "clusters_tsv"), ("metadata", "table_metadata")]),
-    ])
-    # fmt: on
+    workflow.connect(
+        [
+            (stat, clusters, [("out_file", "in_file")]),
+            (inputnode, clusters, [("gm_std", "gm"), ("mask_std", "mask")]),
+            (stat, stat_t1w, [("out_file", "in_file")]),
+            (clusters, dseg_t1w, [("dseg", "in_file")]),
+            (inputnode, stat_t1w, [("t1w_preproc", "reference"), ("std2t1w_xfm", "transforms")]),
+            (inputnode, dseg_t1w, [("t1w_preproc", "reference"), ("std2t1w_xfm", "transforms")]),
+            (clusters, table, [("clusters", "clusters")]),
+            (dseg_t1w, table, [("out_file", "dseg_t1w")]),
+            (stat_t1w, table, [("out_file", "stat_t1w")]),
+            (stat, outputnode, [("out_file", "stat_std"), ("metadata", "stat_metadata")]),
+            (stat_t1w, outputnode, [("out_file", "stat_t1w")]),
+            (clusters, outputnode, [("dseg", "dseg_std"), ("metadata", "cluster_metadata")]),
+            (dseg_t1w, outputnode, [("out_file", "dseg_t1w")]),
+            (table, outputnode, [("out_file", "clusters_tsv"), ("metadata", "table_metadata")]),
+        ]
+    )
 
 
 __all__ = [

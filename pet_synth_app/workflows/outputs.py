@@ -21,9 +21,19 @@ def bids_uri(path: str, settings: Settings) -> str:
         return str(path)
 
 
-ANAT_DERIVATIVES_INPUTS = ["t1w_preproc", "t1w_mask", "gm", "wm", "csf", "t1w2std_xfm",
-                           "std2t1w_xfm", "t1w_std", "mask_std", "gm_std",
-                           "skullstrip_method"]  # fmt: skip
+ANAT_DERIVATIVES_INPUTS = [
+    "t1w_preproc",
+    "t1w_mask",
+    "gm",
+    "wm",
+    "csf",
+    "t1w2std_xfm",
+    "std2t1w_xfm",
+    "t1w_std",
+    "mask_std",
+    "gm_std",
+    "skullstrip_method",
+]
 """Fields of ``init_anat_derivatives_wf``'s inputnode (outputs of ``anat_preproc_wf``)."""
 
 
@@ -57,39 +67,123 @@ def init_anat_derivatives_wf(
     src = {"source_file": t1w_source, "Sources": [bids_uri(t1w_source, settings)]}
     meta = _common_meta(settings)
     sinks = {
-        "t1w_preproc": _sink(settings, "ds_t1w_preproc", desc="preproc", suffix="T1w",
-                             datatype="anat", compress=True, **src, **meta),
-        "t1w_mask": _sink(settings, "ds_t1w_mask", desc="brain", suffix="mask",
-                          datatype="anat", compress=True, Type="Brain", **src, **meta),
-        "gm": _sink(settings, "ds_gm", label="GM", suffix="probseg", datatype="anat",
-                    compress=True, **src, **meta),
-        "wm": _sink(settings, "ds_wm", label="WM", suffix="probseg", datatype="anat",
-                    compress=True, **src, **meta),
-        "csf": _sink(settings, "ds_csf", label="CSF", suffix="probseg", datatype="anat",
-                     compress=True, **src, **meta),
-        "t1w2std_xfm": _sink(settings, "ds_t1w2std_xfm", suffix="xfm", datatype="anat",
-                             mode="image", to=TEMPLATE_SPACE, **{"from": "T1w"}, **src),
-        "std2t1w_xfm": _sink(settings, "ds_std2t1w_xfm", suffix="xfm", datatype="anat",
-                             mode="image", to="T1w", **{"from": TEMPLATE_SPACE}, **src),
-        "t1w_std": _sink(settings, "ds_t1w_std", space=TEMPLATE_SPACE, desc="preproc",
-                         suffix="T1w", datatype="anat", compress=True,
-                         RegistrationPreset=settings.registration_preset, **src, **meta),
-        "mask_std": _sink(settings, "ds_mask_std", space=TEMPLATE_SPACE, desc="brain",
-                          suffix="mask", datatype="anat", compress=True, Type="Brain",
-                          **src, **meta),
-        "gm_std": _sink(settings, "ds_gm_std", space=TEMPLATE_SPACE, label="GM",
-                        suffix="probseg", datatype="anat", compress=True, **src, **meta),
-    }  # fmt: skip
+        "t1w_preproc": _sink(
+            settings,
+            "ds_t1w_preproc",
+            desc="preproc",
+            suffix="T1w",
+            datatype="anat",
+            compress=True,
+            **src,
+            **meta,
+        ),
+        "t1w_mask": _sink(
+            settings,
+            "ds_t1w_mask",
+            desc="brain",
+            suffix="mask",
+            datatype="anat",
+            compress=True,
+            Type="Brain",
+            **src,
+            **meta,
+        ),
+        "gm": _sink(
+            settings,
+            "ds_gm",
+            label="GM",
+            suffix="probseg",
+            datatype="anat",
+            compress=True,
+            **src,
+            **meta,
+        ),
+        "wm": _sink(
+            settings,
+            "ds_wm",
+            label="WM",
+            suffix="probseg",
+            datatype="anat",
+            compress=True,
+            **src,
+            **meta,
+        ),
+        "csf": _sink(
+            settings,
+            "ds_csf",
+            label="CSF",
+            suffix="probseg",
+            datatype="anat",
+            compress=True,
+            **src,
+            **meta,
+        ),
+        "t1w2std_xfm": _sink(
+            settings,
+            "ds_t1w2std_xfm",
+            suffix="xfm",
+            datatype="anat",
+            mode="image",
+            to=TEMPLATE_SPACE,
+            **{"from": "T1w"},
+            **src,
+        ),
+        "std2t1w_xfm": _sink(
+            settings,
+            "ds_std2t1w_xfm",
+            suffix="xfm",
+            datatype="anat",
+            mode="image",
+            to="T1w",
+            **{"from": TEMPLATE_SPACE},
+            **src,
+        ),
+        "t1w_std": _sink(
+            settings,
+            "ds_t1w_std",
+            space=TEMPLATE_SPACE,
+            desc="preproc",
+            suffix="T1w",
+            datatype="anat",
+            compress=True,
+            RegistrationPreset=settings.registration_preset,
+            **src,
+            **meta,
+        ),
+        "mask_std": _sink(
+            settings,
+            "ds_mask_std",
+            space=TEMPLATE_SPACE,
+            desc="brain",
+            suffix="mask",
+            datatype="anat",
+            compress=True,
+            Type="Brain",
+            **src,
+            **meta,
+        ),
+        "gm_std": _sink(
+            settings,
+            "ds_gm_std",
+            space=TEMPLATE_SPACE,
+            label="GM",
+            suffix="probseg",
+            datatype="anat",
+            compress=True,
+            **src,
+            **meta,
+        ),
+    }
     merge = pe.Node(niu.Merge(len(sinks)), name="merge_outputs")
     for i, (field, sink) in enumerate(sinks.items(), start=1):
         workflow.connect(inputnode, field, sink, "in_file")
         workflow.connect(sink, "out_file", merge, f"in{i}")
-    # fmt: off
-    workflow.connect([
-        (inputnode, sinks["t1w_mask"], [(("skullstrip_method", _method_meta), "meta_dict")]),
-        (merge, outputnode, [("out", "out_files")]),
-    ])
-    # fmt: on
+    workflow.connect(
+        [
+            (inputnode, sinks["t1w_mask"], [(("skullstrip_method", _method_meta), "meta_dict")]),
+            (merge, outputnode, [("out", "out_files")]),
+        ]
+    )
     return workflow
 
 
@@ -108,13 +202,30 @@ def init_pet_derivatives_wf(
     src = _pet_sources(settings, pet_source, t1w_source)
     meta = _common_meta(settings)
     sinks = {
-        "pet2t1w_xfm": _sink(settings, "ds_pet2t1w_xfm", suffix="xfm", datatype="pet",
-                             mode="image", to="T1w", **{"from": "petref"}, **src),
-    }  # fmt: skip
+        "pet2t1w_xfm": _sink(
+            settings,
+            "ds_pet2t1w_xfm",
+            suffix="xfm",
+            datatype="pet",
+            mode="image",
+            to="T1w",
+            **{"from": "petref"},
+            **src,
+        ),
+    }
     for space, field in (("T1w", "pet_t1w"), (TEMPLATE_SPACE, "pet_std")):
         if space in settings.output_spaces:
-            sinks[field] = _sink(settings, f"ds_{field}", space=space, desc="preproc",
-                                 suffix="pet", datatype="pet", compress=True, **src, **meta)
+            sinks[field] = _sink(
+                settings,
+                f"ds_{field}",
+                space=space,
+                desc="preproc",
+                suffix="pet",
+                datatype="pet",
+                compress=True,
+                **src,
+                **meta,
+            )
     meta_of = {f: "suvr_metadata" for f in sinks if f.startswith("pet_")}
     _connect_sinks(workflow, inputnode, outputnode, sinks, meta_of)
     return workflow
@@ -151,9 +262,17 @@ def init_synthesis_derivatives_wf(
     sinks = {}
     for space, field in (("T1w", "pseudo_t1w"), (TEMPLATE_SPACE, "pseudo_std")):
         if space in settings.output_spaces:
-            sinks[field] = _sink(settings, f"ds_{field}", space=space, desc="pseudonormal",
-                                 suffix="pet", datatype="pet", compress=True, **src,
-                                 **meta)  # fmt: skip
+            sinks[field] = _sink(
+                settings,
+                f"ds_{field}",
+                space=space,
+                desc="pseudonormal",
+                suffix="pet",
+                datatype="pet",
+                compress=True,
+                **src,
+                **meta,
+            )
     _connect_sinks(workflow, inputnode, outputnode, sinks, dict.fromkeys(sinks, "metadata"))
     return workflow
 
@@ -163,9 +282,13 @@ def _merge_meta(a: dict, b: dict) -> dict:
 
 
 def init_statmap_derivatives_wf(
-    settings: Settings, pet_source: str, t1w_source: str, desc: str, stat: str,
+    settings: Settings,
+    pet_source: str,
+    t1w_source: str,
+    desc: str,
+    stat: str,
     name: str = "hypometabolism_derivatives_wf",
-) -> Workflow:  # fmt: skip
+) -> Workflow:
     """Write a statistic map (``desc-<desc>_stat-<stat>_statmap``), its cluster label maps
     (MNI, T1w) and cluster table of one PET (inputs: ``STAT_OUTPUTS``)."""
     from .hypometabolism import STAT_OUTPUTS
@@ -175,23 +298,49 @@ def init_statmap_derivatives_wf(
     outputnode = pe.Node(niu.IdentityInterface(fields=["out_files"]), name="outputnode")
     src = _pet_sources(settings, pet_source, t1w_source)
     meta = _common_meta(settings)
-    merge_meta = pe.Node(niu.Function(function=_merge_meta, output_names=["out"]),
-                         name="merge_meta")  # fmt: skip
-    workflow.connect([(inputnode, merge_meta, [("stat_metadata", "a"),
-                                               ("cluster_metadata", "b")])])  # fmt: skip
+    merge_meta = pe.Node(
+        niu.Function(function=_merge_meta, output_names=["out"]), name="merge_meta"
+    )
+    workflow.connect(
+        [(inputnode, merge_meta, [("stat_metadata", "a"), ("cluster_metadata", "b")])]
+    )
     sinks = {}
     for space, tag in (("T1w", "t1w"), (TEMPLATE_SPACE, "std")):
         if space not in settings.output_spaces:
             continue
-        sinks[f"stat_{tag}"] = _sink(settings, f"ds_stat_{tag}", space=space, desc=desc,
-                                     stat=stat, suffix="statmap", datatype="pet",
-                                     compress=True, **src, **meta)  # fmt: skip
-        sinks[f"dseg_{tag}"] = _sink(settings, f"ds_dseg_{tag}", space=space, desc=desc,
-                                     suffix="dseg", datatype="pet", compress=True,
-                                     data_dtype="int16", **src, **meta)  # fmt: skip
-    sinks["clusters_tsv"] = _sink(settings, "ds_clusters", desc=desc, suffix="clusters",
-                                  extension=".tsv", datatype="pet",
-                                  source_file=pet_source)  # fmt: skip
+        sinks[f"stat_{tag}"] = _sink(
+            settings,
+            f"ds_stat_{tag}",
+            space=space,
+            desc=desc,
+            stat=stat,
+            suffix="statmap",
+            datatype="pet",
+            compress=True,
+            **src,
+            **meta,
+        )
+        sinks[f"dseg_{tag}"] = _sink(
+            settings,
+            f"ds_dseg_{tag}",
+            space=space,
+            desc=desc,
+            suffix="dseg",
+            datatype="pet",
+            compress=True,
+            data_dtype="int16",
+            **src,
+            **meta,
+        )
+    sinks["clusters_tsv"] = _sink(
+        settings,
+        "ds_clusters",
+        desc=desc,
+        suffix="clusters",
+        extension=".tsv",
+        datatype="pet",
+        source_file=pet_source,
+    )
     merge = pe.Node(niu.Merge(len(sinks)), name="merge_outputs")
     for i, (field, sink) in enumerate(sinks.items(), start=1):
         workflow.connect(inputnode, field, sink, "in_file")

@@ -31,8 +31,9 @@ def init_pet_preproc_wf(
     workflow = Workflow(name=name)
     durations = pet.frame_durations
     workflow.__desc__ = f"""
-The PET series was {'motion-corrected (rigid, frame to mean) and ' if durations and
-len(durations) > 1 else ''}averaged over frames weighted by frame duration. The mean
+The PET series was {
+        "motion-corrected (rigid, frame to mean) and " if durations and len(durations) > 1 else ""
+    }averaged over frames weighted by frame duration. The mean
 PET was coregistered to the skull-stripped T1w with a rigid transform maximizing
 mutual information (ANTsPy), and resampled once to the template space by composing
 the PET-to-T1w and T1w-to-template transforms. Uptake was normalized to SUVR by the
@@ -63,24 +64,27 @@ mean in the reference region (`{settings.reference_region}`).
     refmask = pe.Node(ReferenceMask(region=settings.reference_region), name="reference_mask")
     suvr = pe.Node(SUVR(region=settings.reference_region), name="suvr")
 
-    # fmt: off
-    workflow.connect([
-        (inputnode, avg, [("pet_file", "in_file")]),
-        (avg, coreg, [("out_file", "in_file")]),
-        (inputnode, coreg, [("t1w_brain", "t1w_brain")]),
-        (inputnode, chain, [("t1w2std_xfm", "in1")]),
-        (coreg, chain, [("out_xfm", "in2")]),
-        (avg, to_std, [("out_file", "in_file")]),
-        (inputnode, to_std, [("std_ref", "reference")]),
-        (chain, to_std, [("out", "transforms")]),
-        (inputnode, refmask, [("gm_std", "gm_probability")]),
-        (to_std, suvr, [("out_file", "in_file")]),
-        (refmask, suvr, [("out_file", "mask")]),
-        (coreg, suvr, [("out_file", "other_file")]),
-        (avg, outputnode, [("out_file", "pet_ref"), ("motion_file", "motion_file")]),
-        (coreg, outputnode, [("out_xfm", "pet2t1w_xfm")]),
-        (suvr, outputnode, [("out_file", "pet_std"), ("other_out", "pet_t1w"),
-                            ("metadata", "suvr_metadata")]),
-    ])
-    # fmt: on
+    workflow.connect(
+        [
+            (inputnode, avg, [("pet_file", "in_file")]),
+            (avg, coreg, [("out_file", "in_file")]),
+            (inputnode, coreg, [("t1w_brain", "t1w_brain")]),
+            (inputnode, chain, [("t1w2std_xfm", "in1")]),
+            (coreg, chain, [("out_xfm", "in2")]),
+            (avg, to_std, [("out_file", "in_file")]),
+            (inputnode, to_std, [("std_ref", "reference")]),
+            (chain, to_std, [("out", "transforms")]),
+            (inputnode, refmask, [("gm_std", "gm_probability")]),
+            (to_std, suvr, [("out_file", "in_file")]),
+            (refmask, suvr, [("out_file", "mask")]),
+            (coreg, suvr, [("out_file", "other_file")]),
+            (avg, outputnode, [("out_file", "pet_ref"), ("motion_file", "motion_file")]),
+            (coreg, outputnode, [("out_xfm", "pet2t1w_xfm")]),
+            (
+                suvr,
+                outputnode,
+                [("out_file", "pet_std"), ("other_out", "pet_t1w"), ("metadata", "suvr_metadata")],
+            ),
+        ]
+    )
     return workflow

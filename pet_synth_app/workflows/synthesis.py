@@ -41,22 +41,31 @@ def init_synthesis_wf(
     training = card.get("training", {}).get("data", "unknown data")
     fwhm = synthesis_fwhm(settings, card)
     if int(card["config"]["spatial_dims"]) == 3:
-        how = ("32³ patches were translated on a regular grid and the central part of each "
-               "was stitched into a volume")  # fmt: skip
+        how = (
+            "32³ patches were translated on a regular grid and the central part of each "
+            "was stitched into a volume"
+        )
     else:
-        how = ("three adjacent axial slices were translated at a time and the slices "
-               "restacked into a volume")  # fmt: skip
+        how = (
+            "three adjacent axial slices were translated at a time and the slices "
+            "restacked into a volume"
+        )
         if card["config"].get("prior_shape"):
-            means = ("the mean T1w and the mean PET" if card["config"].get("prior_input")
-                     else "the mean PET")  # fmt: skip
-            how += (f" (the generator also received the same slices of {means} of its "
-                    "training participants and predicted a residual to the mean PET)")  # fmt: skip
+            means = (
+                "the mean T1w and the mean PET"
+                if card["config"].get("prior_input")
+                else "the mean PET"
+            )
+            how += (
+                f" (the generator also received the same slices of {means} of its "
+                "training participants and predicted a residual to the mean PET)"
+            )
     cite = "@pix2pix" if card["model"] == "pix2pix" else "@cyclegan"
     workflow = Workflow(name=name)
     workflow.__desc__ = f"""
 A pseudo-normal FDG PET, the uptake expected for a healthy brain with the participant's
-anatomy, was synthesized from the template-space T1w with the `{card['model']}` model
-[@zotova2021; {cite}] (weights sha256 `{card['sha256'][:12]}`, trained on {training}): {how},
+anatomy, was synthesized from the template-space T1w with the `{card["model"]}` model
+[@zotova2021; {cite}] (weights sha256 `{card["sha256"][:12]}`, trained on {training}): {how},
 smoothed with a {fwhm:g} mm FWHM Gaussian, and the result was
 resampled to the T1w space with the inverse of the T1w-to-template transform.
 """
@@ -66,20 +75,23 @@ resampled to the T1w space with the inverse of the T1w-to-template transform.
     )
     outputnode = pe.Node(niu.IdentityInterface(fields=SYNTHESIS_OUTPUTS), name="outputnode")
     synth = pe.Node(
-        SynthesizePET(weights=str(weights), device=device, nthreads=settings.omp_nthreads,
-                      fwhm=fwhm),
-        name="synthesize", n_procs=settings.omp_nthreads, mem_gb=1.5,
-    )  # fmt: skip
+        SynthesizePET(
+            weights=str(weights), device=device, nthreads=settings.omp_nthreads, fwhm=fwhm
+        ),
+        name="synthesize",
+        n_procs=settings.omp_nthreads,
+        mem_gb=1.5,
+    )
     to_t1w = pe.Node(ApplyTransforms(out_name="pseudo_t1w.nii.gz"), name="pseudo_to_t1w")
-    # fmt: off
-    workflow.connect([
-        (inputnode, synth, [("t1w_std_norm", "t1w_norm"), ("mask_std", "mask")]),
-        (synth, to_t1w, [("out_file", "in_file")]),
-        (inputnode, to_t1w, [("t1w_preproc", "reference"), ("std2t1w_xfm", "transforms")]),
-        (synth, outputnode, [("out_file", "pseudo_std"), ("metadata", "metadata")]),
-        (to_t1w, outputnode, [("out_file", "pseudo_t1w")]),
-    ])
-    # fmt: on
+    workflow.connect(
+        [
+            (inputnode, synth, [("t1w_std_norm", "t1w_norm"), ("mask_std", "mask")]),
+            (synth, to_t1w, [("out_file", "in_file")]),
+            (inputnode, to_t1w, [("t1w_preproc", "reference"), ("std2t1w_xfm", "transforms")]),
+            (synth, outputnode, [("out_file", "pseudo_std"), ("metadata", "metadata")]),
+            (to_t1w, outputnode, [("out_file", "pseudo_t1w")]),
+        ]
+    )
     return workflow
 
 
