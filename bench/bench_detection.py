@@ -41,9 +41,8 @@ from pet_synth_app.analysis.zscore import (
     residual,
     self_referenced_z,
 )
-from pet_synth_app.config import TEMPLATE_SPACE
+from pet_synth_app.config import GM_THRESHOLD, TEMPLATE_SPACE
 from pet_synth_app.preproc.anat import apply_transforms
-from pet_synth_app.preproc.reference import GM_THRESHOLD
 
 METHODS = {
     "a": "self-referenced Z (pseudo-normal)",

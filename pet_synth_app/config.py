@@ -15,6 +15,9 @@ REGISTRATION_PRESETS = ("sloppy", "default", "precise")
 DEVICES = ("auto", "cpu", "cuda")
 SYNTHESIS_FWHM_MM = 1.5  # Gaussian after restacking slices/patches (seed 001); a model
 # card's ``input.smoothing_fwhm_mm`` (tuned on validation SSIM by petsynth-train) wins
+GM_THRESHOLD = 0.5
+"""GM probability above which a voxel counts as grey matter (SUVR gm-mean reference,
+Z standardization, figures)."""
 Z_THRESHOLD = -1.65
 """Voxel threshold: Z < -1.65 is one-sided p < 0.05 (Chen et al.)."""
 MIN_CLUSTER_MM3 = 1500.0
@@ -125,6 +128,7 @@ def _plain(value):
 
 __all__ = [
     "DEVICES",
+    "GM_THRESHOLD",
     "OUTPUT_SPACES",
     "REFERENCE_REGIONS",
     "REGISTRATION_PRESETS",

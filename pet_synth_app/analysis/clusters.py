@@ -75,6 +75,22 @@ CLUSTER_COLUMN_DESCRIPTIONS: dict[str, dict[str, str]] = {
     "n_voxels": {"Description": "Number of voxels in the cluster"},
 }
 """JSON sidecar content for ``clusters.tsv``."""
+T1W_COLUMN_DESCRIPTIONS: dict[str, dict[str, str]] = {
+    "peak_x_t1w": {"Description": "Peak x in the participant's T1w space", "Units": "mm"},
+    "peak_y_t1w": {"Description": "Peak y in the participant's T1w space", "Units": "mm"},
+    "peak_z_t1w_mm": {"Description": "Peak z in the participant's T1w space", "Units": "mm"},
+}
+"""The columns the participant workflow appends: each cluster's peak in native T1w mm."""
+
+
+def column_help(column: str, sidecar: dict | None = None) -> str:
+    """One-line description of a ``clusters.tsv`` column, with its units: from the
+    table's JSON ``sidecar`` when it describes the column, else the defaults above."""
+    entry = (sidecar or {}).get(column)
+    if not (isinstance(entry, dict) and entry.get("Description")):
+        entry = {**CLUSTER_COLUMN_DESCRIPTIONS, **T1W_COLUMN_DESCRIPTIONS}.get(column, {})
+    text, unit = entry.get("Description", ""), entry.get("Units")
+    return f"{text} ({unit})" if unit and unit not in text else text
 
 
 @dataclass(frozen=True)

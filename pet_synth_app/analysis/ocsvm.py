@@ -15,7 +15,6 @@ its card ``ocsvm.json``; it is read chunk by chunk when loaded lazily.
 
 from __future__ import annotations
 
-import json
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -26,7 +25,7 @@ import numpy as np
 import torch
 
 from ..config import OCSVM_GAMMA, OCSVM_NU
-from ..synthesis.weights import library_versions, sha256_file, verified_card
+from ..weightfiles import LazyRows, save_weights, verified_card
 from .zscore import MAD_TO_SD
 
 NU = OCSVM_NU  # defaults and their rationale: config.py
@@ -355,28 +354,6 @@ def decision_batched(
     return out
 
 
-class _LazyRows:
-    """Rows of one tensor of a safetensors file, read on demand (``safe_open``, numpy)."""
-
-    def __init__(self, path: Path, key: str, shape: tuple[int, ...], dtype: np.dtype) -> None:
-        self.path, self.key, self.shape, self.dtype = path, key, tuple(shape), np.dtype(dtype)
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def __getitem__(self, rows: slice) -> np.ndarray:
-        from safetensors import safe_open
-
-        if not isinstance(rows, slice):
-            raise TypeError("lazily loaded tensors can only be sliced by rows")
-        with safe_open(str(self.path), framework="np") as fh:
-            return fh.get_slice(self.key)[rows]
-
-    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
-        data = self[:]
-        return data if dtype is None else data.astype(dtype)
-
-
 @dataclass
 class OCSVMModel:
     """Voxelwise one-class SVMs on one template grid.
@@ -514,8 +491,6 @@ def save_model(model: OCSVMModel, folder: str | Path) -> Path:
     shape and affine, ``meta`` and library versions. Same model -> same bytes. Returns
     the folder.
     """
-    from safetensors.numpy import save_file
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {
@@ -525,13 +500,11 @@ def save_model(model: OCSVMModel, folder: str | Path) -> Path:
         "rho": np.ascontiguousarray(model.rho, dtype=np.float32),
         "gamma": np.ascontiguousarray(model.gamma, dtype=np.float32),
     }
-    path = folder / TENSORS
-    save_file(tensors, str(path), metadata={"format": FORMAT})  # one key: stable bytes
     meta = dict(model.meta)
     card = {
         "format": FORMAT,
         "tensors_file": TENSORS,
-        "sha256": sha256_file(path),
+        "sha256": None,
         "nu": meta.get("nu"),
         "gamma": meta.get("gamma"),
         "n_samples": meta.get("n_samples"),
@@ -541,9 +514,9 @@ def save_model(model: OCSVMModel, folder: str | Path) -> Path:
         "shape": [int(s) for s in model.shape],
         "affine": np.asarray(model.affine, dtype=np.float64).tolist(),
         "meta": meta,
-        "versions": meta.get("versions") or library_versions(),
+        "versions": meta.get("versions"),
     }
-    (folder / CARD).write_text(json.dumps(card, indent=2) + "\n")
+    save_weights(tensors, folder / TENSORS, FORMAT, card, card_file=folder / CARD)
     return folder
 
 
@@ -583,8 +556,8 @@ def load_model(folder: str | Path, lazy: bool = True) -> OCSVMModel:
     ):
         raise ValueError(f"{path}: inconsistent tensor shapes {shapes}")
     if lazy:
-        big["sv"] = _LazyRows(path, "sv", shapes["sv"], np.float16)
-        big["alpha"] = _LazyRows(path, "alpha", shapes["alpha"], np.float32)
+        big["sv"] = LazyRows(path, "sv", shapes["sv"], np.float16)
+        big["alpha"] = LazyRows(path, "alpha", shapes["alpha"], np.float32)
     return OCSVMModel(
         ijk=small["ijk"],
         shape=tuple(card["shape"]),

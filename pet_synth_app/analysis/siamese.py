@@ -15,7 +15,6 @@ them (architecture, sha256, library versions), like the synthesis models.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..synthesis.weights import library_versions, sha256_file, verified_card
+from ..weightfiles import card_path, load_tensors, save_weights, verified_card
 
 LATENT_DIM = 64
 PATCH_SIZE = 15
@@ -357,10 +356,6 @@ def encode_volume(
     return out
 
 
-def _card_path(path: Path) -> Path:
-    return path.with_suffix(".json")
-
-
 def save_autoencoder(model: SiameseAutoencoder, path: str | Path, card: dict) -> dict:
     """Write the weights to ``path`` (.safetensors) and the card ``<stem>.json`` next to it.
 
@@ -368,25 +363,18 @@ def save_autoencoder(model: SiameseAutoencoder, path: str | Path, card: dict) ->
     ``architecture``, ``sha256``, ``n_parameters`` and ``versions`` are filled in. Same
     weights -> same bytes. Returns the written card.
     """
-    from safetensors.torch import save_file
-
     path = Path(path)
-    if path.suffix != ".safetensors":
-        raise ValueError(f"{path}: weights must be saved as .safetensors")
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(tensors, str(path), metadata={"format": FORMAT})  # one key: stable bytes
     full = {
         **card,
         "format": FORMAT,
         "architecture": model.config(),
         "weights_file": path.name,
-        "sha256": sha256_file(path),
+        "sha256": None,
         "n_parameters": int(sum(t.numel() for t in tensors.values())),
-        "versions": card.get("versions") or library_versions(),
+        "versions": card.get("versions"),
     }
-    _card_path(path).write_text(json.dumps(full, indent=2) + "\n")
-    return full
+    return save_weights(tensors, path, FORMAT, full)
 
 
 def load_autoencoder(path: str | Path) -> tuple[SiameseAutoencoder, dict]:
@@ -396,17 +384,16 @@ def load_autoencoder(path: str | Path) -> tuple[SiameseAutoencoder, dict]:
     differs from the card's, or the tensors do not fit the card's architecture.
     """
     from safetensors import SafetensorError
-    from safetensors.torch import load_file
 
     path = Path(path)
-    cpath = _card_path(path)
+    cpath = card_path(path)
     if path.suffix != ".safetensors" or not path.is_file():
         raise ValueError(f"{path}: no .safetensors weights there")
     if not cpath.is_file():
         raise ValueError(f"{path}: model card {cpath.name} is missing next to the weights")
     card = verified_card(path, cpath, FORMAT, tuple(_REQUIRED))
     try:
-        tensors = load_file(str(path), device="cpu")
+        tensors = load_tensors(path)
         arch = card["architecture"]
         model = SiameseAutoencoder(
             int(arch["latent_dim"]), int(arch["patch_size"]), tuple(arch["channels"])

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from ..preproc.reference import GM_THRESHOLD
+from ..config import GM_THRESHOLD
 
 NORMATIVE_FWHM_MM = 4.0
 """Gaussian FWHM (mm) applied to the voxelwise normative mean and SD. With tens of

@@ -116,7 +116,7 @@ class FindClusters(SimpleInterface):
 
     def _run_interface(self, runtime):
         from ..analysis.clusters import cluster_table, find_clusters
-        from ..preproc.reference import GM_THRESHOLD
+        from ..config import GM_THRESHOLD
 
         img = nib.load(self.inputs.in_file)
         gm = (_data(self.inputs.gm) > GM_THRESHOLD) & (_data(self.inputs.mask) > 0)
@@ -162,13 +162,6 @@ class _TableOutputSpec(TraitedSpec):
     metadata = traits.Dict(desc="column descriptions (TSV sidecar)")
 
 
-T1W_COLUMNS = {
-    "peak_x_t1w": {"Description": "Peak x in the participant's T1w space", "Units": "mm"},
-    "peak_y_t1w": {"Description": "Peak y in the participant's T1w space", "Units": "mm"},
-    "peak_z_t1w_mm": {"Description": "Peak z in the participant's T1w space", "Units": "mm"},
-}
-
-
 class ClusterTable(SimpleInterface):
     """clusters.tsv: the MNI cluster rows plus each cluster's peak in native T1w mm
     (the extreme statistic inside the cluster's T1w-space label)."""
@@ -180,6 +173,7 @@ class ClusterTable(SimpleInterface):
         from ..analysis.clusters import (
             CLUSTER_COLUMN_DESCRIPTIONS,
             CLUSTER_COLUMNS,
+            T1W_COLUMN_DESCRIPTIONS,
             write_tsv,
         )
 
@@ -196,9 +190,9 @@ class ClusterTable(SimpleInterface):
                 idx = np.argwhere(inside)
                 best = idx[np.argmax(sign * stat[inside])]
                 xyz = [round(float(v), 2) for v in nib.affines.apply_affine(dseg_img.affine, best)]
-            row.update(zip(T1W_COLUMNS, xyz, strict=True))
+            row.update(zip(T1W_COLUMN_DESCRIPTIONS, xyz, strict=True))
         path = os.path.join(runtime.cwd, "clusters.tsv")
-        write_tsv(rows, path, [*CLUSTER_COLUMNS, *T1W_COLUMNS])  # header even if empty
+        write_tsv(rows, path, [*CLUSTER_COLUMNS, *T1W_COLUMN_DESCRIPTIONS])  # header even if empty
         self._results["out_file"] = path
-        self._results["metadata"] = {**CLUSTER_COLUMN_DESCRIPTIONS, **T1W_COLUMNS}
+        self._results["metadata"] = {**CLUSTER_COLUMN_DESCRIPTIONS, **T1W_COLUMN_DESCRIPTIONS}
         return runtime

@@ -106,7 +106,7 @@ class ReferenceMask(SimpleInterface):
     output_spec = _RefMaskOutputSpec
 
     def _run_interface(self, runtime):
-        from ..preproc.reference import reference_mask
+        from ..analysis.reference import reference_mask
 
         mask = reference_mask(self.inputs.region, nib.load(self.inputs.gm_probability))
         self._results["out_file"] = os.path.join(runtime.cwd, "refmask.nii.gz")

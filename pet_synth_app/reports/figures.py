@@ -461,7 +461,7 @@ def plot_statmap_clusters(
         cuts = cuts_from_mask(m, 6)
     shown = (stat_a <= threshold) & (stat_a != 0)
     if gm is not None:
-        from ..preproc.reference import GM_THRESHOLD
+        from ..config import GM_THRESHOLD
 
         shown &= on_grid(gm, ref) > GM_THRESHOLD
     low = float(np.percentile(stat_a[shown], 1)) if shown.any() else threshold - 3.0

@@ -19,6 +19,8 @@ from pathlib import Path
 
 from .. import __version__
 from ..analysis import qc
+from ..analysis.clusters import column_help
+from ..config import Z_THRESHOLD
 from . import figures as F
 from .html import (
     FigureMaker,
@@ -51,25 +53,6 @@ SECTIONS = [
     ("methods", "Methods"),
     ("derivatives", "Derivatives"),
 ]
-
-CLUSTER_COLUMNS = {
-    "rank": "Cluster rank (1 = top); equals the label value in the dseg map",
-    "size_mm3": "Cluster volume (mm³)",
-    "n_voxels": "Number of voxels in the cluster",
-    "peak_z": "Most extreme statistic in the cluster (Z or score)",
-    "mean_z": "Mean statistic over the cluster",
-    "mass": "Sum over the cluster of the excess beyond the threshold (ranking key)",
-    "peak_x": "Peak x, MNI152NLin2009aSym (mm)",
-    "peak_y": "Peak y, MNI152NLin2009aSym (mm)",
-    "peak_z_mm": "Peak z, MNI152NLin2009aSym (mm)",
-    "hemisphere": "L, R or M (midline) at the peak",
-    "lobe": "Lobe of the peak's atlas region",
-    "region": "Atlas region at the peak (Harvard-Oxford, else AAL)",
-    "peak_x_t1w": "Peak x in the participant's T1w space (mm)",
-    "peak_y_t1w": "Peak y in the participant's T1w space (mm)",
-    "peak_z_t1w_mm": "Peak z in the participant's T1w space (mm)",
-}
-"""Default column descriptions (the TSV's JSON sidecar, when present, takes precedence)."""
 
 THRESHOLD_KEYS = (
     "Threshold",
@@ -407,7 +390,7 @@ class _Report:
                     parts.append(na(reason))
                     continue
                 meta = sidecar(stat)
-                threshold = float(meta.get("Threshold", -1.65))
+                threshold = float(meta.get("Threshold", Z_THRESHOLD))
                 parts.append(kv([(k, meta.get(k)) for k in THRESHOLD_KEYS]))
                 if bg is None:
                     parts.append(na(f"the {space} T1w background is missing"))
@@ -445,15 +428,7 @@ class _Report:
             return "<p><b>No cluster</b> survived the threshold and the minimum volume.</p>"
         meta = sidecar(tsv)
         header = list(rows[0].keys())
-        desc = {
-            h: (meta.get(h, {}).get("Description", "") if isinstance(meta.get(h), dict) else "")
-            or CLUSTER_COLUMNS.get(h, "")
-            for h in header
-        }
-        for h in header:
-            unit = meta.get(h, {}).get("Units") if isinstance(meta.get(h), dict) else None
-            if unit and unit not in desc[h]:
-                desc[h] += f" ({unit})"
+        desc = {h: column_help(h, meta) for h in header}
         body = [table(header, [[r.get(h, "") for h in header] for r in rows], titles=desc)]
         body.append(
             "<details><summary>Columns</summary><ul>"

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 
 from .losses import cycle_loss, discriminator_loss, gan_loss, paired_mse_loss
-from .model import ImagePool, SynthesisModel, set_requires_grad
+from .model import ImagePool, SynthesisModel, kind_from_config, set_requires_grad
 from .networks import PatchGAN, ResnetGenerator
 
 
@@ -31,7 +31,7 @@ class CycleGAN(SynthesisModel):
         super().__init__(config)
         c = self.config
         dims, ch = int(c["spatial_dims"]), int(c["channels"])
-        self.kind = "slices" if dims == 2 else "patches"
+        self.kind = kind_from_config(c)
         prior_shape = c.get("prior_shape")
         if prior_shape is not None and dims != 2:
             raise ValueError("a prior is only supported by the semi-3D (slice) models")

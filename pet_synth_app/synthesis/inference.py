@@ -20,6 +20,7 @@ from torch import nn
 from ..config import SYNTHESIS_FWHM_MM
 from ..errors import PetSynthError
 from ..preproc.templates import get_template
+from .model import kind_from_config
 from .weights import load_generator
 
 DEFAULT_FWHM_MM = SYNTHESIS_FWHM_MM
@@ -232,7 +233,7 @@ def predict_with_config(
     inplane_box: tuple[slice, slice] | None = None,
 ) -> np.ndarray:
     """``predict_volume`` with the slicing/patching that a model ``config`` implies."""
-    patches = int(config["spatial_dims"]) == 3
+    patches = kind_from_config(config) == "patches"
     return predict_volume(
         t1w,
         generator,

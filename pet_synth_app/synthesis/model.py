@@ -6,6 +6,12 @@ import torch
 from torch import nn
 
 
+def kind_from_config(config: dict) -> str:
+    """How a model sees a volume: ``"slices"`` (semi-3D, 2D networks on adjacent axial
+    slices) or ``"patches"`` (3D networks on cubes), from its ``spatial_dims``."""
+    return "slices" if int(config["spatial_dims"]) == 2 else "patches"
+
+
 class SynthesisModel(nn.Module):
     """A T1w -> PET translation model with its training losses.
 

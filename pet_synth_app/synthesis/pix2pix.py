@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from .losses import discriminator_loss, gan_loss, paired_l1_loss
-from .model import SynthesisModel, set_requires_grad
+from .model import SynthesisModel, kind_from_config, set_requires_grad
 from .networks import PatchGAN, UnetGenerator
 
 
@@ -17,7 +17,7 @@ class Pix2Pix(SynthesisModel):
         super().__init__(config)
         c = self.config
         dims, ch = int(c["spatial_dims"]), int(c["channels"])
-        self.kind = "slices" if dims == 2 else "patches"
+        self.kind = kind_from_config(c)
         self.G = UnetGenerator(dims, ch, ch, int(c["ngf"]), int(c["n_down"]))
         self.D = PatchGAN(dims, 2 * ch, int(c["ndf"]))
 

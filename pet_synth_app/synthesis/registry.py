@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .cyclegan import CycleGAN
-from .model import SynthesisModel
+from .model import SynthesisModel, kind_from_config
 from .pix2pix import Pix2Pix
 
 DEFAULT_MODEL = "cyclegan-mse"
@@ -42,11 +42,13 @@ class ModelSpec:
     defaults: dict
     paired: bool  # needs same-subject T1w/PET pairs
     description: str
+    citation: str  # key in data/boilerplate.bib that the methods boilerplate cites
     references: tuple[str, ...] = field(default_factory=tuple)
 
     @property
     def kind(self) -> str:
-        return "slices" if self.defaults["spatial_dims"] == 2 else "patches"
+        """``"slices"`` (semi-3D) or ``"patches"`` (3D): how inference cuts a volume."""
+        return kind_from_config(self.defaults)
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -57,6 +59,7 @@ MODELS: dict[str, ModelSpec] = {
             CycleGAN,
             {**_SEMI3D_CYCLE, "lambda_mse": 10.0},
             paired=True,
+            citation="cyclegan",
             description="semi-3D CycleGAN (ResNet-9 generators, 70x70 PatchGAN, LSGAN, "
             "cycle L1) with the paired MSE term in both directions",
             references=("zotova2021", "zhu2017"),
@@ -66,6 +69,7 @@ MODELS: dict[str, ModelSpec] = {
             CycleGAN,
             {**_SEMI3D_CYCLE, "lambda_mse": 0.0},
             paired=False,
+            citation="cyclegan",
             description="semi-3D CycleGAN without the MSE term (unpaired T1w/PET)",
             references=("zhu2017", "chen2025"),
         ),
@@ -88,6 +92,7 @@ MODELS: dict[str, ModelSpec] = {
                 "patch_stride": 8,
             },
             paired=True,
+            citation="cyclegan",
             description="3D-patch CycleGAN with MSE (ResNet-2 3D generators on 32^3 "
             "patches; inference keeps the central part of each patch)",
             references=("zotova2021",),
@@ -97,6 +102,7 @@ MODELS: dict[str, ModelSpec] = {
             Pix2Pix,
             {**_TRAINING, **_SEMI3D, "n_down": 4, "lambda_l1": 100.0, "gan_mode": "vanilla"},
             paired=True,
+            citation="pix2pix",
             description="semi-3D Pix2Pix (U-Net generator, conditional PatchGAN, L1 x100)",
             references=("isola2017",),
         ),

@@ -8,19 +8,16 @@ refuses weights whose sha256 or tensor names do not match their card.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import platform
 from importlib import resources
 from pathlib import Path
 
-import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..config import TEMPLATE_SPACE
 from ..errors import PetSynthError
+from ..weightfiles import card_path, library_versions, load_tensors, save_weights, sha256_file
 from .registry import build_model, get_spec
 
 CARD_FORMAT = "petsynth-model-card/1"
@@ -32,41 +29,9 @@ PRIOR_BUFFERS = frozenset({"prior", "input_prior"})
 """Generator buffers holding mean training images (residual models), stored as float16."""
 
 
-def sha256_file(path: str | Path) -> str:
-    """Hex sha256 of a file."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def card_path(weights: str | Path) -> Path:
-    """The model card that belongs to a weights file (same stem, ``.json``)."""
-    return Path(weights).with_suffix(".json")
-
-
 def default_weights() -> Path:
     """The shipped default model (trained on phantoms; see its card)."""
     return Path(str(resources.files("pet_synth_app") / "data" / DEFAULT_WEIGHTS))
-
-
-def library_versions() -> dict[str, str]:
-    """Versions of the libraries that shape a model's numbers."""
-    import monai
-    import numpy
-    import safetensors
-
-    from .. import __version__
-
-    return {
-        "petsynth": __version__,
-        "torch": torch.__version__,
-        "monai": monai.__version__,
-        "numpy": numpy.__version__,
-        "safetensors": safetensors.__version__,
-        "python": platform.python_version(),
-    }
 
 
 def save_generator(generator: nn.Module, path: str | Path, card: dict) -> dict:
@@ -77,50 +42,18 @@ def save_generator(generator: nn.Module, path: str | Path, card: dict) -> dict:
     written as float16. Returns the written card.
     """
     path = Path(path)
-    if path.suffix != ".safetensors":
-        raise ValueError(f"{path}: weights must be saved as .safetensors")
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in generator.state_dict().items()}
     for k in PRIOR_BUFFERS & tensors.keys():  # mean images: float16 halves the file
         tensors[k] = tensors[k].half()  # (|error| <= 5e-4 on [-1, 1]); loaded as float32
-    # one metadata key only: safetensors writes several keys in random order, which
-    # would make the bytes (and the sha256) of identical weights differ
-    save_file(tensors, str(path), metadata={"format": CARD_FORMAT})
     card = {
         "format": CARD_FORMAT,
         **card,
         "weights_file": path.name,
-        "sha256": sha256_file(path),
+        "sha256": None,
         "n_parameters": int(sum(p.numel() for p in generator.parameters())),
-        "versions": card.get("versions") or library_versions(),
+        "versions": card.get("versions"),
     }
-    card_path(path).write_text(json.dumps(card, indent=2) + "\n")
-    return card
-
-
-def verified_card(
-    tensors: str | Path, card: str | Path, fmt: str, required: tuple[str, ...] = ()
-) -> dict:
-    """The JSON ``card`` of a ``.safetensors`` file, checked: a ``fmt`` card with the
-    ``required`` keys whose ``sha256`` is the file's. ValueError (one line) otherwise."""
-    tensors, card = Path(tensors), Path(card)
-    try:
-        data = json.loads(card.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{card}: invalid card ({' '.join(str(exc).split())})") from None
-    if (
-        not isinstance(data, dict)
-        or any(k not in data for k in ("format", "sha256", *required))
-        or data["format"] != fmt
-    ):
-        raise ValueError(f"{card}: not a {fmt} card")
-    digest = sha256_file(tensors)
-    if digest != data["sha256"]:
-        raise ValueError(
-            f"{tensors}: sha256 {digest[:12]}... does not match the card "
-            f"({str(data['sha256'])[:12]}...): corrupt or from another model"
-        )
-    return data
+    return save_weights(tensors, path, CARD_FORMAT, card)
 
 
 def read_card(weights: str | Path) -> dict:
@@ -184,7 +117,7 @@ def load_generator(weights: str | Path, device: str = "cpu") -> tuple[nn.Module,
             str(weights),
         )
     try:
-        tensors = load_file(str(weights), device="cpu")
+        tensors = load_tensors(weights)
     except (SafetensorError, OSError, ValueError) as exc:
         raise PetSynthError(f"cannot read safetensors weights ({exc})", str(weights)) from None
     try:

@@ -11,6 +11,7 @@ from niworkflows.engine.workflows import LiterateWorkflow as Workflow
 from ..config import SYNTHESIS_FWHM_MM, Settings
 from ..interfaces.anat import ApplyTransforms
 from ..interfaces.synthesis import SynthesizePET
+from ..synthesis.registry import get_spec
 from ..synthesis.weights import default_weights, read_card
 
 SYNTHESIS_OUTPUTS = ["pseudo_std", "pseudo_t1w", "metadata"]
@@ -40,7 +41,8 @@ def init_synthesis_wf(
     card = read_card(weights)
     training = card.get("training", {}).get("data", "unknown data")
     fwhm = synthesis_fwhm(settings, card)
-    if int(card["config"]["spatial_dims"]) == 3:
+    spec = get_spec(card["model"])
+    if spec.kind == "patches":
         how = (
             "32³ patches were translated on a regular grid and the central part of each "
             "was stitched into a volume"
@@ -60,12 +62,12 @@ def init_synthesis_wf(
                 f" (the generator also received the same slices of {means} of its "
                 "training participants and predicted a residual to the mean PET)"
             )
-    cite = "@pix2pix" if card["model"] == "pix2pix" else "@cyclegan"
     workflow = Workflow(name=name)
     workflow.__desc__ = f"""
 A pseudo-normal FDG PET, the uptake expected for a healthy brain with the participant's
 anatomy, was synthesized from the template-space T1w with the `{card["model"]}` model
-[@zotova2021; {cite}] (weights sha256 `{card["sha256"][:12]}`, trained on {training}): {how},
+[@zotova2021; @{spec.citation}]
+(weights sha256 `{card["sha256"][:12]}`, trained on {training}): {how},
 smoothed with a {fwhm:g} mm FWHM Gaussian, and the result was
 resampled to the T1w space with the inverse of the T1w-to-template transform.
 """

@@ -5,7 +5,7 @@ from __future__ import annotations
 import nibabel as nib
 import numpy as np
 
-GM_THRESHOLD = 0.5
+from ..config import GM_THRESHOLD
 
 
 def reference_mask(
@@ -14,12 +14,12 @@ def reference_mask(
     """Binary reference-region mask on the grid of `gm_probability` (MNI space).
 
     `gm-mean`: the subject's GM probability (warped to MNI) above `threshold`;
-    `cerebellum` and `pons`: atlas regions (analysis.atlas) resampled to that grid.
+    `cerebellum` and `pons`: atlas regions (``analysis/atlas.py``) resampled to that grid.
     """
     if region == "gm-mean":
         data = np.asarray(gm_probability.dataobj, dtype=np.float32) > threshold
     elif region in ("cerebellum", "pons"):
-        from ..analysis.atlas import reference_region_mask
+        from .atlas import reference_region_mask
 
         data = np.asarray(reference_region_mask(region, gm_probability).dataobj) > 0
     else:
