@@ -39,6 +39,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_detection import clusters_t1w, load_subject, print_table, truth_of  # noqa: E402
 
+from pet_synth_app import layout as L  # noqa: E402
 from pet_synth_app.analysis import anomaly  # noqa: E402
 from pet_synth_app.analysis import detection as det  # noqa: E402
 from pet_synth_app.analysis.zscore import residual, self_referenced_z  # noqa: E402
@@ -58,7 +59,7 @@ def evaluate(
 
     per_patient, ranks, fp = [], [], []
     for s in sorted(lesions):
-        mask_path = next((truth / f"sub-{s}" / "anat").glob(f"sub-{s}_desc-lesion_mask.nii.gz"))
+        mask_path = L.find_truth(truth, s, "lesion_mask")
         truth_lab = np.rint(np.asanyarray(nib.load(str(mask_path)).dataobj)).astype(int)
         les_lobes = {k: det.lobe_key(v["hemisphere"], v["lobe"]) for k, v in lesions[s].items()}
         labels, lobes, _ = clusters_t1w(maps[s], data[s])

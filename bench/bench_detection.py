@@ -32,6 +32,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from pet_synth_app import layout as L
 from pet_synth_app.analysis import detection as det
 from pet_synth_app.analysis.clusters import cluster_table, find_clusters
 from pet_synth_app.analysis.zscore import (
@@ -51,29 +52,26 @@ METHODS = {
 }
 
 
-def _one(folder: Path, pattern: str) -> Path:
-    hits = sorted(folder.glob(pattern))
-    if not hits:
-        raise SystemExit(f"missing {pattern} in {folder}")
-    return hits[0]
+def _need(folder: Path, s: str, key: str, space: str | None = None) -> Path:
+    found = L.find(folder, s, key, space)
+    if found is None:
+        raise SystemExit(f"missing {L.pattern(key, space)} of sub-{s} in {folder}")
+    return found
 
 
 def load_subject(out: Path, s: str) -> dict:
-    sub = out / f"sub-{s}"
-    sp = f"space-{TEMPLATE_SPACE}"
-
     def arr(p):
         return np.asanyarray(nib.load(str(p)).dataobj, dtype=np.float64)
 
-    pet_p = _one(sub, f"pet/sub-{s}*_{sp}_desc-preproc_pet.nii.gz")
+    pet_p = _need(out, s, "pet", TEMPLATE_SPACE)
     return {
         "pet": arr(pet_p),
-        "pseudo": arr(_one(sub, f"pet/sub-{s}_{sp}_desc-pseudonormal_pet.nii.gz")),
-        "gm": arr(_one(sub, f"anat/sub-{s}_{sp}_label-GM_probseg.nii.gz")),
-        "mask": arr(_one(sub, f"anat/sub-{s}_{sp}_desc-brain_mask.nii.gz")) > 0,
+        "pseudo": arr(_need(out, s, "pseudo", TEMPLATE_SPACE)),
+        "gm": arr(_need(out, s, "gm", TEMPLATE_SPACE)),
+        "mask": arr(_need(out, s, "mask", TEMPLATE_SPACE)) > 0,
         "affine": nib.load(str(pet_p)).affine,
-        "xfm": _one(sub, f"anat/sub-{s}_from-{TEMPLATE_SPACE}_to-T1w_mode-image_xfm.h5"),
-        "t1w": _one(sub, f"anat/sub-{s}_desc-preproc_T1w.nii.gz"),
+        "xfm": _need(out, s, "std2t1w_xfm"),
+        "t1w": _need(out, s, "t1w"),
     }
 
 
@@ -153,7 +151,9 @@ def main(argv: list[str] | None = None) -> int:
     per_control = {m: [] for m in METHODS}
     for s in patients:
         maps = zmaps(s, full)
-        mask_path = _one(opts.truth / f"sub-{s}", f"anat/sub-{s}_desc-lesion_mask.nii.gz")
+        mask_path = L.find_truth(opts.truth, s, "lesion_mask")
+        if mask_path is None:
+            raise SystemExit(f"no lesion mask of sub-{s} in {opts.truth}")
         truth_img = nib.load(str(mask_path))
         t1w_ref = nib.load(str(data[s]["t1w"]))
         assert truth_img.shape == t1w_ref.shape, "truth and T1w grids differ"

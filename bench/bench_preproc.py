@@ -23,8 +23,6 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-SPACE = "MNI152NLin2009aSym"
-
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
     a, b = a.astype(bool), b.astype(bool)
@@ -67,30 +65,30 @@ def run_subject(bids: Path, out: Path, work: Path, label: str, extra: list[str])
 def metrics(bids: Path, out: Path, label: str) -> dict:
     from nilearn.datasets import load_mni152_gm_template
 
+    from pet_synth_app import layout as L
     from pet_synth_app.preproc.anat import apply_transforms
     from pet_synth_app.preproc.pet import displacement_error_mm, read_ants_rigid
     from pet_synth_app.preproc.templates import get_template
 
     sub = f"sub-{label}"
     truth = bids / "derivatives" / "truth" / sub
-    anat = out / sub / "anat"
     res = {}
-    tmask = nib.load(truth / "anat" / f"{sub}_desc-brain_mask.nii.gz")
-    omask = nib.load(anat / f"{sub}_desc-brain_mask.nii.gz")
+    tmask = nib.load(truth / "anat" / L.truth_filename(sub, "brain_mask"))
+    omask = nib.load(L.path(out / sub, sub, "mask"))
     res["mask_dice"] = dice(np.asarray(tmask.dataobj) > 0, np.asarray(omask.dataobj) > 0)
     res["brain_ml"] = float(
         (np.asarray(omask.dataobj) > 0).sum() * np.prod(omask.header.get_zooms()[:3]) / 1000
     )
-    tgm = nib.load(truth / "anat" / f"{sub}_label-GM_probseg.nii.gz")
+    tgm = nib.load(truth / "anat" / L.truth_filename(sub, "probseg", "GM"))
     ref = get_template("T1w", 2)
-    xfm = str(anat / f"{sub}_from-T1w_to-{SPACE}_mode-image_xfm.h5")
+    xfm = str(L.path(out / sub, sub, "t1w2std_xfm"))
     gm_std = apply_transforms(tgm, ref, [xfm], interpolation="linear")
     tpl_gm = load_mni152_gm_template(resolution=2)
     res["gm_dice"] = dice(np.asarray(gm_std.dataobj) > 0.5, tpl_gm.get_fdata() > 0.5)
-    ogm = nib.load(anat / f"{sub}_label-GM_probseg.nii.gz")
+    ogm = nib.load(L.path(out / sub, sub, "gm"))
     res["seg_gm_dice"] = dice(np.asarray(ogm.dataobj) > 0.5, np.asarray(tgm.dataobj) > 0.5)
     geo = json.loads((truth / f"{sub}_geometry.json").read_text())
-    pet_xfm = sorted((out / sub / "pet").glob("*_from-petref_to-T1w_mode-image_xfm.mat"))
+    pet_xfm = sorted((out / sub / "pet").glob(L.pattern("pet2t1w_xfm")))
     if pet_xfm and "pet_from_t1w" in geo:
         est = read_ants_rigid(str(pet_xfm[0]))  # maps T1w (fixed) -> PET (moving) world
         frames = [np.asarray(m) for m in geo.get("pet_frames_from_t1w", [geo["pet_from_t1w"]])]

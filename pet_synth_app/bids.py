@@ -18,7 +18,6 @@ import nibabel as nib
 import numpy as np
 
 from . import __version__
-from .config import TEMPLATE_SPACE
 from .errors import PetSynthError
 
 LOGGER = logging.getLogger("petsynth")
@@ -327,26 +326,13 @@ def first_match(folder: Path, pattern: str) -> Path | None:
     return hits[0] if hits else None
 
 
-MNI_DERIVATIVES = {
-    "t1w": "desc-preproc_T1w",
-    "mask": "desc-brain_mask",
-    "gm": "label-GM_probseg",
-    "pet": "desc-preproc_pet",
-    "pseudo": "desc-pseudonormal_pet",
-}
-"""PetSynth's MNI-space participant outputs by role (``space-<template>_<key>.nii.gz``)."""
-
-
 def find_mni_derivatives(deriv: Path, subject: str) -> dict[str, Path | None]:
-    """A participant's MNI-space PetSynth outputs in ``deriv`` by role (None if absent):
-    T1w, brain mask, GM probability, SUVR PET and pseudo-normal PET."""
-    return {
-        role: first_match(
-            Path(deriv),
-            f"sub-{subject}/**/sub-{subject}*_space-{TEMPLATE_SPACE}_{suffix}.nii.gz",
-        )
-        for role, suffix in MNI_DERIVATIVES.items()
-    }
+    """A participant's template-space PetSynth outputs in ``deriv`` by role (None if
+    absent): T1w, brain mask, GM probability, SUVR PET and pseudo-normal PET
+    (``layout.find_mni``)."""
+    from .layout import find_mni
+
+    return find_mni(deriv, subject)
 
 
 def write_derivative_description(

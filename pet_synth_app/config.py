@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 
 import tomli_w
+
+from .errors import UsageError
 
 TEMPLATE_SPACE = "MNI152NLin2009aSym"
 OUTPUT_SPACES = (TEMPLATE_SPACE, "T1w")
@@ -52,9 +55,11 @@ def available_cpus() -> int:
         return os.cpu_count() or 1
 
 
-@dataclass
+@dataclass(frozen=True)
 class Settings:
-    """All options of one run (CLI flags map 1:1 to these fields)."""
+    """All options of one run (CLI flags map 1:1 to these fields; their defaults are the
+    parser's). Frozen: what a run resolves from them (weights, model folders, device...)
+    goes into its ``RunPlan`` (``plan.py``), never back into the settings."""
 
     bids_dir: Path
     output_dir: Path
@@ -94,9 +99,68 @@ class Settings:
 
     def __post_init__(self) -> None:
         if not self.omp_nthreads:
-            self.omp_nthreads = min(self.nprocs, 8)
+            object.__setattr__(self, "omp_nthreads", min(self.nprocs, 8))
         if self.sloppy and self.registration_preset == "default":
-            self.registration_preset = "sloppy"
+            object.__setattr__(self, "registration_preset", "sloppy")
+
+    @classmethod
+    def default(cls, name: str):
+        """The default of field ``name`` (what the parser shows and uses)."""
+        f = next(f for f in fields(cls) if f.name == name)
+        if f.default_factory is not MISSING:
+            return f.default_factory()
+        return f.default
+
+    @classmethod
+    def from_options(cls, options: dict) -> Settings:
+        """Check the parsed command-line options (``vars(opts)``: field names, plus
+        ``bids_filter_file``) and build the Settings; UsageError when invalid. Options
+        that are absent or None keep the field's default."""
+        opts = {k: v for k, v in options.items() if v is not None}
+        names = {f.name for f in fields(cls)}
+        filter_file = opts.pop("bids_filter_file", None)
+        unknown = set(opts) - names
+        if unknown:
+            raise UsageError(f"unknown option(s) {', '.join(sorted(unknown))}")
+        for key in ("bids_dir", "output_dir", "work_dir", "use_plugin", "model_weights"):
+            if key in opts:
+                opts[key] = Path(opts[key]).absolute()
+        if "normative_model" in opts:
+            opts["normative_model"] = Path(opts["normative_model"]).absolute()
+        _check_paths(opts)
+        if filter_file:
+            opts["bids_filters"] = _read_filters(Path(filter_file))
+        for key in ("participant_label", "session_label"):
+            if key in opts:
+                opts[key] = list(opts[key])
+        if "output_spaces" in opts:
+            opts["output_spaces"] = list(dict.fromkeys(opts["output_spaces"]))
+        if "ocsvm_gamma" in opts:
+            opts["ocsvm_gamma"] = _gamma(opts["ocsvm_gamma"])
+        settings = cls(**opts)
+        settings._check_values()
+        return settings
+
+    def _check_values(self) -> None:
+        if self.nprocs < 1 or self.omp_nthreads < 0 or self.mem_mb < 0:
+            raise UsageError("--nprocs must be >= 1, --omp-nthreads and --mem-mb >= 0")
+        if self.synthesis_fwhm is not None and self.synthesis_fwhm < 0:
+            raise UsageError("--synthesis-fwhm must be >= 0")
+        if self.min_cluster_mm3 < 0:
+            raise UsageError("--min-cluster-size must be >= 0 (mm³)")
+        if self.normative_model and not any(
+            (self.normative_model / f).is_file() for f in ("normative.json", "anomaly.json")
+        ):
+            raise UsageError(
+                "not a normative model folder (no normative.json or anomaly.json)",
+                str(self.normative_model),
+            )
+        if not 0 < self.ocsvm_nu <= 1:
+            raise UsageError("--ocsvm-nu must be in (0, 1]")
+        if self.siamese_epochs < 1:
+            raise UsageError("--siamese-epochs must be >= 1")
+        if self.use_plugin and not Path(self.use_plugin).is_file():
+            raise UsageError("plugin file does not exist", str(self.use_plugin))
 
     def to_dict(self) -> dict:
         """Plain-types view (paths as strings, None dropped) for TOML/JSON."""
@@ -114,6 +178,53 @@ class Settings:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(tomli_w.dumps({"petsynth": self.to_dict()}))
         return path
+
+
+def _inside(child: Path, parent: Path) -> bool:
+    child, parent = child.resolve(), parent.resolve()
+    return child == parent or parent in child.parents
+
+
+def _check_paths(opts: dict) -> None:
+    bids_dir, output_dir = opts.get("bids_dir"), opts.get("output_dir")
+    work_dir = opts.get("work_dir", Settings.default("work_dir"))
+    if bids_dir is None or output_dir is None:
+        raise UsageError("BIDS_DIR and OUTPUT_DIR are required")
+    if bids_dir.exists() and not bids_dir.is_dir():
+        raise UsageError("BIDS_DIR is not a directory", str(bids_dir))
+    if _inside(output_dir, bids_dir):
+        raise UsageError(
+            "OUTPUT_DIR must not be the BIDS directory or inside it "
+            "(use e.g. BIDS_DIR/derivatives/petsynth only via a path outside the raw data)",
+            str(output_dir),
+        )
+    if _inside(work_dir, bids_dir):
+        raise UsageError("the work directory must not be inside the BIDS directory", str(work_dir))
+
+
+def _read_filters(path: Path) -> dict:
+    """The ``--bids-filter-file``: a JSON object with keys ``t1w`` and/or ``pet``."""
+    try:
+        filters = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UsageError(f"cannot read the BIDS filter file ({exc})", str(path)) from None
+    if not isinstance(filters, dict) or set(filters) - {"t1w", "pet"}:
+        raise UsageError(
+            "BIDS filter file must be a JSON object with keys 't1w' and/or 'pet'", str(path)
+        )
+    return filters
+
+
+def _gamma(value: float | str) -> float | str:
+    if value == "scale":
+        return value
+    try:
+        gamma = float(value)
+    except ValueError:
+        raise UsageError("--ocsvm-gamma must be a positive number or 'scale'") from None
+    if gamma <= 0:
+        raise UsageError("--ocsvm-gamma must be a positive number or 'scale'")
+    return gamma
 
 
 def _plain(value):

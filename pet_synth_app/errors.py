@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 
 class PetSynthError(Exception):
     """A problem with the user's input or environment (exit code 1, no traceback)."""
@@ -18,3 +20,8 @@ class UsageError(PetSynthError):
     """Invalid command-line usage (exit code 2)."""
 
     exit_code = 2
+
+
+def print_error(exc: Exception | str) -> None:
+    """``petsynth: error: <exc>`` on stderr (one line)."""
+    print(f"petsynth: error: {exc}", file=sys.stderr)

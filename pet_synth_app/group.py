@@ -25,9 +25,10 @@ from . import __version__
 from .analysis import anomaly, normative
 from .analysis.clusters import write_tsv
 from .analysis.metrics import image_metrics
-from .bids import find_mni_derivatives, read_participants, strip_label
+from .bids import read_participants, strip_label
 from .config import TEMPLATE_SPACE, Settings
 from .errors import PetSynthError
+from .layout import find_mni, sidecar
 
 LOGGER = logging.getLogger("petsynth")
 QUALITY_COLUMNS = ("participant_id", "ssim", "ssim_2d", "psnr", "rmse", "mae")
@@ -36,11 +37,11 @@ QUALITY_COLUMNS = ("participant_id", "ssim", "ssim_2d", "psnr", "rmse", "mae")
 def control_outputs(
     out: Path, subject: str, roles: tuple[str, ...] = ("pet", "pseudo", "mask")
 ) -> dict[str, Path] | None:
-    """MNI-space outputs (``roles`` of ``bids.MNI_DERIVATIVES``) of a finished participant,
+    """MNI-space outputs (``roles`` of ``layout.MNI_ROLES``) of a finished participant,
     or None when the participant is unfinished or lacks one of them."""
     if not (out / f"sub-{subject}.html").is_file():
         return None
-    found = find_mni_derivatives(out, subject)
+    found = find_mni(out, subject)
     files = {role: found[role] for role in roles}
     return files if all(files.values()) else None
 
@@ -50,7 +51,7 @@ def _load(path: Path, dtype=np.float32) -> np.ndarray:
 
 
 def _sha(pseudo: Path) -> str | None:
-    side = pseudo.with_name(pseudo.name.replace(".nii.gz", ".json"))
+    side = sidecar(pseudo)
     try:
         return json.loads(side.read_text()).get("ModelWeightsSha256")
     except (OSError, ValueError):
@@ -157,7 +158,7 @@ def fit_anomaly_detector(
             if s in found:
                 continue
             files = control_outputs(out, s, ("pseudo", "mask"))
-            if files and find_mni_derivatives(out, s)["pet"] is None:
+            if files and find_mni(out, s)["pet"] is None:
                 synthetic[s] = files
         if not synthetic:
             LOGGER.warning(

@@ -11,6 +11,7 @@ from conftest import make_bids
 
 from pet_synth_app import __version__
 from pet_synth_app.cli import run
+from pet_synth_app.cli.parser import get_parser
 from pet_synth_app.config import Settings
 
 
@@ -50,7 +51,7 @@ def test_version(capsys):
 
 
 def test_parse_both_label_spellings(tmp_path):
-    parser = run.get_parser()
+    parser = get_parser()
     a = parser.parse_args(
         [str(tmp_path), str(tmp_path / "o"), "participant", "--participant_label", "sub-01", "02"]
     )
@@ -189,8 +190,8 @@ def test_anomaly_options_reach_settings(tmp_path):
         "--ocsvm-threshold",
         "-2",
     ]
-    opts = run.get_parser().parse_args(args)
-    s = run.settings_from_args(opts)
+    opts = get_parser().parse_args(args)
+    s = Settings.from_options(vars(opts))
     assert (s.augment_synthetic, s.ocsvm_gamma, s.ocsvm_nu, s.ocsvm_threshold) == (
         True,
         0.05,

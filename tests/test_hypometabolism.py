@@ -238,9 +238,9 @@ def test_group_level_fits_normative_and_quality(tmp_path, mni):
     assert [r["participant_id"] for r in rows] == ["sub-01", "sub-02", "sub-03"]
     assert all(0.5 < float(r["ssim"]) <= 1 for r in rows)
     # the participant level picks the group model up by default
-    from pet_synth_app.workflows.hypometabolism import normative_model_dir
+    from pet_synth_app.plan import resolve_plan
 
-    assert normative_model_dir(settings) == out / "group" / "normative"
+    assert resolve_plan(settings, check=False).normative_dir == out / "group" / "normative"
 
 
 def test_group_level_needs_two_controls(tmp_path, mni):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -133,7 +134,7 @@ def test_model_weights_reach_the_workflow(tmp_path, tiny_weights):
     assert any(n.endswith("synthesis_derivatives_wf.ds_pseudo_t1w") for n in names)
     card = json.loads(tiny_weights.with_suffix(".json").read_text())
     assert card["sha256"][:12] in wf.visit_desc()
-    settings.skip_synthesis = True
+    settings = dataclasses.replace(settings, skip_synthesis=True)
     names = base.init_petsynth_wf(settings, units).list_node_names()
     assert not any("synthesis" in n for n in names)
 

@@ -9,9 +9,9 @@ from conftest import make_bids
 from nipype.interfaces.base import isdefined
 
 from pet_synth_app import bids as pbids
-from pet_synth_app.cli.run import resolve_device
 from pet_synth_app.config import Settings
 from pet_synth_app.errors import PetSynthError
+from pet_synth_app.plan import resolve_device
 from pet_synth_app.workflows import base
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import OCSVM_BLOCK_VOXELS, OCSVM_GM_THRESHOLD
+from ..threads import thread_limits
 
 LOGGER = logging.getLogger("petsynth")
 META = "anomaly.json"
@@ -150,12 +151,13 @@ def score(
     controls' support; 0 elsewhere); the detector's ``anomaly.json`` plus the median
     decision value and the fraction of scored voxels outside the support.
     """
+    with thread_limits(threads or None, env=False):
+        return _score(folder, pet, mask)
+
+
+def _score(folder, pet, mask):
     from . import ocsvm, siamese
 
-    if threads:
-        import torch
-
-        torch.set_num_threads(int(threads))
     ae, _ = siamese.load_autoencoder(Path(folder) / AE_FILE)
     model = ocsvm.load_model(folder, lazy=True)
     if tuple(model.shape) != tuple(pet.shape[:3]):

@@ -22,22 +22,16 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from ..config import TEMPLATE_SPACE
 from ..errors import PetSynthError
+from ..layout import NORMATIVE_FILES, normative_file
 from .zscore import fit_normative
 
-_KEYS = {
-    "residual_mean": "desc-residual_stat-mean_statmap",
-    "residual_sd": "desc-residual_stat-sd_statmap",
-    "pet_mean": "desc-controlpet_stat-mean_statmap",
-    "pet_sd": "desc-controlpet_stat-sd_statmap",
-    "mask": "desc-normative_mask",
-}
+_KEYS = NORMATIVE_FILES
 META = "normative.json"
 
 
 def _path(folder: Path, key: str) -> Path:
-    return Path(folder) / f"space-{TEMPLATE_SPACE}_{_KEYS[key]}.nii.gz"
+    return normative_file(folder, key)
 
 
 @dataclass

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from ..config import OCSVM_GAMMA, OCSVM_NU
+from ..threads import thread_limits
 from ..weightfiles import LazyRows, save_weights, verified_card
 from .zscore import MAD_TO_SD
 
@@ -44,21 +45,6 @@ TENSORS = "ocsvm.safetensors"
 CARD = "ocsvm.json"
 _KEYS = ("ijk", "sv", "alpha", "rho", "gamma")
 _FLOAT16_MAX = float(np.finfo(np.float16).max)
-
-
-class _threads:
-    """Context manager: torch on ``n`` threads (None = leave as is), restored on exit."""
-
-    def __init__(self, n: int | None) -> None:
-        self.n = n
-        self.before = torch.get_num_threads()
-
-    def __enter__(self) -> None:
-        if self.n is not None:
-            torch.set_num_threads(max(1, int(self.n)))
-
-    def __exit__(self, *exc: object) -> None:
-        torch.set_num_threads(self.before)
 
 
 def _gamma_per_problem(X: np.ndarray, gamma: float | str) -> np.ndarray:
@@ -295,7 +281,7 @@ def fit_batched(
     rho = np.zeros(V, dtype=np.float32)
     step = _chunk_size(n, d, 4, chunk_mb)
     n_left = n_iter = 0
-    with _threads(threads), torch.inference_mode():
+    with thread_limits(threads, env=False), torch.inference_mode():
         for start in range(0, V, step):
             stop = min(V, start + step)
             xs = torch.from_numpy(np.ascontiguousarray(X[start:stop], dtype=np.float32))
@@ -342,7 +328,7 @@ def decision_batched(
     if Z.shape[0] != V or tuple(SV.shape[:2]) != alpha.shape:
         raise ValueError(f"shape mismatch: alpha {alpha.shape}, SV {tuple(SV.shape)}, Z {Z.shape}")
     out = np.empty(V, dtype=np.float32)
-    with _threads(threads), torch.inference_mode():
+    with thread_limits(threads, env=False), torch.inference_mode():
         for start in range(0, V, max(1, int(chunk))):
             stop = min(V, start + max(1, int(chunk)))
             sv = torch.from_numpy(np.asarray(SV[start:stop], dtype=np.float32))

@@ -59,6 +59,8 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
+from .. import layout as L
+
 LOGGER = logging.getLogger("petsynth")
 
 THRESHOLDS: dict[str, float] = {
@@ -225,24 +227,17 @@ def unit_prefix(unit: Path, subject: str) -> str:
 
 def pet_series(unit: Path) -> list[str]:
     """Filename prefixes (``sub-X[_ses-Y]_trc-..``) of the PET series with outputs in a unit."""
-    prefixes = set()
-    for pattern in (
-        "*_desc-preproc_pet.nii.gz",
-        "*_desc-hypometabolism_stat-z_statmap.nii.gz",
-        "*_desc-ocsvm_stat-score_statmap.nii.gz",
-        "*_clusters.tsv",
-    ):
-        for f in (unit / "pet").glob(pattern):
-            prefixes.add(f.name.split("_space-")[0].split("_desc-")[0])
+    prefixes = {L.series_stem(f.name) for f in (unit / "pet").glob("*")}
+    prefixes.discard(None)
     return sorted(prefixes)
 
 
 def unit_registration_qc(unit: Path, prefix: str) -> dict[str, float]:
     """Registration metrics of one unit's MNI-space T1w (empty dict if absent)."""
-    t1w = _load(unit / "anat" / f"{prefix}_space-{_SPACE}_desc-preproc_T1w.nii.gz")
+    t1w = _load(L.path(unit, prefix, "t1w", _SPACE))
     if t1w is None:
         return {}
-    mask = _load(unit / "anat" / f"{prefix}_space-{_SPACE}_desc-brain_mask.nii.gz")
+    mask = _load(L.path(unit, prefix, "mask", _SPACE))
     tpl, tmask = template_on(t1w)
     mask_a = None if mask is None else _on_grid(mask, t1w, "nearest")
     return registration_quality(_array(t1w), tpl, tmask, mask_a)
@@ -250,12 +245,12 @@ def unit_registration_qc(unit: Path, prefix: str) -> dict[str, float]:
 
 def series_coregistration_qc(unit: Path, anat_prefix: str, series: str) -> dict[str, float]:
     """Coregistration metrics of one PET series (empty dict if the inputs are absent)."""
-    pet = _load(unit / "pet" / f"{series}_space-T1w_desc-preproc_pet.nii.gz")
-    gm = _load(unit / "anat" / f"{anat_prefix}_label-GM_probseg.nii.gz")
+    pet = _load(L.path(unit, series, "pet", "T1w"))
+    gm = _load(L.path(unit, anat_prefix, "gm"))
     if pet is None or gm is None:
         return {}
-    mask = _load(unit / "anat" / f"{anat_prefix}_desc-brain_mask.nii.gz")
-    wm = _load(unit / "anat" / f"{anat_prefix}_label-WM_probseg.nii.gz")
+    mask = _load(L.path(unit, anat_prefix, "mask"))
+    wm = _load(L.path(unit, anat_prefix, "wm"))
     gm_a = _on_grid(gm, pet, "continuous")
     mask_a = None if mask is None else _on_grid(mask, pet, "nearest")
     wm_a = None if wm is None else _on_grid(wm, pet, "continuous")

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..threads import thread_limits
 from ..weightfiles import card_path, load_tensors, save_weights, verified_card
 
 LATENT_DIM = 64
@@ -282,10 +283,7 @@ def train_siamese(
             raise ValueError(f"volume {n} has shape {np.shape(v)}, mask {inside.shape}")
         if not (np.min(v) >= 0.0 and np.max(v) <= 1.0):  # NaN fails too
             raise ValueError(f"volume {n} is not scaled to [0, 1] (use scale_unit)")
-    before = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(max(1, int(threads)))
-    try:
+    with thread_limits(threads, env=False):
         torch.manual_seed(seed)
         rng = np.random.default_rng(seed)
         model = SiameseAutoencoder().to(device)
@@ -324,8 +322,6 @@ def train_siamese(
                     f"{row['reconstruction1']:.5f} + {row['reconstruction2']:.5f}, similarity "
                     f"{row['similarity']:.4f}) {row['seconds']:.1f}s"
                 )
-    finally:
-        torch.set_num_threads(before)
     return model.cpu().eval(), rows
 
 

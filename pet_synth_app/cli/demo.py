@@ -148,7 +148,7 @@ def run_demo(opts: argparse.Namespace) -> int:
 def _evaluate(deriv: Path, truth: Path) -> list[str]:
     """Detection figures of both maps, written to group/evaluation (the last participant
     run has already refreshed the group report, with the truth)."""
-    from .evaluate import evaluate, write_evaluation
+    from ..analysis.evaluate import evaluate, write_evaluation
 
     lines = [
         "  detection of the simulated lesions (sensitivity: patients with a true cluster "
@@ -173,7 +173,7 @@ def _evaluate(deriv: Path, truth: Path) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     """Console entry point; 0 on success, 1 on error (one line), 130 on interrupt."""
-    from .run import guarded
+    from .common import guarded
 
     parser = get_parser()
     opts = parser.parse_args(argv)

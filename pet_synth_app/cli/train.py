@@ -19,8 +19,10 @@ from pathlib import Path
 os.environ.setdefault("NO_ET", "1")
 
 from .. import __version__  # noqa: E402
-from ..config import DEVICES, TEMPLATE_SPACE, Settings, available_cpus  # noqa: E402
+from ..config import TEMPLATE_SPACE, Settings  # noqa: E402
 from ..errors import PetSynthError, UsageError  # noqa: E402
+from .common import guarded, setup_logging  # noqa: E402
+from .parser import add_options  # noqa: E402
 
 LOGGER = logging.getLogger("petsynth.train")
 
@@ -48,13 +50,8 @@ def get_parser() -> argparse.ArgumentParser:
         default=["control"],
         help="participants.tsv `group` values to train on",
     )
-    g_data.add_argument(
-        "--participant-label",
-        "--participant_label",
-        dest="participant_label",
-        nargs="+",
-        default=[],
-        help="train on these participants instead of selecting by group",
+    add_options(
+        g_data, "participant_label", help="train on these participants instead of by group"
     )
     g_data.add_argument(
         "--derivatives",
@@ -157,51 +154,21 @@ def get_parser() -> argparse.ArgumentParser:
     )
 
     g_run = parser.add_argument_group("Run")
-    g_run.add_argument("--random-seed", "--random_seed", dest="random_seed", type=int, default=0)
-    g_run.add_argument("--device", choices=DEVICES, default="auto")
-    g_run.add_argument("--nprocs", type=int, default=available_cpus())
-    g_run.add_argument(
-        "--omp-nthreads",
-        "--omp_nthreads",
-        dest="omp_nthreads",
-        type=int,
-        default=0,
-        help="threads per process (0: nprocs)",
-    )
-    g_run.add_argument(
-        "-w",
-        "--work-dir",
-        "--work_dir",
-        dest="work_dir",
-        type=Path,
-        default=None,
-        help="Nipype work dir (default MODEL_DIR/work)",
-    )
-    g_run.add_argument(
-        "--mni-resolution",
-        "--mni_resolution",
-        dest="mni_resolution",
-        type=int,
-        choices=[1, 2],
-        default=2,
-    )
+    add_options(g_run, "random_seed", "device", "nprocs", "omp_nthreads")
+    add_options(g_run, "work_dir", default=None, help="Nipype work dir (default MODEL_DIR/work)")
+    add_options(g_run, "mni_resolution")
     g_run.add_argument(
         "--no-resume", action="store_true", help="start over even if MODEL_DIR has a checkpoint"
     )
-    g_run.add_argument(
-        "--sloppy", action="store_true", help="fast, low-accuracy preprocessing (testing only)"
-    )
-    g_run.add_argument("-v", "--verbose", action="count", default=0)
+    add_options(g_run, "sloppy", "verbose")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; exit 0 ok, 1 input/processing error, 2 usage error."""
-    from .run import _setup_logging, guarded
-
     parser = get_parser()
     opts = parser.parse_args(argv)
-    _setup_logging(opts.verbose)
+    setup_logging(opts.verbose)
     LOGGER.setLevel(logging.INFO)
     message = "interrupted; rerun the same command to resume from the last epoch"
     return guarded(parser, lambda: train_from_args(opts), message)
@@ -248,31 +215,38 @@ def select_participants(bids_dir: Path, groups: list[str], labels: list[str]) ->
 def find_training_files(deriv: Path, subject: str) -> dict[str, Path | None] | None:
     """MNI-space T1w, brain mask and SUVR PET of ``subject`` in a PetSynth output folder
     (None without T1w and mask)."""
-    from ..bids import find_mni_derivatives
+    from ..layout import find_mni
 
-    found = find_mni_derivatives(deriv, subject)
+    found = find_mni(deriv, subject)
     files = {role: found[role] for role in ("t1w", "mask", "pet")}
     return files if files["t1w"] and files["mask"] else None
 
 
-def _preprocess(opts: argparse.Namespace, subjects: list[str]) -> Path:
-    from .run import run_participant
+PREPROC_OPTIONS = ("nprocs", "omp_nthreads", "random_seed", "device", "sloppy", "mni_resolution")
+"""Options of ``petsynth-train`` that its preprocessing run takes as they are."""
 
-    out = opts.model_dir / "preproc"
-    settings = Settings(
-        bids_dir=opts.bids_dir.absolute(),
-        output_dir=out.absolute(),
-        work_dir=(opts.work_dir or opts.model_dir / "work").absolute(),
-        participant_label=subjects,
-        nprocs=opts.nprocs,
-        omp_nthreads=opts.omp_nthreads,
-        random_seed=opts.random_seed,
-        device=opts.device,
-        sloppy=opts.sloppy,
-        mni_resolution=opts.mni_resolution,
-        skip_synthesis=True,
-        output_spaces=[TEMPLATE_SPACE],
+
+def preprocessing_settings(opts: argparse.Namespace, subjects: list[str]) -> Settings:
+    """Settings of the preprocessing-only participant run into ``MODEL_DIR/preproc``."""
+    options = {k: getattr(opts, k) for k in PREPROC_OPTIONS}
+    return Settings.from_options(
+        {
+            **options,
+            "bids_dir": opts.bids_dir,
+            "output_dir": opts.model_dir / "preproc",
+            "work_dir": opts.work_dir or opts.model_dir / "work",
+            "participant_label": subjects,
+            "skip_synthesis": True,
+            "output_spaces": [TEMPLATE_SPACE],
+        }
     )
+
+
+def _preprocess(opts: argparse.Namespace, subjects: list[str]) -> Path:
+    from ..runner import run_participant
+
+    settings = preprocessing_settings(opts, subjects)
+    out = settings.output_dir
     LOGGER.info("preprocessing %d participant(s) into %s", len(subjects), out)
     if run_participant(settings):
         LOGGER.warning("some participants failed preprocessing; training on the others")
@@ -290,15 +264,18 @@ def split_folds(names: list[str], folds: int, seed: int) -> list[list[str]]:
 def train_from_args(opts: argparse.Namespace) -> int:
     """Select, preprocess (or find), load, split and train; writes MODEL_DIR."""
     _check_args(opts)
-    from ..synthesis.registry import get_spec, model_config
-    from ..synthesis.training import DEFAULT_PET_SCALE, load_volumes
-    from .run import resolve_device
+    from ..plan import resolve_device
+    from ..threads import default_threads, thread_limits
 
     device = resolve_device(opts.device)
-    nthreads = opts.omp_nthreads or opts.nprocs
-    import torch
+    with thread_limits(default_threads(opts.nprocs, opts.omp_nthreads)):
+        return _train(opts, device)
 
-    torch.set_num_threads(max(1, nthreads))
+
+def _train(opts: argparse.Namespace, device: str) -> int:
+    from ..synthesis.registry import get_spec, model_config
+    from ..synthesis.training import DEFAULT_PET_SCALE, load_volumes
+
     subjects = select_participants(opts.bids_dir, opts.group, opts.participant_label)
     for name in opts.val_participants:
         if name.removeprefix("sub-") not in subjects:
@@ -470,7 +447,9 @@ def _progress_bar():
 
 def _reference_region(pet: Path) -> str:
     """The SUVR reference region recorded in a PetSynth PET sidecar (gm-mean if absent)."""
-    side = pet.with_name(pet.name.replace(".nii.gz", ".json"))
+    from ..layout import sidecar
+
+    side = sidecar(pet)
     try:
         return json.loads(side.read_text()).get("ReferenceRegion", "gm-mean")
     except (OSError, ValueError):

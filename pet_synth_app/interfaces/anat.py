@@ -198,7 +198,7 @@ class SegmentTissues(SimpleInterface):
         priors = tuple(nib.load(p) for p in self.inputs.priors)
         maps = segment_tissues(nib.load(self.inputs.in_file), nib.load(self.inputs.mask), priors)
         for key, img in zip(("gm", "wm", "csf"), maps, strict=True):
-            self._results[key] = _out(runtime, f"t1w_label-{key.upper()}_probseg.nii.gz")
+            self._results[key] = _out(runtime, f"t1w_{key}_probability.nii.gz")
             img.to_filename(self._results[key])
         return runtime
 

@@ -14,7 +14,7 @@ _ENTITIES = list(_NiwDataSink._config_entities_dict) + [
 
 
 class DerivativesDataSink(_NiwDataSink):
-    """Write one derivative under OUTPUT_DIR with PetSynth's naming (DESIGN.md contract)."""
+    """Write one derivative under OUTPUT_DIR with PetSynth's naming (names: layout.py)."""
 
     out_path_base = ""
     _config_entities = frozenset(e["name"] for e in _ENTITIES)

@@ -14,7 +14,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage as ndi
 
-from ..config import TEMPLATE_SPACE
+from ..layout import template_filename
 
 KINDS = ("T1w", "mask", "GM", "WM", "CSF", "head")
 RESOLUTIONS = (1, 2)
@@ -106,16 +106,8 @@ def write_template(kind: str, resolution: int, out_dir: str) -> str:
     An existing file with the same name is reused (templates are immutable).
     """
     _check(kind, resolution)
-    suffix = {
-        "T1w": "desc-brain_T1w",
-        "mask": "desc-brain_mask",
-        "GM": "label-GM_probseg",
-        "WM": "label-WM_probseg",
-        "CSF": "label-CSF_probseg",
-        "head": "desc-synthhead_T1w",
-    }[kind]
     os.makedirs(out_dir, exist_ok=True)
-    path = os.path.join(out_dir, f"tpl-{TEMPLATE_SPACE}_res-{int(resolution):02d}_{suffix}.nii.gz")
+    path = os.path.join(out_dir, template_filename(kind, resolution))
     if not os.path.exists(path):
         tmp = path + f".tmp{os.getpid()}.nii.gz"
         nib.save(get_template(kind, resolution), tmp)

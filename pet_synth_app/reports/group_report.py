@@ -4,7 +4,7 @@ Per-participant QC table (registration and coregistration quality from
 ``analysis.qc``, synthesis quality from ``group/synthesis_quality.tsv`` when the group
 level has run, clusters per PET series), distribution plots of these by group, and,
 with ground truth, the lesion-detection curve of ``petsynth-evaluate``
-(``cli.evaluate.evaluate`` with ``truth_dir``, else the files it wrote under
+(``analysis.evaluate.evaluate`` with ``truth_dir``, else the files it wrote under
 ``group/evaluation/``).
 """
 
@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 from .. import __version__
+from .. import layout as L
 from ..analysis import qc
 from . import figures as F
 from .html import (
@@ -61,8 +62,8 @@ def read_groups(output_dir: Path) -> dict[str, str]:
 
 
 def _n_clusters(unit: Path, series: str, desc: str) -> int | None:
-    tsv = unit / "pet" / f"{series}_desc-{desc}_clusters.tsv"
-    if not tsv.is_file():
+    tsv = L.existing(unit, series, "clusters", None, desc)
+    if tsv is None:
         return None
     try:
         return len(read_tsv(tsv))
@@ -105,7 +106,7 @@ def _detection(out: Path, truth_dir: Path | None, figmaker: FigureMaker, figdir:
         curve = lesion_curve = summary = None
         source = ""
         if truth_dir is not None:
-            from ..cli.evaluate import NoPatientMaps, evaluate
+            from ..analysis.evaluate import NoPatientMaps, evaluate
 
             try:
                 *_, summary, curve, lesion_curve = evaluate(out, Path(truth_dir), desc)
@@ -127,7 +128,7 @@ def _detection(out: Path, truth_dir: Path | None, figmaker: FigureMaker, figdir:
                 continue
         else:
             ev = out / "group" / "evaluation"
-            sens = ev / f"desc-{desc}_sensitivity.tsv"
+            sens = L.evaluation_file(ev, desc, "sensitivity")
             if not sens.is_file():
                 continue
             rows = read_tsv(sens)
@@ -137,13 +138,13 @@ def _detection(out: Path, truth_dir: Path | None, figmaker: FigureMaker, figdir:
                 for r in rows
                 if r.get("lesion_sensitivity") not in (None, "")
             ]
-            summary = read_json(ev / f"desc-{desc}_summary.json")
+            summary = read_json(L.evaluation_file(ev, desc, "summary", ".json"))
             source = f"from <code>{esc(rel(sens, out / 'group'))}</code> (petsynth-evaluate)"
         parts.append(f"<h3>{esc(title)}</h3><p class='caption'>Ground truth {source}.</p>")
         curves = {"patients": curve}
         if lesion_curve:
             curves["lesions"] = lesion_curve
-        fig = figdir / f"desc-{desc}_sensitivity.png"
+        fig = L.figure_file(figdir, None, desc, "sensitivity", ".png")
 
         def plot(out_file: Path, curves=curves, desc=desc) -> None:
             det.plot_sensitivity_curve(
@@ -166,7 +167,7 @@ def _detection(out: Path, truth_dir: Path | None, figmaker: FigureMaker, figdir:
     if not parts:
         return na(
             "no ground truth was given (truth_dir) and petsynth-evaluate has not been run "
-            "(no group/evaluation/desc-*_sensitivity.tsv)"
+            f"(no {L.evaluation_file(Path('group', 'evaluation'), '*', 'sensitivity')})"
         )
     return "".join(parts)
 
@@ -247,7 +248,8 @@ def write_group_report(
         "<p class='caption'>"
         + "; ".join(f"<code>{esc(k)}</code>: {esc(v)}" for k, v in titles.items())
         + ". Clusters: rows of "
-        "the series' <code>desc-*_clusters.tsv</code> (n/a: not written).</p>"
+        f"the series' <code>{esc(L.pattern('clusters', desc='hypometabolism'))}</code> and "
+        f"<code>{esc(L.pattern('clusters', desc='ocsvm'))}</code> (n/a: not written).</p>"
     )
     try:
         from ..analysis.clusters import write_tsv
@@ -290,7 +292,7 @@ def write_group_report(
             "<div style='display:inline-block;width:32%;min-width:260px'>"
             + figmaker(
                 F.plot_strip,
-                figdir / f"desc-{key.replace('_', '')}_plot.svg",
+                L.figure_file(figdir, None, key.replace("_", ""), "plot"),
                 values,
                 title=label,
                 threshold=threshold,

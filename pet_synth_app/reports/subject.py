@@ -18,9 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import __version__
+from .. import layout as L
 from ..analysis import qc
 from ..analysis.clusters import column_help
-from ..config import Z_THRESHOLD
+from ..config import TEMPLATE_SPACE, Z_THRESHOLD
 from . import figures as F
 from .html import (
     FigureMaker,
@@ -40,7 +41,7 @@ from .html import (
 )
 
 LOGGER = logging.getLogger("petsynth")
-SPACE = "MNI152NLin2009aSym"
+SPACE = TEMPLATE_SPACE
 
 SECTIONS = [
     ("summary", "Summary"),
@@ -98,26 +99,24 @@ def _find_units(output_dir: Path, subject: str) -> list[Unit]:
     for folder in qc.unit_dirs(output_dir, subject):
         prefix = qc.unit_prefix(folder, subject)
         anat_dir, anat_prefix = folder / "anat", prefix
-        if (
-            not (anat_dir / f"{prefix}_desc-preproc_T1w.nii.gz").is_file()
-            and (sub_dir / "anat" / f"sub-{subject}_desc-preproc_T1w.nii.gz").is_file()
-        ):  # sessions sharing a T1w outside any session
+        if not L.existing(folder, prefix, "t1w") and L.existing(sub_dir, f"sub-{subject}", "t1w"):
+            # sessions sharing a T1w outside any session
             anat_dir, anat_prefix = sub_dir / "anat", f"sub-{subject}"
-        a = anat_dir / anat_prefix
+        anat_unit = anat_dir.parent
         anat = {
-            "t1w": _exists(Path(f"{a}_desc-preproc_T1w.nii.gz")),
-            "mask": _exists(Path(f"{a}_desc-brain_mask.nii.gz")),
-            "gm": _exists(Path(f"{a}_label-GM_probseg.nii.gz")),
-            "wm": _exists(Path(f"{a}_label-WM_probseg.nii.gz")),
-            "t1w_mni": _exists(Path(f"{a}_space-{SPACE}_desc-preproc_T1w.nii.gz")),
-            "mask_mni": _exists(Path(f"{a}_space-{SPACE}_desc-brain_mask.nii.gz")),
-            "gm_mni": _exists(Path(f"{a}_space-{SPACE}_label-GM_probseg.nii.gz")),
+            role: L.existing(anat_unit, anat_prefix, key, space)
+            for role, key, space in (
+                ("t1w", "t1w", None),
+                ("mask", "mask", None),
+                ("gm", "gm", None),
+                ("wm", "wm", None),
+                ("t1w_mni", "t1w", SPACE),
+                ("mask_mni", "mask", SPACE),
+                ("gm_mni", "gm", SPACE),
+            )
         }
-        pet_dir = folder / "pet"
-        anat["pseudo_mni"] = _exists(
-            pet_dir / f"{prefix}_space-{SPACE}_desc-pseudonormal_pet.nii.gz"
-        )
-        anat["pseudo_t1w"] = _exists(pet_dir / f"{prefix}_space-T1w_desc-pseudonormal_pet.nii.gz")
+        anat["pseudo_mni"] = L.existing(folder, prefix, "pseudo", SPACE)
+        anat["pseudo_t1w"] = L.existing(folder, prefix, "pseudo", "T1w")
         anat["anat_prefix"] = anat_prefix  # type: ignore[assignment]
         anat["anat_dir"] = anat_dir  # type: ignore[assignment]
         units.append(
@@ -133,26 +132,21 @@ def _find_units(output_dir: Path, subject: str) -> list[Unit]:
 
 
 def _series_files(unit: Unit, series: str) -> dict[str, Path | None]:
-    p = unit.folder / "pet" / series
     files: dict[str, Path | None] = {
-        "pet_t1w": _exists(Path(f"{p}_space-T1w_desc-preproc_pet.nii.gz")),
-        "pet_mni": _exists(Path(f"{p}_space-{SPACE}_desc-preproc_pet.nii.gz")),
+        "pet_t1w": L.existing(unit.folder, series, "pet", "T1w"),
+        "pet_mni": L.existing(unit.folder, series, "pet", SPACE),
     }
-    for desc, stat in (("hypometabolism", "z"), ("ocsvm", "score")):
+    for desc in L.STATS:
         for space in ("T1w", SPACE):
             tag = "t1w" if space == "T1w" else "mni"
-            files[f"{desc}_stat_{tag}"] = _exists(
-                Path(f"{p}_space-{space}_desc-{desc}_stat-{stat}_statmap.nii.gz")
-            )
-            files[f"{desc}_dseg_{tag}"] = _exists(
-                Path(f"{p}_space-{space}_desc-{desc}_dseg.nii.gz")
-            )
-        files[f"{desc}_tsv"] = _exists(Path(f"{p}_desc-{desc}_clusters.tsv"))
+            files[f"{desc}_stat_{tag}"] = L.existing(unit.folder, series, "statmap", space, desc)
+            files[f"{desc}_dseg_{tag}"] = L.existing(unit.folder, series, "dseg", space, desc)
+        files[f"{desc}_tsv"] = L.existing(unit.folder, series, "clusters", None, desc)
     return files
 
 
 def _fig(unit: Unit, figdir: Path, series: str | None, what: str, suffix: str) -> Path:
-    return figdir / f"{series or unit.prefix}_desc-{what}_{suffix}.svg"
+    return L.figure_file(figdir, series or unit.prefix, what, suffix)
 
 
 class _Report:
@@ -246,7 +240,7 @@ class _Report:
                 if files["pet_t1w"] is None or a["t1w"] is None:
                     parts.append(
                         na(
-                            "the PET in T1w space (space-T1w_desc-preproc_pet) or the "
+                            f"the PET in T1w space ({L.pattern('pet', 'T1w')}) or the "
                             "T1w is missing"
                         )
                     )

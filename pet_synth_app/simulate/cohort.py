@@ -31,6 +31,7 @@ import nibabel as nib
 import numpy as np
 
 from .. import __version__
+from ..layout import truth_filename
 from .phantom import T1W_ORIENTATIONS, TEMPLATE_SPACE, PhantomSubject, simulate_subject
 
 TRUTH_DIR = Path("derivatives") / "truth"
@@ -338,12 +339,12 @@ def write_subject(out_dir: Path, plan: SubjectPlan, config: CohortConfig) -> Pha
         )
 
     truth = out_dir / TRUTH_DIR / sub
-    _save(subject.brain_mask, truth / "anat" / f"{sub}_desc-brain_mask.nii.gz")
+    _save(subject.brain_mask, truth / "anat" / truth_filename(sub, "brain_mask"))
     for name, img in (("GM", subject.gm), ("WM", subject.wm), ("CSF", subject.csf)):
-        _save(img, truth / "anat" / f"{sub}_label-{name}_probseg.nii.gz")
+        _save(img, truth / "anat" / truth_filename(sub, "probseg", name))
     if subject.lesion_mask is not None:
-        _save(subject.lesion_mask, truth / "anat" / f"{sub}_desc-lesion_mask.nii.gz")
-    warp_name = f"{sub}_desc-nonlinear_xfm.nii.gz"
+        _save(subject.lesion_mask, truth / "anat" / truth_filename(sub, "lesion_mask"))
+    warp_name = truth_filename(sub, "warp")
     _save(subject.warp.to_image(), truth / warp_name)
     geometry = {
         "participant_id": sub,
@@ -485,7 +486,7 @@ def write_cohort(
     _write_json(
         truth / "lesions.json",
         {
-            "lesion": {"Description": "Lesion label in the subject's desc-lesion_mask"},
+            "lesion": {"Description": "Lesion label in the subject's lesion mask"},
             "hemisphere": {"Description": "L (x <= -1 mm), R (x >= 1 mm) or M, MNI centre"},
             "lobe": {"Description": "Lobe of the centre (analysis.atlas.lobe_from_region)"},
             "region": {"Description": "Harvard-Oxford (else AAL) label of the centre"},

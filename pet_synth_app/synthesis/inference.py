@@ -20,8 +20,9 @@ from torch import nn
 from ..config import SYNTHESIS_FWHM_MM
 from ..errors import PetSynthError
 from ..preproc.templates import get_template
+from ..threads import with_thread_limits
 from .model import kind_from_config
-from .weights import load_generator
+from .weights import load_generator, smoothing_fwhm
 
 DEFAULT_FWHM_MM = SYNTHESIS_FWHM_MM
 DEFAULT_BATCH_SIZE = 8
@@ -267,6 +268,7 @@ def _resample_to(img: nib.Nifti1Image, ref: nib.Nifti1Image, order: int) -> nib.
     )
 
 
+@with_thread_limits("nthreads")
 def synthesize_pet(
     t1w_norm: nib.Nifti1Image,
     mask: nib.Nifti1Image,
@@ -284,11 +286,9 @@ def synthesize_pet(
     seed's 1.5 mm) and returned on the input grid. Metadata names the model,
     the weights' sha256 and the settings used.
     """
-    torch.set_num_threads(max(1, int(nthreads)))
     generator, card = load_generator(weights, device)
     spec_in = card["input"]
-    if fwhm_mm is None:
-        fwhm_mm = float(spec_in.get("smoothing_fwhm_mm", DEFAULT_FWHM_MM))
+    fwhm_mm = smoothing_fwhm(card, fwhm_mm)
     original = nib.squeeze_image(t1w_norm)  # the output goes back on this grid
     t1w_norm = nib.as_closest_canonical(original)  # z = inferior-superior for slicing
     mask = nib.as_closest_canonical(nib.squeeze_image(mask))

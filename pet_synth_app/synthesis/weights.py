@@ -11,11 +11,12 @@ from __future__ import annotations
 import json
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from safetensors import SafetensorError
 from torch import nn
 
-from ..config import TEMPLATE_SPACE
+from ..config import SYNTHESIS_FWHM_MM, TEMPLATE_SPACE
 from ..errors import PetSynthError
 from ..weightfiles import card_path, library_versions, load_tensors, save_weights, sha256_file
 from .registry import build_model, get_spec
@@ -54,6 +55,15 @@ def save_generator(generator: nn.Module, path: str | Path, card: dict) -> dict:
         "versions": card.get("versions"),
     }
     return save_weights(tensors, path, CARD_FORMAT, card)
+
+
+def smoothing_fwhm(card: Any, override: float | None = None) -> float:
+    """Smoothing (mm FWHM) of the restacked pseudo-normal PET: ``override``
+    (``--synthesis-fwhm``), else the card's value tuned on validation SSIM
+    (``input.smoothing_fwhm_mm``), else ``SYNTHESIS_FWHM_MM`` (Zotova et al. 2021)."""
+    if override is not None:
+        return float(override)
+    return float(card["input"].get("smoothing_fwhm_mm", SYNTHESIS_FWHM_MM))
 
 
 def read_card(weights: str | Path) -> dict:
@@ -148,4 +158,5 @@ __all__ = [
     "read_card",
     "save_generator",
     "sha256_file",
+    "smoothing_fwhm",
 ]

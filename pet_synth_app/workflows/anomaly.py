@@ -3,22 +3,14 @@ GM clusters, MNI and T1w (runs when the group level has fitted a detector)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 from niworkflows.engine.workflows import LiterateWorkflow as Workflow
 
-from ..analysis.anomaly import has_model, read_meta
+from ..analysis.anomaly import read_meta
 from ..config import Settings
 from ..interfaces.anomaly import OCSVMScore
-from .hypometabolism import STAT_INPUTS, STAT_OUTPUTS, connect_clusters, normative_folder
-
-
-def anomaly_model_dir(settings: Settings) -> Path | None:
-    """The normative folder when it holds a fitted OC-SVM detector, else None."""
-    folder = normative_folder(settings)
-    return folder if has_model(folder) else None
+from .hypometabolism import STAT_INPUTS, STAT_OUTPUTS, connect_clusters
 
 
 def init_anomaly_wf(
@@ -66,4 +58,4 @@ features at that voxel. The decision values were standardized over the brain (me
     return workflow
 
 
-__all__ = ["anomaly_model_dir", "init_anomaly_wf"]
+__all__ = ["init_anomaly_wf"]

@@ -13,9 +13,9 @@ from niworkflows.engine.workflows import LiterateWorkflow as Workflow
 
 from ..bids import SubjectInputs
 from ..config import Settings
-from ..synthesis.weights import read_card
+from ..plan import RunPlan, resolve_plan
 from .anatomical import init_anat_preproc_wf
-from .anomaly import anomaly_model_dir, init_anomaly_wf
+from .anomaly import init_anomaly_wf
 from .hypometabolism import STAT_INPUTS, STAT_OUTPUTS, init_hypometabolism_wf
 from .outputs import (
     ANAT_DERIVATIVES_INPUTS,
@@ -25,7 +25,7 @@ from .outputs import (
     init_synthesis_derivatives_wf,
 )
 from .pet import init_pet_preproc_wf
-from .synthesis import init_synthesis_wf, model_weights
+from .synthesis import init_synthesis_wf
 
 LOGGER = logging.getLogger("petsynth")
 POLL_SLEEP_S = 0.1
@@ -44,19 +44,21 @@ def _pet_wf_name(path: str) -> str:
 
 
 def init_petsynth_wf(
-    settings: Settings, units: list[SubjectInputs], device: str = "cpu", run_id: str = ""
+    settings: Settings, units: list[SubjectInputs], plan: RunPlan | None = None, run_id: str = ""
 ) -> Workflow:
-    """The whole participant-level graph."""
+    """The whole participant-level graph. ``plan``: the run's resolved inputs
+    (``runner.run_participant`` resolves and checks them once; default: resolved here
+    from ``settings`` without the checks, for building a graph)."""
+    if plan is None:
+        plan = resolve_plan(settings, check=False, device="cpu")
     workflow = Workflow(name="petsynth_wf")
     workflow.base_dir = str(settings.work_dir)
     for unit in units:
-        workflow.add_nodes([init_single_subject_wf(unit, settings, device)])
+        workflow.add_nodes([init_single_subject_wf(unit, settings, plan)])
     return workflow
 
 
-def init_single_subject_wf(
-    unit: SubjectInputs, settings: Settings, device: str = "cpu"
-) -> Workflow:
+def init_single_subject_wf(unit: SubjectInputs, settings: Settings, plan: RunPlan) -> Workflow:
     """Anatomical + PET preprocessing, pseudo-normal PET and derivatives of one unit."""
     workflow = Workflow(name=unit_wf_name(unit))
     workflow.__desc__ = (
@@ -66,17 +68,14 @@ def init_single_subject_wf(
     )
     inputnode = pe.Node(niu.IdentityInterface(fields=["t1w"]), name="inputnode")
     inputnode.inputs.t1w = unit.t1w
-    anat_wf = init_anat_preproc_wf(settings, device=device)
+    anat_wf = init_anat_preproc_wf(settings, device=plan.device)
     anat_ds = init_anat_derivatives_wf(settings, unit.t1w)
     workflow.connect(inputnode, "t1w", anat_wf, "inputnode.t1w")
     for f in ANAT_DERIVATIVES_INPUTS:
         workflow.connect(anat_wf, f"outputnode.{f}", anat_ds, f"inputnode.{f}")
 
-    detector = anomaly_model_dir(settings)
-    weights_sha256 = ""
-    if not settings.skip_synthesis:
-        weights_sha256 = read_card(model_weights(settings))["sha256"]
-        synth_wf = init_synthesis_wf(settings, device=device)
+    if plan.synthesis:
+        synth_wf = init_synthesis_wf(plan)
         synth_ds = init_synthesis_derivatives_wf(settings, unit.t1w)
         workflow.connect(
             [
@@ -133,28 +132,26 @@ def init_single_subject_wf(
             ]
         )
         stat_wfs = []
-        if not settings.skip_synthesis:
+        if plan.synthesis:
             hypo_wf = init_hypometabolism_wf(
-                settings, weights_sha256=weights_sha256, name=_pet_wf_name(pet.path) + "_hypo"
+                settings,
+                plan.normative_dir,
+                plan.weights_sha256,
+                name=_pet_wf_name(pet.path) + "_hypo",
             )
             workflow.connect(synth_wf, "outputnode.pseudo_std", hypo_wf, "inputnode.pseudo_std")
-            stat_wfs.append((hypo_wf, "hypometabolism", "z"))
-        if detector is not None:
+            stat_wfs.append((hypo_wf, "hypometabolism"))
+        if plan.detector_dir is not None:
             anomaly_wf = init_anomaly_wf(
                 settings,
-                str(detector),
+                str(plan.detector_dir),
                 f"sub-{unit.subject}",
                 name=_pet_wf_name(pet.path) + "_anomaly",
             )
-            stat_wfs.append((anomaly_wf, "ocsvm", "score"))
-        for stat_wf, desc, stat in stat_wfs:
+            stat_wfs.append((anomaly_wf, "ocsvm"))
+        for stat_wf, desc in stat_wfs:
             stat_ds = init_statmap_derivatives_wf(
-                settings,
-                pet.path,
-                unit.t1w,
-                desc,
-                stat,
-                name=f"{stat_wf.name}_derivatives",
+                settings, pet.path, unit.t1w, desc, name=f"{stat_wf.name}_derivatives"
             )
             for field in STAT_INPUTS:
                 source = pet_wf if field == "pet_std" else anat_wf

@@ -27,28 +27,19 @@ STAT_OUTPUTS = [
 HYPO_OUTPUTS = STAT_OUTPUTS
 
 
-def normative_folder(settings: Settings) -> Path:
-    """``--normative-model``, else ``<out>/group/normative`` (written by the group level)."""
-    if settings.normative_model:
-        return Path(settings.normative_model)
-    return Path(settings.output_dir) / "group" / "normative"
-
-
-def normative_model_dir(settings: Settings) -> Path | None:
-    """The normative folder when it holds a Z-map normative model, else None."""
-    folder = normative_folder(settings)
-    return folder if (folder / "normative.json").is_file() else None
-
-
 def init_hypometabolism_wf(
-    settings: Settings, weights_sha256: str = "", name: str = "hypometabolism_wf"
+    settings: Settings,
+    normative: Path | None = None,
+    weights_sha256: str = "",
+    name: str = "hypometabolism_wf",
 ) -> Workflow:
     """Z map of the residual real − pseudo PET and its clusters (one PET series).
 
     Inputs: ``HYPO_INPUTS`` (MNI SUVR PETs, MNI GM probability and brain mask, the
-    MNI-to-T1w transform and the T1w grid). Outputs: ``HYPO_OUTPUTS``.
+    MNI-to-T1w transform and the T1w grid). Outputs: ``HYPO_OUTPUTS``. ``normative``:
+    the control normative model folder (``RunPlan.normative_dir``; None: self-referenced
+    Z). ``settings``: the cluster rule and histogram matching options.
     """
-    normative = normative_model_dir(settings)
     workflow = Workflow(name=name)
     reference = (
         "against the voxelwise mean and SD of the same residual in healthy controls "
@@ -155,6 +146,4 @@ __all__ = [
     "STAT_OUTPUTS",
     "connect_clusters",
     "init_hypometabolism_wf",
-    "normative_folder",
-    "normative_model_dir",
 ]

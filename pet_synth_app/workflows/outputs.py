@@ -1,4 +1,5 @@
-"""Derivatives writers: every output goes through DerivativesDataSink (DESIGN.md contract)."""
+"""Derivatives writers: every output goes through DerivativesDataSink, named by the
+entities of ``layout.py`` (docs/architecture.md)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from nipype.pipeline import engine as pe
 from niworkflows.engine.workflows import LiterateWorkflow as Workflow
 
 from .. import __version__
+from .. import layout as L
 from ..config import TEMPLATE_SPACE, Settings
 from ..interfaces.bids import DerivativesDataSink
 
@@ -70,9 +72,7 @@ def init_anat_derivatives_wf(
         "t1w_preproc": _sink(
             settings,
             "ds_t1w_preproc",
-            desc="preproc",
-            suffix="T1w",
-            datatype="anat",
+            **L.sink_entities("t1w"),
             compress=True,
             **src,
             **meta,
@@ -80,9 +80,7 @@ def init_anat_derivatives_wf(
         "t1w_mask": _sink(
             settings,
             "ds_t1w_mask",
-            desc="brain",
-            suffix="mask",
-            datatype="anat",
+            **L.sink_entities("mask"),
             compress=True,
             Type="Brain",
             **src,
@@ -91,9 +89,7 @@ def init_anat_derivatives_wf(
         "gm": _sink(
             settings,
             "ds_gm",
-            label="GM",
-            suffix="probseg",
-            datatype="anat",
+            **L.sink_entities("gm"),
             compress=True,
             **src,
             **meta,
@@ -101,9 +97,7 @@ def init_anat_derivatives_wf(
         "wm": _sink(
             settings,
             "ds_wm",
-            label="WM",
-            suffix="probseg",
-            datatype="anat",
+            **L.sink_entities("wm"),
             compress=True,
             **src,
             **meta,
@@ -111,9 +105,7 @@ def init_anat_derivatives_wf(
         "csf": _sink(
             settings,
             "ds_csf",
-            label="CSF",
-            suffix="probseg",
-            datatype="anat",
+            **L.sink_entities("csf"),
             compress=True,
             **src,
             **meta,
@@ -121,30 +113,20 @@ def init_anat_derivatives_wf(
         "t1w2std_xfm": _sink(
             settings,
             "ds_t1w2std_xfm",
-            suffix="xfm",
-            datatype="anat",
-            mode="image",
-            to=TEMPLATE_SPACE,
-            **{"from": "T1w"},
+            **L.sink_entities("t1w2std_xfm"),
             **src,
         ),
         "std2t1w_xfm": _sink(
             settings,
             "ds_std2t1w_xfm",
-            suffix="xfm",
-            datatype="anat",
-            mode="image",
-            to="T1w",
-            **{"from": TEMPLATE_SPACE},
+            **L.sink_entities("std2t1w_xfm"),
             **src,
         ),
         "t1w_std": _sink(
             settings,
             "ds_t1w_std",
             space=TEMPLATE_SPACE,
-            desc="preproc",
-            suffix="T1w",
-            datatype="anat",
+            **L.sink_entities("t1w"),
             compress=True,
             RegistrationPreset=settings.registration_preset,
             **src,
@@ -154,9 +136,7 @@ def init_anat_derivatives_wf(
             settings,
             "ds_mask_std",
             space=TEMPLATE_SPACE,
-            desc="brain",
-            suffix="mask",
-            datatype="anat",
+            **L.sink_entities("mask"),
             compress=True,
             Type="Brain",
             **src,
@@ -166,9 +146,7 @@ def init_anat_derivatives_wf(
             settings,
             "ds_gm_std",
             space=TEMPLATE_SPACE,
-            label="GM",
-            suffix="probseg",
-            datatype="anat",
+            **L.sink_entities("gm"),
             compress=True,
             **src,
             **meta,
@@ -205,30 +183,34 @@ def init_pet_derivatives_wf(
         "pet2t1w_xfm": _sink(
             settings,
             "ds_pet2t1w_xfm",
-            suffix="xfm",
-            datatype="pet",
-            mode="image",
-            to="T1w",
-            **{"from": "petref"},
+            **L.sink_entities("pet2t1w_xfm"),
             **src,
         ),
     }
-    for space, field in (("T1w", "pet_t1w"), (TEMPLATE_SPACE, "pet_std")):
+    sinks.update(_image_sinks(settings, "pet", ("pet_t1w", "pet_std"), src, meta))
+    meta_of = {f: "suvr_metadata" for f in sinks if f.startswith("pet_")}
+    _connect_sinks(workflow, inputnode, outputnode, sinks, meta_of)
+    return workflow
+
+
+def _image_sinks(
+    settings: Settings, key: str, fields: tuple[str, str], src: dict, meta: dict
+) -> dict[str, pe.Node]:
+    """Sinks of output ``key`` (``layout.OUTPUTS``) in the T1w and template spaces the
+    run writes, for the inputnode ``fields`` (T1w-space field, template-space field)."""
+    sinks = {}
+    for space, field in zip(("T1w", TEMPLATE_SPACE), fields, strict=True):
         if space in settings.output_spaces:
             sinks[field] = _sink(
                 settings,
                 f"ds_{field}",
                 space=space,
-                desc="preproc",
-                suffix="pet",
-                datatype="pet",
+                **L.sink_entities(key),
                 compress=True,
                 **src,
                 **meta,
             )
-    meta_of = {f: "suvr_metadata" for f in sinks if f.startswith("pet_")}
-    _connect_sinks(workflow, inputnode, outputnode, sinks, meta_of)
-    return workflow
+    return sinks
 
 
 def _connect_sinks(
@@ -259,20 +241,7 @@ def init_synthesis_derivatives_wf(
     outputnode = pe.Node(niu.IdentityInterface(fields=["out_files"]), name="outputnode")
     src = {"source_file": t1w_source, "Sources": [bids_uri(t1w_source, settings)]}
     meta = _common_meta(settings)
-    sinks = {}
-    for space, field in (("T1w", "pseudo_t1w"), (TEMPLATE_SPACE, "pseudo_std")):
-        if space in settings.output_spaces:
-            sinks[field] = _sink(
-                settings,
-                f"ds_{field}",
-                space=space,
-                desc="pseudonormal",
-                suffix="pet",
-                datatype="pet",
-                compress=True,
-                **src,
-                **meta,
-            )
+    sinks = _image_sinks(settings, "pseudo", ("pseudo_t1w", "pseudo_std"), src, meta)
     _connect_sinks(workflow, inputnode, outputnode, sinks, dict.fromkeys(sinks, "metadata"))
     return workflow
 
@@ -286,10 +255,9 @@ def init_statmap_derivatives_wf(
     pet_source: str,
     t1w_source: str,
     desc: str,
-    stat: str,
     name: str = "hypometabolism_derivatives_wf",
 ) -> Workflow:
-    """Write a statistic map (``desc-<desc>_stat-<stat>_statmap``), its cluster label maps
+    """Write a statistic map (``layout.STATS``: ``desc`` and its ``stat``), its cluster label maps
     (MNI, T1w) and cluster table of one PET (inputs: ``STAT_OUTPUTS``)."""
     from .hypometabolism import STAT_OUTPUTS
 
@@ -312,10 +280,7 @@ def init_statmap_derivatives_wf(
             settings,
             f"ds_stat_{tag}",
             space=space,
-            desc=desc,
-            stat=stat,
-            suffix="statmap",
-            datatype="pet",
+            **L.sink_entities("statmap", desc),
             compress=True,
             **src,
             **meta,
@@ -324,9 +289,7 @@ def init_statmap_derivatives_wf(
             settings,
             f"ds_dseg_{tag}",
             space=space,
-            desc=desc,
-            suffix="dseg",
-            datatype="pet",
+            **L.sink_entities("dseg", desc),
             compress=True,
             data_dtype="int16",
             **src,
@@ -335,10 +298,7 @@ def init_statmap_derivatives_wf(
     sinks["clusters_tsv"] = _sink(
         settings,
         "ds_clusters",
-        desc=desc,
-        suffix="clusters",
-        extension=".tsv",
-        datatype="pet",
+        **L.sink_entities("clusters", desc),
         source_file=pet_source,
     )
     merge = pe.Node(niu.Merge(len(sinks)), name="merge_outputs")

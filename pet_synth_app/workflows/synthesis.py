@@ -2,45 +2,27 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 from niworkflows.engine.workflows import LiterateWorkflow as Workflow
 
-from ..config import SYNTHESIS_FWHM_MM, Settings
 from ..interfaces.anat import ApplyTransforms
 from ..interfaces.synthesis import SynthesizePET
+from ..plan import RunPlan
 from ..synthesis.registry import get_spec
-from ..synthesis.weights import default_weights, read_card
 
 SYNTHESIS_OUTPUTS = ["pseudo_std", "pseudo_t1w", "metadata"]
 
 
-def synthesis_fwhm(settings: Settings, card: dict) -> float:
-    """``--synthesis-fwhm``, else the model card's tuned value, else the seed's 1.5 mm."""
-    if settings.synthesis_fwhm is not None:
-        return float(settings.synthesis_fwhm)
-    return float(card["input"].get("smoothing_fwhm_mm", SYNTHESIS_FWHM_MM))
-
-
-def model_weights(settings: Settings) -> Path:
-    """The weights this run uses: ``--model-weights`` or the shipped default."""
-    return Path(settings.model_weights) if settings.model_weights else default_weights()
-
-
-def init_synthesis_wf(
-    settings: Settings, device: str = "cpu", name: str = "synthesis_wf"
-) -> Workflow:
+def init_synthesis_wf(plan: RunPlan, name: str = "synthesis_wf") -> Workflow:
     """Pseudo-normal FDG PET in MNI and native T1w space.
 
     Inputs: ``t1w_std_norm``, ``mask_std`` (MNI), ``std2t1w_xfm``, ``t1w_preproc``.
     Outputs: ``pseudo_std``, ``pseudo_t1w`` (SUVR) and the model ``metadata``.
+    ``plan``: the weights, their card, the smoothing, device and threads of the run.
     """
-    weights = model_weights(settings)
-    card = read_card(weights)
+    weights, card, fwhm = plan.weights, plan.card, plan.synthesis_fwhm
     training = card.get("training", {}).get("data", "unknown data")
-    fwhm = synthesis_fwhm(settings, card)
     spec = get_spec(card["model"])
     if spec.kind == "patches":
         how = (
@@ -78,10 +60,10 @@ resampled to the T1w space with the inverse of the T1w-to-template transform.
     outputnode = pe.Node(niu.IdentityInterface(fields=SYNTHESIS_OUTPUTS), name="outputnode")
     synth = pe.Node(
         SynthesizePET(
-            weights=str(weights), device=device, nthreads=settings.omp_nthreads, fwhm=fwhm
+            weights=str(weights), device=plan.device, nthreads=plan.omp_nthreads, fwhm=fwhm
         ),
         name="synthesize",
-        n_procs=settings.omp_nthreads,
+        n_procs=plan.omp_nthreads,
         mem_gb=1.5,
     )
     to_t1w = pe.Node(ApplyTransforms(out_name="pseudo_t1w.nii.gz"), name="pseudo_to_t1w")
@@ -97,4 +79,4 @@ resampled to the T1w space with the inverse of the T1w-to-template transform.
     return workflow
 
 
-__all__ = ["SYNTHESIS_OUTPUTS", "init_synthesis_wf", "model_weights", "synthesis_fwhm"]
+__all__ = ["SYNTHESIS_OUTPUTS", "init_synthesis_wf"]

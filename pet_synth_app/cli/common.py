@@ -1,0 +1,42 @@
+"""What every PetSynth command does the same way: logging and one-line errors."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from ..errors import PetSynthError, UsageError, print_error
+
+LOGGER = logging.getLogger("petsynth")
+
+
+def setup_logging(verbose: int) -> None:
+    """WARNING for the libraries, INFO for PetSynth (DEBUG for both with ``-vv``)."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose >= 2 else logging.WARNING,
+        format="%(asctime)s [%(name)s] %(levelname)s: %(message)s",
+        force=True,
+    )
+    LOGGER.setLevel(logging.DEBUG if verbose >= 2 else logging.INFO)
+    logging.getLogger("bidsschematools").setLevel(logging.WARNING)
+
+
+def guarded(parser: argparse.ArgumentParser, func, interrupted: str) -> int:
+    """Run ``func()`` and turn user-facing errors into one line and an exit code
+    (usage errors also print the usage; Ctrl-C prints ``interrupted``, exit 130)."""
+    try:
+        return func()
+    except UsageError as exc:
+        parser.print_usage(sys.stderr)
+        print_error(exc)
+        return exc.exit_code
+    except PetSynthError as exc:
+        print_error(exc)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print_error(interrupted)
+        return 130
+
+
+__all__ = ["guarded", "print_error", "setup_logging"]

@@ -1,0 +1,309 @@
+"""The ``petsynth`` argument parser, and the options the other commands share with it.
+
+Defaults come from ``Settings`` (``config.py``), their one home: the parser shows them
+and ``Settings.from_options(vars(opts))`` builds the run's settings from the result.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .. import __version__
+from ..config import (
+    DEVICES,
+    OUTPUT_SPACES,
+    RANK_METHODS,
+    REFERENCE_REGIONS,
+    REGISTRATION_PRESETS,
+    SYNTHESIS_FWHM_MM,
+    Settings,
+)
+
+_default = Settings.default
+
+SHARED_OPTIONS: dict[str, tuple[tuple[str, ...], dict]] = {
+    "participant_label": (
+        ("--participant-label", "--participant_label"),
+        dict(
+            nargs="+",
+            metavar="LABEL",
+            help="participants to process (with or without 'sub-'); default: all",
+        ),
+    ),
+    "nprocs": (
+        ("--nprocs", "--n-cpus", "--n_cpus"),
+        dict(type=int, help="maximum number of processes (default: the CPUs this job may use)"),
+    ),
+    "omp_nthreads": (
+        ("--omp-nthreads", "--omp_nthreads"),
+        dict(type=int, help="threads per process (0: min(nprocs, 8))"),
+    ),
+    "device": (
+        ("--device",),
+        dict(
+            choices=DEVICES,
+            help="torch device for the deep models (auto: CUDA when available)",
+        ),
+    ),
+    "mni_resolution": (
+        ("--mni-resolution", "--mni_resolution"),
+        dict(type=int, choices=[1, 2], help="voxel size (mm) of the MNI-space outputs"),
+    ),
+    "random_seed": (
+        ("--random-seed", "--random_seed"),
+        dict(type=int, help="seed for every random step (registration sampling, models)"),
+    ),
+    "sloppy": (
+        ("--sloppy",),
+        dict(action="store_true", help="fast, low-accuracy settings for testing only"),
+    ),
+    "work_dir": (
+        ("-w", "--work-dir", "--work_dir"),
+        dict(type=Path, help="Nipype working directory (reused on reruns to resume)"),
+    ),
+    "verbose": (
+        ("-v", "--verbose"),
+        dict(action="count", help="more log output (-vv for debug)"),
+    ),
+}
+"""Options of ``petsynth`` that ``petsynth-train`` also takes (flags, argparse keywords;
+the default is the Settings field's)."""
+
+
+def add_options(group, *names: str, **overrides) -> None:
+    """Add the ``SHARED_OPTIONS`` ``names`` to ``group`` (``overrides``: keywords that
+    replace the shared ones, e.g. another ``help`` or ``default``)."""
+    for name in names:
+        flags, kwargs = SHARED_OPTIONS[name]
+        kwargs = {"dest": name, **kwargs, **overrides}
+        if kwargs.get("action") != "store_true":
+            kwargs.setdefault("default", _default(name))
+        group.add_argument(*flags, **kwargs)
+
+
+def get_parser() -> argparse.ArgumentParser:
+    """The argument parser (fMRIPrep conventions: groups, defaults shown)."""
+    parser = argparse.ArgumentParser(
+        prog="petsynth",
+        description=(
+            "PetSynth: synthesize a pseudo-normal FDG PET from a T1w MRI, compare it with "
+            "the real PET and write hypometabolism maps as BIDS-Derivatives."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("bids_dir", type=Path, help="root folder of a BIDS dataset")
+    parser.add_argument("output_dir", type=Path, help="folder for the derivatives")
+    parser.add_argument(
+        "analysis_level", choices=["participant", "group"], help="processing stage"
+    )
+    parser.add_argument("--version", action="version", version=f"petsynth {__version__}")
+
+    g_bids = parser.add_argument_group("Options for filtering BIDS queries")
+    add_options(g_bids, "participant_label")
+    g_bids.add_argument(
+        "--session-label",
+        "--session_label",
+        dest="session_label",
+        nargs="+",
+        default=_default("session_label"),
+        metavar="LABEL",
+        help="sessions to process (with or without 'ses-'); default: all",
+    )
+    g_bids.add_argument(
+        "--bids-filter-file",
+        "--bids_filter_file",
+        dest="bids_filter_file",
+        type=Path,
+        metavar="FILE",
+        help="JSON file with pybids queries for the 't1w' and 'pet' inputs",
+    )
+    g_bids.add_argument(
+        "--skip-bids-validation",
+        "--skip_bids_validation",
+        dest="skip_bids_validation",
+        action="store_true",
+        help="do not check file names against the BIDS specification",
+    )
+
+    g_perf = parser.add_argument_group("Options to handle performance")
+    add_options(g_perf, "nprocs")
+    add_options(g_perf, "omp_nthreads")
+    g_perf.add_argument(
+        "--mem-mb",
+        "--mem_mb",
+        dest="mem_mb",
+        type=int,
+        default=_default("mem_mb"),
+        help="memory limit in MB for the scheduler (0: no limit)",
+    )
+    g_perf.add_argument(
+        "--use-plugin",
+        "--use_plugin",
+        dest="use_plugin",
+        type=Path,
+        metavar="FILE",
+        help="Nipype plugin YAML (e.g. {plugin: SLURM, plugin_args: {...}})",
+    )
+    add_options(g_perf, "device")
+
+    g_wf = parser.add_argument_group("Workflow configuration")
+    g_wf.add_argument(
+        "--output-spaces",
+        "--output_spaces",
+        dest="output_spaces",
+        nargs="+",
+        choices=OUTPUT_SPACES,
+        default=_default("output_spaces"),
+        help="spaces of the PET outputs",
+    )
+    g_wf.add_argument(
+        "--reference-region",
+        "--reference_region",
+        dest="reference_region",
+        choices=REFERENCE_REGIONS,
+        default=_default("reference_region"),
+        help="SUVR reference region for PET intensity normalization",
+    )
+    g_wf.add_argument(
+        "--registration",
+        dest="registration_preset",
+        choices=REGISTRATION_PRESETS,
+        default=_default("registration_preset"),
+        help="T1w-to-MNI registration preset (see docs/usage.md)",
+    )
+    g_wf.add_argument(
+        "--brain-extraction",
+        "--brain_extraction",
+        dest="brain_extraction",
+        choices=["deepbet", "ants"],
+        default=_default("brain_extraction"),
+        help="brain extraction method (deepbet falls back to ants on failure)",
+    )
+    add_options(g_wf, "mni_resolution")
+    g_syn = parser.add_argument_group("Synthesis")
+    g_syn.add_argument(
+        "--model-weights",
+        "--model_weights",
+        dest="model_weights",
+        type=Path,
+        default=_default("model_weights"),
+        help="synthesis model (.safetensors with its .json card, from petsynth-train); "
+        "default: the shipped cyclegan-mse trained on phantoms",
+    )
+    g_syn.add_argument(
+        "--synthesis-fwhm",
+        "--synthesis_fwhm",
+        dest="synthesis_fwhm",
+        type=float,
+        default=_default("synthesis_fwhm"),
+        help="Gaussian smoothing (mm FWHM) of the restacked pseudo-normal PET (default: the "
+        f"value tuned on validation SSIM in the model card, else {SYNTHESIS_FWHM_MM})",
+    )
+    g_syn.add_argument(
+        "--skip-synthesis",
+        "--skip_synthesis",
+        dest="skip_synthesis",
+        action="store_true",
+        help="preprocessing only (no pseudo-normal PET)",
+    )
+    g_hypo = parser.add_argument_group("Hypometabolism maps")
+    g_hypo.add_argument(
+        "--z-threshold",
+        "--z_threshold",
+        dest="z_threshold",
+        type=float,
+        default=_default("z_threshold"),
+        help="voxel threshold (one-sided, lower tail): Z below it is hypometabolic",
+    )
+    g_hypo.add_argument(
+        "--min-cluster-size",
+        "--min_cluster_size",
+        dest="min_cluster_mm3",
+        type=float,
+        default=_default("min_cluster_mm3"),
+        metavar="MM3",
+        help="minimum cluster volume in mm³",
+    )
+    g_hypo.add_argument(
+        "--cluster-rank",
+        "--cluster_rank",
+        dest="cluster_rank",
+        choices=RANK_METHODS,
+        default=_default("cluster_rank"),
+        help="cluster ranking: mass (sum of Z beyond threshold), size, peak",
+    )
+    g_hypo.add_argument(
+        "--histogram-matching",
+        "--histogram_matching",
+        dest="histogram_matching",
+        action="store_true",
+        help="match the pseudo-normal PET's histogram to the real PET inside the brain",
+    )
+    g_hypo.add_argument(
+        "--normative-model",
+        "--normative_model",
+        dest="normative_model",
+        type=Path,
+        default=_default("normative_model"),
+        help="control normative model folder (from the group level) for control-referenced "
+        "Z maps and OC-SVM anomaly maps; default: OUT/group/normative when it exists, else "
+        "self-referenced Z and no anomaly map",
+    )
+    g_ano = parser.add_argument_group("OC-SVM anomaly maps (fitted at the group level)")
+    g_ano.add_argument(
+        "--ocsvm-threshold",
+        "--ocsvm_threshold",
+        dest="ocsvm_threshold",
+        type=float,
+        default=_default("ocsvm_threshold"),
+        help="voxel threshold on the self-standardized OC-SVM score (SD units; lower tail)",
+    )
+    g_ano.add_argument(
+        "--augment-synthetic",
+        "--augment_synthetic",
+        dest="augment_synthetic",
+        action="store_true",
+        help="group: also train on the pseudo-normal PET of controls without a real PET "
+        "(T1w-only controls; the hybrid database of Zotova et al.)",
+    )
+    g_ano.add_argument(
+        "--ocsvm-nu",
+        "--ocsvm_nu",
+        dest="ocsvm_nu",
+        type=float,
+        default=_default("ocsvm_nu"),
+        help="group: one-class SVM nu (bound on the fraction of controls outside the support)",
+    )
+    g_ano.add_argument(
+        "--ocsvm-gamma",
+        "--ocsvm_gamma",
+        dest="ocsvm_gamma",
+        default=_default("ocsvm_gamma"),
+        help="group: RBF gamma, a number or 'scale' (1 / (64 x variance), per voxel)",
+    )
+    g_ano.add_argument(
+        "--siamese-epochs",
+        "--siamese_epochs",
+        dest="siamese_epochs",
+        type=int,
+        default=_default("siamese_epochs"),
+        help="group: siamese autoencoder training epochs",
+    )
+    add_options(g_wf, "random_seed")
+    add_options(g_wf, "sloppy")
+
+    g_other = parser.add_argument_group("Other options")
+    add_options(g_other, "work_dir")
+    g_other.add_argument(
+        "--stop-on-first-crash",
+        "--stop_on_first_crash",
+        dest="stop_on_first_crash",
+        action="store_true",
+        help="stop at the first failing step",
+    )
+    add_options(g_other, "verbose")
+    return parser
+
+
+__all__ = ["SHARED_OPTIONS", "add_options", "get_parser"]

@@ -1,0 +1,154 @@
+"""The participant and group runs of ``petsynth`` (called by ``cli/run.py`` and
+``petsynth-train``): inputs, run plan, workflow, reports, each once.
+
+Both runs execute inside ``threads.thread_limits(settings.omp_nthreads)``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+from . import __version__
+from .config import Settings
+from .errors import PetSynthError, print_error
+from .plan import RunPlan, resolve_device, resolve_plan
+from .threads import thread_limits
+
+LOGGER = logging.getLogger("petsynth")
+
+
+def new_run_id() -> str:
+    """``<date>-<time>-<random>``: unique even for array jobs starting in the same second."""
+    import uuid
+
+    return time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+
+
+def run_participant(settings: Settings) -> int:
+    """Validate inputs, resolve the run plan, build and run the participant workflow;
+    1 if any unit failed."""
+    from . import bids as pbids
+
+    layout = pbids.load_layout(settings.bids_dir, validate=not settings.skip_bids_validation)
+    units, errors = pbids.collect_inputs(
+        layout, settings.participant_label, settings.session_label, settings.bids_filters
+    )
+    good = []
+    for unit in units:
+        problems = pbids.validate_inputs(unit)
+        if problems:
+            errors.extend(PetSynthError(f"{unit.name} skipped: {p}") for p in problems)
+        else:
+            good.append(unit)
+    for err in errors:
+        print_error(err)
+    if not good:
+        raise PetSynthError("no participant has usable inputs; nothing was written")
+
+    plan = resolve_plan(settings)  # refuses bad models before anything is written
+    run_id = new_run_id()
+    log_dir = settings.output_dir / "logs"
+    settings.output_dir.mkdir(parents=True, exist_ok=True)
+    settings_file = write_settings(settings, plan, log_dir / f"config-{run_id}.toml")
+    pbids.write_derivative_description(
+        settings.bids_dir, settings.output_dir, container=_container_info()
+    )
+    LOGGER.info(
+        "PetSynth %s: %d unit(s) to process on device %s (nprocs=%d, omp_nthreads=%d)",
+        __version__,
+        len(good),
+        plan.device,
+        settings.nprocs,
+        plan.omp_nthreads,
+    )
+    for unit in good:  # the report is written last: its absence marks an unfinished unit
+        report = settings.output_dir / f"sub-{unit.subject}.html"
+        report.unlink(missing_ok=True)
+
+    from .workflows.base import init_petsynth_wf, run_workflow
+
+    # ITK reads its thread count once per process: set before any worker starts
+    with thread_limits(plan.omp_nthreads):
+        wf = init_petsynth_wf(settings, good, plan, run_id=run_id)
+        failed = run_workflow(wf, settings, run_id)
+    for name, message in failed:
+        print_error(PetSynthError(f"{name} failed: {message}"))
+    _write_citation(wf, log_dir)
+    from .reports.subject import write_subject_report
+
+    failed_names = {name for name, _ in failed}
+    done_subjects = {u.subject for u in good} if "workflow" not in failed_names else set()
+    for unit in good:  # a subject is done when all its sessions are
+        if unit.name in failed_names:
+            done_subjects.discard(unit.subject)
+    for subject in sorted(done_subjects):
+        write_subject_report(settings.output_dir, subject, run_id, settings_file)
+    if (settings.output_dir / "group" / "report.html").is_file():  # keep it current
+        write_group_report(settings)
+    n_ok = len(good) - len(failed)
+    LOGGER.info("finished: %d of %d unit(s) succeeded", n_ok, len(units) + len(errors))
+    return 1 if (failed or errors) else 0
+
+
+def write_settings(settings: Settings, plan: RunPlan, path: Path) -> Path:
+    """The run's settings with what the plan resolved (weights and normative model
+    folder, saved as ``model_weights`` and ``normative_model``)."""
+    import dataclasses
+
+    resolved = {"model_weights": plan.weights} if plan.weights else {}
+    if plan.normative_dir is not None:
+        resolved["normative_model"] = plan.normative_dir
+    return dataclasses.replace(settings, **resolved).to_toml(path)
+
+
+def _write_citation(wf, log_dir: Path) -> None:
+    """Methods boilerplate collected from the workflows' descriptions."""
+    from .boilerplate import write_citation
+
+    try:
+        write_citation(log_dir, "participant", wf.visit_desc())
+    except Exception as exc:  # the boilerplate must never fail a run
+        LOGGER.warning("could not write the methods boilerplate: %s", exc)
+
+
+def run_group(settings: Settings) -> int:
+    """Group level: control normative models and synthesis quality (needs finished
+    participant outputs)."""
+    out = settings.output_dir
+    if not (out / "dataset_description.json").is_file():
+        raise PetSynthError(
+            "no participant-level outputs found; run the participant level first", str(out)
+        )
+    reports = sorted(out.glob("sub-*.html"))
+    if not reports:
+        raise PetSynthError("no finished participant (no sub-*.html report)", str(out))
+    from .group import run_group_level
+
+    settings.to_toml(out / "logs" / f"config-group-{new_run_id()}.toml")
+    with thread_limits(settings.omp_nthreads):
+        code = run_group_level(settings)
+    write_group_report(settings)
+    return code
+
+
+def write_group_report(settings: Settings) -> None:
+    """``<out>/group/report.html``, with the detection curve when the BIDS dataset carries
+    ground truth (``derivatives/truth/lesions.tsv``, as simulated cohorts do)."""
+    from .reports.group_report import write_group_report as write
+
+    truth = settings.bids_dir / "derivatives" / "truth"
+    report = write(settings.output_dir, truth if (truth / "lesions.tsv").is_file() else None)
+    LOGGER.info("group report: %s", report)
+
+
+def _container_info() -> dict | None:
+    kind = os.environ.get("PETSYNTH_CONTAINER")
+    if not kind:
+        return None
+    return {"Type": kind, "Tag": os.environ.get("PETSYNTH_CONTAINER_TAG", __version__)}
+
+
+__all__ = ["new_run_id", "resolve_device", "run_group", "run_participant", "write_group_report"]

@@ -1,0 +1,90 @@
+"""Thread counts: one context manager for torch, ITK and the BLAS/OpenMP pools.
+
+Every entry point (``petsynth`` participant and group levels, ``petsynth-train``) runs
+inside ``thread_limits(plan.omp_nthreads)``, and so does every step that sets its own
+count (synthesis, the siamese autoencoder, the OC-SVM solver and scorer). Nothing else
+calls ``torch.set_num_threads``. Inside, the environment variables that ITK, OpenMP and
+BLAS read when they start (ITK reads its own once per process, so the preprocessing
+steps that need another count run in a child process: ``preproc/anat.py``) are set for
+the child processes, and the pools already loaded are limited; on exit all is restored.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+ENV_VARS = (
+    "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS",
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+)
+
+
+def default_threads(nprocs: int, omp_nthreads: int = 0) -> int:
+    """Threads per process: ``omp_nthreads``, else ``min(nprocs, 8)``."""
+    return int(omp_nthreads) if omp_nthreads else min(int(nprocs), 8)
+
+
+@contextmanager
+def thread_limits(n: int | None, env: bool = True) -> Iterator[int | None]:
+    """torch (if imported), BLAS/OpenMP pools and, with ``env``, the variables of
+    ``ENV_VARS`` on ``n`` threads inside the block (``None``: leave all as is)."""
+    if n is None:
+        yield None
+        return
+    n = max(1, int(n))
+    saved_env = {k: os.environ.get(k) for k in ENV_VARS} if env else {}
+    if env:
+        os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(n)
+        for key in ENV_VARS[1:]:
+            os.environ[key] = str(n)
+    torch = sys.modules.get("torch")  # importing torch only to set it would be slow
+    torch_before = torch.get_num_threads() if torch is not None else None
+    if torch is not None:
+        torch.set_num_threads(n)
+    try:
+        from threadpoolctl import threadpool_limits
+
+        pools = threadpool_limits(limits=n)
+    except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn
+        pools = None
+    try:
+        yield n
+    finally:
+        if pools is not None:
+            pools.restore_original_limits()
+        if torch is not None:
+            torch.set_num_threads(torch_before)
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def with_thread_limits(param: str) -> Callable:
+    """Decorator: run the function inside ``thread_limits(<its argument param>,
+    env=False)`` (a function that takes its thread count as an argument)."""
+
+    def decorate(func: Callable) -> Callable:
+        signature = inspect.signature(func)
+
+        @functools.wraps(func)
+        def wrapper(*args, **kwargs):
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            with thread_limits(bound.arguments[param], env=False):
+                return func(*args, **kwargs)
+
+        return wrapper
+
+    return decorate
+
+
+__all__ = ["ENV_VARS", "default_threads", "thread_limits", "with_thread_limits"]
