@@ -13,7 +13,7 @@ patients from another processed cohort, e.g. one with subtler lesions). Detector
 
 (a) the real PET of the ``--real`` controls;
 (b) (a) plus the pseudo-normal PET of the ``--synthetic`` controls (their real PET is
-    never used: they play the T1w-only controls of seed 001's hybrid database);
+    never used: they play the T1w-only controls of the hybrid database of Zotova et al. 2021);
 (c) the pseudo-normal PET of the ``--synthetic`` controls only;
 
 and every patient of TRUTH is scored; clusters of the self-standardized score (< -1.65 in

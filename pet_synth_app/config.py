@@ -16,7 +16,7 @@ OUTPUT_SPACES = (TEMPLATE_SPACE, "T1w")
 REFERENCE_REGIONS = ("gm-mean", "cerebellum", "pons")
 REGISTRATION_PRESETS = ("sloppy", "default", "precise")
 DEVICES = ("auto", "cpu", "cuda")
-SYNTHESIS_FWHM_MM = 1.5  # Gaussian after restacking slices/patches (seed 001); a model
+SYNTHESIS_FWHM_MM = 1.5  # Gaussian after restacking slices/patches (Zotova et al. 2021); a model
 # card's ``input.smoothing_fwhm_mm`` (tuned on validation SSIM by petsynth-train) wins
 GM_THRESHOLD = 0.5
 """GM probability above which a voxel counts as grey matter (SUVR gm-mean reference,

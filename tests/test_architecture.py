@@ -194,3 +194,64 @@ def test_no_output_name_literal_outside_the_layout_module():
 
     built = {layout.filename("s", k, desc=d) for k, d in (("t1w", None), ("clusters", "ocsvm"))}
     assert built == {"s_desc-preproc_T1w.nii.gz", "s_desc-ocsvm_clusters.tsv"}  # ...and has them
+
+
+def test_a_new_synthesis_model_is_its_module_plus_one_registry_entry(tmp_path, monkeypatch):
+    """The worked example of docs/architecture.md: a model class and one ``MODELS`` entry
+    are enough to train a step, save, load through the card and predict a volume."""
+    import numpy as np
+    import torch
+
+    from pet_synth_app.synthesis import registry
+    from pet_synth_app.synthesis.inference import predict_with_config
+    from pet_synth_app.synthesis.model import SynthesisModel, kind_from_config
+    from pet_synth_app.synthesis.networks import UnetGenerator
+    from pet_synth_app.synthesis.weights import load_generator, save_generator
+
+    class UnetL1(SynthesisModel):  # its own module in real life: synthesis/unet_l1.py
+        def __init__(self, config: dict) -> None:
+            super().__init__(config)
+            c = self.config
+            dims, ch = int(c["spatial_dims"]), int(c["channels"])
+            self.kind = kind_from_config(c)
+            self.G = UnetGenerator(dims, ch, ch, int(c["ngf"]), int(c["n_down"]))
+
+        @property
+        def generator(self) -> UnetGenerator:
+            return self.G
+
+        def parameter_groups(self) -> dict:
+            return {"G": list(self.G.parameters())}
+
+        def train_step(self, t1, pet, optimizers, paired=True, priors=None) -> dict:
+            loss = torch.nn.functional.l1_loss(self.G(t1), pet)
+            optimizers["G"].zero_grad(set_to_none=True)
+            loss.backward()
+            optimizers["G"].step()
+            return {"G": loss.item()}
+
+    entry = registry.ModelSpec(
+        "unet-l1",
+        UnetL1,
+        {**registry._TRAINING, **registry._SEMI3D, "ngf": 4, "n_down": 2},
+        paired=True,
+        citation="pix2pix",
+        description="semi-3D U-Net, L1 only",
+    )
+    monkeypatch.setitem(registry.MODELS, entry.name, entry)  # the one registry line
+
+    torch.manual_seed(0)
+    model = registry.build_model("unet-l1")
+    assert registry.get_spec("unet-l1").kind == model.kind == "slices"
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    losses = model.train_step(x, x.flip(-1), model.make_optimizers())
+    assert np.isfinite(losses["G"])
+    card = {"model": "unet-l1", "config": model.config}
+    card["input"] = {"pet_scale": 3.0, "voxel_size_mm": 2.0}
+    path = tmp_path / "unet-l1.safetensors"
+    save_generator(model.generator, path, card)
+    generator, loaded = load_generator(path)
+    volume = np.zeros((16, 16, 6), np.float32)
+    volume[4:12, 4:12, 1:5] = 0.5
+    out = predict_with_config(volume, generator, loaded["config"])
+    assert out.shape == volume.shape and np.isfinite(out).all() and out[volume > 0].any()

@@ -59,12 +59,12 @@ def read_log(path):
 def test_lr_factor_schedule():
     got = [training.lr_factor(e, 3, 4) for e in range(7)]
     assert got == pytest.approx([1, 1, 1, 0.8, 0.6, 0.4, 0.2])
-    seed001 = [training.lr_factor(e, 100, 100) for e in range(200)]
-    assert seed001[:100] == [1.0] * 100
-    assert seed001[100] == pytest.approx(1 - 1 / 101)
-    assert seed001[-1] == pytest.approx(1 / 101)  # ~0 at the last epoch
-    assert all(a > b for a, b in zip(seed001[100:], seed001[101:], strict=False))
-    steps = np.diff(seed001[99:])
+    zotova2021 = [training.lr_factor(e, 100, 100) for e in range(200)]
+    assert zotova2021[:100] == [1.0] * 100
+    assert zotova2021[100] == pytest.approx(1 - 1 / 101)
+    assert zotova2021[-1] == pytest.approx(1 / 101)  # ~0 at the last epoch
+    assert all(a > b for a, b in zip(zotova2021[100:], zotova2021[101:], strict=False))
+    steps = np.diff(zotova2021[99:])
     assert np.allclose(steps, -1 / 101)  # linear
     assert [training.lr_factor(e, 5, 0) for e in range(5)] == [1.0] * 5  # 3D: constant
 

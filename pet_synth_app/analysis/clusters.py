@@ -1,10 +1,10 @@
 """Suprathreshold clusters of a Z (or anomaly score) map, ranked, labelled and tabulated.
 
-Chen et al. (seed 002, section 2.2) keep voxels with Z < -1.65 (one-sided p = 0.05) inside
+Chen et al. 2025 (section 2.2) keep voxels with Z < -1.65 (one-sided p = 0.05) inside
 grey matter and clusters larger than 1500; here the extent is in mm³, so the rule is the
 same at any voxel size. Clusters are ranked (by mass unless configured) and the label
 image carries the rank: label 1 = top-ranked cluster, as in the ``dseg`` output and the
-``clusters.tsv`` table (DESIGN.md output contract).
+``clusters.tsv`` table (docs/outputs.md).
 
 Definitions, for the lower tail (``tail="lower"``: voxels with ``z < threshold``); the
 upper tail (``z > threshold``, e.g. anomaly scores) mirrors them:

@@ -6,12 +6,12 @@ resampled to that grid with nearest neighbour when they differ): ``dseg`` holds 
 1..n with 1 = top rank (``clusters.py``), ``lesion_labels`` lesions 1..m (the phantom's
 ``desc-lesion_mask``), 0 = background.
 
-Metrics follow the seeds: the detection sensitivity as a function of the number of
-clusters considered per patient and the mean rank of the first cluster that hits a lesion
-(Zotova et al., seed 001, Fig. 4); the detection rate and the lobe localization accuracy
-among detected patients (Chen et al., seed 002, section 3.2); and false positives as the
-mean number of clusters per healthy control. A cluster "hits" a lesion when they share at
-least ``MIN_OVERLAP_VOXELS`` voxels.
+Metrics follow Zotova et al. 2021 and Chen et al. 2025: the detection sensitivity as a
+function of the number of clusters considered per patient and the mean rank of the first
+cluster that hits a lesion (Zotova et al. 2021, Fig. 4); the detection rate and the lobe
+localization accuracy among detected patients (Chen et al. 2025, section 3.2); and false
+positives as the mean number of clusters per healthy control. A cluster "hits" a lesion
+when they share at least ``MIN_OVERLAP_VOXELS`` voxels.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from .clusters import write_tsv
 
 MIN_OVERLAP_VOXELS = 1
 """Voxels a cluster must share with a lesion to hit it (1: any overlap, the lenient
-reading of "a cluster in the lesion region" used by both seeds)."""
+reading of "a cluster in the lesion region" used by both papers)."""
 SENSITIVITY_MAX_K = 10
 """Largest number of clusters per patient on the sensitivity curve."""
 SUMMARY_TOP_K = (1, 3, 5)

@@ -6,7 +6,7 @@ Masks are "nonzero = inside" unless a function says otherwise.
 
 Three ways to get a Z map (Z is dimensionless, negative = hypometabolic):
 
-1. Self-referenced (Chen et al., seed 002, section 2.2): ``d = residual(real, pseudo, mask)``
+1. Self-referenced (Chen et al. 2025, section 2.2): ``d = residual(real, pseudo, mask)``
    (SUVR difference), then ``self_referenced_z(d, gm)``: ``(d - mean_GM(d)) / sd_GM(d)``.
 2. Control-referenced, with synthesis: residuals ``d`` of the healthy controls give a
    voxelwise normative model, ``mean, sd = fit_normative([d_c1, d_c2, ...], mask, ...)``,

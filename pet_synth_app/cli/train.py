@@ -96,7 +96,9 @@ def get_parser() -> argparse.ArgumentParser:
         "--card-note", default=None, help="intended-use note written into the model card"
     )
 
-    g_hp = parser.add_argument_group("Hyper-parameters (defaults: the model registry / seed 001)")
+    g_hp = parser.add_argument_group(
+        "Hyper-parameters (defaults: the model registry, after Zotova et al. 2021)"
+    )
     g_hp.add_argument(
         "--epochs",
         type=int,
@@ -118,7 +120,7 @@ def get_parser() -> argparse.ArgumentParser:
             flag,
             type=typ,
             default=None,
-            help="None: the model's value in the registry (seed 001; see docs/models.md)",
+            help="None: the model's value in the registry (see docs/models.md)",
         )
     g_hp.add_argument(
         "--prior",
@@ -126,7 +128,7 @@ def get_parser() -> argparse.ArgumentParser:
         help="the generators also see the mean training images of both "
         "domains and predict a residual to the mean of their output domain "
         "(shipped with the weights; cyclegan-mse and cyclegan only; not in "
-        "the seeds: see docs/models.md)",
+        "the papers: see docs/models.md)",
     )
     g_hp.add_argument(
         "--patience",
@@ -138,7 +140,7 @@ def get_parser() -> argparse.ArgumentParser:
         "--max-patches",
         type=int,
         default=2000,
-        help="3D-patch models: patches drawn per volume (seed 001: all, ~6000)",
+        help="3D-patch models: patches drawn per volume (Zotova et al. 2021: all, ~6000)",
     )
     g_hp.add_argument(
         "--max-steps-per-epoch",

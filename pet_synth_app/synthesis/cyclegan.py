@@ -1,4 +1,4 @@
-"""CycleGAN (Zhu et al. 2017) with the paired MSE term of Zotova et al. (seed 001, eq. 2-3).
+"""CycleGAN (Zhu et al. 2017) with the paired MSE term of Zotova et al. 2021 (eq. 2-3).
 
 Domain A is the T1w MRI, domain B the FDG PET: G_B: A -> B is the synthesis generator,
 G_A: B -> A the reverse one; D_A and D_B are PatchGANs. Generator loss::

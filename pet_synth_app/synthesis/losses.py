@@ -1,4 +1,5 @@
-"""GAN loss terms of the synthesis models (seed 001 eq. 1-3; Isola et al.; Zhu et al.)."""
+"""GAN loss terms of the synthesis models (Zotova et al. 2021, eq. 1-3; Isola et al.; Zhu
+et al.)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The synthesis model registry: one home for every model name and its defaults.
 
-Defaults follow the seeds (Zotova et al. 2021, seed 001; Isola et al.; Zhu et al.):
+Defaults follow the papers (Zotova et al. 2021; Isola et al.; Zhu et al.):
 Adam lr 2e-4, beta1 0.5; semi-3D models batch 5, 100 epochs constant lr then 100 of
 linear decay; 3D-patch models batch 10, 100 epochs at constant lr, 32^3 patches with
 stride 8 for training.
@@ -28,7 +28,7 @@ _SEMI3D_CYCLE = {
     "prior_input": None,
 }
 # prior_shape: grid of the mean-training-image prior (PetSynth's residual option; None in
-# the seeds): set by ``petsynth-train --prior`` from the training data; prior_input: the
+# the papers): set by ``petsynth-train --prior`` from the training data; prior_input: the
 # generators also see the mean image of their input domain (set by --prior; None in
 # models trained before it, which see only the output-domain mean)
 

@@ -302,7 +302,7 @@ def validate(
 
 
 FWHM_CANDIDATES_MM = tuple(float(f) for f in np.arange(0.0, 6.01, 0.5))
-"""Smoothing FWHMs (mm) tried by ``tune_smoothing``: seed 001 swept 0-3 mm and found 1.5
+"""Smoothing FWHMs (mm) tried by ``tune_smoothing``: Zotova et al. 2021 swept 0-3 mm and found 1.5
 best on its scanner; the range is extended to 6 mm for PET of lower resolution."""
 
 
@@ -409,7 +409,7 @@ def train(
     ``training_log.tsv``. With ``resume`` an existing checkpoint continues the run.
     ``patience`` > 0 stops after that many epochs without a better validation SSIM.
     With ``tune_fwhm`` the best model's post-stacking smoothing is then chosen on the
-    validation SSIM (``tune_smoothing``, the protocol of seed 001).
+    validation SSIM (``tune_smoothing``, the protocol of Zotova et al. 2021).
     ``prior``: the generators predict a residual to the mean training image
     (``mean_images``, stored with the weights; semi-3D CycleGANs only).
     """
