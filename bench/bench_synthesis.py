@@ -31,10 +31,10 @@ import numpy as np
 import torch
 
 from pet_synth_app.analysis.metrics import image_metrics
-from pet_synth_app.cli.train import find_training_files
 from pet_synth_app.preproc.anat import normalize_t1_intensity
 from pet_synth_app.synthesis.inference import predict_volume, synthesize_pet
 from pet_synth_app.synthesis.weights import default_weights, load_generator, read_card
+from pet_synth_app.trainer import find_training_files
 
 METRICS = ("ssim", "ssim_2d", "psnr", "rmse", "mae")
 

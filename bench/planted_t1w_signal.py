@@ -30,8 +30,8 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage as ndi
 
-from pet_synth_app.cli.train import find_training_files
 from pet_synth_app.synthesis.training import load_volumes
+from pet_synth_app.trainer import find_training_files
 
 
 def planted(

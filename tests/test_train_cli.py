@@ -8,6 +8,7 @@ import json
 import pytest
 from conftest import make_bids, make_tiny_weights
 
+from pet_synth_app import trainer
 from pet_synth_app.cli import run, train
 from pet_synth_app.errors import PetSynthError
 
@@ -53,13 +54,13 @@ def test_train_needs_two_with_pet(tmp_path, capsys):
 
 def test_select_participants_and_folds(tmp_path):
     root = make_bids(tmp_path / "ds", subjects=("01", "02", "03"))
-    assert train.select_participants(root, ["control"], []) == ["01", "02", "03"]
-    assert train.select_participants(root, ["patient"], ["sub-02", "01"]) == ["01", "02"]
+    assert trainer.select_participants(root, ["control"], []) == ["01", "02", "03"]
+    assert trainer.select_participants(root, ["patient"], ["sub-02", "01"]) == ["01", "02"]
     names = [f"c{i:02d}" for i in range(10)]
-    folds = train.split_folds(names, 3, seed=4)
+    folds = trainer.split_folds(names, 3, seed=4)
     assert sorted(sum(folds, [])) == names and [len(f) for f in folds] == [4, 3, 3]
-    assert folds == train.split_folds(names, 3, seed=4)
-    assert folds != train.split_folds(names, 3, seed=5)
+    assert folds == trainer.split_folds(names, 3, seed=4)
+    assert folds != trainer.split_folds(names, 3, seed=5)
 
 
 def test_find_training_files(tmp_path):
@@ -72,11 +73,11 @@ def test_find_training_files(tmp_path):
         f"anat/sub-01_{space}_desc-brain_mask.nii.gz",
     ):
         (tmp_path / "sub-01" / name).touch()
-    files = train.find_training_files(tmp_path, "01")
+    files = trainer.find_training_files(tmp_path, "01")
     assert files["t1w"].name.endswith("desc-preproc_T1w.nii.gz") and files["pet"] is None
     (pet / f"sub-01_trc-FDG_{space}_desc-preproc_pet.nii.gz").touch()
-    assert train.find_training_files(tmp_path, "01")["pet"] is not None
-    assert train.find_training_files(tmp_path, "02") is None
+    assert trainer.find_training_files(tmp_path, "01")["pet"] is not None
+    assert trainer.find_training_files(tmp_path, "02") is None
 
 
 @pytest.mark.parametrize("problem", ["pickle", "missing", "corrupt", "card"])
