@@ -1,12 +1,13 @@
-"""Thread counts: one context manager for torch, ITK and the BLAS/OpenMP pools.
+"""Thread counts: torch, ITK and the BLAS/OpenMP pools are set here and nowhere else.
 
 Every entry point (``petsynth`` participant and group levels, ``petsynth-train``) runs
-inside ``thread_limits(plan.omp_nthreads)``, and so does every step that sets its own
-count (synthesis, the siamese autoencoder, the OC-SVM solver and scorer). Nothing else
-calls ``torch.set_num_threads``. Inside, the environment variables that ITK, OpenMP and
-BLAS read when they start (ITK reads its own once per process, so the preprocessing
-steps that need another count run in a child process: ``preproc/anat.py``) are set for
-the child processes, and the pools already loaded are limited; on exit all is restored.
+inside the context manager ``thread_limits(n)``, and so does every step that picks its
+own count (synthesis, the siamese autoencoder, the OC-SVM solver and scorer). Inside it,
+the environment variables that ITK, OpenMP and BLAS read when they start are set for the
+child processes and the pools already loaded are limited; on exit all is restored. The
+preprocessing steps that run ANTs in a Nipype worker set their process's count with
+``set_process_threads`` (ITK reads it once per process; a step that needs another count
+runs in a child process: ``preproc/anat.py``).
 """
 
 from __future__ import annotations
@@ -68,6 +69,25 @@ def thread_limits(n: int | None, env: bool = True) -> Iterator[int | None]:
                 os.environ[key] = value
 
 
+def set_process_threads(n_threads: int | None = None) -> int:
+    """Set ITK and torch thread counts of this process (a preprocessing step in a Nipype
+    worker, ``preproc/anat.py``); return the count in force.
+
+    ``None`` keeps ``ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS`` if set, else all CPUs. ITK only
+    honours the variable if it is set before ITK's first use in the process.
+    """
+    if n_threads is None:
+        env = os.environ.get("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "")
+        n = int(env) if env.strip().isdigit() and int(env) > 0 else (os.cpu_count() or 1)
+    else:
+        n = max(1, int(n_threads))
+        os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(n)
+    torch = sys.modules.get("torch")  # only touch torch if it is in use (import is slow)
+    if torch is not None and torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    return n
+
+
 def with_thread_limits(param: str) -> Callable:
     """Decorator: run the function inside ``thread_limits(<its argument param>,
     env=False)`` (a function that takes its thread count as an argument)."""
@@ -87,4 +107,10 @@ def with_thread_limits(param: str) -> Callable:
     return decorate
 
 
-__all__ = ["ENV_VARS", "default_threads", "thread_limits", "with_thread_limits"]
+__all__ = [
+    "ENV_VARS",
+    "default_threads",
+    "set_process_threads",
+    "thread_limits",
+    "with_thread_limits",
+]

@@ -28,6 +28,7 @@ import numpy as np
 from ants.internal import get_lib_fn, get_pointer_string, process_arguments
 from scipy import ndimage as ndi
 
+from ..threads import set_process_threads as set_threads
 from . import templates
 
 LOGGER = logging.getLogger(__name__)
@@ -48,22 +49,6 @@ _INTERPOLATORS = {
 
 
 # --------------------------------------------------------------------------- utilities
-def set_threads(n_threads: int | None = None) -> int:
-    """Set ITK and torch thread counts; return the count in force.
-
-    ``None`` keeps ``ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS`` if set, else all CPUs. ITK only
-    honours the variable if it is set before ITK's first use in the process.
-    """
-    if n_threads is None:
-        env = os.environ.get("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "")
-        n = int(env) if env.strip().isdigit() and int(env) > 0 else (os.cpu_count() or 1)
-    else:
-        n = max(1, int(n_threads))
-        os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(n)
-    torch = sys.modules.get("torch")  # only touch torch if it is in use (import is slow)
-    if torch is not None and torch.get_num_threads() != n:
-        torch.set_num_threads(n)
-    return n
 
 
 def _needs_isolation(n_threads: int | None) -> bool:

@@ -14,6 +14,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage as ndi
 
+from ..config import TEMPLATE_SPACE  # noqa: F401  (re-exported: the template this module serves)
 from ..layout import template_filename
 
 KINDS = ("T1w", "mask", "GM", "WM", "CSF", "head")
