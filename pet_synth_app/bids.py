@@ -20,6 +20,7 @@ import numpy as np
 from . import __version__
 from .config import TEMPLATE_SPACE
 from .errors import PetSynthError
+from .lockinfo import lock_hash
 
 LOGGER = logging.getLogger("petsynth")
 
@@ -365,6 +366,8 @@ def write_derivative_description(
     }
     if container:
         generated["Container"] = container
+    if lock := lock_hash():
+        generated["RequirementsLockSHA256"] = lock
     source = {"URL": Path(bids_dir).absolute().as_uri()}
     if src.get("DatasetDOI"):
         source["DOI"] = src["DatasetDOI"]

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import tomli_w
 
+from .lockinfo import lock_hash
+
 TEMPLATE_SPACE = "MNI152NLin2009aSym"
 OUTPUT_SPACES = (TEMPLATE_SPACE, "T1w")
 REFERENCE_REGIONS = ("gm-mean", "cerebellum", "pons")
@@ -109,7 +111,10 @@ class Settings:
         """Write the settings to a TOML file and return its path."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(tomli_w.dumps({"petsynth": self.to_dict()}))
+        data = {"petsynth": self.to_dict()}
+        if lock := lock_hash():
+            data["install"] = {"requirements_lock_sha256": lock}
+        path.write_text(tomli_w.dumps(data))
         return path
 
 
