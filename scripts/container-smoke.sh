@@ -5,6 +5,7 @@
 # arbitrary UID, read-only BIDS and root file system), and compare with a local run.
 #
 #   scripts/container-smoke.sh            # everything (idempotent: reuses the base image)
+#   scripts/container-smoke.sh check      # only the checks, on the outputs of the last run
 #   SMOKE_DIR=/scratch/smoke scripts/container-smoke.sh
 #
 # Environment (all optional):
@@ -273,13 +274,17 @@ for p in sorted(ref.rglob("*.nii.gz")):
 n_all = len(list(ref.rglob("*.nii.gz")))
 print(f"  NIfTI: {n_ident} of {n_all} bit-identical to the local run")
 key = re.compile(r"desc-pseudonormal_pet|stat-z_statmap")
+print("  tolerance: r >= 0.995 for the pseudo-normal PET, r >= 0.9 for the Z maps (KEY)")
 for name, r, dmax, rel, frac in sorted(worst, key=lambda w: -w[3]):
     tag = "KEY" if key.search(name) else "   "
     print(f"  {tag} {name}: r={r:.5f} max|diff|={dmax:.4g} ({rel:.2%} of max), "
           f"{frac:.1%} voxels differ")
-    # the pseudo-normal PET and the Z maps must agree closely; the rest is reported
-    if tag == "KEY" and not (r > 0.99):
+    # the pseudo-normal PET and the Z maps must agree; the rest is reported. Two native runs
+    # already differ (2-thread ITK registration is not deterministic, and the Z maps of a
+    # 2-control normative model amplify it): down to r = 0.9989 (PET) and 0.952 (Z) here
+    if tag == "KEY" and not (r >= (0.995 if "pseudonormal" in name else 0.9)):
         ok = False
+        print(f"  ^ FAIL: {name} outside the tolerance")
 sys.exit(0 if ok else 1)
 PY
 }
@@ -321,6 +326,10 @@ all() {
     timed local-participant-1 local_run participant
     timed local-group local_run group
     timed local-participant-2 local_run participant
+    checks
+}
+
+checks() {  # the checks and the summary, on the outputs in SMOKE_DIR
     local fail=0
     log "check: outputs against the local run"
     check_outputs || fail=1
@@ -340,5 +349,6 @@ case "${1:-all}" in
     base) install_engine; timed base make_base ;;
     build) install_engine; timed build build_image ;;
     all) all ;;
-    *) echo "usage: $0 [all|base|build]" >&2; exit 2 ;;
+    check) install_engine; checks ;;  # again, on the outputs of the last run
+    *) echo "usage: $0 [all|base|build|check]" >&2; exit 2 ;;
 esac

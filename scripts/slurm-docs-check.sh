@@ -70,8 +70,10 @@ for line in sys.stdin:
     done
 }
 
-wait_jobs() {
-    while [ -n "$(squeue -h -u "$(id -un)" -o %i 2>/dev/null)" ]; do sleep 5; done
+wait_jobs() {  # JOBID...: until none of them (array tasks included) is pending or running
+    local ids
+    ids=$(echo "$@" | tr ' ' ',')
+    while [ -n "$(squeue -h -j "$ids" -o %i 2>/dev/null)" ]; do sleep 5; done
 }
 
 cd "$RUN"
@@ -88,7 +90,8 @@ case "$MODE" in
         echo 'echo "jobs: $j1 $j2 $j3"' >> submit.sh
         ids=$(bash submit.sh | sed -n 's/^jobs: //p')
         echo "submitted: $ids"
-        wait_jobs
+        # shellcheck disable=SC2086
+        wait_jobs $ids
         echo "all jobs done: $(( $(date +%s) - t0 )) s"
         # shellcheck disable=SC2086
         job_times $ids
