@@ -1,8 +1,9 @@
 # PetSynth BIDS-App image.
 #   CPU (default):  docker build -t petsynth .
 #   CUDA:           docker build --build-arg TORCH_VARIANT=cu126 -t petsynth:cuda .
-#   offline torch:  --build-arg TORCH_FIND_LINKS=/wheels takes the torch wheel from a folder
-#                   mounted into the build instead of https://download.pytorch.org/whl/<variant>
+#   offline torch:  --build-arg TORCH_FIND_LINKS=DIR-or-URL takes the torch wheel from there
+#                   instead of https://download.pytorch.org/whl/<variant>: a URL (an internal
+#                   mirror), or with podman/buildah a folder mounted with -v DIR:DIR:ro
 #   run:            docker run --rm -u $(id -u):$(id -g) -v /data/bids:/bids:ro \
 #                     -v /data/out:/out -v /scratch/work:/work petsynth /bids /out participant
 # Everything the app needs at run time (templates, atlases, deepbet weights, default model,
