@@ -1,14 +1,22 @@
 # PetSynth BIDS-App image.
 #   CPU (default):  docker build -t petsynth .
 #   CUDA:           docker build --build-arg TORCH_VARIANT=cu126 -t petsynth:cuda .
+#   offline torch:  --build-arg TORCH_FIND_LINKS=DIR-or-URL takes the torch wheel from there
+#                   instead of https://download.pytorch.org/whl/<variant>: a URL (an internal
+#                   mirror), or with podman/buildah a folder mounted with -v DIR:DIR:ro
 #   run:            docker run --rm -u $(id -u):$(id -g) -v /data/bids:/bids:ro \
-#                     -v /data/out:/out petsynth /bids /out participant
-# Everything the app needs at run time (templates, atlases, deepbet weights, default model)
-# is installed in the image: it runs with --network none.
+#                     -v /data/out:/out -v /scratch/work:/work petsynth /bids /out participant
+# Everything the app needs at run time (templates, atlases, deepbet weights, default model,
+# TemplateFlow's skeleton) is installed in the image: it runs with --network none, as any
+# UID, and with a read-only root file system (--read-only --tmpfs /tmp): it writes only to
+# the output folder, the work dir (default /work/work) and /tmp.
+# Versions: every dependency at the version of requirements.lock (scripts/lock.sh).
+# singularity.def runs the same steps (tests/test_container_defs.py compares the two files).
 FROM python:3.11-slim-bookworm
 
 ARG TORCH_VERSION=2.13.0
 ARG TORCH_VARIANT=cpu
+ARG TORCH_FIND_LINKS=
 
 ENV DEBIAN_FRONTEND=noninteractive \
     PIP_NO_CACHE_DIR=1 \
@@ -16,31 +24,45 @@ ENV DEBIAN_FRONTEND=noninteractive \
     PYTHONDONTWRITEBYTECODE=1 \
     NO_ET=1 \
     PETSYNTH_CONTAINER=docker \
+    PETSYNTH_LOCK_FILE=/opt/petsynth/requirements.lock \
     HOME=/home/petsynth \
-    MPLCONFIGDIR=/home/petsynth/.config/matplotlib \
+    MPLCONFIGDIR=/tmp/.petsynth-matplotlib \
     XDG_CACHE_HOME=/tmp/.cache \
-    TEMPLATEFLOW_HOME=/home/petsynth/.cache/templateflow \
-    NILEARN_DATA=/home/petsynth/nilearn_data
+    TEMPLATEFLOW_HOME=/opt/templateflow \
+    TEMPLATEFLOW_AUTOUPDATE=0
 
 RUN apt-get update \
     && apt-get install -y --no-install-recommends libgomp1 \
     && rm -rf /var/lib/apt/lists/*
 
-# torch first, from the index matching the variant (cpu, cu126, ...)
-RUN pip install "torch==${TORCH_VERSION}" \
-        --index-url "https://download.pytorch.org/whl/${TORCH_VARIANT}"
+COPY requirements.lock /opt/petsynth/requirements.lock
+
+# torch first, in the variant asked for (cpu, cu126, ...): from the PyTorch index of that
+# variant (its +cpu/+cu126 wheel outranks PyPI's plain one) or from a folder of wheels; its
+# dependencies at the locked versions
+RUN if [ -n "$TORCH_FIND_LINKS" ]; then torch_src="--find-links=$TORCH_FIND_LINKS"; \
+    else torch_src="--extra-index-url=https://download.pytorch.org/whl/$TORCH_VARIANT"; fi \
+    && pip install $torch_src -c /opt/petsynth/requirements.lock "torch==${TORCH_VERSION}"
+
+# then every dependency at its locked version (the torch pin is already satisfied)
+RUN pip install -r /opt/petsynth/requirements.lock
 
 COPY . /src/petsynth
-RUN pip install "torch==${TORCH_VERSION}" /src/petsynth \
+RUN pip install --no-deps /src/petsynth \
+    && pip check \
     && rm -rf /src/petsynth
 
-# A non-root user; the home and caches are writable by any UID (docker run -u / Apptainer)
+# Caches that libraries fill on first use are filled here, read-only at run time:
+# TemplateFlow (imported by niworkflows) unpacks its skeleton into TEMPLATEFLOW_HOME.
+# The home directory is not needed at run time (the root file system may be read-only).
 RUN useradd --create-home --uid 1000 --shell /bin/bash petsynth \
-    && mkdir -p "$MPLCONFIGDIR" "$TEMPLATEFLOW_HOME" "$NILEARN_DATA" /work \
-    && python -c "import matplotlib.pyplot" \
+    && mkdir -p "$TEMPLATEFLOW_HOME" /work \
+    && python -c "import templateflow.api, niworkflows.interfaces.bids" \
     && python -c "from pet_synth_app.preproc.templates import get_template; \
 [get_template(k, r) for k in ('T1w', 'mask', 'GM', 'WM', 'CSF') for r in (1, 2)]" \
-    && chmod -R a+rwX /home/petsynth /work
+    && rm -rf /tmp/.cache /tmp/.petsynth-matplotlib \
+    && chmod -R a+rX "$TEMPLATEFLOW_HOME" /opt/petsynth \
+    && chmod 1777 /work
 
 USER petsynth
 WORKDIR /work

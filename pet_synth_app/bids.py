@@ -19,6 +19,7 @@ import numpy as np
 
 from . import __version__
 from .errors import PetSynthError
+from .lockinfo import lock_hash
 
 LOGGER = logging.getLogger("petsynth")
 
@@ -351,6 +352,8 @@ def write_derivative_description(
     }
     if container:
         generated["Container"] = container
+    if lock := lock_hash():
+        generated["RequirementsLockSHA256"] = lock
     source = {"URL": Path(bids_dir).absolute().as_uri()}
     if src.get("DatasetDOI"):
         source["DOI"] = src["DatasetDOI"]

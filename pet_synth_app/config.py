@@ -10,6 +10,7 @@ from pathlib import Path
 import tomli_w
 
 from .errors import UsageError
+from .lockinfo import lock_hash
 
 TEMPLATE_SPACE = "MNI152NLin2009aSym"
 OUTPUT_SPACES = (TEMPLATE_SPACE, "T1w")
@@ -176,7 +177,10 @@ class Settings:
         """Write the settings to a TOML file and return its path."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(tomli_w.dumps({"petsynth": self.to_dict()}))
+        data = {"petsynth": self.to_dict()}
+        if lock := lock_hash():
+            data["install"] = {"requirements_lock_sha256": lock}
+        path.write_text(tomli_w.dumps(data))
         return path
 
 
