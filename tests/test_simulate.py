@@ -317,6 +317,8 @@ def test_cli_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert (out / "something.txt").exists()
     assert main([str(tmp_path / "x"), "--lesion-loss", "0.5", "0.1"]) == 1
     assert "--lesion-loss" in capsys.readouterr().err
+    assert main([str(tmp_path / "x"), "--control-ages", "60", "40"]) == 1
+    assert "--control-ages" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
     with pytest.raises(SystemExit):
         main([str(tmp_path / "y"), "--n-controls", "many"])

@@ -82,6 +82,8 @@ class CohortConfig:
     n_4d: int | None = None
     lesion_loss: tuple[float, float] = (0.10, 0.30)
     lesion_volume_ml: tuple[float, float] = (1.0, 20.0)
+    control_ages: tuple[int, int] = (20, 85)
+    patient_ages: tuple[int, int] = (50, 85)
 
     def validate(self) -> None:
         """Raise ``ValueError`` with a one-line message on inconsistent settings."""
@@ -106,6 +108,12 @@ class CohortConfig:
         lo, hi = self.lesion_volume_ml
         if not 0.0 < lo <= hi <= 60.0:
             raise ValueError("--lesion-volume-ml needs 0 < LOW <= HIGH <= 60 (ml)")
+        for option, (lo, hi) in (
+            ("--control-ages", self.control_ages),
+            ("--patient-ages", self.patient_ages),
+        ):
+            if not 18 <= lo <= hi <= 100:
+                raise ValueError(f"{option} needs 18 <= LOW <= HIGH <= 100 (years)")
 
     def t1w_only_count(self) -> int:
         """Controls without PET (default: one in four controls, rounded down)."""
@@ -319,22 +327,18 @@ LESION_COLUMNS = [
 ]
 
 
-CONTROL_AGES = (20, 85)
-PATIENT_AGES = (50, 85)
-"""Ages (integer years, uniform, inclusive) of the simulated controls and patients."""
-
-
-def demographics(plan: SubjectPlan, seed: int) -> dict[str, Any]:
-    """Age (years) and sex of a planned subject, from its demographics stream (1)."""
-    demo = plan.rng(seed, 1)
-    low, high = PATIENT_AGES if plan.group == "patient" else CONTROL_AGES
+def demographics(plan: SubjectPlan, config: CohortConfig) -> dict[str, Any]:
+    """Age (integer years, uniform over the group's inclusive range) and sex of a planned
+    subject, from its demographics stream (1)."""
+    demo = plan.rng(config.seed, 1)
+    low, high = config.patient_ages if plan.group == "patient" else config.control_ages
     age = int(demo.integers(low, high + 1))
     return {"age": age, "sex": "F" if demo.random() < 0.5 else "M"}
 
 
 def write_subject(out_dir: Path, plan: SubjectPlan, config: CohortConfig) -> PhantomSubject:
     """Simulate one planned subject and write its raw files and truth."""
-    age = demographics(plan, config.seed)["age"]
+    age = demographics(plan, config)["age"]
     rng = plan.rng(config.seed)
     n_lesions = int(rng.integers(1, 3)) if plan.group == "patient" else 0
     n_frames = int(rng.integers(3, 5)) if plan.is_4d else 1
@@ -409,7 +413,8 @@ Simulated with {GENERATOR} {__version__} (seed {config.seed}). Not real data.
 
 - {config.n_controls} controls and {config.n_patients} patients; {n_pet} subjects have FDG
   PET ({sum(p.is_4d for p in plans)} of them 4D with inter-frame motion).
-- Age (participants.tsv: controls 20-85, patients 50-85 years) drives cortical thinning
+- Age (participants.tsv: controls {config.control_ages[0]}-{config.control_ages[1]},
+  patients {config.patient_ages[0]}-{config.patient_ages[1]} years) drives cortical thinning
   (pial boundary moved inward, sulci widen), lateral ventricle enlargement and, after 60,
   a 7 %/decade FDG decline in frontal, cingulate, insular and calcarine cortex.
 - T1w: MNI152NLin2009aSym template anatomy with a synthetic skull and scalp, smooth
@@ -464,7 +469,7 @@ def write_cohort(
             {
                 "participant_id": plan.participant_id,
                 "group": plan.group,
-                **demographics(plan, config.seed),
+                **demographics(plan, config),
             }
         )
     _write_tsv(out / "participants.tsv", ["participant_id", "group", "age", "sex"], rows)
@@ -477,10 +482,12 @@ def write_cohort(
                 "Levels": {"control": "healthy control", "patient": "hypometabolic lesions"},
             },
             "age": {
-                "Description": "Age at scan (controls uniform 20-85, patients 50-85). In "
-                "the phantom it drives cortical thinning, lateral ventricle enlargement and "
-                "the FDG decline in frontal, cingulate, insular and calcarine cortex after "
-                "60 (derivatives/truth/sub-*/sub-*_geometry.json: anatomy, uptake)",
+                "Description": f"Age at scan (controls uniform {config.control_ages[0]}-"
+                f"{config.control_ages[1]}, patients {config.patient_ages[0]}-"
+                f"{config.patient_ages[1]}). In the phantom it drives cortical thinning, "
+                "lateral ventricle enlargement and the FDG decline in frontal, cingulate, "
+                "insular and calcarine cortex after 60 (truth: "
+                "derivatives/truth/sub-*/sub-*_geometry.json, anatomy and uptake)",
                 "Units": "year",
             },
             "sex": {"Description": "Sex", "Levels": {"F": "female", "M": "male"}},
