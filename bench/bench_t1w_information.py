@@ -1,7 +1,7 @@
 """How much of a control's PET can its MNI-space T1w predict at all? Linear upper bounds.
 
 Usage: python bench/bench_t1w_information.py DERIV --train c01 ... --test c13 ...
-       [--fwhm 2] [--json out.json]
+       [--fwhm 2] [--json out.json] [--space NAME] [--feature NAME=ENTITIES ...]
 
 A synthesis model earns its keep only on the part of a brain's PET that differs from the
 mean control PET *and* shows in its T1w. This script bounds that part with linear models
@@ -22,6 +22,15 @@ Features: the model's own input (MNI T1w scaled to [0, 1] as ``synthesize_pet`` 
 for comparison, the GM probability map of the participant workflow (which the model does
 not see). If even these regressions barely beat the mean, the T1w carries little of the
 PET's between-subject variation and no model trained on it can beat the baseline by more.
+
+Input representations (issue 14): ``--space NAME`` reads every volume (T1w, mask, GM,
+PET) from ``space-NAME`` outputs instead of the MNI template space (e.g. an affine-only
+template space: the bound of representation (a)); each ``--feature NAME=ENTITIES`` adds
+a feature volume found as ``sub-<L>/**/sub-<L>*_space-<space>_<ENTITIES>.nii.gz`` (e.g.
+``logjac=desc-logjac_T1w`` or ``modgm=label-GM_desc-modulated_probseg``: representation
+(b)). Every feature gets the single-feature rows, and with two or more features a
+*joint voxelwise ridge* on all of them (T1w + extras: one slope per feature per voxel)
+gives the bound of the combined input.
 """
 
 from __future__ import annotations
@@ -36,7 +45,8 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from pet_synth_app.analysis.metrics import image_metrics
-from pet_synth_app.bids import find_mni_derivatives
+from pet_synth_app.bids import MNI_DERIVATIVES, first_match
+from pet_synth_app.config import TEMPLATE_SPACE
 from pet_synth_app.synthesis.training import load_volumes
 
 METRICS = ("ssim", "ssim_2d", "psnr", "rmse", "mae")
@@ -44,20 +54,44 @@ RIDGE = (0.0, 1e-4, 1e-3, 1e-2)
 SCALES_VOX = (1.0, 2.0, 4.0)
 
 
-def load(deriv: Path, subject: str) -> dict[str, np.ndarray]:
-    """MNI T1w (scaled to [0, 1] in the mask, as the model sees it), GM probability, SUVR
-    PET and brain mask, plus the grid's voxel size (mm)."""
-    f = find_mni_derivatives(deriv, subject)
-    if not all(f[role] for role in ("t1w", "mask", "pet", "gm")):
-        raise SystemExit(f"{subject}: no MNI-space T1w/mask/PET/GM probability in {deriv}")
+def _find(deriv: Path, subject: str, space: str, entities: str) -> Path | None:
+    return first_match(
+        Path(deriv), f"sub-{subject}/**/sub-{subject}*_space-{space}_{entities}.nii.gz"
+    )
+
+
+def load(
+    deriv: Path,
+    subject: str,
+    space: str = TEMPLATE_SPACE,
+    features: dict[str, str] | None = None,
+) -> dict[str, np.ndarray]:
+    """T1w (scaled to [0, 1] in the mask, as the model sees it), GM probability, SUVR PET,
+    brain mask and the extra ``features`` (name -> entities) in ``space``, plus the
+    grid's voxel size (mm)."""
+    f = {
+        role: _find(deriv, subject, space, MNI_DERIVATIVES[role])
+        for role in ("t1w", "mask", "pet", "gm")
+    }
+    if not all(f.values()):
+        raise SystemExit(f"{subject}: no space-{space} T1w/mask/PET/GM probability in {deriv}")
     v = load_volumes(subject, f["t1w"], f["mask"], f["pet"])
-    return {
+    out = {
         "t1w": v.t1w,
         "pet": v.pet_suvr,
         "mask": v.mask,
         "gm": np.asanyarray(nib.load(f["gm"]).dataobj, dtype=np.float32),
         "voxel_mm": float(abs(v.affine[0, 0])),
     }
+    for name, entities in (features or {}).items():
+        path = _find(deriv, subject, space, entities)
+        if path is None:
+            raise SystemExit(f"{subject}: no space-{space}_{entities} feature in {deriv}")
+        vol = np.nan_to_num(np.asanyarray(nib.load(path).dataobj, dtype=np.float32))
+        if vol.shape != v.t1w.shape:
+            raise SystemExit(f"{subject}: feature {name} is not on the T1w grid")
+        out[name] = vol
+    return out
 
 
 def score(preds: list[np.ndarray], test: list[dict]) -> dict[str, float]:
@@ -77,6 +111,31 @@ def voxelwise_ridge(
     sxx = sum((f - mean_f) ** 2 for f in feats)
     slope = sxy / (sxx + lam * len(train) + 1e-12)
     return [mean_pet + slope * (ndi.gaussian_filter(t[key], sigma) - mean_f) for t in test]
+
+
+def joint_ridge(
+    train: list[dict],
+    test: list[dict],
+    keys: list[str],
+    mean_pet: np.ndarray,
+    sigma: float,
+    lam: float,
+) -> list[np.ndarray]:
+    """Per-voxel multiple regression of the PET deviation on all smoothed feature
+    deviations (each feature standardized over the training set; ridge ``lam``)."""
+
+    def feats(s: dict) -> np.ndarray:
+        return np.stack([ndi.gaussian_filter(s[k], sigma) for k in keys], -1)
+
+    tr = [feats(s) for s in train]
+    mean_f = np.mean(tr, 0)
+    scale = np.sqrt(np.mean([(x - mean_f) ** 2 for x in tr], 0).mean((0, 1, 2))) + 1e-12
+    dev = [(x - mean_f) / scale for x in tr]
+    sxx = sum(d[..., :, None] * d[..., None, :] for d in dev)
+    sxy = sum(d * (s["pet"] - mean_pet)[..., None] for d, s in zip(dev, train, strict=True))
+    sxx = sxx + (lam * len(train) + 1e-9) * np.eye(len(keys))
+    slope = np.linalg.solve(sxx, sxy[..., None])[..., 0]
+    return [mean_pet + (slope * (feats(t) - mean_f) / scale).sum(-1) for t in test]
 
 
 def shared_multiscale(
@@ -103,11 +162,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--test", nargs="+", required=True)
     p.add_argument("--fwhm", type=float, default=2.0, help="smoothing of the mean PET (mm)")
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--space", default=TEMPLATE_SPACE, help="space entity of all volumes")
+    p.add_argument(
+        "--feature",
+        action="append",
+        default=[],
+        metavar="NAME=ENTITIES",
+        help="extra feature volume sub-<L>*_space-<space>_<ENTITIES>.nii.gz (repeatable)",
+    )
     opts = p.parse_args(argv)
     if set(opts.train) & set(opts.test):
         raise SystemExit("--train and --test overlap")
-    train = [load(opts.deriv, s) for s in opts.train]
-    test = [load(opts.deriv, s) for s in opts.test]
+    extra = dict(f.split("=", 1) for f in opts.feature)
+    if any(not k or not v or k in ("t1w", "gm", "pet", "mask") for k, v in extra.items()):
+        raise SystemExit("--feature needs NAME=ENTITIES with a new NAME")
+    train = [load(opts.deriv, s, opts.space, extra) for s in opts.train]
+    test = [load(opts.deriv, s, opts.space, extra) for s in opts.test]
     mean_pet = np.mean([s["pet"] for s in train], 0)
     sigma = opts.fwhm / (2 * np.sqrt(2 * np.log(2))) / test[0]["voxel_mm"]
 
@@ -117,7 +187,10 @@ def main(argv: list[str] | None = None) -> int:
             [ndi.gaussian_filter(mean_pet, sigma)] * len(test), test
         ),
     }
-    for key, label in (("t1w", "MNI T1w (the model's input)"), ("gm", "GM probability")):
+    t1_label = "MNI T1w (the model's input)" if opts.space == TEMPLATE_SPACE else None
+    features = [("t1w", t1_label or f"space-{opts.space} T1w"), ("gm", "GM probability")]
+    features += [(k, f"{k} ({v})") for k, v in extra.items()]
+    for key, label in features:
         for lam in RIDGE:
             rows[f"voxelwise ridge on {label}, lam {lam:g}"] = score(
                 voxelwise_ridge(train, test, key, mean_pet, 1.0, lam), test
@@ -126,6 +199,12 @@ def main(argv: list[str] | None = None) -> int:
             shared_multiscale(train, test, key, mean_pet), test
         )
         print(f"{label}: done", file=sys.stderr, flush=True)
+    if extra:
+        keys = ["t1w", *extra]
+        for lam in RIDGE:
+            rows[f"joint voxelwise ridge on {' + '.join(keys)}, lam {lam:g}"] = score(
+                joint_ridge(train, test, keys, mean_pet, 1.0, lam), test
+            )
 
     print(
         f"\ntrain (n={len(train)}): {', '.join(opts.train)}; "
@@ -138,7 +217,14 @@ def main(argv: list[str] | None = None) -> int:
     if opts.json:
         opts.json.write_text(
             json.dumps(
-                {"train": opts.train, "test": opts.test, "fwhm_mm": opts.fwhm, "rows": rows},
+                {
+                    "train": opts.train,
+                    "test": opts.test,
+                    "fwhm_mm": opts.fwhm,
+                    "space": opts.space,
+                    "features": extra,
+                    "rows": rows,
+                },
                 indent=1,
             )
         )
