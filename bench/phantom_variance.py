@@ -25,16 +25,22 @@ from scipy import ndimage as ndi
 from pet_synth_app.simulate import phantom
 
 
-def subject_parts(space: phantom.TemplateSpace, seed: int, i: int) -> tuple:
-    """(tissue space, anat, uptake, pattern, age) of subject ``i``, in simulate_subject order."""
+def subject_parts(
+    space: phantom.TemplateSpace, seed: int, i: int, without: tuple[str, ...] = ()
+) -> tuple:
+    """(tissue space, anat, uptake, pattern, age) of subject ``i``, in simulate_subject order
+    (``without``: anatomy components left out, same random draws)."""
     rng = np.random.default_rng([seed, 9, i, 0])
     age = float(rng.uniform(*phantom.AGE_RANGE))
     anat = phantom.random_anatomy(rng)
     gm_loss, _ = phantom.random_atrophy(rng, space)
     thickness, morph = phantom.random_morphometry(rng, space, age)
-    tissue = phantom.atrophied_space(
-        phantom.morphed_space(space, thickness, morph["ventricle_mm"]), gm_loss
-    )
+    if "pv-atrophy" in without:
+        gm_loss = np.zeros_like(gm_loss)
+    if "thinning" in without:
+        thickness = np.ones_like(thickness)
+    vent = 0.0 if "ventricles" in without else morph["ventricle_mm"]
+    tissue = phantom.atrophied_space(phantom.morphed_space(space, thickness, vent), gm_loss)
     uptake = phantom.random_uptake(rng)
     uptake.update(phantom.age_uptake(age))
     pattern = phantom.random_pattern_field(rng, space, uptake)
@@ -77,15 +83,24 @@ def main() -> None:
     p.add_argument("--n", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resolution", type=int, default=2, choices=(1, 2))
+    p.add_argument(
+        "--without",
+        nargs="+",
+        default=(),
+        choices=("pv-atrophy", "thinning", "ventricles"),
+        help="leave these anatomy components out (same draws otherwise)",
+    )
     opts = p.parse_args()
     start = time.perf_counter()
     space = phantom.load_template_space(opts.resolution)
     sigma = 5.5 / (2 * np.sqrt(2 * np.log(2))) / space.resolution
     brain = space.brain > 0.5
     gm = space.gm >= 0.5
-    parts = [subject_parts(space, opts.seed, i) for i in range(opts.n)]
+    parts = [subject_parts(space, opts.seed, i, tuple(opts.without)) for i in range(opts.n)]
     ages = [q[4] for q in parts]
     print(f"{opts.n} subjects, ages {', '.join(f'{a:.0f}' for a in ages)}")
+    if opts.without:
+        print(f"anatomy without: {', '.join(opts.without)}")
     for label, with_age in (("with age decline", True), ("without age decline", False)):
         y = np.empty((opts.n, opts.n, int(gm.sum())), np.float32)
         diag = []
