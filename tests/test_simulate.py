@@ -371,7 +371,7 @@ def test_age_in_participants_and_truth(cohort: Path) -> None:
         geo = json.loads((cohort / TRUTH / sub / f"{sub}_geometry.json").read_text())
         assert geo["age"] == age and geo["anatomy"]["age"] == age
         assert 0.6 <= geo["anatomy"]["thickness_global"] <= 1.0
-        assert 0.0 <= geo["anatomy"]["ventricle_mm"] <= 5.0
+        assert 0.0 <= geo["anatomy"]["ventricle_mm"] <= 11.0
         assert geo["uptake"]["age_uptake_decline"] == pytest.approx(0.007 * max(age - 60, 0))
         assert 0.12 <= geo["uptake"]["csf"] <= 0.18
         assert 8.0 < geo["ventricle_volume_ml"] < 60.0

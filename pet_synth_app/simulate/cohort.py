@@ -64,7 +64,7 @@ GEOMETRY_KEYS: dict[str, str] = {
     "anatomy.ventricle_mm": "outward growth of the lateral ventricle walls (mm)",
     "uptake.age_uptake_decline": "fractional frontal/cingulate/insular/calcarine GM decline",
     "gm_volume_ml / wm_volume_ml / csf_volume_ml / ventricle_volume_ml": (
-        "tissue volumes (work grid x affine Jacobian); ventricles: CSF within 8 mm of the "
+        "tissue volumes (work grid x affine Jacobian); ventricles: CSF within 12 mm of the "
         "Harvard-Oxford lateral ventricles"
     ),
 }

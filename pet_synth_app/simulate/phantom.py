@@ -264,6 +264,7 @@ AGE_UPTAKE_KEYWORDS = ("frontal", "precentral", "cingulate", "insular", "calcari
 """Harvard-Oxford regions with an age-related FDG decline after PVC (Greve et al. 2016)."""
 VENTRICLE_LABELS = ("lateral_ventric",)
 VENTRICLE_SIGMA_MM = 8.0
+VENTRICLE_STEP_MM = 3.0
 RIBBON_MAX_MM = 8.0
 
 
@@ -560,7 +561,7 @@ AGE_RANGE = (20.0, 85.0)
 THICKNESS_AT_20 = 0.95
 THICKNESS_PER_YEAR = 0.0025
 THICKNESS_SD = 0.04
-VENTRICLE_MAX_MM = 4.5
+VENTRICLE_MAX_MM = 8.0
 VENTRICLE_SD = 0.25
 AGE_UPTAKE_ONSET = 60.0
 AGE_UPTAKE_PER_DECADE = 0.07
@@ -583,10 +584,12 @@ def random_morphometry(
       not a fit) plus individual variation;
     - ``thickness_regional`` ~ U(0.04, 0.10): amplitude of a smooth regional field
       (Legendre degree 3, [-1, 1]); the local factor is ``global x (1 + regional x f)``;
-    - ``ventricle_mm`` = 4.5 x ((age - 20) / 65) ** 1.5 x exp(N(0, 0.25)) (<= 5 mm): the
+    - ``ventricle_mm`` = 8 x ((age - 20) / 65) ** 1.5 x exp(N(0, 0.25)) (<= 11 mm): the
       lateral ventricles grow outward by up to this many mm (see :func:`morphed_space`):
-      ~20 ml (MNI volume) at 20 years to ~40 ml at 85 at the median, i.e. about
-      twofold, within the range of cross-sectional lifespan studies.
+      at the median from ~23 ml (MNI volume; ~17 ml native) at 20 years to ~55 ml at 85
+      (~2.5-fold; cross-sectional lifespan studies report roughly two- to threefold
+      larger lateral ventricles in the ninth than in the third decade; an assumption of
+      this phantom, not a fit).
     """
     ageing = float(np.clip((age - AGE_RANGE[0]) / (AGE_RANGE[1] - AGE_RANGE[0]), 0.0, 1.5))
     base = THICKNESS_AT_20 - THICKNESS_PER_YEAR * (age - AGE_RANGE[0])
@@ -595,7 +598,9 @@ def random_morphometry(
         "thickness_global": float(np.clip(base + THICKNESS_SD * rng.standard_normal(), 0.6, 1.0)),
         "thickness_regional": float(rng.uniform(0.04, 0.10)),
         "ventricle_mm": float(
-            min(VENTRICLE_MAX_MM * ageing**1.5 * np.exp(VENTRICLE_SD * rng.standard_normal()), 5.0)
+            min(
+                VENTRICLE_MAX_MM * ageing**1.5 * np.exp(VENTRICLE_SD * rng.standard_normal()), 11.0
+            )
         ),
     }
     f = _smooth_field(rng, _unit_axes(space.shape), 3)
@@ -610,9 +615,12 @@ def _expand_ventricles(space: TemplateSpace, volumes: list[np.ndarray], mm: floa
     box = space.ventricle_box
     grid = np.indices(space.ventricle_field.shape[1:], dtype=np.float32)
     offset = np.array([s.start for s in box], dtype=np.float32)[:, None, None, None]
-    src = grid + offset - (mm / space.resolution) * space.ventricle_field
-    for vol in volumes:
-        vol[box] = ndi.map_coordinates(vol, src, order=1, mode="nearest")
+    # steps of <= VENTRICLE_STEP_MM keep every step's Jacobian positive (no folding)
+    steps = int(np.ceil(mm / VENTRICLE_STEP_MM))
+    src = grid + offset - (mm / steps / space.resolution) * space.ventricle_field
+    for _ in range(steps):
+        for vol in volumes:
+            vol[box] = ndi.map_coordinates(vol, src, order=1, mode="nearest")
 
 
 def morphed_space(
@@ -621,8 +629,9 @@ def morphed_space(
     """Copy of ``space`` with this subject's ventricles and cortical thickness.
 
     1. Ventricles: the tissue maps are resampled at ``x - ventricle_mm x v(x)`` with ``v``
-       the outward direction field (``space.ventricle_field``, smooth, max |v| = 1), so
-       the ventricle walls move out by ``ventricle_mm`` and the periventricular tissue is
+       the outward direction field (``space.ventricle_field``, smooth, max |v| = 1), in
+       steps of <= 3 mm (each step folds nothing), so the ventricle walls move out by up
+       to ``ventricle_mm`` and the periventricular tissue is
        compressed (CSF volume grows, tissue volume shrinks; the ICV is unchanged).
     2. Cortical thinning by moving the pial boundary: the cortex is thinned by
        ``delta = (1 - thickness) x ribbon_mm`` (mm); a voxel whose outer edge lies ``e``
@@ -651,8 +660,8 @@ def tissue_volumes_ml(space: TemplateSpace, jacobian: float = 1.0) -> dict[str, 
     """GM, WM, CSF and lateral-ventricle CSF volumes (ml) of a work-grid space.
 
     ``jacobian`` scales work-grid (MNI) volumes to the subject (determinant of the MNI ->
-    T1w affine). Ventricle CSF: the CSF within the ventricle box at >= 15 mm depth inside
-    the intracranial surface (excludes the subarachnoid CSF).
+    T1w affine). Ventricle CSF: the CSF within 12 mm of the Harvard-Oxford lateral
+    ventricles.
     """
     vox = space.resolution**3 * jacobian / 1000.0
     out = {
@@ -668,10 +677,10 @@ def tissue_volumes_ml(space: TemplateSpace, jacobian: float = 1.0) -> dict[str, 
 
 
 def _ventricle_zone(labels: np.ndarray, res: float) -> np.ndarray:
-    """Harvard-Oxford lateral ventricles dilated by 8 mm (where they can grow)."""
+    """Harvard-Oxford lateral ventricles dilated by 12 mm (where they can grow)."""
     _, names = load_atlas("harvard_oxford")
     ids = [v for v, n in names.items() if any(k in n.lower() for k in VENTRICLE_LABELS)]
-    return ndi.distance_transform_edt(~np.isin(labels, ids), sampling=res) <= 8.0
+    return ndi.distance_transform_edt(~np.isin(labels, ids), sampling=res) <= 12.0
 
 
 def age_uptake(age: float) -> dict[str, float]:
