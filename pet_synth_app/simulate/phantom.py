@@ -15,6 +15,15 @@ Spaces and conventions (all coordinates are RAS world millimetres, as in NIfTI s
 - **PET**: the PET scanner space. ``x_pet = pet_from_t1w @ x_t1w`` (rigid). For 4D PET
   every frame has its own matrix; frame 0 is the reference (``pet_from_t1w``).
 
+Subject anatomy and PET (all on the work grid, before the subject transforms): the
+template tissue maps get the subject's lateral ventricle growth and cortical thinning
+(:func:`random_morphometry`, :func:`morphed_space`; driven by ``age``) and a smooth
+partial-volume GM loss (:func:`random_atrophy`); the T1w and the FDG activity
+(:func:`pet_activity_mni`: GM x regional pattern x age decline x lesions + WM + CSF at
+~15 % of GM + scalp) are both computed from these same tissue fractions, and the PET is
+then blurred with the PSF. What registration to MNI removes (ventricle and sulcal
+geometry) therefore still shows in the PET as partial volume, as in real FDG data.
+
 Everything is deterministic for a given ``numpy.random.Generator`` state.
 """
 
