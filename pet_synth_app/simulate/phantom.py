@@ -929,8 +929,8 @@ def regional_metabolism(rng: np.random.Generator, space: TemplateSpace) -> np.nd
     variation that the T1w cannot show. With the gamma and the smooth field of
     :func:`random_pattern_field` it gives a regional GM SUVR CoV (metabolism alone,
     noise-free, template anatomy, 111 Harvard-Oxford regions, 100 draws) of median 4.0 %
-    (10-90 %: 3.2-4.6 %); before these factors it was 0.4 % (1.9-2.9 % with SDs of 4 and
-    1.5 %). Healthy-control regional FDG SUVR CoVs are ~5-10 % with anatomy, partial
+    (10-90 %: 3.2-4.6 %); without these factors it was 0.4 % (with SDs of 4 and 1.5 %:
+    2.4 %). Healthy-control regional FDG SUVR CoVs are ~5-10 % with anatomy, partial
     volume and noise included.
     """
     if space.region_labels is None:
