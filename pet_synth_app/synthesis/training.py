@@ -402,8 +402,11 @@ def run_fingerprint(
     """What must not change between an interrupted run and its resumption (the epoch
     schedule may: a finished run can be extended with a longer one)."""
     schedule = {"n_epochs", "n_epochs_decay"}
-    # unset options (None) are left out, so runs of versions without them still resume
+    reps = {v.representation for v in train_v + val_v} - {"mni"}
+    # unset options (None) and the "mni" input are left out, so runs of versions without
+    # them still resume
     return {
+        **({"input_representation": sorted(reps)} if reps else {}),
         "model": model_name,
         "config": {
             k: config[k] for k in sorted(config) if k not in schedule and config[k] is not None
