@@ -349,6 +349,39 @@ def find_mni_derivatives(deriv: Path, subject: str) -> dict[str, Path | None]:
     }
 
 
+AFFINE_SPACE = f"{TEMPLATE_SPACE}Affine"
+"""Label of the affine-only template space (the MNI grid after the affine stage alone)."""
+
+
+def find_input_derivatives(deriv: Path, subject: str) -> dict[str, Path | None]:
+    """The files of a participant that the model input representations are built from
+    (``synthesis.inputs.InputSources`` fields; None if absent)."""
+    deriv, sub = Path(deriv), f"sub-{subject}"
+
+    def native(suffix: str) -> Path | None:
+        hits = sorted(deriv.glob(f"{sub}/**/{sub}*_{suffix}.nii.gz"))
+        hits = [h for h in hits if "_space-" not in h.name]
+        return hits[0] if hits else None
+
+    def xfm(src: str, dst: str, ext: str) -> Path | None:
+        return first_match(deriv, f"{sub}/**/{sub}*_from-{src}_to-{dst}_mode-image_xfm.{ext}")
+
+    mni = find_mni_derivatives(deriv, subject)
+    return {
+        "t1w_std": mni["t1w"],
+        "mask_std": mni["mask"],
+        "gm_std": mni["gm"],
+        "t1w": native("desc-preproc_T1w"),
+        "t1w_mask": native("desc-brain_mask"),
+        "affine": xfm("T1w", AFFINE_SPACE, "mat"),
+        "warp": xfm(AFFINE_SPACE, TEMPLATE_SPACE, "h5"),
+        "inverse_warp": xfm(TEMPLATE_SPACE, AFFINE_SPACE, "h5"),
+        "log_jacobian_std": None,
+        "pet_t1w": first_match(deriv, f"{sub}/**/{sub}*_space-T1w_desc-preproc_pet.nii.gz"),
+        "pet_std": mni["pet"],
+    }
+
+
 def write_derivative_description(
     bids_dir: Path, output_dir: Path, container: dict | None = None
 ) -> Path:

@@ -26,6 +26,7 @@ LOGGER = logging.getLogger("petsynth.train")
 
 
 def get_parser() -> argparse.ArgumentParser:
+    from ..synthesis.inputs import DEFAULT_REPRESENTATION, REPRESENTATIONS
     from ..synthesis.registry import DEFAULT_MODEL, MODELS
     from ..synthesis.training import DEFAULT_PET_SCALE
 
@@ -132,6 +133,15 @@ def get_parser() -> argparse.ArgumentParser:
         "the seeds: see docs/models.md)",
     )
     g_hp.add_argument(
+        "--input-representation",
+        choices=list(REPRESENTATIONS),
+        default=DEFAULT_REPRESENTATION,
+        help="what the model sees of the T1w (synthesis/inputs.py): 'mni' the T1w after "
+        "SyN to MNI (as before issue 14), 'affine' the T1w after the affine stage only "
+        "(keeps the individual anatomy; the target PET is taken to the same space), "
+        "'mni-jacobian' the MNI T1w plus the log-Jacobian and Jacobian-modulated GM",
+    )
+    g_hp.add_argument(
         "--patience",
         type=int,
         default=0,
@@ -208,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _check_args(opts: argparse.Namespace) -> None:
+    from ..synthesis.inputs import n_channels
     from ..synthesis.registry import get_spec, prior_models, supports_prior
 
     if not opts.bids_dir.is_dir():
@@ -217,6 +228,11 @@ def _check_args(opts: argparse.Namespace) -> None:
     if opts.prior and not supports_prior(opts.model):
         raise UsageError(
             f"--prior: {opts.model} does not take a prior ({' and '.join(prior_models())} do)"
+        )
+    if opts.prior and n_channels(opts.input_representation) > 1:
+        raise UsageError(
+            f"--prior is not supported with the {opts.input_representation} input "
+            "(several channels) yet"
         )
     if not 0 < opts.val_fraction < 1:
         raise UsageError("--val-fraction must be between 0 and 1")
@@ -255,6 +271,14 @@ def find_training_files(deriv: Path, subject: str) -> dict[str, Path | None] | N
     return files if files["t1w"] and files["mask"] else None
 
 
+def find_input_files(deriv: Path, subject: str) -> dict[str, Path | None]:
+    """Every file of ``subject`` that an input representation may need
+    (``synthesis.inputs.InputSources`` fields)."""
+    from ..bids import find_input_derivatives
+
+    return find_input_derivatives(deriv, subject)
+
+
 def _preprocess(opts: argparse.Namespace, subjects: list[str]) -> Path:
     from .run import run_participant
 
@@ -271,7 +295,10 @@ def _preprocess(opts: argparse.Namespace, subjects: list[str]) -> Path:
         sloppy=opts.sloppy,
         mni_resolution=opts.mni_resolution,
         skip_synthesis=True,
-        output_spaces=[TEMPLATE_SPACE],
+        # the affine representation's target is the T1w-space PET through the affine
+        output_spaces=[TEMPLATE_SPACE]
+        if opts.input_representation != "affine"
+        else ["T1w", TEMPLATE_SPACE],
     )
     LOGGER.info("preprocessing %d participant(s) into %s", len(subjects), out)
     if run_participant(settings):
@@ -290,8 +317,9 @@ def split_folds(names: list[str], folds: int, seed: int) -> list[list[str]]:
 def train_from_args(opts: argparse.Namespace) -> int:
     """Select, preprocess (or find), load, split and train; writes MODEL_DIR."""
     _check_args(opts)
+    from ..synthesis.inputs import InputSources
     from ..synthesis.registry import get_spec, model_config
-    from ..synthesis.training import DEFAULT_PET_SCALE, load_volumes
+    from ..synthesis.training import DEFAULT_PET_SCALE, load_participant
     from .run import resolve_device
 
     device = resolve_device(opts.device)
@@ -312,8 +340,9 @@ def train_from_args(opts: argparse.Namespace) -> int:
             skipped.append(subject)
             continue
         try:
+            sources = InputSources(**find_input_files(deriv, subject))
             volumes.append(
-                load_volumes(subject, files["t1w"], files["mask"], files["pet"], pet_scale)
+                load_participant(subject, sources, opts.input_representation, pet_scale)
             )
         except (ValueError, OSError) as exc:
             raise PetSynthError(str(exc), str(files["t1w"])) from None

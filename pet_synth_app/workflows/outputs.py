@@ -9,6 +9,7 @@ from nipype.pipeline import engine as pe
 from niworkflows.engine.workflows import LiterateWorkflow as Workflow
 
 from .. import __version__
+from ..bids import AFFINE_SPACE
 from ..config import TEMPLATE_SPACE, Settings
 from ..interfaces.bids import DerivativesDataSink
 
@@ -33,6 +34,9 @@ ANAT_DERIVATIVES_INPUTS = [
     "mask_std",
     "gm_std",
     "skullstrip_method",
+    "t1w2affine_xfm",
+    "affine2std_xfm",
+    "std2affine_xfm",
 ]
 """Fields of ``init_anat_derivatives_wf``'s inputnode (outputs of ``anat_preproc_wf``)."""
 
@@ -135,6 +139,37 @@ def init_anat_derivatives_wf(
             datatype="anat",
             mode="image",
             to="T1w",
+            **{"from": TEMPLATE_SPACE},
+            **src,
+        ),
+        # registration stages (synthesis.inputs): affine-only space <-> T1w and MNI
+        "t1w2affine_xfm": _sink(
+            settings,
+            "ds_t1w2affine_xfm",
+            suffix="xfm",
+            datatype="anat",
+            mode="image",
+            to=AFFINE_SPACE,
+            **{"from": "T1w"},
+            **src,
+        ),
+        "affine2std_xfm": _sink(
+            settings,
+            "ds_affine2std_xfm",
+            suffix="xfm",
+            datatype="anat",
+            mode="image",
+            to=TEMPLATE_SPACE,
+            **{"from": AFFINE_SPACE},
+            **src,
+        ),
+        "std2affine_xfm": _sink(
+            settings,
+            "ds_std2affine_xfm",
+            suffix="xfm",
+            datatype="anat",
+            mode="image",
+            to=AFFINE_SPACE,
             **{"from": TEMPLATE_SPACE},
             **src,
         ),
