@@ -307,3 +307,15 @@ def test_log_jacobian_sign_is_local_volume(tmp_path) -> None:
     logj = log_jacobian(path, ref).get_fdata()
     inner = logj[10:-10, 10:-10, 10:-10]
     np.testing.assert_allclose(np.median(inner), np.log(1.1), atol=0.01)
+
+
+def test_log_jacobian_from_the_derivative_h5(registration: dict) -> None:
+    """Training from derivatives computes the log-Jacobian from the warp's .h5 (the
+    derivative's format): the same map as the registration's."""
+    from pet_synth_app.synthesis.inputs import InputSources, log_jacobian_std
+
+    ref = templates.get_template("T1w", 2)
+    got = log_jacobian_std(InputSources(warp=registration["warp_h5"]), ref)
+    ref_map = registration["log_jacobian"].get_fdata()
+    inside = np.asanyarray(templates.get_template("mask", 2).dataobj) > 0
+    assert _corr(got[inside], ref_map[inside]) > 0.9

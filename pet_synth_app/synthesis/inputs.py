@@ -159,10 +159,8 @@ def _warp_file(path: str | Path, reference: nib.Nifti1Image, tmp: str) -> str:
     from ..preproc.anat import nib_to_ants
 
     ref = nib_to_ants(nib.Nifti1Image(np.zeros(reference.shape[:3], np.float32), reference.affine))
-    field = ants.transform_to_displacement_field(ants.read_transform(path), ref)
-    out = os.path.join(tmp, "warp.nii.gz")
-    ants.image_write(field, out)
-    return out
+    # the .h5 is a composite holding one displacement field: compose it into a field file
+    return ants.apply_transforms(ref, ref, [path], compose=os.path.join(tmp, "warp_"))
 
 
 def log_jacobian_std(sources: InputSources, reference: nib.Nifti1Image) -> np.ndarray:
