@@ -395,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
             else ""
         )
         print(
-            f"throughput ({opts.threads} threads, {t['input_channels']} input channel(s)): "
+            f"throughput ({opts.threads} thread(s), {t['input_channels']} input channel(s)): "
             f"{per_slice}{t['gflop_per_volume']:.1f} GFLOP/volume in {t['seconds']:.2f} s, "
             f"{t['gflops']:.1f} GFLOP/s = {100 * t['gflops'] / peak:.0f} % of the "
             f"{peak:.0f} GFLOP/s matmul peak"
