@@ -179,12 +179,19 @@ def score_subject(
 
 
 def summarize(rows: list[dict]) -> dict[str, tuple[float, float]]:
-    """Mean and population SD of every key of the per-subject score dicts (NaN-free)."""
+    """Mean and population SD of every key of the per-subject score dicts, NaNs left
+    out (an infinite PSNR, a perfect prediction, gives an infinite mean and a NaN SD)."""
     keys = [k for k in rows[0] if all(k in r for r in rows)]
     out = {}
     for k in keys:
-        vals = [r[k] for r in rows if not math.isnan(r[k])]
-        out[k] = (statistics.mean(vals), statistics.pstdev(vals)) if vals else (math.nan, math.nan)
+        vals = np.array([r[k] for r in rows], np.float64)
+        vals = vals[~np.isnan(vals)]
+        if not vals.size:
+            out[k] = (math.nan, math.nan)
+        elif np.isfinite(vals).all():
+            out[k] = (float(vals.mean()), float(vals.std()))
+        else:
+            out[k] = (float(vals.mean()), math.nan)
     return out
 
 

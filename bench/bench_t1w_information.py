@@ -24,7 +24,9 @@ and, with ``--noise-free``, the noise-free PET's deviation). Rows:
 - baselines, side by side: the leave-one-out mean control PET (every control with PET in
   DERIV but the tested one, ``--loo-pool`` restricts the pool), the training controls'
   mean MNI PET and the same smoothed with a Gaussian of ``--fwhm`` mm, and for the affine
-  representation the training mean PET in affine space taken to MNI;
+  representation the training mean PET in affine space taken to MNI and the test
+  participant's own affine-space target PET taken to MNI (the round-trip ceiling: what
+  the affine-space target loses to the extra resampling);
 - *voxelwise ridge*: at every voxel, PET - mean PET regressed on the smoothed deviation of
   one input channel from its training mean (one slope per voxel, ridge ``lam``; every
   ``lam`` of the grid is reported, so the best row is chosen on the test set: an
@@ -182,6 +184,11 @@ def evaluate_representation(
 
     if space == "affine":
         add("training mean PET in affine space, to MNI", [mean_pet] * len(test))
+        # what the affine-space target loses on the way back to MNI (two resamplings):
+        # the ceiling of any prediction in this representation
+        add(
+            "own target PET in affine space, to MNI (round-trip ceiling)", [t["pet"] for t in test]
+        )
     features = [(c, c) for c in train[0]["channels"]]
     if "gm" in train[0] and all("gm" in t for t in test):
         features.append(("gm", "MNI GM probability (not a model input)"))

@@ -106,6 +106,9 @@ def test_representations_on_fake_derivatives(tmp_path, capsys):
     warped_mean = s["affine"]["training mean PET in affine space, to MNI"]
     assert warped_mean["psnr"][0] == pytest.approx(train_mean["psnr"][0], abs=0.05)
     assert mni["psnr"][0] == pytest.approx(train_mean["psnr"][0], abs=1e-6)
+    # identity affine and warp: the round trip gives the MNI PET back
+    trip = s["affine"]["own target PET in affine space, to MNI (round-trip ceiling)"]
+    assert trip["psnr"][0] > 60 and trip["r_real"][0] == pytest.approx(1.0, abs=1e-4)
     assert mni["psnr"][0] < aff["psnr"][0] - 3.0
     assert s["baselines"]["noise-free twin PET (ceiling)"]["r_clean"][0] == pytest.approx(1.0)
     printed = capsys.readouterr().out
