@@ -336,6 +336,14 @@ def find_mni_derivatives(deriv: Path, subject: str) -> dict[str, Path | None]:
     return find_mni(deriv, subject)
 
 
+def find_input_derivatives(deriv: Path, subject: str) -> dict[str, Path | None]:
+    """The files of a participant that the model input representations are built from
+    (``synthesis.inputs.InputSources`` fields; None if absent; ``layout.find_inputs``)."""
+    from .layout import find_inputs
+
+    return find_inputs(deriv, subject)
+
+
 def write_derivative_description(
     bids_dir: Path, output_dir: Path, container: dict | None = None
 ) -> Path:

@@ -22,6 +22,10 @@ STATS = {"hypometabolism": "z", "ocsvm": "score"}
 """The statistic maps (``desc``) and their statistic (``stat``): the hypometabolism Z map
 and the OC-SVM anomaly score."""
 
+AFFINE_SPACE = f"{TEMPLATE_SPACE}Affine"
+"""Label of the affine-only template space: the MNI grid reached by the affine stage of
+the T1w-to-MNI registration alone (``synthesis/inputs.py``, representation "affine")."""
+
 _NII = ".nii.gz"
 OUTPUTS: dict[str, dict[str, str]] = {
     # anatomical (named after the T1w)
@@ -42,6 +46,31 @@ OUTPUTS: dict[str, dict[str, str]] = {
         "datatype": "anat",
         "from": TEMPLATE_SPACE,
         "to": "T1w",
+        "mode": "image",
+        "suffix": "xfm",
+        "extension": ".h5",
+    },
+    # registration stages (synthesis/inputs.py): T1w -> affine space -> MNI and back
+    "t1w2affine_xfm": {
+        "datatype": "anat",
+        "from": "T1w",
+        "to": AFFINE_SPACE,
+        "mode": "image",
+        "suffix": "xfm",
+        "extension": ".mat",
+    },
+    "affine2std_xfm": {
+        "datatype": "anat",
+        "from": AFFINE_SPACE,
+        "to": TEMPLATE_SPACE,
+        "mode": "image",
+        "suffix": "xfm",
+        "extension": ".h5",
+    },
+    "std2affine_xfm": {
+        "datatype": "anat",
+        "from": TEMPLATE_SPACE,
+        "to": AFFINE_SPACE,
         "mode": "image",
         "suffix": "xfm",
         "extension": ".h5",
@@ -194,6 +223,25 @@ MNI_ROLES = ("t1w", "mask", "gm", "pet", "pseudo")
 def find_mni(deriv: Path, subject: str) -> dict[str, Path | None]:
     """A participant's template-space outputs by role (``MNI_ROLES``; None if absent)."""
     return {role: find(deriv, subject, role, TEMPLATE_SPACE) for role in MNI_ROLES}
+
+
+def find_inputs(deriv: Path, subject: str) -> dict[str, Path | None]:
+    """The files of a participant that the model input representations are built from,
+    by ``synthesis.inputs.InputSources`` field (None if absent)."""
+    mni = find_mni(deriv, subject)
+    return {
+        "t1w_std": mni["t1w"],
+        "mask_std": mni["mask"],
+        "gm_std": mni["gm"],
+        "t1w": find(deriv, subject, "t1w"),
+        "t1w_mask": find(deriv, subject, "mask"),
+        "affine": find(deriv, subject, "t1w2affine_xfm"),
+        "warp": find(deriv, subject, "affine2std_xfm"),
+        "inverse_warp": find(deriv, subject, "std2affine_xfm"),
+        "log_jacobian_std": None,
+        "pet_t1w": find(deriv, subject, "pet", "T1w"),
+        "pet_std": mni["pet"],
+    }
 
 
 def sidecar(image: Path) -> Path:

@@ -22,6 +22,7 @@ LOGGER = logging.getLogger("petsynth.train")
 
 
 def _check_args(opts: argparse.Namespace) -> None:
+    from .synthesis.inputs import n_channels
     from .synthesis.registry import get_spec, prior_models, supports_prior
 
     if not opts.bids_dir.is_dir():
@@ -31,6 +32,11 @@ def _check_args(opts: argparse.Namespace) -> None:
     if opts.prior and not supports_prior(opts.model):
         raise UsageError(
             f"--prior: {opts.model} does not take a prior ({' and '.join(prior_models())} do)"
+        )
+    if opts.prior and n_channels(opts.input_representation) > 1:
+        raise UsageError(
+            f"--prior is not supported with the {opts.input_representation} input "
+            "(several channels) yet"
         )
     if not 0 < opts.val_fraction < 1:
         raise UsageError("--val-fraction must be between 0 and 1")
@@ -84,7 +90,10 @@ def preprocessing_settings(opts: argparse.Namespace, subjects: list[str]) -> Set
             "work_dir": opts.work_dir or opts.model_dir / "work",
             "participant_label": subjects,
             "skip_synthesis": True,
-            "output_spaces": [TEMPLATE_SPACE],
+            # the affine representation's target: the T1w-space PET through the affine
+            "output_spaces": [TEMPLATE_SPACE]
+            if opts.input_representation != "affine"
+            else ["T1w", TEMPLATE_SPACE],
         }
     )
 
@@ -120,8 +129,10 @@ def train_from_args(opts: argparse.Namespace) -> int:
 
 
 def _train(opts: argparse.Namespace, device: str) -> int:
+    from .layout import find_inputs
+    from .synthesis.inputs import InputSources
     from .synthesis.registry import get_spec, model_config
-    from .synthesis.training import DEFAULT_PET_SCALE, load_volumes
+    from .synthesis.training import DEFAULT_PET_SCALE, load_participant
 
     subjects = select_participants(opts.bids_dir, opts.group, opts.participant_label)
     for name in opts.val_participants:
@@ -136,8 +147,9 @@ def _train(opts: argparse.Namespace, device: str) -> int:
             skipped.append(subject)
             continue
         try:
+            sources = InputSources(**find_inputs(deriv, subject))
             volumes.append(
-                load_volumes(subject, files["t1w"], files["mask"], files["pet"], pet_scale)
+                load_participant(subject, sources, opts.input_representation, pet_scale)
             )
         except (ValueError, OSError) as exc:
             raise PetSynthError(str(exc), str(files["t1w"])) from None

@@ -246,3 +246,76 @@ def test_normalize_t1_intensity(phantom: dict) -> None:
     assert d.min() == 0.0 and d.max() == pytest.approx(1.0)
     assert np.all(d[~m] == 0)
     assert 0.3 < np.median(d[m]) < 0.9
+
+
+def _corr(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.corrcoef(a.ravel(), b.ravel())[0, 1])
+
+
+def test_registration_stages_compose_to_the_composite(phantom: dict, registration: dict) -> None:
+    """Affine-only then the nonlinear warp (two resamplings) ~ the composite (one); the
+    inverse affine takes the affine-space image back to the T1w grid."""
+    ref = templates.get_template("T1w", 2)
+    for key in ("affine", "inverse_affine", "warp", "inverse_warp"):
+        assert Path(registration[key]).is_file(), key
+    direct = apply_transforms(phantom["brain"], ref, [registration["composite"]]).get_fdata()
+    in_affine = apply_transforms(phantom["brain"], ref, [registration["affine"]])
+    staged = apply_transforms(in_affine, ref, [registration["warp"]]).get_fdata()
+    assert _corr(staged, direct) > 0.99
+    # the affine-only image is not the MNI one (the warp does something) ...
+    assert _corr(in_affine.get_fdata(), direct) < _corr(staged, direct)
+    # ... and the inverse affine brings it back onto the T1w grid
+    back = apply_transforms(in_affine, phantom["brain"], [registration["inverse_affine"]])
+    assert _corr(back.get_fdata(), phantom["brain"].get_fdata()) > 0.97
+    # MNI -> affine space by the inverse warp, then -> T1w by the inverse affine
+    tpl_in_affine = apply_transforms(ref, ref, [registration["inverse_warp"]])
+    c = apply_transforms(tpl_in_affine, phantom["brain"], [registration["inverse_affine"]])
+    d = apply_transforms(ref, phantom["brain"], [registration["inverse_composite"]])
+    assert _corr(c.get_fdata(), d.get_fdata()) > 0.99
+
+
+def test_log_jacobian_of_the_warp(registration: dict) -> None:
+    """log det J on the template grid: finite, ~0 on average (the affine took the global
+    scale), not constant (the phantom has a local warp)."""
+    ref = templates.get_template("T1w", 2)
+    logj = registration["log_jacobian"]
+    assert logj.shape == ref.shape
+    np.testing.assert_allclose(logj.affine, ref.affine, atol=1e-4)
+    data = logj.get_fdata()
+    inside = np.asanyarray(templates.get_template("mask", 2).dataobj) > 0
+    assert np.isfinite(data).all()
+    assert abs(float(data[inside].mean())) < 0.1
+    assert float(data[inside].std()) > 0.005
+
+
+def test_log_jacobian_sign_is_local_volume(tmp_path) -> None:
+    """A displacement field that stretches x by 10 % (fixed points x -> 1.1 x) has log det
+    J = log 1.1 everywhere: larger participant tissue is positive."""
+    import ants
+
+    from pet_synth_app.preproc.anat import log_jacobian, nib_to_ants
+
+    ref = templates.get_template("T1w", 2)
+    shape = ref.shape
+    xyz = nib.affines.apply_affine(ref.affine, np.indices(shape).reshape(3, -1).T)
+    disp = np.zeros(shape + (3,), np.float32)
+    disp[..., 0] = (0.1 * xyz[:, 0]).reshape(shape) * -1.0  # RAS x -> LPS: minus sign
+    comps = [nib_to_ants(nib.Nifti1Image(disp[..., i], ref.affine)) for i in range(3)]
+    field = ants.merge_channels(comps)
+    path = str(tmp_path / "testWarp.nii.gz")
+    ants.image_write(field, path)
+    logj = log_jacobian(path, ref).get_fdata()
+    inner = logj[10:-10, 10:-10, 10:-10]
+    np.testing.assert_allclose(np.median(inner), np.log(1.1), atol=0.01)
+
+
+def test_log_jacobian_from_the_derivative_h5(registration: dict) -> None:
+    """Training from derivatives computes the log-Jacobian from the warp's .h5 (the
+    derivative's format): the same map as the registration's."""
+    from pet_synth_app.synthesis.inputs import InputSources, log_jacobian_std
+
+    ref = templates.get_template("T1w", 2)
+    got = log_jacobian_std(InputSources(warp=registration["warp_h5"]), ref)
+    ref_map = registration["log_jacobian"].get_fdata()
+    inside = np.asanyarray(templates.get_template("mask", 2).dataobj) > 0
+    assert _corr(got[inside], ref_map[inside]) > 0.9

@@ -317,6 +317,8 @@ def test_cli_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert (out / "something.txt").exists()
     assert main([str(tmp_path / "x"), "--lesion-loss", "0.5", "0.1"]) == 1
     assert "--lesion-loss" in capsys.readouterr().err
+    assert main([str(tmp_path / "x"), "--control-ages", "60", "40"]) == 1
+    assert "--control-ages" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
     with pytest.raises(SystemExit):
         main([str(tmp_path / "y"), "--n-controls", "many"])
@@ -356,3 +358,121 @@ def test_atrophy_moves_gm_to_csf_in_t1w_and_pet() -> None:
     lost = (space.gm * loss)[core]
     np.testing.assert_allclose(d_t1, lost * (anat["t1_gm"] - anat["t1_csf"]), rtol=1e-4)
     np.testing.assert_allclose(d_pet, lost * (pattern[core] - uptake["csf"]), rtol=1e-4)
+
+
+def test_age_in_participants_and_truth(cohort: Path) -> None:
+    rows = [r.split("\t") for r in (cohort / "participants.tsv").read_text().split("\n") if r]
+    ages = {r[0]: int(r[2]) for r in rows[1:]}
+    assert 20 <= ages["sub-c01"] <= 85 and 20 <= ages["sub-c02"] <= 85
+    assert 50 <= ages["sub-p01"] <= 85
+    desc = json.loads((cohort / "participants.json").read_text())
+    assert desc["age"]["Units"] == "year" and "ventricle" in desc["age"]["Description"]
+    for sub, age in ages.items():
+        geo = json.loads((cohort / TRUTH / sub / f"{sub}_geometry.json").read_text())
+        assert geo["age"] == age and geo["anatomy"]["age"] == age
+        assert 0.6 <= geo["anatomy"]["thickness_global"] <= 1.0
+        assert 0.0 <= geo["anatomy"]["ventricle_mm"] <= 11.0
+        assert geo["uptake"]["age_uptake_decline"] == pytest.approx(0.007 * max(age - 60, 0))
+        assert 0.12 <= geo["uptake"]["csf"] <= 0.18
+        assert 8.0 < geo["ventricle_volume_ml"] < 60.0
+        assert 300.0 < geo["gm_volume_ml"] < 1000.0
+
+
+def test_older_subject_larger_ventricles_thinner_cortex_lower_frontal_uptake() -> None:
+    """Same random draws, only the age differs: the 80-year-old has the older anatomy."""
+    young = phantom.simulate_subject(np.random.default_rng(11), voxel_size=4.0, age=25.0)
+    old = phantom.simulate_subject(np.random.default_rng(11), voxel_size=4.0, age=80.0)
+    gy, go = young.geometry, old.geometry
+    assert go["ventricle_volume_ml"] > 1.3 * gy["ventricle_volume_ml"]
+    assert go["csf_volume_ml"] > gy["csf_volume_ml"] + 40.0
+    assert go["gm_volume_ml"] < 0.95 * gy["gm_volume_ml"]
+    assert old.anatomy["thickness_global"] < young.anatomy["thickness_global"] - 0.1
+    assert young.uptake["age_uptake_decline"] == 0.0
+    assert old.uptake["age_uptake_decline"] == pytest.approx(0.14)
+    # native GM probabilities follow: less GM, more CSF in the T1w truth
+    gm_y, gm_o = (np.asarray(s.gm.dataobj).sum() for s in (young, old))
+    assert gm_o < 0.95 * gm_y
+    # frontal GM uptake before blur: 14 % lower at the same anatomy and pattern
+    space = phantom.load_template_space(2)
+    pattern = np.ones(space.shape, np.float32)
+    args = (space, young.uptake, young.anatomy, space.dist_out)
+    act_y = phantom.pet_activity_mni(None, *args, pattern_field=pattern)
+    args = (space, old.uptake, young.anatomy, space.dist_out)
+    act_o = phantom.pet_activity_mni(None, *args, pattern_field=pattern)
+    assert space.age_regions is not None and space.region_labels is not None
+    frontal = (space.age_regions > 0.95) & (space.gm > 0.8)
+    occipital = (space.region_labels == 95) | (space.region_labels == 96)  # occipital pole
+    occipital &= (space.gm > 0.8) & (space.age_regions < 0.01)
+    assert frontal.sum() > 100 and occipital.sum() > 10
+    gm_term = space.gm * young.uptake["csf"]  # only GM uptake differs between the two
+    ratio = (act_o - gm_term)[frontal].mean() / (act_y - gm_term)[frontal].mean()
+    assert ratio < 0.9
+    np.testing.assert_allclose(act_o[occipital], act_y[occipital], rtol=2e-3)
+
+
+def test_csf_uptake_is_15_percent_of_gm() -> None:
+    space = phantom.load_template_space(2)
+    rng = np.random.default_rng(2)
+    anat, uptake = phantom.random_anatomy(rng), phantom.random_uptake(rng)
+    assert 0.12 <= uptake["csf"] <= 0.18
+    pattern = np.ones(space.shape, np.float32)
+    act = phantom.pet_activity_mni(None, space, uptake, anat, space.dist_out, (), pattern)
+    csf_core = (space.csf > 0.97) & (space.icv > 0.99)
+    gm_core = space.gm > 0.9
+    assert csf_core.sum() > 50 and gm_core.sum() > 50
+    ratio = np.median(act[csf_core]) / np.median(act[gm_core])
+    assert ratio == pytest.approx(uptake["csf"], abs=0.02)  # 1-3 % GM in the CSF core
+    assert 0.11 < ratio < 0.19
+
+
+def test_cortical_thickness_moves_the_pial_boundary() -> None:
+    space = phantom.load_template_space(2)
+    assert space.pial_depth is not None and space.ribbon_mm is not None
+    same = phantom.morphed_space(space, 1.0, 0.0)
+    np.testing.assert_array_equal(same.gm, space.gm)
+    volumes = [
+        phantom.tissue_volumes_ml(phantom.morphed_space(space, t, 0.0)) for t in (1, 0.9, 0.8)
+    ]
+    gm = [v["gm_volume_ml"] for v in volumes]
+    assert gm[0] > gm[1] > gm[2] and 0.8 < gm[2] / gm[0] < 0.92
+    assert {v["wm_volume_ml"] for v in volumes} == {volumes[0]["wm_volume_ml"]}
+    thin = phantom.morphed_space(space, 0.9, 0.0)
+    np.testing.assert_allclose(thin.gm + thin.csf, space.gm + space.csf, atol=1e-5)
+    # GM is lost at the outer (CSF) side only: 10 % of <= 8 mm is < one 2 mm voxel
+    deep = space.pial_depth >= 2 * space.resolution
+    np.testing.assert_array_equal(thin.gm[deep], space.gm[deep])
+    outer = (space.pial_depth == 0) & (space.gm > 0.2) & (space.ribbon_mm > 0)
+    assert (thin.gm[outer] < space.gm[outer]).mean() > 0.9
+
+
+def test_ventricles_grow_and_tissue_is_conserved() -> None:
+    space = phantom.load_template_space(2)
+    base = phantom.tissue_volumes_ml(space)
+    grown = phantom.morphed_space(space, 1.0, 4.0)
+    vol = phantom.tissue_volumes_ml(grown)
+    assert 18.0 < base["ventricle_volume_ml"] < 25.0  # MNI-space lateral ventricles
+    assert vol["ventricle_volume_ml"] > 1.5 * base["ventricle_volume_ml"]
+    assert vol["wm_volume_ml"] < base["wm_volume_ml"] - 5.0
+    total = sum(base[k] for k in ("gm_volume_ml", "wm_volume_ml", "csf_volume_ml"))
+    total_grown = sum(vol[k] for k in ("gm_volume_ml", "wm_volume_ml", "csf_volume_ml"))
+    assert total_grown == pytest.approx(total, rel=0.005)  # the skull does not move
+    outside = np.ones(space.shape, bool)
+    assert space.ventricle_box is not None
+    outside[space.ventricle_box] = False
+    np.testing.assert_array_equal(grown.gm[outside], space.gm[outside])
+
+
+def test_morphometry_deterministic_and_age_driven() -> None:
+    space = phantom.load_template_space(2)
+    f1, p1 = phantom.random_morphometry(np.random.default_rng(4), space, 70.0)
+    f2, p2 = phantom.random_morphometry(np.random.default_rng(4), space, 70.0)
+    np.testing.assert_array_equal(f1, f2)
+    assert p1 == p2
+    m1 = phantom.regional_metabolism(np.random.default_rng(4), space)
+    m2 = phantom.regional_metabolism(np.random.default_rng(4), space)
+    np.testing.assert_array_equal(m1, m2)
+    assert 0.75 < m1.min() and m1.max() < 1.3 and m1.std() > 0.01
+    ages = np.arange(20, 86, 5)
+    runs = [phantom.random_morphometry(np.random.default_rng(0), space, a)[1] for a in ages]
+    assert np.all(np.diff([r["ventricle_mm"] for r in runs]) >= 0)
+    assert np.all(np.diff([r["thickness_global"] for r in runs]) <= 0)

@@ -65,6 +65,23 @@ def get_parser() -> argparse.ArgumentParser:
         help="range of lesion GM-weighted volume (ml)",
     )
     parser.add_argument(
+        "--control-ages",
+        type=int,
+        nargs=2,
+        default=(20, 85),
+        metavar=("LOW", "HIGH"),
+        help="age range of the controls (years, uniform); age drives cortical thinning, "
+        "ventricle size and the frontal/cingulate FDG decline",
+    )
+    parser.add_argument(
+        "--patient-ages",
+        type=int,
+        nargs=2,
+        default=(50, 85),
+        metavar=("LOW", "HIGH"),
+        help="age range of the patients (years, uniform)",
+    )
+    parser.add_argument(
         "--overwrite",
         action="store_true",
         help="replace a previous petsynth-simulate dataset in OUT",
@@ -89,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
             n_4d=args.n_4d,
             lesion_loss=(args.lesion_loss[0], args.lesion_loss[1]),
             lesion_volume_ml=(args.lesion_volume_ml[0], args.lesion_volume_ml[1]),
+            control_ages=(args.control_ages[0], args.control_ages[1]),
+            patient_ages=(args.patient_ages[0], args.patient_ages[1]),
         )
         start = time.perf_counter()
 

@@ -22,6 +22,7 @@ LOGGER = logging.getLogger("petsynth.train")
 
 
 def get_parser() -> argparse.ArgumentParser:
+    from ..synthesis.inputs import DEFAULT_REPRESENTATION, REPRESENTATIONS
     from ..synthesis.registry import DEFAULT_MODEL, MODELS
     from ..synthesis.training import DEFAULT_PET_SCALE
 
@@ -123,6 +124,15 @@ def get_parser() -> argparse.ArgumentParser:
         "domains and predict a residual to the mean of their output domain "
         "(shipped with the weights; cyclegan-mse and cyclegan only; not in "
         "the papers: see docs/models.md)",
+    )
+    g_hp.add_argument(
+        "--input-representation",
+        choices=list(REPRESENTATIONS),
+        default=DEFAULT_REPRESENTATION,
+        help="what the model sees of the T1w (synthesis/inputs.py): 'mni' the T1w after "
+        "SyN to MNI (as before issue 14), 'affine' the T1w after the affine stage only "
+        "(keeps the individual anatomy; the target PET is taken to the same space), "
+        "'mni-jacobian' the MNI T1w plus the log-Jacobian and Jacobian-modulated GM",
     )
     g_hp.add_argument(
         "--patience",

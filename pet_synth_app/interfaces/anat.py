@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import nibabel as nib
+import numpy as np
 from nipype.interfaces.base import (
     BaseInterfaceInputSpec,
     File,
@@ -114,12 +115,20 @@ class _RegisterInputSpec(BaseInterfaceInputSpec):
     preset = traits.Enum("default", "sloppy", "precise", usedefault=True)
     seed = traits.Int(0, usedefault=True)
     num_threads = traits.Int(1, usedefault=True)
+    reference = File(exists=True, desc="output grid of log_jacobian (default: template)")
 
 
 class _RegisterOutputSpec(TraitedSpec):
     composite = File(exists=True, desc="T1w -> MNI composite transform (.h5)")
     inverse_composite = File(exists=True, desc="MNI -> T1w composite transform (.h5)")
     warped = File(exists=True, desc="T1w brain resampled in MNI")
+    affine = File(exists=True, desc="affine stage only, T1w -> MNI grid (.mat)")
+    inverse_affine = File(exists=True, desc="inverse of the affine stage (.mat)")
+    warp = File(exists=True, desc="nonlinear part, affine space -> MNI (.nii.gz field)")
+    inverse_warp = File(exists=True, desc="nonlinear part, MNI -> affine space (.nii.gz)")
+    warp_h5 = File(exists=True, desc="warp as an ITK .h5 transform")
+    inverse_warp_h5 = File(exists=True, desc="inverse_warp as an ITK .h5 transform")
+    log_jacobian = File(exists=True, desc="log det Jacobian of warp, MNI (reference grid)")
 
 
 class RegisterToTemplate(SimpleInterface):
@@ -143,6 +152,19 @@ class RegisterToTemplate(SimpleInterface):
         self._results["inverse_composite"] = res["inverse_composite"]
         self._results["warped"] = _out(runtime, "t1w_brain_std.nii.gz")
         res["warped"].to_filename(self._results["warped"])
+        for key in ("affine", "inverse_affine", "warp", "inverse_warp"):
+            self._results[key] = res[key]
+        self._results["warp_h5"] = res["warp_h5"]
+        self._results["inverse_warp_h5"] = res["inverse_warp_h5"]
+        logj = res["log_jacobian"]
+        if self.inputs.reference:
+            from ..preproc.anat import apply_transforms
+
+            ref = nib.load(self.inputs.reference)
+            if logj.shape != ref.shape[:3] or not np.allclose(logj.affine, ref.affine, atol=1e-3):
+                logj = apply_transforms(logj, ref, [])
+        self._results["log_jacobian"] = _out(runtime, "log_jacobian_std.nii.gz")
+        logj.to_filename(self._results["log_jacobian"])
         return runtime
 
 
@@ -223,16 +245,20 @@ class ApplyMask(SimpleInterface):
         return runtime
 
 
+class _NormalizeInputSpec(_ImageMaskInputSpec):
+    out_name = traits.Str("t1w_std_norm.nii.gz", usedefault=True)
+
+
 class NormalizeT1(SimpleInterface):
     """Scale the T1w to [0, 1] inside the brain mask (deep-model input)."""
 
-    input_spec = _ImageMaskInputSpec
+    input_spec = _NormalizeInputSpec
     output_spec = _SingleOutputSpec
 
     def _run_interface(self, runtime):
         from ..preproc.anat import normalize_t1_intensity
 
         img = normalize_t1_intensity(nib.load(self.inputs.in_file), nib.load(self.inputs.mask))
-        self._results["out_file"] = _out(runtime, "t1w_std_norm.nii.gz")
+        self._results["out_file"] = _out(runtime, self.inputs.out_name)
         img.to_filename(self._results["out_file"])
         return runtime

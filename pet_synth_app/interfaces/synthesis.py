@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import os
 
-import nibabel as nib
 from nipype.interfaces.base import (
     BaseInterfaceInputSpec,
     File,
     SimpleInterface,
     TraitedSpec,
+    isdefined,
     traits,
 )
 
@@ -17,8 +17,13 @@ from ..config import SYNTHESIS_FWHM_MM
 
 
 class _SynthesizeInputSpec(BaseInterfaceInputSpec):
-    t1w_norm = File(exists=True, mandatory=True, desc="brain T1w in MNI scaled to [0, 1]")
-    mask = File(exists=True, mandatory=True, desc="brain mask in MNI (same grid)")
+    mask_std = File(exists=True, mandatory=True, desc="brain mask in MNI (the output grid)")
+    t1w_std = File(exists=True, desc="N4 T1w in MNI (mni, mni-jacobian)")
+    gm_std = File(exists=True, desc="GM probability in MNI (mni-jacobian)")
+    logjac_std = File(exists=True, desc="log det Jacobian of the warp in MNI (mni-jacobian)")
+    t1w = File(exists=True, desc="N4 T1w in T1w space (affine)")
+    t1w_mask = File(exists=True, desc="brain mask in T1w space (affine)")
+    t1w2affine_xfm = File(exists=True, desc="affine stage T1w -> MNI grid, .mat (affine)")
     weights = File(exists=True, mandatory=True, desc="model weights (.safetensors + card)")
     device = traits.Enum("cpu", "cuda", usedefault=True)
     nthreads = traits.Int(1, usedefault=True, desc="torch CPU threads")
@@ -26,22 +31,37 @@ class _SynthesizeInputSpec(BaseInterfaceInputSpec):
 
 
 class _SynthesizeOutputSpec(TraitedSpec):
-    out_file = File(exists=True, desc="pseudo-normal PET (SUVR) in MNI space")
+    out_file = File(exists=True, desc="pseudo-normal PET (SUVR), MNI grid (input space)")
     metadata = traits.Dict(desc="model name, card, weights sha256, settings")
 
 
 class SynthesizePET(SimpleInterface):
-    """T1w (MNI, [0, 1]) -> pseudo-normal FDG PET (MNI, SUVR) with a trained model."""
+    """Pseudo-normal FDG PET (SUVR) with a trained model, from the participant's files in
+    the card's input representation (``synthesis.inputs.build_model_input``). The output
+    is on the MNI grid, in MNI space, or in affine space for an "affine" model."""
 
     input_spec = _SynthesizeInputSpec
     output_spec = _SynthesizeOutputSpec
 
     def _run_interface(self, runtime):
-        from ..synthesis.inference import synthesize_pet
+        from ..synthesis.inference import synthesize_from_sources
+        from ..synthesis.inputs import InputSources
 
-        img, meta = synthesize_pet(
-            nib.load(self.inputs.t1w_norm),
-            nib.load(self.inputs.mask),
+        def opt(name):
+            value = getattr(self.inputs, name)
+            return value if isdefined(value) else None
+
+        sources = InputSources(
+            t1w_std=opt("t1w_std"),
+            mask_std=self.inputs.mask_std,
+            gm_std=opt("gm_std"),
+            log_jacobian_std=opt("logjac_std"),
+            t1w=opt("t1w"),
+            t1w_mask=opt("t1w_mask"),
+            affine=opt("t1w2affine_xfm"),
+        )
+        img, meta = synthesize_from_sources(
+            sources,
             self.inputs.weights,
             device=self.inputs.device,
             nthreads=self.inputs.nthreads,

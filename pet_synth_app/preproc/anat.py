@@ -603,7 +603,11 @@ def register_to_template(
     - ``"inverse_composite"``: MNI -> T1w ``.h5``,
     - ``"fwd_transforms"`` / ``"inv_transforms"``: the same as ANTs lists of files
       (``inv_transforms`` needs ``"inv_invert"`` flags: affines are inverted),
-    - ``"warped"``: the T1w brain resampled into MNI at ``resolution`` mm (float32).
+    - ``"warped"``: the T1w brain resampled into MNI at ``resolution`` mm (float32),
+    - the stages (:func:`registration_stages`): ``"affine"``, ``"inverse_affine"``
+      (``.mat``), ``"warp"``, ``"inverse_warp"`` (``.nii.gz``), with ``[warp, affine]``
+      equal to the composite,
+    - ``"log_jacobian"``: log det Jacobian of ``warp`` on the template grid (float32).
 
     Presets (see ``_PRESETS`` for the measurements): ``"sloppy"`` (Mattes SyN at 8/4 mm,
     ~7 s wall, for tests), ``"default"`` (CC SyN 40x10x2, ~30 s wall, GM Dice 0.970 on a
@@ -698,6 +702,7 @@ def register_to_template(
     composite = _compose(fwd, [False] * len(fwd), out_prefix + "Composite.h5")
     inverse = _compose(inv, inv_flags, out_prefix + "InverseComposite.h5")
     warped = apply_transforms(t1_brain, tpl, fwd)
+    stages = registration_stages(fwd, out_prefix)
     return {
         "composite": composite,
         "inverse_composite": inverse,
@@ -705,7 +710,62 @@ def register_to_template(
         "inv_transforms": inv,
         "inv_invert": inv_flags,
         "warped": warped,
+        **stages,
+        "log_jacobian": log_jacobian(stages["warp"], tpl),
     }
+
+
+def registration_stages(fwd: list[str], out_prefix: str) -> dict:
+    """The stages of a collapsed rigid+affine+SyN transform list (ANTs order
+    ``[warp, affine]``) as separate files, without re-running anything:
+
+    - ``"affine"``: the affine stage, T1w -> MNI (``.mat``; resamples a T1w-space image
+      onto the MNI grid without the nonlinear part: the "affine space"),
+    - ``"inverse_affine"``: its inverse written as a ``.mat`` (MNI-grid affine space ->
+      T1w), so that resampling never needs an invert flag,
+    - ``"warp"``: the nonlinear part, affine space -> MNI (displacement field on the MNI
+      grid; ``[warp]`` applied to an affine-space image gives the composite result),
+    - ``"inverse_warp"``: MNI -> affine space,
+    - ``"warp_h5"``/``"inverse_warp_h5"``: the same two as ITK ``.h5`` files.
+    """
+    warps = [p for p in fwd if p.endswith("Warp.nii.gz")]
+    affs = [p for p in fwd if p.endswith(".mat")]
+    if len(warps) != 1 or len(affs) != 1:
+        raise RuntimeError(f"expected one warp and one affine, got {fwd}")
+    inv_affine = out_prefix + "InverseAffine.mat"
+    ants.write_transform(ants.invert_ants_transform(ants.read_transform(affs[0])), inv_affine)
+    iwarp = warps[0][: -len("Warp.nii.gz")] + "InverseWarp.nii.gz"
+    return {
+        "affine": affs[0],
+        "inverse_affine": inv_affine,
+        "warp": warps[0],
+        "inverse_warp": iwarp,
+        # the same fields as ITK transform files (the derivatives' .h5 xfm convention)
+        "warp_h5": _compose([warps[0]], [False], out_prefix + "Warp.h5"),
+        "inverse_warp_h5": _compose([iwarp], [False], out_prefix + "InverseWarp.h5"),
+    }
+
+
+def log_jacobian(warp: str, reference: nib.Nifti1Image) -> nib.Nifti1Image:
+    """log det of the Jacobian of a displacement field (``warp``), on its own grid and
+    then linearly resampled onto ``reference`` (an MNI-space grid), float32.
+
+    For the T1w -> MNI warp (a map from MNI points to affine-space points) a positive
+    value means the participant's (affine-normalized) tissue is locally *larger* than
+    the template's: VBM modulation multiplies the warped GM by ``exp(log_jacobian)``.
+    """
+    field = ants.image_read(warp)
+    domain = ants.image_clone(field.split_channels()[0] if field.components > 1 else field)
+    jac = ants.create_jacobian_determinant_image(domain, warp, do_log=True)
+    out = ants_to_nib(jac)
+    data = np.nan_to_num(np.asanyarray(out.dataobj, dtype=np.float32))
+    out = _like(data, out)
+    reference = _as3d(reference, "reference")
+    if out.shape != reference.shape[:3] or not np.allclose(
+        out.affine, reference.affine, atol=1e-3
+    ):
+        out = apply_transforms(out, reference, [])
+    return out
 
 
 def apply_transforms(

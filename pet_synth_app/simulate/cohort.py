@@ -60,6 +60,14 @@ GEOMETRY_KEYS: dict[str, str] = {
     "template_resolution_mm": "work grid resolution (1 or 2 mm)",
     "lesions": "per lesion: label, center_mni, center_t1w, radius_mm, volume_ml, ...",
     "anatomy / uptake": "random T1w contrast, GM atrophy and FDG uptake parameters",
+    "age": "age (years) of participants.tsv that drives the anatomy and uptake below",
+    "anatomy.thickness_global / thickness_regional": "cortical thickness factor vs template",
+    "anatomy.ventricle_mm": "outward growth of the lateral ventricle walls (mm)",
+    "uptake.age_uptake_decline": "fractional frontal/cingulate/insular/calcarine GM decline",
+    "gm_volume_ml / wm_volume_ml / csf_volume_ml / ventricle_volume_ml": (
+        "tissue volumes (work grid x affine Jacobian); ventricles: CSF within 12 mm of the "
+        "Harvard-Oxford lateral ventricles"
+    ),
 }
 
 
@@ -75,6 +83,8 @@ class CohortConfig:
     n_4d: int | None = None
     lesion_loss: tuple[float, float] = (0.10, 0.30)
     lesion_volume_ml: tuple[float, float] = (1.0, 20.0)
+    control_ages: tuple[int, int] = (20, 85)
+    patient_ages: tuple[int, int] = (50, 85)
 
     def validate(self) -> None:
         """Raise ``ValueError`` with a one-line message on inconsistent settings."""
@@ -99,6 +109,12 @@ class CohortConfig:
         lo, hi = self.lesion_volume_ml
         if not 0.0 < lo <= hi <= 60.0:
             raise ValueError("--lesion-volume-ml needs 0 < LOW <= HIGH <= 60 (ml)")
+        for option, (lo, hi) in (
+            ("--control-ages", self.control_ages),
+            ("--patient-ages", self.patient_ages),
+        ):
+            if not 18 <= lo <= hi <= 100:
+                raise ValueError(f"{option} needs 18 <= LOW <= HIGH <= 100 (years)")
 
     def t1w_only_count(self) -> int:
         """Controls without PET (default: one in four controls, rounded down)."""
@@ -312,8 +328,18 @@ LESION_COLUMNS = [
 ]
 
 
+def demographics(plan: SubjectPlan, config: CohortConfig) -> dict[str, Any]:
+    """Age (integer years, uniform over the group's inclusive range) and sex of a planned
+    subject, from its demographics stream (1)."""
+    demo = plan.rng(config.seed, 1)
+    low, high = config.patient_ages if plan.group == "patient" else config.control_ages
+    age = int(demo.integers(low, high + 1))
+    return {"age": age, "sex": "F" if demo.random() < 0.5 else "M"}
+
+
 def write_subject(out_dir: Path, plan: SubjectPlan, config: CohortConfig) -> PhantomSubject:
     """Simulate one planned subject and write its raw files and truth."""
+    age = demographics(plan, config)["age"]
     rng = plan.rng(config.seed)
     n_lesions = int(rng.integers(1, 3)) if plan.group == "patient" else 0
     n_frames = int(rng.integers(3, 5)) if plan.is_4d else 1
@@ -326,6 +352,7 @@ def write_subject(out_dir: Path, plan: SubjectPlan, config: CohortConfig) -> Pha
         lesion_volume_ml=config.lesion_volume_ml,
         with_pet=plan.with_pet,
         n_frames=n_frames,
+        age=float(age),
     )
     sub = plan.participant_id
     anat = out_dir / sub / "anat"
@@ -349,6 +376,7 @@ def write_subject(out_dir: Path, plan: SubjectPlan, config: CohortConfig) -> Pha
     geometry = {
         "participant_id": sub,
         "group": plan.group,
+        "age": age,
         **subject.geometry,
         "warp_file": warp_name,
         "lesions": [
@@ -386,12 +414,17 @@ Simulated with {GENERATOR} {__version__} (seed {config.seed}). Not real data.
 
 - {config.n_controls} controls and {config.n_patients} patients; {n_pet} subjects have FDG
   PET ({sum(p.is_4d for p in plans)} of them 4D with inter-frame motion).
+- Age (participants.tsv: controls {config.control_ages[0]}-{config.control_ages[1]},
+  patients {config.patient_ages[0]}-{config.patient_ages[1]} years) drives cortical thinning
+  (pial boundary moved inward, sulci widen), lateral ventricle enlargement and, after 60,
+  a 7 %/decade FDG decline in frontal, cingulate, insular and calcarine cortex.
 - T1w: MNI152NLin2009aSym template anatomy with a synthetic skull and scalp, smooth
   subject-specific regional GM atrophy (0-45 % of the GM replaced by CSF), a random rigid + scale
   transform and a smooth warp, bias field and Rician noise, stored in its own native
   voxel order at {config.voxel_size} mm.
-- PET: FDG-like uptake (GM with regional variation, WM, CSF, scalp) on the same atrophied
-  tissue maps (partial volume), PSF blur, noise, rigid misalignment to the T1w, Bq/mL.
+- PET: FDG-like uptake (GM with regional metabolic variation, WM, CSF ~15 % of GM, scalp)
+  on the subject's own tissue maps (partial volume), PSF blur, noise, rigid misalignment
+  to the T1w, Bq/mL.
 - Patients have 1-2 cortical hypometabolic lesions ({config.lesion_loss[0]:.0%}-
   {config.lesion_loss[1]:.0%} uptake loss, {config.lesion_volume_ml[0]}-
   {config.lesion_volume_ml[1]} ml GM-weighted volume).
@@ -433,14 +466,11 @@ def write_cohort(
     (out / "README").write_text(_readme(config, plans))
     rows = []
     for plan in plans:
-        demo = plan.rng(config.seed, 1)
-        low = 55 if plan.group == "patient" else 50
         rows.append(
             {
                 "participant_id": plan.participant_id,
                 "group": plan.group,
-                "age": int(demo.integers(low, 81)),
-                "sex": "F" if demo.random() < 0.5 else "M",
+                **demographics(plan, config),
             }
         )
     _write_tsv(out / "participants.tsv", ["participant_id", "group", "age", "sex"], rows)
@@ -452,7 +482,15 @@ def write_cohort(
                 "Description": "Diagnostic group of the simulated subject",
                 "Levels": {"control": "healthy control", "patient": "hypometabolic lesions"},
             },
-            "age": {"Description": "Age at scan", "Units": "year"},
+            "age": {
+                "Description": f"Age at scan (controls uniform {config.control_ages[0]}-"
+                f"{config.control_ages[1]}, patients {config.patient_ages[0]}-"
+                f"{config.patient_ages[1]}). In the phantom it drives cortical thinning, "
+                "lateral ventricle enlargement and the FDG decline in frontal, cingulate, "
+                "insular and calcarine cortex after 60 (truth: "
+                "derivatives/truth/sub-*/sub-*_geometry.json, anatomy and uptake)",
+                "Units": "year",
+            },
             "sex": {"Description": "Sex", "Levels": {"F": "female", "M": "male"}},
         },
     )

@@ -15,6 +15,15 @@ Spaces and conventions (all coordinates are RAS world millimetres, as in NIfTI s
 - **PET**: the PET scanner space. ``x_pet = pet_from_t1w @ x_t1w`` (rigid). For 4D PET
   every frame has its own matrix; frame 0 is the reference (``pet_from_t1w``).
 
+Subject anatomy and PET (all on the work grid, before the subject transforms): the
+template tissue maps get the subject's lateral ventricle growth and cortical thinning
+(:func:`random_morphometry`, :func:`morphed_space`; driven by ``age``) and a smooth
+partial-volume GM loss (:func:`random_atrophy`); the T1w and the FDG activity
+(:func:`pet_activity_mni`: GM x regional pattern x age decline x lesions + WM + CSF at
+~15 % of GM + scalp) are both computed from these same tissue fractions, and the PET is
+then blurred with the PSF. What registration to MNI removes (ventricle and sulcal
+geometry) therefore still shows in the PET as partial volume, as in real FDG data.
+
 Everything is deterministic for a given ``numpy.random.Generator`` state.
 """
 
@@ -106,6 +115,16 @@ class TemplateSpace:
     distance (mm) outside the intracranial surface (0 inside); ``uptake_pattern``: relative
     regional FDG uptake of GM (~0.8-1.1); ``cortex``: flat indices of cortical GM voxels
     (Harvard-Oxford cortical label, GM >= 0.6, |x| >= 4 mm) used as lesion centres.
+
+    Anatomy-variation maps (see :func:`morphed_space`): ``region_labels`` (uint8
+    Harvard-Oxford label, 0 = none); ``age_regions``: soft (4 mm) mask of the regions
+    whose FDG uptake declines with age (frontal, cingulate, insular, calcarine cortex);
+    ``pial_depth``: distance (mm) from the outer (CSF-side) boundary of the tissue
+    (GM + WM >= 0.5; 0 outside it); ``ribbon_mm``: local cortical thickness estimate
+    ``distance to WM + pial_depth`` (mm, <= 8), 0 outside cerebral cortex;
+    ``ventricle_box``: work-grid slices around the lateral ventricles; ``ventricle_field``
+    (3, box): outward-pointing unit-max direction field (RAS, minus the gradient of the
+    ventricle mask smoothed with a 6 mm Gaussian) used to enlarge the ventricles.
     """
 
     resolution: int
@@ -118,6 +137,12 @@ class TemplateSpace:
     dist_out: np.ndarray
     uptake_pattern: np.ndarray
     cortex: np.ndarray
+    region_labels: np.ndarray | None = None
+    age_regions: np.ndarray | None = None
+    pial_depth: np.ndarray | None = None
+    ribbon_mm: np.ndarray | None = None
+    ventricle_box: tuple[slice, slice, slice] | None = None
+    ventricle_field: np.ndarray | None = None
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -228,6 +253,7 @@ def load_template_space(resolution: int = 1) -> TemplateSpace:
     cortical = (ho_data >= 1) & (ho_data <= 96) & (gm >= 0.6)
     cortical &= (np.abs(x_mm) >= 4.0)[:, None, None]
     cortex = np.flatnonzero(cortical)
+    maps = _anatomy_maps(affine, gm, wm, ho_data, resolution)
     return TemplateSpace(
         resolution=resolution,
         affine=affine,
@@ -239,7 +265,64 @@ def load_template_space(resolution: int = 1) -> TemplateSpace:
         dist_out=dist_out,
         uptake_pattern=pattern,
         cortex=cortex,
+        **maps,
     )
+
+
+AGE_UPTAKE_KEYWORDS = ("frontal", "precentral", "cingulate", "insular", "calcarine")
+"""Harvard-Oxford regions with an age-related FDG decline after PVC (Greve et al. 2016)."""
+VENTRICLE_LABELS = ("lateral_ventric",)
+VENTRICLE_SIGMA_MM = 8.0
+VENTRICLE_STEP_MM = 3.0
+RIBBON_MAX_MM = 8.0
+
+
+def _anatomy_maps(
+    affine: np.ndarray, gm: np.ndarray, wm: np.ndarray, ho_data: np.ndarray, resolution: int
+) -> dict[str, Any]:
+    """Subject-independent maps for cortical thinning, ventricle growth and age uptake."""
+    _, ho_labels = load_atlas("harvard_oxford")
+    res = float(resolution)
+    names = {v: n.lower() for v, n in ho_labels.items()}
+    age_ids = [v for v, n in names.items() if any(k in n for k in AGE_UPTAKE_KEYWORDS)]
+    age_regions = ndi.gaussian_filter(np.isin(ho_data, age_ids).astype(np.float32), 4.0 / res)
+    # Cortical ribbon: distance to the CSF side and to the WM core (mm), computed in the
+    # bounding box of the tissue (+ 12 mm) to keep the template build fast.
+    idx = np.array(np.nonzero((gm + wm) > 0.01))
+    pad = int(np.ceil(12.0 / res))
+    lo = np.maximum(idx.min(1) - pad, 0)
+    hi = np.minimum(idx.max(1) + pad + 1, gm.shape)
+    crop = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
+    tissue = (gm[crop] + wm[crop]) >= 0.5
+    pial_depth = np.zeros(gm.shape, np.float32)
+    pial_depth[crop] = ndi.distance_transform_edt(tissue, sampling=res)
+    d_wm = ndi.distance_transform_edt(wm[crop] < 0.5, sampling=res).astype(np.float32)
+    cortical = ((ho_data[crop] >= 1) & (ho_data[crop] <= 96)).astype(np.float32)
+    near_cortex = ndi.gaussian_filter(cortical, 1.5 / res) > 0.02  # ~3 mm dilation
+    ribbon = np.zeros(gm.shape, np.float32)
+    ribbon[crop] = np.where(near_cortex, np.minimum(d_wm + pial_depth[crop], RIBBON_MAX_MM), 0)
+    del d_wm, near_cortex, cortical, tissue
+    # Lateral ventricles: outward direction field in a box around them.
+    vent_ids = [v for v, n in names.items() if any(k in n for k in VENTRICLE_LABELS)]
+    vent = np.isin(ho_data, vent_ids)
+    idx = np.array(np.nonzero(vent))
+    margin = int(np.ceil(4.0 * VENTRICLE_SIGMA_MM / res))
+    lo = np.maximum(idx.min(1) - margin, 0)
+    hi = np.minimum(idx.max(1) + margin + 1, vent.shape)
+    box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
+    phi = ndi.gaussian_filter(vent[box].astype(np.float32), VENTRICLE_SIGMA_MM / res)
+    grad = np.stack(np.gradient(phi, res))
+    # voxel axes -> RAS directions (the work grid is axis aligned with positive steps)
+    grad *= np.sign(np.diag(affine)[:3])[:, None, None, None]
+    field_ = -grad / max(float(np.linalg.norm(grad, axis=0).max()), 1e-12)
+    return {
+        "region_labels": ho_data.astype(np.uint8),
+        "age_regions": age_regions.astype(np.float32),
+        "pial_depth": pial_depth,
+        "ribbon_mm": ribbon.astype(np.float32),
+        "ventricle_box": box,
+        "ventricle_field": field_.astype(np.float32),
+    }
 
 
 # --------------------------------------------------------------------------------------
@@ -482,6 +565,145 @@ def atrophied_space(space: TemplateSpace, loss: np.ndarray) -> TemplateSpace:
     return replace(space, gm=(space.gm - lost).astype(np.float32), csf=(space.csf + lost))
 
 
+AGE_RANGE = (20.0, 85.0)
+"""Default age distribution of a phantom, uniform (years)."""
+THICKNESS_AT_20 = 0.95
+THICKNESS_PER_YEAR = 0.0025
+THICKNESS_SD = 0.04
+VENTRICLE_MAX_MM = 8.0
+VENTRICLE_SD = 0.25
+AGE_UPTAKE_ONSET = 60.0
+AGE_UPTAKE_PER_DECADE = 0.07
+CSF_UPTAKE = (0.12, 0.18)
+"""CSF FDG uptake relative to GM, uniform: Greve et al. 2016 measured ~15 % of GM."""
+
+
+def random_morphometry(
+    rng: np.random.Generator, space: TemplateSpace, age: float
+) -> tuple[np.ndarray, dict[str, float]]:
+    """Per-subject geometric anatomy driven by ``age``: cortical thickness and ventricles.
+
+    Returns the cortical thickness factor field (relative to the template, work grid) and
+    the parameters:
+
+    - ``thickness_global`` = 0.95 - 0.0025 x (age - 20) + N(0, 0.04), clipped to
+      [0.6, 1.0]: the template (young adults) thinned by ~0.25 % of its thickness per year
+      (~16 % from 20 to 85; the order of magnitude of the cross-sectional cortical
+      thinning of Salat et al. 2004, Cereb Cortex 14:721, an assumption of this phantom,
+      not a fit) plus individual variation;
+    - ``thickness_regional`` ~ U(0.04, 0.10): amplitude of a smooth regional field
+      (Legendre degree 3, [-1, 1]); the local factor is ``global x (1 + regional x f)``;
+    - ``ventricle_mm`` = 8 x ((age - 20) / 65) ** 1.5 x exp(N(0, 0.25)) (<= 11 mm): the
+      lateral ventricles grow outward by up to this many mm (see :func:`morphed_space`):
+      at the median from ~23 ml (MNI volume; ~17 ml native) at 20 years to ~55 ml at 85
+      (~2.5-fold; cross-sectional lifespan studies report roughly two- to threefold
+      larger lateral ventricles in the ninth than in the third decade; an assumption of
+      this phantom, not a fit).
+    """
+    ageing = float(np.clip((age - AGE_RANGE[0]) / (AGE_RANGE[1] - AGE_RANGE[0]), 0.0, 1.5))
+    base = THICKNESS_AT_20 - THICKNESS_PER_YEAR * (age - AGE_RANGE[0])
+    params = {
+        "age": float(age),
+        "thickness_global": float(np.clip(base + THICKNESS_SD * rng.standard_normal(), 0.6, 1.0)),
+        "thickness_regional": float(rng.uniform(0.04, 0.10)),
+        "ventricle_mm": float(
+            min(
+                VENTRICLE_MAX_MM * ageing**1.5 * np.exp(VENTRICLE_SD * rng.standard_normal()), 11.0
+            )
+        ),
+    }
+    f = _smooth_field(rng, _unit_axes(space.shape), 3)
+    factor = params["thickness_global"] * (1.0 + params["thickness_regional"] * f)
+    return np.clip(factor, 0.5, 1.0).astype(np.float32), params
+
+
+def _expand_ventricles(space: TemplateSpace, volumes: list[np.ndarray], mm: float) -> None:
+    """In place: move tissue outward from the lateral ventricles by ``mm x field``."""
+    if space.ventricle_box is None or space.ventricle_field is None or mm <= 0.0:
+        return
+    box = space.ventricle_box
+    grid = np.indices(space.ventricle_field.shape[1:], dtype=np.float32)
+    offset = np.array([s.start for s in box], dtype=np.float32)[:, None, None, None]
+    # steps of <= VENTRICLE_STEP_MM keep every step's Jacobian positive (no folding)
+    steps = int(np.ceil(mm / VENTRICLE_STEP_MM))
+    src = grid + offset - (mm / steps / space.resolution) * space.ventricle_field
+    for _ in range(steps):
+        for vol in volumes:
+            vol[box] = ndi.map_coordinates(vol, src, order=1, mode="nearest")
+
+
+def morphed_space(
+    space: TemplateSpace, thickness: np.ndarray | float, ventricle_mm: float
+) -> TemplateSpace:
+    """Copy of ``space`` with this subject's ventricles and cortical thickness.
+
+    1. Ventricles: the tissue maps are resampled at ``x - ventricle_mm x v(x)`` with ``v``
+       the outward direction field (``space.ventricle_field``, smooth, max |v| = 1), in
+       steps of <= 3 mm (each step folds nothing), so the ventricle walls move out by up
+       to ``ventricle_mm`` and the periventricular tissue is
+       compressed (CSF volume grows, tissue volume shrinks; the ICV is unchanged).
+    2. Cortical thinning by moving the pial boundary: the cortex is thinned by
+       ``delta = (1 - thickness) x ribbon_mm`` (mm); a voxel whose outer edge lies ``e``
+       mm below the CSF-side boundary (``max(pial_depth - voxel, 0)``; the partial-volume
+       voxels outside the boundary share layer 0) loses the fraction
+       ``clip((delta - e) / voxel, 0, 1)`` of its GM to CSF, so the sulci and the
+       subarachnoid space widen. ``thickness`` 1 = the template.
+    """
+    gm, wm, csf = space.gm.copy(), space.wm.copy(), space.csf.copy()
+    _expand_ventricles(space, [gm, wm, csf], ventricle_mm)
+    if space.ribbon_mm is not None and space.pial_depth is not None:
+        delta = (1.0 - np.asarray(thickness, np.float32)) * space.ribbon_mm
+        res = space.resolution
+        # depth of the voxel's outer edge below the boundary; the first tissue layer and
+        # the partial-volume voxels just outside it form layer 0
+        edge = np.maximum(space.pial_depth - res, 0.0)
+        lost = np.clip((delta - edge) / res, 0.0, 1.0)
+        lost *= gm
+        gm -= lost
+        csf += lost
+        del lost, delta
+    return replace(space, gm=gm, wm=wm, csf=csf)
+
+
+def tissue_volumes_ml(space: TemplateSpace, jacobian: float = 1.0) -> dict[str, float]:
+    """GM, WM, CSF and lateral-ventricle CSF volumes (ml) of a work-grid space.
+
+    ``jacobian`` scales work-grid (MNI) volumes to the subject (determinant of the MNI ->
+    T1w affine). Ventricle CSF: the CSF within 12 mm of the Harvard-Oxford lateral
+    ventricles.
+    """
+    vox = space.resolution**3 * jacobian / 1000.0
+    out = {
+        "gm_volume_ml": float(space.gm.sum(dtype=np.float64)) * vox,
+        "wm_volume_ml": float(space.wm.sum(dtype=np.float64)) * vox,
+        "csf_volume_ml": float(space.csf.sum(dtype=np.float64)) * vox,
+    }
+    if space.ventricle_box is not None and space.region_labels is not None:
+        box = space.ventricle_box
+        zone = _ventricle_zone(space.region_labels[box], space.resolution)
+        out["ventricle_volume_ml"] = float(space.csf[box][zone].sum(dtype=np.float64)) * vox
+    return out
+
+
+def _ventricle_zone(labels: np.ndarray, res: float) -> np.ndarray:
+    """Harvard-Oxford lateral ventricles dilated by 12 mm (where they can grow)."""
+    _, names = load_atlas("harvard_oxford")
+    ids = [v for v, n in names.items() if any(k in n.lower() for k in VENTRICLE_LABELS)]
+    return ndi.distance_transform_edt(~np.isin(labels, ids), sampling=res) <= 12.0
+
+
+def age_uptake(age: float) -> dict[str, float]:
+    """Age effect on GM FDG uptake in frontal, cingulate, insular and calcarine cortex.
+
+    Greve et al. 2016 (NeuroImage 132:334, 99 subjects aged 65-87, SGTM PVC) found about
+    7 % decline per decade in frontal and cingulate (and primary visual and insular)
+    cortex. Implemented: uptake x (1 - 0.07 x max(age - 60, 0) / 10) in those regions
+    (Harvard-Oxford, 4 mm soft edges); no decline assumed before 60 (not measured there).
+    """
+    decline = AGE_UPTAKE_PER_DECADE * max(age - AGE_UPTAKE_ONSET, 0.0) / 10.0
+    return {"age_uptake_decline": float(decline)}
+
+
 def head_layers(
     rng: np.random.Generator, space: TemplateSpace, anat: dict[str, float]
 ) -> np.ndarray:
@@ -517,7 +739,7 @@ def random_uptake(rng: np.random.Generator) -> dict[str, float]:
     return {
         "gm_bqml": float(rng.uniform(7000.0, 15000.0)),
         "wm": float(rng.uniform(0.25, 0.35)),
-        "csf": float(rng.uniform(0.03, 0.07)),
+        "csf": float(rng.uniform(*CSF_UPTAKE)),
         "skull": float(rng.uniform(0.0, 0.03)),
         "muscle": float(rng.uniform(0.15, 0.25)),
         "fat": float(rng.uniform(0.03, 0.08)),
@@ -686,16 +908,55 @@ def pet_activity_mni(
         },
     )
     outside = np.interp(layers, d, prof, right=0.0).astype(np.float32)
+    decline = float(uptake.get("age_uptake_decline", 0.0))
+    if decline and space.age_regions is not None:
+        factor = factor * (1.0 - decline * space.age_regions)
     act = space.gm * pattern_field * factor + space.wm * uptake["wm"] + space.csf * uptake["csf"]
     return (act + (1.0 - space.icv) * outside).astype(np.float32)
+
+
+METABOLIC_REGION_SD = 0.07
+"""SD of the per-region (both hemispheres) log uptake factor of a subject."""
+METABOLIC_SIDE_SD = 0.02
+"""SD of the additional per-hemisphere log uptake factor of a region."""
+
+
+def regional_metabolism(rng: np.random.Generator, space: TemplateSpace) -> np.ndarray:
+    """Per-subject regional GM uptake factors (smooth at 4 mm; ~1 +- 7 %) on the work grid.
+
+    Every Harvard-Oxford region gets ``exp(0.07 z_region + 0.02 z_side)``; ``z_region`` is
+    shared by the left and right region of the same name. This is the metabolic
+    variation that the T1w cannot show. With the gamma and the smooth field of
+    :func:`random_pattern_field` it gives a regional GM SUVR CoV (metabolism alone,
+    noise-free, template anatomy, 111 Harvard-Oxford regions, 100 draws) of median 4.0 %
+    (10-90 %: 3.2-4.6 %); without these factors it was 0.4 % (with SDs of 4 and 1.5 %:
+    2.4 %). Healthy-control regional FDG SUVR CoVs are ~5-10 % with anatomy, partial
+    volume and noise included.
+    """
+    if space.region_labels is None:
+        return np.ones(space.shape, np.float32)
+    _, names = load_atlas("harvard_oxford")
+    n = int(max(names)) + 1
+    pairs = sorted({names[v].lower().replace("left_", "").replace("right_", "") for v in names})
+    z_pair = rng.standard_normal(len(pairs))
+    z_side = rng.standard_normal(n)
+    lut = np.ones(max(n, 256), np.float32)
+    for v, name in names.items():
+        key = name.lower().replace("left_", "").replace("right_", "")
+        z = METABOLIC_REGION_SD * z_pair[pairs.index(key)] + METABOLIC_SIDE_SD * z_side[v]
+        lut[v] = np.exp(z)
+    out = lut[space.region_labels]
+    return ndi.gaussian_filter(out, 4.0 / space.resolution, mode="nearest").astype(np.float32)
 
 
 def random_pattern_field(
     rng: np.random.Generator, space: TemplateSpace, uptake: dict[str, float]
 ) -> np.ndarray:
-    """Subject GM uptake pattern: atlas pattern ** gamma x (1 + smooth random field)."""
+    """Subject GM uptake pattern: atlas pattern ** gamma x (1 + smooth random field) x
+    regional factors (:func:`regional_metabolism`)."""
     rand = _smooth_field(rng, _unit_axes(space.shape), 3)
     out = space.uptake_pattern ** uptake["pattern_gamma"] * (1.0 + uptake["pattern_random"] * rand)
+    out *= regional_metabolism(rng, space)
     return out.astype(np.float32)
 
 
@@ -792,22 +1053,31 @@ def simulate_subject(
     with_pet: bool = True,
     n_frames: int = 1,
     scanner: PetScanner | None = None,
+    age: float | None = None,
 ) -> PhantomSubject:
     """Simulate one subject: T1w head (native grid), FDG PET (scanner grid) and truth.
 
     ``voxel_size`` is the isotropic T1w voxel size in mm (the work grid is 1 mm below
     1.5 mm, else 2 mm). ``n_lesions`` > 0 makes a patient. ``n_frames`` > 1 gives 4D PET
-    with inter-frame motion. ~10-15 s and < 2 GB at 1 mm (after the template is cached).
+    with inter-frame motion. ``age`` (years; default drawn from U(20, 85)) drives the
+    cortical thickness, ventricle size and frontal/cingulate uptake
+    (:func:`random_morphometry`, :func:`age_uptake`). ~10-15 s and < 2 GB at 1 mm (after
+    the template is cached).
     """
     if not 0.5 <= voxel_size <= 4.0:
         raise ValueError("voxel size must be between 0.5 and 4 mm")
     template = load_template_space(1 if voxel_size < 1.5 else 2)
+    if age is None:
+        age = float(rng.uniform(*AGE_RANGE))
     anat = random_anatomy(rng)
     gm_loss, atrophy = random_atrophy(rng, template)
     anat.update(atrophy)
-    space = atrophied_space(template, gm_loss)
-    del gm_loss
+    thickness, morph = random_morphometry(rng, template, age)
+    anat.update(morph)
+    space = atrophied_space(morphed_space(template, thickness, morph["ventricle_mm"]), gm_loss)
+    del gm_loss, thickness
     uptake = random_uptake(rng)
+    uptake.update(age_uptake(age))
 
     # MNI -> T1w: rigid + per-axis scale around MNI 0, then scanner translation.
     g = rng.uniform(-0.05, 0.05)
@@ -892,6 +1162,8 @@ def simulate_subject(
         "t1w_affine": affine.tolist(),
         "brain_volume_ml": float(brain_bin.sum()) * voxvol,
         "template_resolution_mm": space.resolution,
+        "age": float(age),
+        **tissue_volumes_ml(space, jac),
     }
     subject = PhantomSubject(
         t1w=t1_img,

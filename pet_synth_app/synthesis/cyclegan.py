@@ -21,7 +21,7 @@ import torch
 
 from .losses import cycle_loss, discriminator_loss, gan_loss, paired_mse_loss
 from .model import ImagePool, SynthesisModel, kind_from_config, set_requires_grad
-from .networks import PatchGAN, ResnetGenerator
+from .networks import PatchGAN, ResnetGenerator, input_channels
 
 
 class CycleGAN(SynthesisModel):
@@ -31,22 +31,23 @@ class CycleGAN(SynthesisModel):
         super().__init__(config)
         c = self.config
         dims, ch = int(c["spatial_dims"]), int(c["channels"])
+        ch_a = ch * input_channels(c)  # the T1w domain: every representation channel
         self.kind = kind_from_config(c)
         prior_shape = c.get("prior_shape")
         if prior_shape is not None and dims != 2:
             raise ValueError("a prior is only supported by the semi-3D (slice) models")
+        if prior_shape is not None and ch_a != ch:
+            raise ValueError("a prior is only supported with single-channel input")
         gen = dict(
             spatial_dims=dims,
-            in_channels=ch,
-            out_channels=ch,
             ngf=int(c["ngf"]),
             n_blocks=int(c["n_blocks"]),
             prior_shape=prior_shape,
             input_prior=prior_shape is not None and bool(c.get("prior_input")),
         )
-        self.G_B = ResnetGenerator(**gen)  # T1w -> PET
-        self.G_A = ResnetGenerator(**gen)  # PET -> T1w
-        self.D_A = PatchGAN(dims, ch, int(c["ndf"]))
+        self.G_B = ResnetGenerator(in_channels=ch_a, out_channels=ch, **gen)  # T1w -> PET
+        self.G_A = ResnetGenerator(in_channels=ch, out_channels=ch_a, **gen)  # PET -> T1w
+        self.D_A = PatchGAN(dims, ch_a, int(c["ndf"]))
         self.D_B = PatchGAN(dims, ch, int(c["ndf"]))
         self._rng = torch.Generator().manual_seed(int(c.get("seed", 0)))
         self.pool_A = ImagePool(int(c["pool_size"]), self._rng)

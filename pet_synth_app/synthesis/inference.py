@@ -112,9 +112,9 @@ def _batched(
     device: str,
     prior: np.ndarray | None = None,
 ) -> np.ndarray:
-    """[0, 1] samples (n, c, ...) -> [0, 1] outputs; ``prior`` samples (same shape) are
-    appended as channels."""
-    out = np.empty_like(samples)
+    """[0, 1] samples (n, c, ...) -> [0, 1] outputs (n, c_out, ...); ``prior`` samples
+    (same shape) are appended as channels."""
+    outs = []
     with torch.inference_mode():
         for start in range(0, len(samples), batch_size):
             x = torch.from_numpy(samples[start : start + batch_size]).to(device)
@@ -122,8 +122,28 @@ def _batched(
                 p = torch.from_numpy(prior[start : start + batch_size]).to(device)
                 x = torch.cat([x, p], 1)
             y = generator(x * 2.0 - 1.0)
-            out[start : start + batch_size] = ((y + 1.0) * 0.5).clamp(0, 1).cpu().numpy()
-    return out
+            outs.append(((y + 1.0) * 0.5).clamp(0, 1).cpu().numpy().astype(samples.dtype))
+    return np.concatenate(outs) if outs else np.empty_like(samples)
+
+
+def channel_slices(channels: np.ndarray, context: int = CONTEXT_SLICES) -> np.ndarray:
+    """(C, x, y, z) channels -> (z, C * context, x, y) semi-3D samples, channel-major
+    (the ``context`` adjacent slices of channel 0, then of channel 1, ...)."""
+    return np.concatenate([volume_to_slices(c, context) for c in channels], 1)
+
+
+def channel_patches(channels: np.ndarray, patch: int = 32, keep: int = 16) -> np.ndarray:
+    """(C, x, y, z) channels -> (n, C, p, p, p) 3D patches (``volume_to_patches`` each)."""
+    return np.concatenate([volume_to_patches(c, patch, keep) for c in channels], 1)
+
+
+def _as_channels(t1w: np.ndarray) -> np.ndarray:
+    t1w = np.asarray(t1w, dtype=np.float32)
+    if t1w.ndim == 3:
+        return t1w[None]
+    if t1w.ndim != 4:
+        raise ValueError(f"expected an (x, y, z) or (C, x, y, z) input, got {t1w.shape}")
+    return t1w
 
 
 def generator_prior(generator: nn.Module, shape: tuple[int, ...]) -> np.ndarray | None:
@@ -162,7 +182,8 @@ def predict_volume(
     keep: int = 16,
     inplane_box: tuple[slice, slice] | None = None,
 ) -> np.ndarray:
-    """Translate a [0, 1] T1w volume (x, y, z) into a [0, 1] PET volume on the same grid.
+    """Translate a [0, 1] T1w volume (x, y, z), or the (C, x, y, z) channels of an input
+    representation (``synthesis.inputs``), into a [0, 1] PET volume on the same grid.
 
     Only slices/patches overlapping nonzero input are run through the network (the rest
     is 0). Slices are cropped in-plane to ``inplane_box`` (the training crop, so instance
@@ -173,17 +194,18 @@ def predict_volume(
     slices at the same positions as extra channels (after those of its input-domain mean,
     if it has one).
     """
-    t1w = np.asarray(t1w, dtype=np.float32)
-    prior = generator_prior(generator, t1w.shape)
-    input_prior = generator_input_prior(generator, t1w.shape)
-    out = np.zeros_like(t1w)
-    nonzero = np.argwhere(t1w > 0)
+    chans = _as_channels(t1w)
+    grid = chans.shape[1:]
+    prior = generator_prior(generator, grid)
+    input_prior = generator_input_prior(generator, grid)
+    out = np.zeros(grid, np.float32)
+    nonzero = np.argwhere((chans > 0).any(0))
     if nonzero.size == 0:
         return out
     lo = np.maximum(nonzero.min(0) - 2, 0)
-    hi = np.minimum(nonzero.max(0) + 3, t1w.shape)
+    hi = np.minimum(nonzero.max(0) + 3, grid)
     box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
-    sub = t1w[box]
+    sub = chans[(slice(None),) + box]
     if kind == "slices":
         # keep the full z range so neighbour slices are real context, not padding
         xy = (box[0], box[1])
@@ -192,8 +214,8 @@ def predict_volume(
         ):
             xy = inplane_box
         zbox = (xy[0], xy[1], slice(None))
-        sub = t1w[zbox]
-        samples, (nx, ny) = _pad_inplane(volume_to_slices(sub), size_multiple)
+        sub = chans[(slice(None),) + zbox]
+        samples, (nx, ny) = _pad_inplane(channel_slices(sub), size_multiple)
         prior_samples = None
         if prior is not None:
             priors = [p for p in (input_prior, prior) if p is not None]
@@ -202,19 +224,19 @@ def predict_volume(
             )
         pred = _batched(generator, samples, batch_size, device, prior_samples)[..., :nx, :ny]
         pred_vol = slices_to_volume(pred)
-        zs = np.zeros(t1w.shape[2], bool)
+        zs = np.zeros(grid[2], bool)
         zs[box[2]] = True
         pred_vol[:, :, ~zs] = 0.0
         out[zbox] = pred_vol
     elif kind == "patches":
         if prior is not None:
             raise ValueError("3D-patch models do not take a prior")
-        patches = volume_to_patches(sub, patch, keep)
+        patches = channel_patches(sub, patch, keep)
         run = patches.reshape(len(patches), -1).max(1) > 0
-        pred = np.zeros_like(patches)
+        pred = np.zeros_like(patches[:, :1])
         if run.any():
             pred[run] = _batched(generator, patches[run], batch_size, device)
-        out[box] = patches_to_volume(pred, sub.shape, patch, keep)
+        out[box] = patches_to_volume(pred, sub.shape[1:], patch, keep)
     else:
         raise ValueError(f"unknown model kind {kind!r}")
     return out
@@ -277,6 +299,7 @@ def synthesize_pet(
     nthreads: int = 1,
     fwhm_mm: float | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
+    extra_channels: list[nib.Nifti1Image] | None = None,
 ) -> tuple[nib.Nifti1Image, dict]:
     """Pseudo-normal FDG PET (SUVR units, 0 outside ``mask``) from a [0, 1] T1w in MNI.
 
@@ -285,36 +308,100 @@ def synthesize_pet(
     Gaussian of ``fwhm_mm`` (None: the card's tuned ``smoothing_fwhm_mm``, else the
     seed's 1.5 mm) and returned on the input grid. Metadata names the model,
     the weights' sha256 and the settings used.
+
+    ``t1w_norm`` (and ``extra_channels``, same grid) are the channels of the card's input
+    representation, already built (:func:`synthesize_from_sources` builds them from a
+    participant's files with ``synthesis.inputs.build_model_input``); the output is in
+    the space of the input (MNI, or the affine space of an ``"affine"`` model).
     """
     generator, card = load_generator(weights, device)
+    return _synthesize(
+        [t1w_norm, *(extra_channels or [])],
+        mask,
+        generator,
+        card,
+        weights,
+        device,
+        fwhm_mm,
+        batch_size,
+    )
+
+
+@with_thread_limits("nthreads")
+def synthesize_from_sources(
+    sources,
+    weights: str | Path,
+    device: str = "cpu",
+    nthreads: int = 1,
+    fwhm_mm: float | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> tuple[nib.Nifti1Image, dict]:
+    """:func:`synthesize_pet` of a participant's ``synthesis.inputs.InputSources``: the
+    model input is built in the card's representation (``input.representation``, "mni"
+    for older cards) by ``build_model_input``. The pseudo-PET is on the MNI grid, in MNI
+    space for "mni"/"mni-jacobian" and in affine space for "affine" (``metadata
+    ["InputRepresentation"]`` says which)."""
+    from .inputs import build_model_input, card_representation
+
+    generator, card = load_generator(weights, device)
+    rep = card_representation(card)
+    model_input = build_model_input(rep, sources)
+    imgs = [nib.Nifti1Image(c, model_input.affine) for c in model_input.channels]
+    mask = nib.Nifti1Image(model_input.mask.astype(np.uint8), model_input.affine)
+    return _synthesize(imgs, mask, generator, card, weights, device, fwhm_mm, batch_size)
+
+
+def _synthesize(
+    channels: list[nib.Nifti1Image],
+    mask: nib.Nifti1Image,
+    generator: nn.Module,
+    card: dict,
+    weights: str | Path,
+    device: str,
+    fwhm_mm: float | None,
+    batch_size: int,
+) -> tuple[nib.Nifti1Image, dict]:
+    from .inputs import card_representation
+    from .networks import input_channels
+
+    rep = card_representation(card)
+    if len(channels) != input_channels(card["config"]):
+        raise PetSynthError(
+            f"the model takes {input_channels(card['config'])} input channel(s) "
+            f"({rep} representation), got {len(channels)}"
+        )
     spec_in = card["input"]
     fwhm_mm = smoothing_fwhm(card, fwhm_mm)
-    original = nib.squeeze_image(t1w_norm)  # the output goes back on this grid
-    t1w_norm = nib.as_closest_canonical(original)  # z = inferior-superior for slicing
+    original = nib.squeeze_image(channels[0])  # the output goes back on this grid
+    canon = [nib.as_closest_canonical(nib.squeeze_image(c)) for c in channels]
+    t1w_norm = canon[0]  # z = inferior-superior for slicing
     mask = nib.as_closest_canonical(nib.squeeze_image(mask))
     model_vox = float(spec_in["voxel_size_mm"])
-    work_t1, work_mask = t1w_norm, mask
+    work, work_mask = canon, mask
     resampled = not np.allclose(t1w_norm.header.get_zooms()[:3], model_vox, atol=1e-3)
     prior_grid = card["config"].get("prior_shape")
     if prior_grid and list(t1w_norm.shape[:3]) != list(prior_grid):
         resampled = True  # a prior lives on the training grid: bring the input there
     if resampled:
         ref = get_template("T1w", int(round(model_vox)))
-        work_t1 = _resample_to(t1w_norm, ref, 1)
+        work = [_resample_to(c, ref, 1) for c in canon]
         work_mask = _resample_to(mask, ref, 0)
-    data = np.clip(np.nan_to_num(np.asanyarray(work_t1.dataobj, dtype=np.float32)), 0, 1)
     keep = np.asanyarray(work_mask.dataobj) > 0
-    data[~keep] = 0.0
+    data = np.stack(
+        [np.clip(np.nan_to_num(np.asanyarray(c.dataobj, dtype=np.float32)), 0, 1) for c in work]
+    )
+    data[:, ~keep] = 0.0
     box = None
     trained_box = spec_in.get("training_inplane_box")
-    if trained_box and list(spec_in.get("grid_shape", [])) == list(data.shape):
+    if trained_box and list(spec_in.get("grid_shape", [])) == list(data.shape[1:]):
         box = tuple(slice(int(a), int(b)) for a, b in trained_box)
-    pet01 = predict_with_config(data, generator, card["config"], device, batch_size, box)
+    model_in = data[0] if len(data) == 1 else data
+    pet01 = predict_with_config(model_in, generator, card["config"], device, batch_size, box)
     suvr = pet01 * float(spec_in["pet_scale"])
-    zooms = work_t1.header.get_zooms()[:3]
+    zooms = work[0].header.get_zooms()[:3]
     suvr = gaussian_smooth(suvr, fwhm_mm, zooms)
     suvr[~keep] = 0.0
-    out = nib.Nifti1Image(suvr.astype(np.float32), work_t1.affine)
+    out = nib.Nifti1Image(suvr.astype(np.float32), work[0].affine)
     if resampled:
         out = _resample_to(out, t1w_norm, 1)
         final = np.asanyarray(out.dataobj, dtype=np.float32) * (np.asanyarray(mask.dataobj) > 0)
@@ -331,6 +418,7 @@ def synthesize_pet(
         "ModelWeights": Path(weights).name,
         "ModelWeightsSha256": card["sha256"],  # verified against the file on load
         "ModelTrainingData": card.get("training", {}).get("data", "unknown"),
+        "InputRepresentation": rep,
         "SmoothingFWHM": fwhm_mm,
         "Units": "SUVR",
         "ReferenceRegion": spec_in.get("pet_reference_region", "gm-mean"),
@@ -341,6 +429,8 @@ def synthesize_pet(
 
 __all__ = [
     "CONTEXT_SLICES",
+    "channel_patches",
+    "channel_slices",
     "DEFAULT_FWHM_MM",
     "gaussian_smooth",
     "generator_input_prior",
@@ -351,6 +441,7 @@ __all__ = [
     "predict_volume",
     "predict_with_config",
     "slices_to_volume",
+    "synthesize_from_sources",
     "synthesize_pet",
     "volume_to_patches",
     "volume_to_slices",

@@ -17,6 +17,13 @@ _NORM = {2: nn.InstanceNorm2d, 3: nn.InstanceNorm3d}
 _PAD = {2: nn.ReflectionPad2d, 3: nn.ReflectionPad3d}
 
 
+def input_channels(config: dict) -> int:
+    """Image channels of the input representation (``synthesis.inputs``; 1 when the
+    config has none, as before issue 14). A semi-3D generator sees ``channels`` adjacent
+    slices of each: ``channels * input_channels(config)`` input planes, channel-major."""
+    return int(config.get("input_channels") or 1)
+
+
 def _check_dims(spatial_dims: int) -> None:
     if spatial_dims not in (2, 3):
         raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")

@@ -7,7 +7,7 @@ import torch
 
 from .losses import discriminator_loss, gan_loss, paired_l1_loss
 from .model import SynthesisModel, kind_from_config, set_requires_grad
-from .networks import PatchGAN, UnetGenerator
+from .networks import PatchGAN, UnetGenerator, input_channels
 
 
 class Pix2Pix(SynthesisModel):
@@ -18,8 +18,9 @@ class Pix2Pix(SynthesisModel):
         c = self.config
         dims, ch = int(c["spatial_dims"]), int(c["channels"])
         self.kind = kind_from_config(c)
-        self.G = UnetGenerator(dims, ch, ch, int(c["ngf"]), int(c["n_down"]))
-        self.D = PatchGAN(dims, 2 * ch, int(c["ndf"]))
+        ch_a = ch * input_channels(c)  # every channel of the input representation
+        self.G = UnetGenerator(dims, ch_a, ch, int(c["ngf"]), int(c["n_down"]))
+        self.D = PatchGAN(dims, ch_a + ch, int(c["ndf"]))
 
     @property
     def generator(self) -> UnetGenerator:

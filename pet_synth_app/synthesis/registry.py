@@ -26,11 +26,13 @@ _SEMI3D_CYCLE = {
     "pool_size": 50,
     "prior_shape": None,
     "prior_input": None,
+    "input_channels": None,
 }
 # prior_shape: grid of the mean-training-image prior (PetSynth's residual option; None in
 # the papers): set by ``petsynth-train --prior`` from the training data; prior_input: the
 # generators also see the mean image of their input domain (set by --prior; None in
-# models trained before it, which see only the output-domain mean)
+# models trained before it, which see only the output-domain mean); input_channels: image
+# channels of the input representation (synthesis.inputs; None = 1, as before issue 14)
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,7 @@ MODELS: dict[str, ModelSpec] = {
                 "pool_size": 50,
                 "patch_size": 32,
                 "patch_stride": 8,
+                "input_channels": None,
             },
             paired=True,
             citation="cyclegan",
@@ -100,7 +103,14 @@ MODELS: dict[str, ModelSpec] = {
         ModelSpec(
             "pix2pix",
             Pix2Pix,
-            {**_TRAINING, **_SEMI3D, "n_down": 4, "lambda_l1": 100.0, "gan_mode": "vanilla"},
+            {
+                **_TRAINING,
+                **_SEMI3D,
+                "n_down": 4,
+                "lambda_l1": 100.0,
+                "gan_mode": "vanilla",
+                "input_channels": None,
+            },
             paired=True,
             citation="pix2pix",
             description="semi-3D Pix2Pix (U-Net generator, conditional PatchGAN, L1 x100)",

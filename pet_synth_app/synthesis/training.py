@@ -19,17 +19,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
 from ..analysis.metrics import image_metrics
 from ..errors import PetSynthError
-from ..preproc.anat import normalize_t1_intensity
 from .inference import (
     CONTEXT_SLICES,
     DEFAULT_FWHM_MM,
+    channel_slices,
     gaussian_smooth,
     predict_with_config,
     volume_to_slices,
@@ -45,14 +44,52 @@ MIN_SLICE_FRACTION = 0.1  # slices with less brain than this fraction of the lar
 
 @dataclass
 class Volumes:
-    """One participant's training volumes on the MNI grid (x, y, z)."""
+    """One participant's training volumes on the MNI grid (x, y, z), in the space of its
+    input representation (``synthesis.inputs``: MNI, or the affine space)."""
 
     name: str
-    t1w: np.ndarray  # [0, 1]
+    t1w: np.ndarray  # [0, 1], the first input channel
     pet: np.ndarray | None  # [0, 1] (SUVR / pet_scale); None for T1w-only participants
     mask: np.ndarray  # bool brain mask
     affine: np.ndarray
     pet_suvr: np.ndarray | None = None  # SUVR, for validation metrics
+    extra: np.ndarray | None = None  # (C - 1, x, y, z) further input channels, [0, 1]
+    representation: str = "mni"
+
+    @property
+    def channels(self) -> np.ndarray:
+        """The model input: (x, y, z) for one channel, else (C, x, y, z)."""
+        if self.extra is None or len(self.extra) == 0:
+            return self.t1w
+        return np.concatenate([self.t1w[None], self.extra])
+
+    @property
+    def masked_channels(self) -> np.ndarray:
+        return self.channels * self.mask
+
+
+def load_participant(
+    name: str,
+    sources,
+    representation: str = "mni",
+    pet_scale: float = DEFAULT_PET_SCALE,
+    with_pet: bool = True,
+) -> Volumes:
+    """Model-ready volumes of one participant from its ``synthesis.inputs.InputSources``
+    in ``representation``, through ``build_model_input`` (the function inference uses).
+    ValueError when a file the representation needs is missing or grids differ."""
+    from .inputs import build_model_input
+
+    try:
+        mi = build_model_input(representation, sources, with_pet=with_pet)
+    except PetSynthError as exc:
+        raise ValueError(f"{name}: {exc}") from None
+    pet = suvr = None
+    if mi.pet_suvr is not None:
+        suvr = mi.pet_suvr
+        pet = np.clip(suvr / pet_scale, 0.0, 1.0) * mi.mask
+    extra = mi.channels[1:] if len(mi.channels) > 1 else None
+    return Volumes(name, mi.channels[0], pet, mi.mask, mi.affine, suvr, extra, representation)
 
 
 def load_volumes(
@@ -62,17 +99,12 @@ def load_volumes(
     pet_std: str | Path | None,
     pet_scale: float = DEFAULT_PET_SCALE,
 ) -> Volumes:
-    """Model-ready volumes from MNI-space derivatives (T1w, brain mask, SUVR PET)."""
-    t1_img, mask_img = nib.load(str(t1w_std)), nib.load(str(mask_std))
-    t1 = np.asanyarray(normalize_t1_intensity(t1_img, mask_img).dataobj, dtype=np.float32)
-    mask = np.asanyarray(mask_img.dataobj) > 0
-    pet = suvr = None
-    if pet_std is not None:
-        suvr = np.nan_to_num(np.asanyarray(nib.load(str(pet_std)).dataobj, dtype=np.float32))
-        if suvr.shape != t1.shape:
-            raise ValueError(f"{name}: PET and T1w MNI grids differ")
-        pet = np.clip(suvr / pet_scale, 0.0, 1.0) * mask
-    return Volumes(name, t1, pet, mask, t1_img.affine, suvr)
+    """Model-ready volumes from MNI-space derivatives (T1w, brain mask, SUVR PET): the
+    ``"mni"`` representation of :func:`load_participant`."""
+    from .inputs import InputSources
+
+    sources = InputSources(t1w_std=t1w_std, mask_std=mask_std, pet_std=pet_std)
+    return load_participant(name, sources, "mni", pet_scale)
 
 
 # ------------------------------------------------------------------ sampling
@@ -119,7 +151,8 @@ def slice_samples(
         if v.pet is None and paired:
             continue
         zs = _slice_indices(v.mask)
-        t1s.append(volume_to_slices(v.t1w[box], CONTEXT_SLICES)[zs])
+        chans = v.channels if v.channels.ndim == 4 else v.channels[None]
+        t1s.append(channel_slices(chans[(slice(None),) + box], CONTEXT_SLICES)[zs])
         z_t1.append(zs)
         if v.pet is not None:
             pets.append(volume_to_slices(v.pet[box], CONTEXT_SLICES)[zs])
@@ -172,9 +205,10 @@ def patch_samples(
         grid = grid[v.mask[centres[:, 0], centres[:, 1], centres[:, 2]]]
         if max_per_volume and len(grid) > max_per_volume:
             grid = grid[np.sort(rng.choice(len(grid), max_per_volume, replace=False))]
+        chans = v.channels if v.channels.ndim == 4 else v.channels[None]
         for i, j, k in grid:
             sl = (slice(i, i + patch), slice(j, j + patch), slice(k, k + patch))
-            t1s.append(v.t1w[sl][None])
+            t1s.append(chans[(slice(None),) + sl])
             pets.append(v.pet[sl][None])
             src.append(f"{v.name}:{i},{j},{k}")
     if not t1s:
@@ -272,7 +306,7 @@ def predict_pet_suvr(
     """Full-volume SUVR prediction as at inference (stack, rescale, smooth, mask)."""
     model.eval()
     pred = predict_with_config(
-        v.t1w * v.mask, model.generator, model.config, device, inplane_box=inplane_box
+        v.masked_channels, model.generator, model.config, device, inplane_box=inplane_box
     )
     zooms = np.sqrt((v.affine[:3, :3] ** 2).sum(0))
     suvr = gaussian_smooth(pred * pet_scale, fwhm_mm, tuple(zooms))
@@ -330,7 +364,7 @@ def tune_smoothing(
         if v.pet is None:
             continue
         pred = predict_with_config(
-            v.t1w * v.mask, generator, card["config"], device, inplane_box=box
+            v.masked_channels, generator, card["config"], device, inplane_box=box
         )
         preds.append((v, pred * pet_scale))
     sweep = []
@@ -368,8 +402,11 @@ def run_fingerprint(
     """What must not change between an interrupted run and its resumption (the epoch
     schedule may: a finished run can be extended with a longer one)."""
     schedule = {"n_epochs", "n_epochs_decay"}
-    # unset options (None) are left out, so runs of versions without them still resume
+    reps = {v.representation for v in train_v + val_v} - {"mni"}
+    # unset options (None) and the "mni" input are left out, so runs of versions without
+    # them still resume
     return {
+        **({"input_representation": sorted(reps)} if reps else {}),
         "model": model_name,
         "config": {
             k: config[k] for k in sorted(config) if k not in schedule and config[k] is not None
@@ -416,6 +453,17 @@ def train(
     spec = get_spec(model_name)
     if spec.paired and not paired:
         raise ValueError(f"{model_name} needs paired T1w/PET")
+    reps = {v.representation for v in train_volumes + val_volumes}
+    if len(reps) > 1:
+        raise PetSynthError(f"training volumes mix input representations {sorted(reps)}")
+    representation = reps.pop() if reps else "mni"
+    n_in = 1 if train_volumes[0].extra is None else 1 + len(train_volumes[0].extra)
+    if n_in > 1:
+        if prior:
+            raise PetSynthError(
+                f"--prior is not supported with the multi-channel {representation} input yet"
+            )
+        config = {**config, "input_channels": n_in}
     if prior:
         if not supports_prior(model_name):
             raise PetSynthError(
@@ -565,6 +613,7 @@ def train(
                     best,
                     box,
                     card_extra,
+                    representation,
                 ),
             )
         _write_log(out_dir / "training_log.tsv", history)
@@ -610,9 +659,22 @@ def train(
 
 
 def _card(
-    name, config, pet_scale, fwhm_mm, train_v, val_v, paired, seed, history, best, box, extra
+    name,
+    config,
+    pet_scale,
+    fwhm_mm,
+    train_v,
+    val_v,
+    paired,
+    seed,
+    history,
+    best,
+    box,
+    extra,
+    representation="mni",
 ) -> dict:
     from ..config import TEMPLATE_SPACE
+    from .inputs import card_fields, input_space
 
     spec = get_spec(name)
     zooms = np.sqrt((train_v[0].affine[:3, :3] ** 2).sum(0))
@@ -622,7 +684,10 @@ def _card(
         "references": list(spec.references),
         "config": {k: v for k, v in config.items()},
         "input": {
-            "space": TEMPLATE_SPACE,
+            "space": TEMPLATE_SPACE
+            if input_space(representation) == "mni"
+            else f"{TEMPLATE_SPACE} grid, affine-only",
+            **card_fields(representation),
             "voxel_size_mm": float(zooms[0]),
             "grid_shape": list(train_v[0].t1w.shape),
             "t1w_normalization": "robust min-max (0.5-99.5 percentiles in the brain mask) "
@@ -688,6 +753,7 @@ __all__ = [
     "Volumes",
     "inplane_box",
     "load_checkpoint",
+    "load_participant",
     "load_volumes",
     "lr_factor",
     "mean_images",

@@ -33,6 +33,16 @@ ANAT_OUTPUTS = [
     "mask_std",
     "gm_std",
     "t1w_std_norm",  # model input: normalize_t1_intensity(t1w_std, mask_std), [0, 1]
+    # registration stages (issue 14): [affine2std_warp, t1w2affine_xfm] == t1w2std_xfm
+    "t1w2affine_xfm",  # .mat, affine stage only, T1w -> MNI grid ("affine space")
+    "affine2t1w_xfm",  # .mat, its inverse
+    "affine2std_warp",  # .nii.gz field, nonlinear part: affine space -> MNI
+    "std2affine_warp",  # .nii.gz field, MNI -> affine space
+    "affine2std_xfm",  # the same two as ITK .h5 (derivatives)
+    "std2affine_xfm",
+    "logjac_std",  # log det Jacobian of affine2std_warp on the std_ref grid
+    "t1w_affine",  # N4 T1w in affine space (std_ref grid)
+    "mask_affine",  # brain mask in affine space
 ]
 
 
@@ -94,6 +104,11 @@ T1w space as priors, with neighbourhood smoothing.
     )
     gm_std = pe.Node(ApplyTransforms(out_name="gm_std.nii.gz"), name="gm_to_std")
     norm = pe.Node(NormalizeT1(), name="normalize_t1w")
+    t1w_aff = pe.Node(ApplyTransforms(out_name="t1w_affine.nii.gz"), name="t1w_to_affine")
+    mask_aff = pe.Node(
+        ApplyTransforms(interpolation="nearestNeighbor", out_name="mask_affine.nii.gz"),
+        name="mask_to_affine",
+    )
 
     workflow.connect(
         [
@@ -135,6 +150,28 @@ T1w space as priors, with neighbourhood smoothing.
             (mask_std, outputnode, [("out_file", "mask_std")]),
             (gm_std, outputnode, [("out_file", "gm_std")]),
             (norm, outputnode, [("out_file", "t1w_std_norm")]),
+            (tpl_out, reg, [("t1w", "reference")]),
+            (n4, t1w_aff, [("out_file", "in_file")]),
+            (skullstrip, mask_aff, [("out_mask", "in_file")]),
+            (tpl_out, t1w_aff, [("t1w", "reference")]),
+            (tpl_out, mask_aff, [("t1w", "reference")]),
+            (reg, t1w_aff, [("affine", "transforms")]),
+            (reg, mask_aff, [("affine", "transforms")]),
+            (
+                reg,
+                outputnode,
+                [
+                    ("affine", "t1w2affine_xfm"),
+                    ("inverse_affine", "affine2t1w_xfm"),
+                    ("warp", "affine2std_warp"),
+                    ("inverse_warp", "std2affine_warp"),
+                    ("warp_h5", "affine2std_xfm"),
+                    ("inverse_warp_h5", "std2affine_xfm"),
+                    ("log_jacobian", "logjac_std"),
+                ],
+            ),
+            (t1w_aff, outputnode, [("out_file", "t1w_affine")]),
+            (mask_aff, outputnode, [("out_file", "mask_affine")]),
         ]
     )
     return workflow

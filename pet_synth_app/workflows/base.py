@@ -25,7 +25,7 @@ from .outputs import (
     init_synthesis_derivatives_wf,
 )
 from .pet import init_pet_preproc_wf
-from .synthesis import init_synthesis_wf
+from .synthesis import SYNTHESIS_INPUTS, init_synthesis_wf
 
 LOGGER = logging.getLogger("petsynth")
 POLL_SLEEP_S = 0.1
@@ -82,12 +82,7 @@ def init_single_subject_wf(unit: SubjectInputs, settings: Settings, plan: RunPla
                 (
                     anat_wf,
                     synth_wf,
-                    [
-                        ("outputnode.t1w_std_norm", "inputnode.t1w_std_norm"),
-                        ("outputnode.mask_std", "inputnode.mask_std"),
-                        ("outputnode.std2t1w_xfm", "inputnode.std2t1w_xfm"),
-                        ("outputnode.t1w_preproc", "inputnode.t1w_preproc"),
-                    ],
+                    [(f"outputnode.{f}", f"inputnode.{f}") for f in SYNTHESIS_INPUTS],
                 ),
                 (
                     synth_wf,

@@ -35,6 +35,9 @@ ANAT_DERIVATIVES_INPUTS = [
     "mask_std",
     "gm_std",
     "skullstrip_method",
+    "t1w2affine_xfm",
+    "affine2std_xfm",
+    "std2affine_xfm",
 ]
 """Fields of ``init_anat_derivatives_wf``'s inputnode (outputs of ``anat_preproc_wf``)."""
 
@@ -120,6 +123,25 @@ def init_anat_derivatives_wf(
             settings,
             "ds_std2t1w_xfm",
             **L.sink_entities("std2t1w_xfm"),
+            **src,
+        ),
+        # registration stages (synthesis.inputs): affine-only space <-> T1w and MNI
+        "t1w2affine_xfm": _sink(
+            settings,
+            "ds_t1w2affine_xfm",
+            **L.sink_entities("t1w2affine_xfm"),
+            **src,
+        ),
+        "affine2std_xfm": _sink(
+            settings,
+            "ds_affine2std_xfm",
+            **L.sink_entities("affine2std_xfm"),
+            **src,
+        ),
+        "std2affine_xfm": _sink(
+            settings,
+            "ds_std2affine_xfm",
+            **L.sink_entities("std2affine_xfm"),
             **src,
         ),
         "t1w_std": _sink(

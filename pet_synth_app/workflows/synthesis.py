@@ -1,4 +1,5 @@
-"""Pseudo-normal PET synthesis: T1w (MNI, [0, 1]) -> model -> PET (MNI) -> T1w space."""
+"""Pseudo-normal PET synthesis: T1w in the model's input representation -> model -> PET
+(MNI) -> T1w space (docs/architecture.md)."""
 
 from __future__ import annotations
 
@@ -9,21 +10,37 @@ from niworkflows.engine.workflows import LiterateWorkflow as Workflow
 from ..interfaces.anat import ApplyTransforms
 from ..interfaces.synthesis import SynthesizePET
 from ..plan import RunPlan
+from ..synthesis.inputs import card_representation, input_space
 from ..synthesis.registry import get_spec
 
 SYNTHESIS_OUTPUTS = ["pseudo_std", "pseudo_t1w", "metadata"]
+SYNTHESIS_INPUTS = [
+    "t1w_std",  # N4 T1w in MNI (mni, mni-jacobian)
+    "mask_std",  # MNI brain mask: the output grid
+    "gm_std",  # (mni-jacobian)
+    "logjac_std",  # log det Jacobian of the warp (mni-jacobian)
+    "std2t1w_xfm",  # MNI -> T1w composite (mni, mni-jacobian)
+    "t1w_preproc",  # N4 T1w, T1w space: the pseudo_t1w grid; the affine input
+    "t1w_mask",  # (affine)
+    "t1w2affine_xfm",  # affine stage (affine)
+    "affine2t1w_xfm",  # its inverse: affine space -> T1w (affine)
+    "affine2std_warp",  # nonlinear part: affine space -> MNI (affine)
+]
+"""Fields of ``init_synthesis_wf``'s inputnode (outputs of ``anat_preproc_wf``)."""
 
 
 def init_synthesis_wf(plan: RunPlan, name: str = "synthesis_wf") -> Workflow:
     """Pseudo-normal FDG PET in MNI and native T1w space.
 
-    Inputs: ``t1w_std_norm``, ``mask_std`` (MNI), ``std2t1w_xfm``, ``t1w_preproc``.
-    Outputs: ``pseudo_std``, ``pseudo_t1w`` (SUVR) and the model ``metadata``.
-    ``plan``: the weights, their card, the smoothing, device and threads of the run.
+    Inputs: ``SYNTHESIS_INPUTS``; which are used depends on the card's input
+    representation (``synthesis.inputs``). Outputs: ``pseudo_std``, ``pseudo_t1w`` (SUVR)
+    and the model ``metadata``. ``plan``: the weights, their card, the smoothing, device
+    and threads of the run.
     """
     weights, card, fwhm = plan.weights, plan.card, plan.synthesis_fwhm
     training = card.get("training", {}).get("data", "unknown data")
     spec = get_spec(card["model"])
+    representation = card_representation(card)
     if spec.kind == "patches":
         how = (
             "32³ patches were translated on a regular grid and the central part of each "
@@ -44,19 +61,28 @@ def init_synthesis_wf(plan: RunPlan, name: str = "synthesis_wf") -> Workflow:
                 f" (the generator also received the same slices of {means} of its "
                 "training participants and predicted a residual to the mean PET)"
             )
+    source = {
+        "mni": "the template-space T1w",
+        "affine": "the T1w resampled with the affine stage of the registration only "
+        "(which keeps the individual anatomy)",
+        "mni-jacobian": "the template-space T1w, the log-Jacobian determinant of the "
+        "nonlinear warp and the Jacobian-modulated gray-matter map",
+    }[representation]
+    back = (
+        "taken to the template space with the nonlinear part of the registration and to "
+        "the T1w space with the inverse of its affine stage (the transforms of the real PET)"
+        if input_space(representation) == "affine"
+        else "resampled to the T1w space with the inverse of the T1w-to-template transform"
+    )
     workflow = Workflow(name=name)
     workflow.__desc__ = f"""
 A pseudo-normal FDG PET, the uptake expected for a healthy brain with the participant's
-anatomy, was synthesized from the template-space T1w with the `{card["model"]}` model
-[@zotova2021; @{spec.citation}]
-(weights sha256 `{card["sha256"][:12]}`, trained on {training}): {how},
-smoothed with a {fwhm:g} mm FWHM Gaussian, and the result was
-resampled to the T1w space with the inverse of the T1w-to-template transform.
+anatomy, was synthesized from {source} with the `{card["model"]}` model
+[@zotova2021; @{spec.citation}] (weights sha256 `{card["sha256"][:12]}`,
+trained on {training}): {how},
+smoothed with a {fwhm:g} mm FWHM Gaussian, and the result was {back}.
 """
-    inputnode = pe.Node(
-        niu.IdentityInterface(fields=["t1w_std_norm", "mask_std", "std2t1w_xfm", "t1w_preproc"]),
-        name="inputnode",
-    )
+    inputnode = pe.Node(niu.IdentityInterface(fields=SYNTHESIS_INPUTS), name="inputnode")
     outputnode = pe.Node(niu.IdentityInterface(fields=SYNTHESIS_OUTPUTS), name="outputnode")
     synth = pe.Node(
         SynthesizePET(
@@ -69,14 +95,45 @@ resampled to the T1w space with the inverse of the T1w-to-template transform.
     to_t1w = pe.Node(ApplyTransforms(out_name="pseudo_t1w.nii.gz"), name="pseudo_to_t1w")
     workflow.connect(
         [
-            (inputnode, synth, [("t1w_std_norm", "t1w_norm"), ("mask_std", "mask")]),
+            (inputnode, synth, [("mask_std", "mask_std")]),
             (synth, to_t1w, [("out_file", "in_file")]),
-            (inputnode, to_t1w, [("t1w_preproc", "reference"), ("std2t1w_xfm", "transforms")]),
-            (synth, outputnode, [("out_file", "pseudo_std"), ("metadata", "metadata")]),
+            (inputnode, to_t1w, [("t1w_preproc", "reference")]),
+            (synth, outputnode, [("metadata", "metadata")]),
             (to_t1w, outputnode, [("out_file", "pseudo_t1w")]),
         ]
     )
+    if input_space(representation) == "affine":
+        # affine space -> MNI by the nonlinear part, -> T1w by the inverse affine: the
+        # real PET reaches both spaces through the same two transforms
+        to_std = pe.Node(ApplyTransforms(out_name="pseudo_std.nii.gz"), name="pseudo_to_std")
+        workflow.connect(
+            [
+                (
+                    inputnode,
+                    synth,
+                    [("t1w_preproc", "t1w"), ("t1w_mask", "t1w_mask")],
+                ),
+                (inputnode, synth, [("t1w2affine_xfm", "t1w2affine_xfm")]),
+                (synth, to_std, [("out_file", "in_file")]),
+                (inputnode, to_std, [("mask_std", "reference")]),
+                (inputnode, to_std, [("affine2std_warp", "transforms")]),
+                (inputnode, to_t1w, [("affine2t1w_xfm", "transforms")]),
+                (to_std, outputnode, [("out_file", "pseudo_std")]),
+            ]
+        )
+    else:
+        workflow.connect(
+            [
+                (inputnode, synth, [("t1w_std", "t1w_std")]),
+                (inputnode, to_t1w, [("std2t1w_xfm", "transforms")]),
+                (synth, outputnode, [("out_file", "pseudo_std")]),
+            ]
+        )
+        if representation == "mni-jacobian":
+            workflow.connect(
+                [(inputnode, synth, [("gm_std", "gm_std"), ("logjac_std", "logjac_std")])]
+            )
     return workflow
 
 
-__all__ = ["SYNTHESIS_OUTPUTS", "init_synthesis_wf"]
+__all__ = ["SYNTHESIS_INPUTS", "SYNTHESIS_OUTPUTS", "init_synthesis_wf"]
