@@ -65,7 +65,9 @@ def test_container_recipes_in_step_with_install():
     }
     assert torch_pins == {"2.13.0"}
     assert 'ENTRYPOINT ["petsynth"]' in docker
-    assert "USER petsynth" in docker and "chmod -R a+rwX /home/petsynth" in docker
+    # runs as any UID on a read-only root: templates unpacked at build time, /work writable
+    assert "USER petsynth" in docker and "chmod 1777 /work" in docker
+    assert "TEMPLATEFLOW_AUTOUPDATE=0" in docker and "TEMPLATEFLOW_AUTOUPDATE=0" in sing
     assert "exec petsynth" in sing
     for recipe in (docker, sing):
         assert "NO_ET=1" in recipe and "MPLCONFIGDIR" in recipe
