@@ -50,7 +50,7 @@ import numpy as np
 import torch
 
 from pet_synth_app.analysis.metrics import image_metrics
-from pet_synth_app.bids import find_mni_derivatives
+from pet_synth_app.layout import find_mni
 from pet_synth_app.synthesis.inference import predict_with_config, synthesize_from_sources
 from pet_synth_app.synthesis.inputs import (
     InputSources,
@@ -75,7 +75,7 @@ def _array(path) -> np.ndarray:
 def load_mni(deriv: Path, subject: str, need_pet: bool = True) -> dict:
     """A participant's MNI-space SUVR PET, brain mask (bool), GM probability and the
     grid's voxel size (mm)."""
-    f = find_mni_derivatives(deriv, subject)
+    f = find_mni(deriv, subject)
     roles = ("mask", "gm", "pet") if need_pet else ("mask", "gm")
     missing = [r for r in roles if f[r] is None]
     if missing:
@@ -92,7 +92,7 @@ def load_mni(deriv: Path, subject: str, need_pet: bool = True) -> dict:
 def subjects_with_pet(deriv: Path, prefix: str = "c") -> list[str]:
     """Participants of ``deriv`` whose label starts with ``prefix`` and that have an MNI PET."""
     labels = sorted(d.name[4:] for d in Path(deriv).glob("sub-*") if d.is_dir())
-    return [s for s in labels if s.startswith(prefix) and find_mni_derivatives(deriv, s)["pet"]]
+    return [s for s in labels if s.startswith(prefix) and find_mni(deriv, s)["pet"]]
 
 
 def control_pets(deriv: Path, subjects: list[str]) -> dict[str, np.ndarray]:
@@ -309,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     pets = control_pets(opts.deriv, sorted(set(pool) | set(test)))
     pool_pets = {s: pets[s] for s in pool}
     base = opts.baseline or card["training"]["participants"]
-    missing = [s for s in base if not find_mni_derivatives(opts.deriv, s)["pet"]]
+    missing = [s for s in base if not find_mni(opts.deriv, s)["pet"]]
     train_mean = None
     if base and not missing:
         train_mean = np.mean(list(control_pets(opts.deriv, base).values()), 0)
@@ -328,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
         loo = loo_mean(pool_pets, s)
         clean = None
         if opts.noise_free:
-            twin = find_mni_derivatives(opts.noise_free, s)["pet"]
+            twin = find_mni(opts.noise_free, s)["pet"]
             if twin is None:
                 raise SystemExit(f"{s}: no MNI-space PET in {opts.noise_free}")
             clean = _array(twin)

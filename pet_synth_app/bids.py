@@ -327,23 +327,6 @@ def first_match(folder: Path, pattern: str) -> Path | None:
     return hits[0] if hits else None
 
 
-def find_mni_derivatives(deriv: Path, subject: str) -> dict[str, Path | None]:
-    """A participant's template-space PetSynth outputs in ``deriv`` by role (None if
-    absent): T1w, brain mask, GM probability, SUVR PET and pseudo-normal PET
-    (``layout.find_mni``)."""
-    from .layout import find_mni
-
-    return find_mni(deriv, subject)
-
-
-def find_input_derivatives(deriv: Path, subject: str) -> dict[str, Path | None]:
-    """The files of a participant that the model input representations are built from
-    (``synthesis.inputs.InputSources`` fields; None if absent; ``layout.find_inputs``)."""
-    from .layout import find_inputs
-
-    return find_inputs(deriv, subject)
-
-
 def write_derivative_description(
     bids_dir: Path, output_dir: Path, container: dict | None = None
 ) -> Path:

@@ -254,9 +254,9 @@ def build_model_input(
 def sources_from_derivatives(deriv: Path, subject: str) -> InputSources:
     """A participant's :class:`InputSources` in a PetSynth output folder (None roles are
     absent files)."""
-    from ..bids import find_input_derivatives
+    from ..layout import find_inputs
 
-    return InputSources(**find_input_derivatives(Path(deriv), subject))
+    return InputSources(**find_inputs(Path(deriv), subject))
 
 
 __all__ = [
