@@ -323,6 +323,27 @@ def test_training_records_the_representation(toy, tmp_path):
         )
 
 
+def test_affine_model_card_is_readable(toy, tmp_path):
+    """A model trained on the affine representation records the affine-only template
+    space in its card, and loads back (a card naming another space is refused)."""
+    toy.affine = _scaling_mat(tmp_path / "scale.mat", 1.0)
+    vols = [training.load_participant(f"p{i}", toy, "affine", pet_scale=2.5) for i in range(2)]
+    config = model_config("cyclegan-mse", ngf=4, ndf=4, batch_size=2, n_epochs=1, n_epochs_decay=0)
+    res = training.train(
+        "cyclegan-mse", config, vols[:1], vols[1:], tmp_path / "m", epochs=1, resume=False
+    )
+    cpath = res.weights.with_suffix(".json")
+    card = json.loads(cpath.read_text())
+    assert card["input"]["space"] == inputs.card_space("affine") == "MNI152NLin2009aSymAffine"
+    assert inputs.card_space("mni-jacobian") == "MNI152NLin2009aSym"
+    out, meta = synthesize_from_sources(toy, res.weights, fwhm_mm=0)
+    assert out.shape == TOY_SHAPE and meta["InputRepresentation"] == "affine"
+    card["input"]["space"] = "MNI152NLin2009aSym"
+    cpath.write_text(json.dumps(card))
+    with pytest.raises(PetSynthError, match="'affine' input representation works in"):
+        synthesize_from_sources(toy, res.weights)
+
+
 def test_affine_training_target_and_prior_in_affine_space(toy, tmp_path):
     """The affine representation's target PET is the T1w-space PET through the affine;
     the mean-PET prior is computed from those volumes (affine space)."""

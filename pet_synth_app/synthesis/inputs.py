@@ -84,6 +84,14 @@ def input_space(representation: str) -> str:
     return REPRESENTATIONS[check_representation(representation)]["space"]
 
 
+def card_space(representation: str) -> str:
+    """The ``input.space`` label of a model card: the template space of the input
+    (``layout.AFFINE_SPACE`` for the affine-only grid of the "affine" representation)."""
+    from ..layout import AFFINE_SPACE, TEMPLATE_SPACE
+
+    return TEMPLATE_SPACE if input_space(representation) == "mni" else AFFINE_SPACE
+
+
 def card_fields(representation: str) -> dict:
     """The ``input`` fields of a model card that describe the representation."""
     spec = REPRESENTATIONS[check_representation(representation)]

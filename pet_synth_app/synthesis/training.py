@@ -673,8 +673,7 @@ def _card(
     extra,
     representation="mni",
 ) -> dict:
-    from ..config import TEMPLATE_SPACE
-    from .inputs import card_fields, input_space
+    from .inputs import card_fields, card_space
 
     spec = get_spec(name)
     zooms = np.sqrt((train_v[0].affine[:3, :3] ** 2).sum(0))
@@ -684,9 +683,7 @@ def _card(
         "references": list(spec.references),
         "config": {k: v for k, v in config.items()},
         "input": {
-            "space": TEMPLATE_SPACE
-            if input_space(representation) == "mni"
-            else f"{TEMPLATE_SPACE} grid, affine-only",
+            "space": card_space(representation),
             **card_fields(representation),
             "voxel_size_mm": float(zooms[0]),
             "grid_shape": list(train_v[0].t1w.shape),

@@ -16,9 +16,10 @@ from typing import Any
 from safetensors import SafetensorError
 from torch import nn
 
-from ..config import SYNTHESIS_FWHM_MM, TEMPLATE_SPACE
+from ..config import SYNTHESIS_FWHM_MM
 from ..errors import PetSynthError
 from ..weightfiles import card_path, library_versions, load_tensors, save_weights, sha256_file
+from .inputs import card_representation, card_space
 from .registry import build_model, get_spec
 
 CARD_FORMAT = "petsynth-model-card/1"
@@ -103,9 +104,14 @@ def read_card(weights: str | Path) -> dict:
         value = spec_in.get(key)
         if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
             raise PetSynthError(f"model card: input.{key} must be a positive number", str(cpath))
-    if spec_in.get("space", TEMPLATE_SPACE) != TEMPLATE_SPACE:
+    try:
+        expected = card_space(card_representation(card))
+    except (ValueError, PetSynthError) as exc:
+        raise PetSynthError(f"model card: {exc}", str(cpath)) from None
+    if spec_in.get("space", expected) != expected:
         raise PetSynthError(
-            f"model card: trained in {spec_in['space']}, PetSynth works in {TEMPLATE_SPACE}",
+            f"model card: trained in {spec_in['space']}, but its "
+            f"{card_representation(card)!r} input representation works in {expected}",
             str(cpath),
         )
     return card
