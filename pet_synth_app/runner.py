@@ -72,7 +72,7 @@ def run_participant(settings: Settings) -> int:
 
     # ITK reads its thread count once per process: set before any worker starts
     with thread_limits(plan.omp_nthreads):
-        wf = init_petsynth_wf(settings, good, plan, run_id=run_id)
+        wf = init_petsynth_wf(settings, good, plan)
         failed = run_workflow(wf, settings, run_id)
     for name, message in failed:
         print_error(PetSynthError(f"{name} failed: {message}"))

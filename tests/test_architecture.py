@@ -1,9 +1,15 @@
-"""Architecture checks: the package's import graph has no cycles, and output file names
-are spelled only by the derivatives layout module (docs/architecture.md)."""
+"""Architecture checks: the package's import graph has no cycles, output file names
+are spelled only by the derivatives layout module, and only the top-level workflow
+factories read the settings (docs/architecture.md)."""
 
 from __future__ import annotations
 
 import ast
+import importlib
+import inspect
+import re
+import typing
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -194,6 +200,82 @@ def test_no_output_name_literal_outside_the_layout_module():
 
     built = {layout.filename("s", k, desc=d) for k, d in (("t1w", None), ("clusters", "ocsvm"))}
     assert built == {"s_desc-preproc_T1w.nii.gz", "s_desc-ocsvm_clusters.tsv"}  # ...and has them
+
+
+TOP_LEVEL_FACTORIES = {
+    "pet_synth_app.workflows.base.init_petsynth_wf",
+    "pet_synth_app.workflows.base.init_single_subject_wf",
+}
+"""The only workflow factories that read ``Settings`` (and the ``RunPlan``)."""
+
+
+def workflow_factories() -> dict[str, Callable]:
+    """Every ``init_*_wf`` function defined in the package, by qualified name (modules
+    found by parsing, imported only when they define one)."""
+    found = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        tree = ast.parse(path.read_text(), str(path))
+        names = [
+            n.name
+            for n in tree.body
+            if isinstance(n, ast.FunctionDef) and re.fullmatch(r"init_\w+_wf", n.name)
+        ]
+        if names:
+            module = importlib.import_module(_module_name(path))
+            found.update({f"{module.__name__}.{n}": getattr(module, n) for n in names})
+    return found
+
+
+def settings_parameters(factory: Callable) -> list[str]:
+    """Parameters of ``factory`` that take the run's ``Settings``: named ``settings`` or
+    annotated with ``Settings`` (also inside ``Settings | None``, as a string or resolved)."""
+    try:
+        hints = typing.get_type_hints(factory)
+    except NameError:  # an annotation that does not resolve: the strings are checked
+        hints = {}
+    out = []
+    for param in inspect.signature(factory).parameters.values():
+        annotations = f"{param.annotation!s} {hints.get(param.name, '')!s}"
+        if param.name == "settings" or re.search(r"\bSettings\b", annotations):
+            out.append(param.name)
+    return out
+
+
+def test_settings_check_finds_a_planted_parameter():
+    from pet_synth_app.config import Settings
+
+    def init_bad_wf(settings, name: str = "bad_wf"): ...
+
+    def init_sneaky_wf(*, config: Settings | None, name: str = "sneaky_wf"): ...
+
+    def init_good_wf(*, omp_nthreads: int, settings_file: str, name: str = "good_wf"): ...
+
+    assert settings_parameters(init_bad_wf) == ["settings"]
+    assert settings_parameters(init_sneaky_wf) == ["config"]
+    assert settings_parameters(init_good_wf) == []
+
+
+def test_only_the_top_level_factories_take_settings():
+    """fMRIPrep style: ``init_petsynth_wf`` / ``init_single_subject_wf`` read the settings
+    and the run plan once and hand each sub-workflow factory the values it uses, as
+    keyword arguments; no other ``init_*_wf`` may accept the whole ``Settings``."""
+    factories = workflow_factories()
+    assert TOP_LEVEL_FACTORIES <= set(factories)
+    assert {
+        "pet_synth_app.workflows.anatomical.init_anat_preproc_wf",
+        "pet_synth_app.workflows.pet.init_pet_preproc_wf",
+        "pet_synth_app.workflows.hypometabolism.init_hypometabolism_wf",
+        "pet_synth_app.workflows.anomaly.init_anomaly_wf",
+        "pet_synth_app.workflows.outputs.init_statmap_derivatives_wf",
+    } <= set(factories)
+    for name in TOP_LEVEL_FACTORIES:  # the check sees the real signatures
+        assert settings_parameters(factories[name]) == ["settings"], name
+    offenders = {
+        name: params
+        for name, factory in factories.items()
+        if name not in TOP_LEVEL_FACTORIES and (params := settings_parameters(factory))
+    }
+    assert offenders == {}
 
 
 def test_a_new_synthesis_model_is_its_module_plus_one_registry_entry(tmp_path, monkeypatch):

@@ -6,7 +6,7 @@ from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 from niworkflows.engine.workflows import LiterateWorkflow as Workflow
 
-from ..config import TEMPLATE_SPACE, Settings
+from ..config import TEMPLATE_SPACE
 from ..interfaces.anat import (
     ApplyMask,
     ApplyTransforms,
@@ -47,11 +47,19 @@ ANAT_OUTPUTS = [
 
 
 def init_anat_preproc_wf(
-    settings: Settings, device: str = "cpu", name: str = "anat_preproc_wf"
+    *,
+    omp_nthreads: int,
+    registration_preset: str,
+    brain_extraction: str,
+    mni_resolution: int,
+    random_seed: int,
+    device: str,
+    name: str = "anat_preproc_wf",
 ) -> Workflow:
     """T1w -> bias-corrected head, brain mask, tissue maps and MNI152NLin2009aSym warps.
 
-    Inputs: ``t1w`` (path). Outputs: see ``ANAT_OUTPUTS``.
+    Inputs: ``t1w`` (path). Outputs: see ``ANAT_OUTPUTS``. ``mni_resolution``: the
+    output grid (mm); ``device``: ``cpu`` or ``cuda`` (brain extraction).
     """
     workflow = Workflow(name=name)
     workflow.__desc__ = f"""
@@ -60,20 +68,20 @@ ANTsPy template-based fallback) and corrected for intensity non-uniformity with 
 [@n4] (ANTsPy) fitted inside the brain mask. The brain was registered nonlinearly to the ICBM 2009a
 symmetric template (`{TEMPLATE_SPACE}` [@fonov2011], as distributed with nilearn
 [@nilearn]) with ANTs SyN
-[@ants] (preset `{settings.registration_preset}`, random seed {settings.random_seed}).
+[@ants] (preset `{registration_preset}`, random seed {random_seed}).
 Gray-matter, white-matter and CSF probability maps were estimated with a
 three-class Gaussian mixture (EM) guided by the template tissue maps warped into the
 T1w space as priors, with neighbourhood smoothing.
 """
     inputnode = pe.Node(niu.IdentityInterface(fields=["t1w"]), name="inputnode")
     outputnode = pe.Node(niu.IdentityInterface(fields=ANAT_OUTPUTS), name="outputnode")
-    nthreads = settings.omp_nthreads
+    nthreads = omp_nthreads
 
     tpl_reg = pe.Node(TemplateFiles(resolution=2), name="tpl_reg")
-    tpl_out = pe.Node(TemplateFiles(resolution=settings.mni_resolution), name="tpl_out")
+    tpl_out = pe.Node(TemplateFiles(resolution=mni_resolution), name="tpl_out")
     n4 = pe.Node(N4BiasCorrection(), name="n4", n_procs=nthreads, mem_gb=1.5)
     skullstrip = pe.Node(
-        BrainExtraction(method=settings.brain_extraction, device=device),
+        BrainExtraction(method=brain_extraction, device=device),
         name="skullstrip",
         n_procs=nthreads,
         mem_gb=2.0,
@@ -82,8 +90,8 @@ T1w space as priors, with neighbourhood smoothing.
     reg = pe.Node(
         RegisterToTemplate(
             resolution=2,
-            preset=settings.registration_preset,
-            seed=settings.random_seed,
+            preset=registration_preset,
+            seed=random_seed,
             num_threads=nthreads,
         ),
         name="register",

@@ -8,19 +8,26 @@ from nipype.pipeline import engine as pe
 from niworkflows.engine.workflows import LiterateWorkflow as Workflow
 
 from ..analysis.anomaly import read_meta
-from ..config import Settings
 from ..interfaces.anomaly import OCSVMScore
 from .hypometabolism import STAT_INPUTS, STAT_OUTPUTS, connect_clusters
 
 
 def init_anomaly_wf(
-    settings: Settings, model: str, participant_id: str = "", name: str = "anomaly_wf"
+    *,
+    model: str,
+    participant_id: str,
+    omp_nthreads: int,
+    ocsvm_threshold: float,
+    min_cluster_mm3: float,
+    cluster_rank: str,
+    name: str = "anomaly_wf",
 ) -> Workflow:
     """OC-SVM score map of one PET series against the detector in ``model`` and its
     clusters.
 
     Inputs: ``STAT_INPUTS`` (MNI SUVR PET, GM probability, brain mask, the MNI-to-T1w
-    transform and the T1w grid). Outputs: ``STAT_OUTPUTS``.
+    transform and the T1w grid). Outputs: ``STAT_OUTPUTS``. ``ocsvm_threshold``,
+    ``min_cluster_mm3`` (mm³), ``cluster_rank``: the cluster rule (``connect_clusters``).
     """
     meta = read_meta(model)
     n_real = len(meta.get("participants_real", []))
@@ -38,7 +45,7 @@ Alaverdyan et al. [@alaverdyan2020]: 15x15 axial patches of the template-space P
 trained on {data}, and every gray-matter voxel was scored by a one-class SVM [@scholkopf2001]
 (RBF kernel, nu = {meta.get("nu")}, gamma = {meta.get("gamma")}) fitted on the controls'
 features at that voxel. The decision values were standardized over the brain (median,
-1.4826 x MAD) and clustered like the Z maps (threshold {settings.ocsvm_threshold:g}).
+1.4826 x MAD) and clustered like the Z maps (threshold {ocsvm_threshold:g}).
 """
     inputnode = pe.Node(niu.IdentityInterface(fields=STAT_INPUTS), name="inputnode")
     outputnode = pe.Node(niu.IdentityInterface(fields=STAT_OUTPUTS), name="outputnode")
@@ -47,14 +54,22 @@ features at that voxel. The decision values were standardized over the brain (me
             model=str(model),
             model_sha256=str(meta.get("ocsvm_sha256", "")),
             participant_id=participant_id,
-            nthreads=settings.omp_nthreads,
+            nthreads=omp_nthreads,
         ),
         name="ocsvm_score",
-        n_procs=settings.omp_nthreads,
+        n_procs=omp_nthreads,
         mem_gb=1.0,
     )
     workflow.connect([(inputnode, score, [("pet_std", "pet"), ("mask_std", "mask")])])
-    connect_clusters(workflow, settings, settings.ocsvm_threshold, inputnode, score, outputnode)
+    connect_clusters(
+        workflow,
+        inputnode,
+        score,
+        outputnode,
+        threshold=ocsvm_threshold,
+        min_cluster_mm3=min_cluster_mm3,
+        cluster_rank=cluster_rank,
+    )
     return workflow
 
 

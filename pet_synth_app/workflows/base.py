@@ -44,11 +44,15 @@ def _pet_wf_name(path: str) -> str:
 
 
 def init_petsynth_wf(
-    settings: Settings, units: list[SubjectInputs], plan: RunPlan | None = None, run_id: str = ""
+    settings: Settings, units: list[SubjectInputs], plan: RunPlan | None = None
 ) -> Workflow:
     """The whole participant-level graph. ``plan``: the run's resolved inputs
     (``runner.run_participant`` resolves and checks them once; default: resolved here
-    from ``settings`` without the checks, for building a graph)."""
+    from ``settings`` without the checks, for building a graph).
+
+    With ``init_single_subject_wf`` the only factory that reads ``Settings`` and the
+    ``RunPlan``: the sub-workflow factories take the values they use as keyword
+    arguments (docs/architecture.md)."""
     if plan is None:
         plan = resolve_plan(settings, check=False, device="cpu")
     workflow = Workflow(name="petsynth_wf")
@@ -59,7 +63,8 @@ def init_petsynth_wf(
 
 
 def init_single_subject_wf(unit: SubjectInputs, settings: Settings, plan: RunPlan) -> Workflow:
-    """Anatomical + PET preprocessing, pseudo-normal PET and derivatives of one unit."""
+    """Anatomical + PET preprocessing, pseudo-normal PET and derivatives of one unit.
+    Reads ``settings`` and ``plan`` and hands each sub-workflow the values it uses."""
     workflow = Workflow(name=unit_wf_name(unit))
     workflow.__desc__ = (
         "\nResults included in this manuscript come from preprocessing performed with "
@@ -68,15 +73,32 @@ def init_single_subject_wf(unit: SubjectInputs, settings: Settings, plan: RunPla
     )
     inputnode = pe.Node(niu.IdentityInterface(fields=["t1w"]), name="inputnode")
     inputnode.inputs.t1w = unit.t1w
-    anat_wf = init_anat_preproc_wf(settings, device=plan.device)
-    anat_ds = init_anat_derivatives_wf(settings, unit.t1w)
+    sinks = {  # where and how every derivatives sink writes
+        "bids_dir": settings.bids_dir,
+        "output_dir": settings.output_dir,
+        "random_seed": settings.random_seed,
+    }
+    clusters = {"min_cluster_mm3": settings.min_cluster_mm3, "cluster_rank": settings.cluster_rank}
+    anat_wf = init_anat_preproc_wf(
+        omp_nthreads=plan.omp_nthreads,
+        registration_preset=settings.registration_preset,
+        brain_extraction=settings.brain_extraction,
+        mni_resolution=plan.mni_resolution,
+        random_seed=settings.random_seed,
+        device=plan.device,
+    )
+    anat_ds = init_anat_derivatives_wf(
+        **sinks, t1w_source=unit.t1w, registration_preset=settings.registration_preset
+    )
     workflow.connect(inputnode, "t1w", anat_wf, "inputnode.t1w")
     for f in ANAT_DERIVATIVES_INPUTS:
         workflow.connect(anat_wf, f"outputnode.{f}", anat_ds, f"inputnode.{f}")
 
     if plan.synthesis:
         synth_wf = init_synthesis_wf(plan)
-        synth_ds = init_synthesis_derivatives_wf(settings, unit.t1w)
+        synth_ds = init_synthesis_derivatives_wf(
+            **sinks, t1w_source=unit.t1w, output_spaces=settings.output_spaces
+        )
         workflow.connect(
             [
                 (
@@ -97,10 +119,20 @@ def init_single_subject_wf(unit: SubjectInputs, settings: Settings, plan: RunPla
         )
 
     for pet in unit.pet:
-        pet_wf = init_pet_preproc_wf(pet, settings, name=_pet_wf_name(pet.path))
+        pet_wf = init_pet_preproc_wf(
+            frame_durations=pet.frame_durations,
+            reference_region=settings.reference_region,
+            omp_nthreads=plan.omp_nthreads,
+            random_seed=settings.random_seed,
+            name=_pet_wf_name(pet.path),
+        )
         pet_wf.inputs.inputnode.pet_file = pet.path
         pet_ds = init_pet_derivatives_wf(
-            settings, pet.path, unit.t1w, name=_pet_wf_name(pet.path) + "_derivatives"
+            **sinks,
+            pet_source=pet.path,
+            t1w_source=unit.t1w,
+            output_spaces=settings.output_spaces,
+            name=_pet_wf_name(pet.path) + "_derivatives",
         )
         workflow.connect(
             [
@@ -129,24 +161,33 @@ def init_single_subject_wf(unit: SubjectInputs, settings: Settings, plan: RunPla
         stat_wfs = []
         if plan.synthesis:
             hypo_wf = init_hypometabolism_wf(
-                settings,
-                plan.normative_dir,
-                plan.weights_sha256,
+                normative=plan.normative_dir,
+                weights_sha256=plan.weights_sha256,
+                histogram_matching=settings.histogram_matching,
+                z_threshold=settings.z_threshold,
+                **clusters,
                 name=_pet_wf_name(pet.path) + "_hypo",
             )
             workflow.connect(synth_wf, "outputnode.pseudo_std", hypo_wf, "inputnode.pseudo_std")
             stat_wfs.append((hypo_wf, "hypometabolism"))
         if plan.detector_dir is not None:
             anomaly_wf = init_anomaly_wf(
-                settings,
-                str(plan.detector_dir),
-                f"sub-{unit.subject}",
+                model=str(plan.detector_dir),
+                participant_id=f"sub-{unit.subject}",
+                omp_nthreads=plan.omp_nthreads,
+                ocsvm_threshold=settings.ocsvm_threshold,
+                **clusters,
                 name=_pet_wf_name(pet.path) + "_anomaly",
             )
             stat_wfs.append((anomaly_wf, "ocsvm"))
         for stat_wf, desc in stat_wfs:
             stat_ds = init_statmap_derivatives_wf(
-                settings, pet.path, unit.t1w, desc, name=f"{stat_wf.name}_derivatives"
+                **sinks,
+                pet_source=pet.path,
+                t1w_source=unit.t1w,
+                desc=desc,
+                output_spaces=settings.output_spaces,
+                name=f"{stat_wf.name}_derivatives",
             )
             for field in STAT_INPUTS:
                 source = pet_wf if field == "pet_std" else anat_wf

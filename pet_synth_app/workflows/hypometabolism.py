@@ -8,7 +8,6 @@ from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 from niworkflows.engine.workflows import LiterateWorkflow as Workflow
 
-from ..config import Settings
 from ..interfaces.anat import ApplyTransforms
 from ..interfaces.hypometabolism import ClusterTable, FindClusters, HypometabolismZ
 
@@ -28,9 +27,13 @@ HYPO_OUTPUTS = STAT_OUTPUTS
 
 
 def init_hypometabolism_wf(
-    settings: Settings,
-    normative: Path | None = None,
-    weights_sha256: str = "",
+    *,
+    normative: Path | None,
+    weights_sha256: str,
+    histogram_matching: bool,
+    z_threshold: float,
+    min_cluster_mm3: float,
+    cluster_rank: str,
     name: str = "hypometabolism_wf",
 ) -> Workflow:
     """Z map of the residual real − pseudo PET and its clusters (one PET series).
@@ -38,7 +41,8 @@ def init_hypometabolism_wf(
     Inputs: ``HYPO_INPUTS`` (MNI SUVR PETs, MNI GM probability and brain mask, the
     MNI-to-T1w transform and the T1w grid). Outputs: ``HYPO_OUTPUTS``. ``normative``:
     the control normative model folder (``RunPlan.normative_dir``; None: self-referenced
-    Z). ``settings``: the cluster rule and histogram matching options.
+    Z); ``weights_sha256``: the synthesis weights it must match. ``z_threshold``,
+    ``min_cluster_mm3`` (mm³), ``cluster_rank``: the cluster rule (``connect_clusters``).
     """
     workflow = Workflow(name=name)
     reference = (
@@ -50,22 +54,18 @@ def init_hypometabolism_wf(
     workflow.__desc__ = f"""
 Hypometabolism was mapped as the residual between the real and the pseudo-normal PET
 (both SUVR in template space{
-        ", after histogram matching of the pseudo-normal PET"
-        if settings.histogram_matching
-        else ""
+        ", after histogram matching of the pseudo-normal PET" if histogram_matching else ""
     }), converted to Z scores {reference}. Voxels with
-Z < {settings.z_threshold:g} inside gray matter were grouped into 26-connected clusters;
-clusters smaller than {settings.min_cluster_mm3:g} mm³ were discarded and the rest ranked
-by {settings.cluster_rank} and labelled with the Harvard-Oxford [@harvardoxford] and AAL
+Z < {z_threshold:g} inside gray matter were grouped into 26-connected clusters;
+clusters smaller than {min_cluster_mm3:g} mm³ were discarded and the rest ranked
+by {cluster_rank} and labelled with the Harvard-Oxford [@harvardoxford] and AAL
 [@aal] atlases. Z and cluster
 maps were resampled to the native T1w space with the inverse template transform.
 """
     inputnode = pe.Node(niu.IdentityInterface(fields=HYPO_INPUTS), name="inputnode")
     outputnode = pe.Node(niu.IdentityInterface(fields=HYPO_OUTPUTS), name="outputnode")
     zmap = pe.Node(
-        HypometabolismZ(
-            histogram_matching=settings.histogram_matching, weights_sha256=weights_sha256
-        ),
+        HypometabolismZ(histogram_matching=histogram_matching, weights_sha256=weights_sha256),
         name="zmap",
     )
     if normative:
@@ -73,7 +73,15 @@ maps were resampled to the native T1w space with the inverse template transform.
 
         zmap.inputs.normative = str(normative)
         zmap.inputs.normative_sha256 = meta_sha256(normative)
-    connect_clusters(workflow, settings, settings.z_threshold, inputnode, zmap, outputnode)
+    connect_clusters(
+        workflow,
+        inputnode,
+        zmap,
+        outputnode,
+        threshold=z_threshold,
+        min_cluster_mm3=min_cluster_mm3,
+        cluster_rank=cluster_rank,
+    )
     workflow.connect(
         [
             (
@@ -93,23 +101,26 @@ maps were resampled to the native T1w space with the inverse template transform.
 
 def connect_clusters(
     workflow: Workflow,
-    settings: Settings,
-    threshold: float,
     inputnode: pe.Node,
     stat: pe.Node,
     outputnode: pe.Node,
+    *,
+    threshold: float,
+    min_cluster_mm3: float,
+    cluster_rank: str,
 ) -> None:
     """The cluster stage shared by the Z and OC-SVM maps: ``stat.out_file`` (MNI, lower
     tail) -> ranked GM clusters -> label map and statistic in T1w space -> clusters.tsv.
 
     ``inputnode`` provides ``STAT_INPUTS``; ``outputnode`` receives ``STAT_OUTPUTS``
-    (``stat.metadata`` becomes ``stat_metadata``).
+    (``stat.metadata`` becomes ``stat_metadata``). Voxels below ``threshold`` form
+    clusters of at least ``min_cluster_mm3`` (mm³), ranked by ``cluster_rank``.
     """
     clusters = pe.Node(
         FindClusters(
             threshold=threshold,
-            min_volume_mm3=settings.min_cluster_mm3,
-            rank_by=settings.cluster_rank,
+            min_volume_mm3=min_cluster_mm3,
+            rank_by=cluster_rank,
         ),
         name="clusters",
     )

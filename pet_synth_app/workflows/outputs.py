@@ -11,14 +11,14 @@ from niworkflows.engine.workflows import LiterateWorkflow as Workflow
 
 from .. import __version__
 from .. import layout as L
-from ..config import TEMPLATE_SPACE, Settings
+from ..config import TEMPLATE_SPACE
 from ..interfaces.bids import DerivativesDataSink
 
 
-def bids_uri(path: str, settings: Settings) -> str:
-    """`bids:raw:<relative path>` for a file of the input dataset."""
+def bids_uri(path: str, bids_dir: Path) -> str:
+    """`bids:raw:<relative path>` for a file of the input dataset ``bids_dir``."""
     try:
-        return "bids:raw:" + str(Path(path).absolute().relative_to(settings.bids_dir))
+        return "bids:raw:" + str(Path(path).absolute().relative_to(bids_dir))
     except ValueError:
         return str(path)
 
@@ -42,38 +42,45 @@ ANAT_DERIVATIVES_INPUTS = [
 """Fields of ``init_anat_derivatives_wf``'s inputnode (outputs of ``anat_preproc_wf``)."""
 
 
-def _common_meta(settings: Settings) -> dict:
-    return {"SoftwareVersion": f"petsynth {__version__}", "RandomSeed": settings.random_seed}
+def _common_meta(random_seed: int) -> dict:
+    return {"SoftwareVersion": f"petsynth {__version__}", "RandomSeed": random_seed}
 
 
-def _pet_sources(settings: Settings, pet_source: str, t1w_source: str) -> dict:
+def _pet_sources(bids_dir: Path, pet_source: str, t1w_source: str) -> dict:
     """DataSink arguments of a PET-derived output: named after the PET, made from both."""
     return {
         "source_file": pet_source,
-        "Sources": [bids_uri(pet_source, settings), bids_uri(t1w_source, settings)],
+        "Sources": [bids_uri(pet_source, bids_dir), bids_uri(t1w_source, bids_dir)],
     }
 
 
-def _sink(settings: Settings, name: str, **kwargs) -> pe.Node:
+def _sink(output_dir: Path, name: str, **kwargs) -> pe.Node:
     return pe.Node(
-        DerivativesDataSink(base_directory=str(settings.output_dir), **kwargs),
+        DerivativesDataSink(base_directory=str(output_dir), **kwargs),
         name=name,
         run_without_submitting=True,
     )
 
 
 def init_anat_derivatives_wf(
-    settings: Settings, t1w_source: str, name: str = "anat_derivatives_wf"
+    *,
+    bids_dir: Path,
+    output_dir: Path,
+    t1w_source: str,
+    random_seed: int,
+    registration_preset: str,
+    name: str = "anat_derivatives_wf",
 ) -> Workflow:
-    """Write the anatomical derivatives (inputs: the anat_preproc_wf outputs)."""
+    """Write the anatomical derivatives of ``t1w_source`` (a file of ``bids_dir``) into
+    ``output_dir`` (inputs: the anat_preproc_wf outputs)."""
     workflow = Workflow(name=name)
     inputnode = pe.Node(niu.IdentityInterface(fields=ANAT_DERIVATIVES_INPUTS), name="inputnode")
     outputnode = pe.Node(niu.IdentityInterface(fields=["out_files"]), name="outputnode")
-    src = {"source_file": t1w_source, "Sources": [bids_uri(t1w_source, settings)]}
-    meta = _common_meta(settings)
+    src = {"source_file": t1w_source, "Sources": [bids_uri(t1w_source, bids_dir)]}
+    meta = _common_meta(random_seed)
     sinks = {
         "t1w_preproc": _sink(
-            settings,
+            output_dir,
             "ds_t1w_preproc",
             **L.sink_entities("t1w"),
             compress=True,
@@ -81,7 +88,7 @@ def init_anat_derivatives_wf(
             **meta,
         ),
         "t1w_mask": _sink(
-            settings,
+            output_dir,
             "ds_t1w_mask",
             **L.sink_entities("mask"),
             compress=True,
@@ -90,7 +97,7 @@ def init_anat_derivatives_wf(
             **meta,
         ),
         "gm": _sink(
-            settings,
+            output_dir,
             "ds_gm",
             **L.sink_entities("gm"),
             compress=True,
@@ -98,7 +105,7 @@ def init_anat_derivatives_wf(
             **meta,
         ),
         "wm": _sink(
-            settings,
+            output_dir,
             "ds_wm",
             **L.sink_entities("wm"),
             compress=True,
@@ -106,7 +113,7 @@ def init_anat_derivatives_wf(
             **meta,
         ),
         "csf": _sink(
-            settings,
+            output_dir,
             "ds_csf",
             **L.sink_entities("csf"),
             compress=True,
@@ -114,48 +121,48 @@ def init_anat_derivatives_wf(
             **meta,
         ),
         "t1w2std_xfm": _sink(
-            settings,
+            output_dir,
             "ds_t1w2std_xfm",
             **L.sink_entities("t1w2std_xfm"),
             **src,
         ),
         "std2t1w_xfm": _sink(
-            settings,
+            output_dir,
             "ds_std2t1w_xfm",
             **L.sink_entities("std2t1w_xfm"),
             **src,
         ),
         # registration stages (synthesis.inputs): affine-only space <-> T1w and MNI
         "t1w2affine_xfm": _sink(
-            settings,
+            output_dir,
             "ds_t1w2affine_xfm",
             **L.sink_entities("t1w2affine_xfm"),
             **src,
         ),
         "affine2std_xfm": _sink(
-            settings,
+            output_dir,
             "ds_affine2std_xfm",
             **L.sink_entities("affine2std_xfm"),
             **src,
         ),
         "std2affine_xfm": _sink(
-            settings,
+            output_dir,
             "ds_std2affine_xfm",
             **L.sink_entities("std2affine_xfm"),
             **src,
         ),
         "t1w_std": _sink(
-            settings,
+            output_dir,
             "ds_t1w_std",
             space=TEMPLATE_SPACE,
             **L.sink_entities("t1w"),
             compress=True,
-            RegistrationPreset=settings.registration_preset,
+            RegistrationPreset=registration_preset,
             **src,
             **meta,
         ),
         "mask_std": _sink(
-            settings,
+            output_dir,
             "ds_mask_std",
             space=TEMPLATE_SPACE,
             **L.sink_entities("mask"),
@@ -165,7 +172,7 @@ def init_anat_derivatives_wf(
             **meta,
         ),
         "gm_std": _sink(
-            settings,
+            output_dir,
             "ds_gm_std",
             space=TEMPLATE_SPACE,
             **L.sink_entities("gm"),
@@ -192,39 +199,52 @@ def _method_meta(method):
 
 
 def init_pet_derivatives_wf(
-    settings: Settings, pet_source: str, t1w_source: str, name: str = "pet_derivatives_wf"
+    *,
+    bids_dir: Path,
+    output_dir: Path,
+    pet_source: str,
+    t1w_source: str,
+    random_seed: int,
+    output_spaces: list[str],
+    name: str = "pet_derivatives_wf",
 ) -> Workflow:
-    """Write the PET derivatives of one series (inputs: pet_preproc_wf outputs)."""
+    """Write the PET derivatives of one series ``pet_source`` in ``output_spaces`` into
+    ``output_dir`` (inputs: pet_preproc_wf outputs)."""
     workflow = Workflow(name=name)
     fields = ["pet_t1w", "pet_std", "pet2t1w_xfm", "suvr_metadata"]
     inputnode = pe.Node(niu.IdentityInterface(fields=fields), name="inputnode")
     outputnode = pe.Node(niu.IdentityInterface(fields=["out_files"]), name="outputnode")
-    src = _pet_sources(settings, pet_source, t1w_source)
-    meta = _common_meta(settings)
+    src = _pet_sources(bids_dir, pet_source, t1w_source)
+    meta = _common_meta(random_seed)
     sinks = {
         "pet2t1w_xfm": _sink(
-            settings,
+            output_dir,
             "ds_pet2t1w_xfm",
             **L.sink_entities("pet2t1w_xfm"),
             **src,
         ),
     }
-    sinks.update(_image_sinks(settings, "pet", ("pet_t1w", "pet_std"), src, meta))
+    sinks.update(_image_sinks(output_dir, output_spaces, "pet", ("pet_t1w", "pet_std"), src, meta))
     meta_of = {f: "suvr_metadata" for f in sinks if f.startswith("pet_")}
     _connect_sinks(workflow, inputnode, outputnode, sinks, meta_of)
     return workflow
 
 
 def _image_sinks(
-    settings: Settings, key: str, fields: tuple[str, str], src: dict, meta: dict
+    output_dir: Path,
+    output_spaces: list[str],
+    key: str,
+    fields: tuple[str, str],
+    src: dict,
+    meta: dict,
 ) -> dict[str, pe.Node]:
     """Sinks of output ``key`` (``layout.OUTPUTS``) in the T1w and template spaces the
     run writes, for the inputnode ``fields`` (T1w-space field, template-space field)."""
     sinks = {}
     for space, field in zip(("T1w", TEMPLATE_SPACE), fields, strict=True):
-        if space in settings.output_spaces:
+        if space in output_spaces:
             sinks[field] = _sink(
-                settings,
+                output_dir,
                 f"ds_{field}",
                 space=space,
                 **L.sink_entities(key),
@@ -254,16 +274,25 @@ def _connect_sinks(
 
 
 def init_synthesis_derivatives_wf(
-    settings: Settings, t1w_source: str, name: str = "synthesis_derivatives_wf"
+    *,
+    bids_dir: Path,
+    output_dir: Path,
+    t1w_source: str,
+    random_seed: int,
+    output_spaces: list[str],
+    name: str = "synthesis_derivatives_wf",
 ) -> Workflow:
-    """Write the pseudo-normal PET (inputs: synthesis_wf outputs)."""
+    """Write the pseudo-normal PET of ``t1w_source`` in ``output_spaces`` into
+    ``output_dir`` (inputs: synthesis_wf outputs)."""
     workflow = Workflow(name=name)
     fields = ["pseudo_std", "pseudo_t1w", "metadata"]
     inputnode = pe.Node(niu.IdentityInterface(fields=fields), name="inputnode")
     outputnode = pe.Node(niu.IdentityInterface(fields=["out_files"]), name="outputnode")
-    src = {"source_file": t1w_source, "Sources": [bids_uri(t1w_source, settings)]}
-    meta = _common_meta(settings)
-    sinks = _image_sinks(settings, "pseudo", ("pseudo_t1w", "pseudo_std"), src, meta)
+    src = {"source_file": t1w_source, "Sources": [bids_uri(t1w_source, bids_dir)]}
+    meta = _common_meta(random_seed)
+    sinks = _image_sinks(
+        output_dir, output_spaces, "pseudo", ("pseudo_t1w", "pseudo_std"), src, meta
+    )
     _connect_sinks(workflow, inputnode, outputnode, sinks, dict.fromkeys(sinks, "metadata"))
     return workflow
 
@@ -273,21 +302,26 @@ def _merge_meta(a: dict, b: dict) -> dict:
 
 
 def init_statmap_derivatives_wf(
-    settings: Settings,
+    *,
+    bids_dir: Path,
+    output_dir: Path,
     pet_source: str,
     t1w_source: str,
     desc: str,
+    random_seed: int,
+    output_spaces: list[str],
     name: str = "hypometabolism_derivatives_wf",
 ) -> Workflow:
     """Write a statistic map (``layout.STATS``: ``desc`` and its ``stat``), its cluster label maps
-    (MNI, T1w) and cluster table of one PET (inputs: ``STAT_OUTPUTS``)."""
+    (MNI, T1w) and cluster table of one PET in ``output_spaces`` into ``output_dir``
+    (inputs: ``STAT_OUTPUTS``)."""
     from .hypometabolism import STAT_OUTPUTS
 
     workflow = Workflow(name=name)
     inputnode = pe.Node(niu.IdentityInterface(fields=STAT_OUTPUTS), name="inputnode")
     outputnode = pe.Node(niu.IdentityInterface(fields=["out_files"]), name="outputnode")
-    src = _pet_sources(settings, pet_source, t1w_source)
-    meta = _common_meta(settings)
+    src = _pet_sources(bids_dir, pet_source, t1w_source)
+    meta = _common_meta(random_seed)
     merge_meta = pe.Node(
         niu.Function(function=_merge_meta, output_names=["out"]), name="merge_meta"
     )
@@ -296,10 +330,10 @@ def init_statmap_derivatives_wf(
     )
     sinks = {}
     for space, tag in (("T1w", "t1w"), (TEMPLATE_SPACE, "std")):
-        if space not in settings.output_spaces:
+        if space not in output_spaces:
             continue
         sinks[f"stat_{tag}"] = _sink(
-            settings,
+            output_dir,
             f"ds_stat_{tag}",
             space=space,
             **L.sink_entities("statmap", desc),
@@ -308,7 +342,7 @@ def init_statmap_derivatives_wf(
             **meta,
         )
         sinks[f"dseg_{tag}"] = _sink(
-            settings,
+            output_dir,
             f"ds_dseg_{tag}",
             space=space,
             **L.sink_entities("dseg", desc),
@@ -318,7 +352,7 @@ def init_statmap_derivatives_wf(
             **meta,
         )
     sinks["clusters_tsv"] = _sink(
-        settings,
+        output_dir,
         "ds_clusters",
         **L.sink_entities("clusters", desc),
         source_file=pet_source,

@@ -6,8 +6,6 @@ from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 from niworkflows.engine.workflows import LiterateWorkflow as Workflow
 
-from ..bids import PETInput
-from ..config import Settings
 from ..interfaces.anat import ApplyTransforms
 from ..interfaces.pet import SUVR, CoregisterPET, FrameAverage, ReferenceMask
 
@@ -22,22 +20,29 @@ PET_OUTPUTS = [
 
 
 def init_pet_preproc_wf(
-    pet: PETInput, settings: Settings, name: str = "pet_preproc_wf"
+    *,
+    frame_durations: list[float] | None,
+    reference_region: str,
+    omp_nthreads: int,
+    random_seed: int,
+    name: str = "pet_preproc_wf",
 ) -> Workflow:
     """One PET series -> SUVR images in T1w and MNI152NLin2009aSym space.
 
     Inputs: ``pet_file``, ``t1w_brain``, ``t1w2std_xfm``, ``std_ref``, ``gm_std``.
+    ``frame_durations``: seconds per frame (``PETInput.frame_durations``; None: unweighted).
     """
     workflow = Workflow(name=name)
-    durations = pet.frame_durations
     workflow.__desc__ = f"""
 The PET series was {
-        "motion-corrected (rigid, frame to mean) and " if durations and len(durations) > 1 else ""
+        "motion-corrected (rigid, frame to mean) and "
+        if frame_durations and len(frame_durations) > 1
+        else ""
     }averaged over frames weighted by frame duration. The mean
 PET was coregistered to the skull-stripped T1w with a rigid transform maximizing
 mutual information (ANTsPy), and resampled once to the template space by composing
 the PET-to-T1w and T1w-to-template transforms. Uptake was normalized to SUVR by the
-mean in the reference region (`{settings.reference_region}`).
+mean in the reference region (`{reference_region}`).
 """
     inputnode = pe.Node(
         niu.IdentityInterface(
@@ -46,23 +51,21 @@ mean in the reference region (`{settings.reference_region}`).
         name="inputnode",
     )
     outputnode = pe.Node(niu.IdentityInterface(fields=PET_OUTPUTS), name="outputnode")
-    nthreads = settings.omp_nthreads
+    nthreads = omp_nthreads
     avg = pe.Node(
         FrameAverage(
-            frame_durations=[float(d) for d in durations] if durations else None,
-            seed=settings.random_seed,
+            frame_durations=[float(d) for d in frame_durations] if frame_durations else None,
+            seed=random_seed,
         ),
         name="frame_average",
         n_procs=nthreads,
         mem_gb=1.0,
     )
-    coreg = pe.Node(
-        CoregisterPET(seed=settings.random_seed), name="coregister", n_procs=nthreads, mem_gb=1
-    )
+    coreg = pe.Node(CoregisterPET(seed=random_seed), name="coregister", n_procs=nthreads, mem_gb=1)
     chain = pe.Node(niu.Merge(2), name="xfm_chain")  # ANTs order: last is applied first
     to_std = pe.Node(ApplyTransforms(out_name="pet_std.nii.gz"), name="pet_to_std")
-    refmask = pe.Node(ReferenceMask(region=settings.reference_region), name="reference_mask")
-    suvr = pe.Node(SUVR(region=settings.reference_region), name="suvr")
+    refmask = pe.Node(ReferenceMask(region=reference_region), name="reference_mask")
+    suvr = pe.Node(SUVR(region=reference_region), name="suvr")
 
     workflow.connect(
         [
