@@ -18,9 +18,10 @@ from pathlib import Path
 
 from .config import TEMPLATE_SPACE
 
-STATS = {"hypometabolism": "z", "ocsvm": "score"}
+STATS = {"hypometabolism": "z", "controlpet": "z", "ocsvm": "score"}
 """The statistic maps (``desc``) and their statistic (``stat``): the hypometabolism Z map
-and the OC-SVM anomaly score."""
+(real − pseudo-normal PET), the classic control-PET Z map without synthesis (real PET
+against the controls' voxelwise PET mean and SD) and the OC-SVM anomaly score."""
 
 AFFINE_SPACE = f"{TEMPLATE_SPACE}Affine"
 """Label of the affine-only template space: the MNI grid reached by the affine stage of

@@ -20,7 +20,10 @@ SPACE = "MNI152NLin2009aSym"
 def demo_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
     code = demo.main(
-        [str(out), "--n-controls", "3", "--n-t1w-only", "1", "--n-patients", "1", "--seed", "2"]
+        [
+            *(str(out), "--n-controls", "4", "--n-t1w-only", "1", "--n-held-out", "1"),
+            *("--n-patients", "1", "--seed", "2"),
+        ]
     )
     return code, out / "derivatives"
 
@@ -45,7 +48,14 @@ def test_demo_finishes_and_prints_results(demo_run, capsys):
     summary = json.loads(
         (deriv / "group" / "evaluation" / "desc-hypometabolism_summary.json").read_text()
     )
-    assert summary["n_patients"] == 1 and summary["n_controls"] == 2
+    assert summary["n_patients"] == 1 and summary["n_controls"] == 3
+    # one control with PET was kept out of the group-level fit: a held-out figure exists
+    assert summary["controls_in_normative_model"] == 2
+    assert summary["fp_per_control_held_out"] is not None
+    control = json.loads(
+        (deriv / "group" / "evaluation" / "desc-controlpet_summary.json").read_text()
+    )
+    assert control["n_patients"] == 1 and control["fp_per_control_held_out"] is not None
 
 
 def test_group_models_record_real_and_synthetic_controls(demo_run):
@@ -63,6 +73,9 @@ def test_patient_has_control_referenced_z_and_ocsvm_maps(demo_run):
     )
     assert z["ZReference"] == "controls"
     for pattern in (
+        f"*space-{SPACE}_desc-controlpet_stat-z_statmap.nii.gz",
+        "*space-T1w_desc-controlpet_dseg.nii.gz",
+        "*_desc-controlpet_clusters.tsv",
         f"*space-{SPACE}_desc-ocsvm_stat-score_statmap.nii.gz",
         "*space-T1w_desc-ocsvm_stat-score_statmap.nii.gz",
         "*space-T1w_desc-ocsvm_dseg.nii.gz",

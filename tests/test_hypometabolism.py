@@ -13,7 +13,12 @@ import pytest
 from pet_synth_app.analysis import normative
 from pet_synth_app.config import TEMPLATE_SPACE, Settings
 from pet_synth_app.errors import PetSynthError
-from pet_synth_app.interfaces.hypometabolism import ClusterTable, FindClusters, HypometabolismZ
+from pet_synth_app.interfaces.hypometabolism import (
+    ClusterTable,
+    ControlPetZ,
+    FindClusters,
+    HypometabolismZ,
+)
 from pet_synth_app.preproc.templates import get_template
 
 SP = f"space-{TEMPLATE_SPACE}"
@@ -180,6 +185,55 @@ def test_normative_roundtrip_and_control_referenced_z(tmp_path, mni):
             normative=str(folder),
             weights_sha256="xyz",
         ).run(cwd=str(tmp_path))
+
+
+def test_control_pet_z_needs_no_synthesis(tmp_path, mni):
+    """The classic comparison: the real PET against the controls' PET mean and SD (the
+    pseudo-normal PET plays no part; any synthesis weights are accepted)."""
+    folder = _normative(tmp_path, mni, sha="abc")
+    model = normative.load(folder)
+    files = _inputs(tmp_path, mni)
+    res = ControlPetZ(pet=files["pet"], mask=files["mask"], normative=str(folder)).run(
+        cwd=str(tmp_path)
+    )
+    z = np.asanyarray(nib.load(res.outputs.out_file).dataobj)
+    inside = model.mask & mni["mask"]
+    expected = (mni["pet"][inside] - model.pet_mean[inside]) / model.pet_sd[inside]
+    np.testing.assert_allclose(z[inside], expected, rtol=1e-4, atol=1e-4)
+    assert (z[~inside] == 0).all()
+    assert z[mni["blob"] & (mni["gm"] > 0.5)].mean() < -3
+    assert "no synthesis" in res.outputs.metadata["ZReference"]
+    assert res.outputs.metadata["NormativeControls"] == 4
+
+
+def test_controlpet_workflow_clusters_the_blob(tmp_path, mni):
+    from pet_synth_app.workflows.hypometabolism import STAT_INPUTS, init_controlpet_wf
+
+    folder = _normative(tmp_path, mni)
+    files = _inputs(tmp_path, mni)
+    wf = init_controlpet_wf(
+        normative=folder, z_threshold=-1.65, min_cluster_mm3=1500, cluster_rank="mass"
+    )
+    wf.base_dir = str(tmp_path / "work")
+    from pet_synth_app.preproc.pet import write_ants_rigid
+
+    ident = write_ants_rigid(np.eye(4), str(tmp_path / "ident.mat"))
+    inputs = {
+        "pet_std": files["pet"],
+        "gm_std": files["gm"],
+        "mask_std": files["mask"],
+        "std2t1w_xfm": ident,
+        "t1w_preproc": files["mask"],
+    }
+    assert set(inputs) == set(STAT_INPUTS)
+    for k, v in inputs.items():
+        setattr(wf.get_node("inputnode").inputs, k, v)
+    res = wf.run()
+    out = {n.name: n for n in res.nodes()}
+    rows = json.loads(Path(out["clusters"].result.outputs.clusters).read_text())
+    assert len(rows) >= 1
+    peak = np.array([rows[0][k] for k in ("peak_x", "peak_y", "peak_z_mm")], dtype=float)
+    assert np.linalg.norm(peak - [-50, -20, -10]) < 15  # the blob is the top cluster
 
 
 def test_normative_load_refuses_incomplete(tmp_path):

@@ -62,6 +62,41 @@ def test_graph_has_every_step_and_sink(tmp_path):
     assert not isdefined(zmap.inputs.normative)
 
 
+def test_normative_model_adds_the_control_pet_map(tmp_path):
+    """With a group normative model in the output folder, every PET series also gets the
+    classic control-PET Z map (no synthesis), clustered and written as desc-controlpet."""
+    import numpy as np
+
+    from pet_synth_app.analysis import normative
+    from pet_synth_app.preproc.templates import get_template
+    from pet_synth_app.synthesis.weights import default_weights, read_card
+
+    ref = get_template("mask", 2)
+    mask = np.asanyarray(ref.dataobj) > 0
+    pets = [np.where(mask, 1.0 + 0.01 * i, 0.0) for i in range(3)]
+    sha = read_card(default_weights())["sha256"]
+    model = normative.fit_from_controls(
+        pets, pets, [mask] * 3, ref.affine, {"model_sha256": sha, "histogram_matching": False}
+    )
+    normative.save(model, tmp_path / "out" / "group" / "normative")
+    root, units = _units(tmp_path)
+    settings = Settings(bids_dir=root, output_dir=tmp_path / "out", work_dir=tmp_path / "w")
+    wf = base.init_petsynth_wf(settings, units)
+    names = set(wf.list_node_names())
+    for step in (
+        "pet_trc_FDG_wf_controlpet.zmap",
+        "pet_trc_FDG_wf_controlpet.clusters",
+        "pet_trc_FDG_wf_controlpet_derivatives.ds_stat_std",
+        "pet_trc_FDG_wf_controlpet_derivatives.ds_clusters",
+    ):
+        assert f"single_subject_01_wf.{step}" in names, step
+    ds = wf.get_node("single_subject_01_wf.pet_trc_FDG_wf_controlpet_derivatives.ds_stat_std")
+    assert ds.inputs.desc == "controlpet" and ds.inputs.stat == "z"
+    hypo = wf.get_node("single_subject_01_wf.pet_trc_FDG_wf_hypo.zmap")
+    assert isdefined(hypo.inputs.normative)  # the synthesis map is control-referenced too
+    assert "without synthesis" in wf.visit_desc()
+
+
 def test_output_spaces_select_sinks(tmp_path):
     root, units = _units(tmp_path)
     settings = Settings(

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from .. import __version__
+from .. import layout as L
 from ..errors import UsageError
 
 LOGGER = logging.getLogger("petsynth")
@@ -30,8 +31,9 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--desc",
         default="hypometabolism",
-        choices=["hypometabolism", "ocsvm"],
-        help="which cluster maps: hypometabolism or ocsvm",
+        choices=list(L.STATS),
+        help="which cluster maps: hypometabolism (synthesis-based Z), controlpet "
+        "(control-PET Z, no synthesis) or ocsvm",
     )
     parser.add_argument(
         "--out",

@@ -91,6 +91,44 @@ class HypometabolismZ(SimpleInterface):
         return runtime
 
 
+class _ControlPetZInputSpec(BaseInterfaceInputSpec):
+    pet = File(exists=True, mandatory=True, desc="real PET, SUVR, MNI")
+    mask = File(exists=True, mandatory=True, desc="brain mask, MNI")
+    normative = Directory(exists=True, mandatory=True, desc="normative model folder")
+    normative_sha256 = traits.Str(
+        "", usedefault=True, desc="sha256 of normative.json: a refit reruns the node"
+    )
+
+
+class ControlPetZ(SimpleInterface):
+    """The classic comparison without synthesis: Z of the real PET against the controls'
+    voxelwise PET mean and SD of the normative model (``analysis.zscore.control_pet_z``)."""
+
+    input_spec = _ControlPetZInputSpec
+    output_spec = _ZOutputSpec
+
+    def _run_interface(self, runtime):
+        from ..analysis import normative as norm
+        from ..analysis.zscore import control_pet_z
+
+        ref = nib.load(self.inputs.pet)
+        mask = _data(self.inputs.mask) > 0
+        model = norm.load(self.inputs.normative)
+        # the control-PET maps do not depend on the synthesis model: no weights check
+        norm.check_compatible(
+            model.meta, model.affine, model.mask.shape, ref.affine, ref.shape[:3], None
+        )
+        z = control_pet_z(_data(self.inputs.pet), model.pet_mean, model.pet_sd, mask & model.mask)
+        self._results["out_file"] = _save(z, ref, os.path.join(runtime.cwd, "z.nii.gz"))
+        self._results["metadata"] = {
+            "ZReference": "controls' PET (voxelwise mean and SD of the control SUVR PETs; "
+            "no synthesis)",
+            "NormativeModel": str(self.inputs.normative),
+            "NormativeControls": model.meta.get("n_controls"),
+        }
+        return runtime
+
+
 class _ClustersInputSpec(BaseInterfaceInputSpec):
     in_file = File(exists=True, mandatory=True, desc="statistic map (MNI)")
     gm = File(exists=True, mandatory=True, desc="GM probability (MNI)")

@@ -35,7 +35,11 @@ from .html import (
 )
 
 LOGGER = logging.getLogger("petsynth")
-DESCS = (("hypometabolism", "Hypometabolism (Z)"), ("ocsvm", "Anomaly (OC-SVM)"))
+DESCS = (
+    ("hypometabolism", "Hypometabolism (Z)"),
+    ("controlpet", "Control-PET Z (no synthesis)"),
+    ("ocsvm", "Anomaly (OC-SVM)"),
+)
 QUALITY_KEYS = ("ssim", "psnr")
 SECTIONS = [
     ("qc", "Quality control"),

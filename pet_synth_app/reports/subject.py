@@ -12,6 +12,7 @@ entities, one block each) are handled.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -50,6 +51,7 @@ SECTIONS = [
     ("coregistration", "PET-to-T1w coregistration"),
     ("synthesis", "Synthesis"),
     ("hypometabolism", "Hypometabolism"),
+    ("controlpet", "Control-PET comparison (no synthesis)"),
     ("anomaly", "Anomaly (OC-SVM)"),
     ("methods", "Methods"),
     ("derivatives", "Derivatives"),
@@ -411,6 +413,12 @@ class _Report:
                 parts.append(self._cluster_table(files[f"{desc}_tsv"], what))
         return "".join(parts)
 
+    def evidence(self) -> str:
+        """Which of the two Z maps the dataset's own evaluation favours (held-out
+        controls' false-positive clusters and patients' top-3 sensitivity, from
+        ``petsynth-evaluate``'s summaries under group/evaluation), in one paragraph."""
+        return f"<p>{esc(favoured_map(self.out / 'group' / 'evaluation'))}</p>"
+
     def _cluster_table(self, tsv: Path | None, what: str) -> str:
         if tsv is None:
             return na(f"no {what} cluster table (clusters.tsv) was written")
@@ -584,7 +592,11 @@ class _Report:
                     if (files["pet_t1w"] or files["pet_mni"])
                     else {}
                 )
-                for desc_name, label in (("hypometabolism", "Z"), ("ocsvm", "OC-SVM score")):
+                for desc_name, label in (
+                    ("hypometabolism", "Z"),
+                    ("controlpet", "control-PET Z"),
+                    ("ocsvm", "OC-SVM score"),
+                ):
                     stat = files[f"{desc_name}_stat_t1w"] or files[f"{desc_name}_stat_mni"]
                     if stat is None:
                         continue
@@ -702,6 +714,9 @@ class _Report:
             "hypometabolism": lambda: self.clusters_section(
                 "hypometabolism", "Z", "hypometabolism"
             ),
+            "controlpet": lambda: (
+                self.evidence() + self.clusters_section("controlpet", "Z", "control-PET Z")
+            ),
             "anomaly": lambda: self.clusters_section("ocsvm", "OC-SVM score", "OC-SVM anomaly"),
             "methods": self.methods,
             "derivatives": self.derivatives,
@@ -711,6 +726,10 @@ class _Report:
             "standardized; negative = lower uptake than expected. Clusters: connected voxels "
             "below the threshold inside gray matter, larger than the minimum volume, ranked "
             "by mass.</p>",
+            "controlpet": "<p class='caption'>The classic comparison, beside the "
+            "synthesis-based map: Z = (real PET &minus; controls' voxelwise mean PET) / "
+            "controls' SD, no pseudo-normal PET involved; same cluster rule. Written once a "
+            "normative model exists (group level).</p>",
             "anomaly": "<p class='caption'>One-class SVM decision score per voxel on "
             "autoencoder features of PET patches; negative = anomalous, thresholded like "
             "the Z map.</p>",
@@ -737,6 +756,54 @@ class _Report:
                 f"{intros.get(anchor, '')}{content}</section>"
             )
         return page(f"PetSynth: sub-{self.subject}", SECTIONS, body)
+
+
+def favoured_map(evaluation_dir: Path) -> str:
+    """A sentence saying which Z map (synthesis-based or control-PET) the evaluation
+    summaries in ``evaluation_dir`` favour, with the numbers, or that none exist."""
+    found = {}
+    for desc in ("hypometabolism", "controlpet"):
+        path = L.evaluation_file(evaluation_dir, desc, "summary", ".json")
+        try:
+            found[desc] = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+    if len(found) < 2:
+        return (
+            "No evaluation of both maps exists for this dataset (petsynth-evaluate --desc "
+            "hypometabolism and --desc controlpet with ground truth and controls left out "
+            "of the normative model), so neither map is known to be more reliable here: "
+            "read a cluster as a finding only where both maps agree."
+        )
+
+    def figures(s: dict) -> tuple[float | None, float | None]:
+        fp = s.get("fp_per_control_held_out")
+        return s.get("sensitivity_top3"), fp
+
+    (sens_h, fp_h), (sens_c, fp_c) = figures(found["hypometabolism"]), figures(found["controlpet"])
+    text = (
+        f"On this dataset's evaluation, the synthesis-based map found "
+        f"{_pct(sens_h)} of the patients within its top 3 clusters with "
+        f"{_num(fp_h)} false-positive clusters per held-out control; the control-PET map "
+        f"{_pct(sens_c)} with {_num(fp_c)}. "
+    )
+    if None in (sens_h, sens_c, fp_h, fp_c):
+        return text + "Without held-out controls the false-positive rates are unknown."
+    if sens_h >= sens_c and fp_h < fp_c:
+        return text + "The evidence favours the synthesis-based map."
+    if sens_c >= sens_h and fp_c < fp_h:
+        return text + "The evidence favours the control-PET map."
+    if sens_h == sens_c and fp_h == fp_c:
+        return text + "The two maps performed equally."
+    return text + "Neither map is better on both counts."
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.0f} %"
+
+
+def _num(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.2f}"
 
 
 def write_subject_report(output_dir: Path, subject: str, run_id: str, settings_file: Path) -> Path:

@@ -16,7 +16,12 @@ from ..config import Settings
 from ..plan import RunPlan, resolve_plan
 from .anatomical import init_anat_preproc_wf
 from .anomaly import init_anomaly_wf
-from .hypometabolism import STAT_INPUTS, STAT_OUTPUTS, init_hypometabolism_wf
+from .hypometabolism import (
+    STAT_INPUTS,
+    STAT_OUTPUTS,
+    init_controlpet_wf,
+    init_hypometabolism_wf,
+)
 from .outputs import (
     ANAT_DERIVATIVES_INPUTS,
     init_anat_derivatives_wf,
@@ -170,6 +175,14 @@ def init_single_subject_wf(unit: SubjectInputs, settings: Settings, plan: RunPla
             )
             workflow.connect(synth_wf, "outputnode.pseudo_std", hypo_wf, "inputnode.pseudo_std")
             stat_wfs.append((hypo_wf, "hypometabolism"))
+        if plan.normative_dir is not None:
+            controlpet_wf = init_controlpet_wf(
+                normative=plan.normative_dir,
+                z_threshold=settings.z_threshold,
+                **clusters,
+                name=_pet_wf_name(pet.path) + "_controlpet",
+            )
+            stat_wfs.append((controlpet_wf, "controlpet"))
         if plan.detector_dir is not None:
             anomaly_wf = init_anomaly_wf(
                 model=str(plan.detector_dir),

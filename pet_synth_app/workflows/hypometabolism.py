@@ -9,7 +9,7 @@ from nipype.pipeline import engine as pe
 from niworkflows.engine.workflows import LiterateWorkflow as Workflow
 
 from ..interfaces.anat import ApplyTransforms
-from ..interfaces.hypometabolism import ClusterTable, FindClusters, HypometabolismZ
+from ..interfaces.hypometabolism import ClusterTable, ControlPetZ, FindClusters, HypometabolismZ
 
 STAT_INPUTS = ["pet_std", "gm_std", "mask_std", "std2t1w_xfm", "t1w_preproc"]
 HYPO_INPUTS = [*STAT_INPUTS, "pseudo_std"]
@@ -99,6 +99,47 @@ maps were resampled to the native T1w space with the inverse template transform.
     return workflow
 
 
+def init_controlpet_wf(
+    *,
+    normative: Path,
+    z_threshold: float,
+    min_cluster_mm3: float,
+    cluster_rank: str,
+    name: str = "controlpet_wf",
+) -> Workflow:
+    """The classic comparison without synthesis (one PET series): Z of the real MNI SUVR
+    PET against the controls' voxelwise PET mean and SD of the normative model
+    (``normative``, ``RunPlan.normative_dir``), clustered by the same rule as the
+    hypometabolism map. Inputs: ``STAT_INPUTS``; outputs: ``STAT_OUTPUTS``."""
+    from ..analysis.normative import meta_sha256
+
+    workflow = Workflow(name=name)
+    workflow.__desc__ = f"""
+For comparison without synthesis, the real PET was also converted to Z scores against the
+voxelwise mean and SD of the healthy controls' SUVR PETs in template space (the classic
+single-subject comparison with a control group), and clustered with the same rule
+(Z < {z_threshold:g} in gray matter, clusters of at least {min_cluster_mm3:g} mm³).
+"""
+    inputnode = pe.Node(niu.IdentityInterface(fields=STAT_INPUTS), name="inputnode")
+    outputnode = pe.Node(niu.IdentityInterface(fields=STAT_OUTPUTS), name="outputnode")
+    zmap = pe.Node(
+        ControlPetZ(normative=str(normative), normative_sha256=meta_sha256(normative)),
+        name="zmap",
+    )
+    connect_clusters(
+        workflow,
+        inputnode,
+        zmap,
+        outputnode,
+        threshold=z_threshold,
+        min_cluster_mm3=min_cluster_mm3,
+        cluster_rank=cluster_rank,
+    )
+    workflow.connect(inputnode, "pet_std", zmap, "pet")
+    workflow.connect(inputnode, "mask_std", zmap, "mask")
+    return workflow
+
+
 def connect_clusters(
     workflow: Workflow,
     inputnode: pe.Node,
@@ -156,5 +197,6 @@ __all__ = [
     "STAT_INPUTS",
     "STAT_OUTPUTS",
     "connect_clusters",
+    "init_controlpet_wf",
     "init_hypometabolism_wf",
 ]
