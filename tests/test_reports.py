@@ -114,8 +114,8 @@ def make_tree(
         )
         _save(petd / f"{pre}_space-{SPACE}_desc-preproc_pet.nii.gz", pet_mni, tpl.affine)
         blobs = [_blob(SHAPE, (10, 18, 15), 3), _blob(SHAPE, (20, 12, 15), 2)][:n_clusters]
-        for desc, stat in (("hypometabolism", "z"), ("ocsvm", "score")):
-            if desc == "ocsvm" and not ocsvm:
+        for desc, stat in (("hypometabolism", "z"), ("controlpet", "z"), ("ocsvm", "score")):
+            if desc != "hypometabolism" and not ocsvm:  # both appear after the group level
                 continue
             zmap = rng.normal(0, 0.5, SHAPE).astype(np.float32) * brain
             dseg = np.zeros(SHAPE, np.int16)
@@ -226,6 +226,7 @@ def test_subject_report_has_all_sections(full_report):
             "sub-01_trc-FDG_desc-coreg_pet.svg",
             "sub-01_trc-FDG_desc-synthesis_pet.svg",
             "sub-01_trc-FDG_desc-hypometabolism_statmap.svg",
+            "sub-01_trc-FDG_desc-controlpet_statmap.svg",
             "sub-01_trc-FDG_desc-ocsvm_statmap.svg",
         ]
     )

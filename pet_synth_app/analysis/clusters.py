@@ -81,6 +81,21 @@ T1W_COLUMN_DESCRIPTIONS: dict[str, dict[str, str]] = {
     "peak_z_t1w_mm": {"Description": "Peak z in the participant's T1w space", "Units": "mm"},
 }
 """The columns the participant workflow appends: each cluster's peak in native T1w mm."""
+CALIBRATION_COLUMN_DESCRIPTIONS: dict[str, dict[str, str]] = {
+    "expected_fp": {
+        "Description": "Clusters at least this massive per healthy control scan (leave-one-out "
+        "null of the group level; n/a: uncalibrated map)"
+    },
+    "p_fwe": {
+        "Description": "Family-wise p-value: share of healthy control scans whose largest "
+        "cluster is at least this massive, (1 + count) / (1 + n) (n/a: uncalibrated map)"
+    },
+    "significant": {
+        "Description": "True when more massive than the largest cluster of every healthy "
+        "control scan of the null (n/a: uncalibrated map)"
+    },
+}
+"""The calibration columns of ``clusters.tsv`` (``analysis.calibration``)."""
 
 
 def column_help(column: str, sidecar: dict | None = None) -> str:
@@ -88,7 +103,11 @@ def column_help(column: str, sidecar: dict | None = None) -> str:
     table's JSON ``sidecar`` when it describes the column, else the defaults above."""
     entry = (sidecar or {}).get(column)
     if not (isinstance(entry, dict) and entry.get("Description")):
-        entry = {**CLUSTER_COLUMN_DESCRIPTIONS, **T1W_COLUMN_DESCRIPTIONS}.get(column, {})
+        entry = {
+            **CLUSTER_COLUMN_DESCRIPTIONS,
+            **T1W_COLUMN_DESCRIPTIONS,
+            **CALIBRATION_COLUMN_DESCRIPTIONS,
+        }.get(column, {})
     text, unit = entry.get("Description", ""), entry.get("Units")
     return f"{text} ({unit})" if unit and unit not in text else text
 

@@ -25,6 +25,14 @@ def _read_tsv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(fh, delimiter="\t"))
 
 
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def _load_labels_on(path: Path, ref_path: Path):
     """Integer labels of ``path`` on the grid of ``ref_path`` (nearest neighbour)."""
     import nibabel as nib
@@ -84,10 +92,16 @@ def evaluate(out_dir: Path, truth: Path, desc: str = "hypometabolism", max_k: in
         cluster_lobes = {int(r["rank"]): det.lobe_key(r["hemisphere"], r["lobe"]) for r in rows}
         if s not in lesions:
             n_clusters = det.count_clusters(labels)
+            calibration = str(_read_json(L.sidecar(table)).get("Calibration", ""))
+            calibrated = calibration.startswith("calibrated")
             controls.append(
                 {
                     "participant_id": f"sub-{s}",
                     "n_clusters": n_clusters,
+                    # clusters reported as significant by the calibration (None: uncalibrated)
+                    "n_significant": sum(str(r.get("significant")).lower() == "true" for r in rows)
+                    if calibrated
+                    else None,
                     "in_normative_model": f"sub-{s}" in fitted,
                 }
             )
@@ -126,6 +140,12 @@ def evaluate(out_dir: Path, truth: Path, desc: str = "hypometabolism", max_k: in
     summary["missing_outputs"] = [f"sub-{s}" for s in missing]
     held_out = [c["n_clusters"] for c in controls if not c["in_normative_model"]]
     summary["fp_per_control_held_out"] = float(np.mean(held_out)) if held_out else None
+    sig = [
+        c["n_significant"]
+        for c in controls
+        if not c["in_normative_model"] and c.get("n_significant") is not None
+    ]
+    summary["significant_fp_per_control_held_out"] = float(np.mean(sig)) if sig else None
     summary["controls_in_normative_model"] = sum(c["in_normative_model"] for c in controls)
     curve = det.sensitivity_curve([p["first_hit_rank"] for p in patients], max_k)
     lesion_curve = [
@@ -154,7 +174,7 @@ def write_evaluation(
     det.write_tsv(
         controls,
         L.evaluation_file(out, desc, "controls"),
-        ["participant_id", "n_clusters", "in_normative_model"],
+        ["participant_id", "n_clusters", "n_significant", "in_normative_model"],
     )
     det.write_tsv(
         [

@@ -193,6 +193,11 @@ class _TableInputSpec(BaseInterfaceInputSpec):
     dseg_t1w = File(exists=True, mandatory=True, desc="cluster labels on the T1w grid")
     stat_t1w = File(exists=True, mandatory=True, desc="statistic on the T1w grid")
     tail = traits.Enum("lower", "upper", usedefault=True)
+    null_dir = Directory(exists=True, desc="normative folder with cluster_null.json")
+    null_sha256 = traits.Str("", usedefault=True, desc="normative.json sha256: reruns on refit")
+    desc = traits.Str("", usedefault=True, desc="which map's null (layout.STATS key)")
+    threshold = traits.Float(Z_THRESHOLD, usedefault=True)
+    min_volume_mm3 = traits.Float(MIN_CLUSTER_MM3, usedefault=True)
 
 
 class _TableOutputSpec(TraitedSpec):
@@ -208,7 +213,9 @@ class ClusterTable(SimpleInterface):
     output_spec = _TableOutputSpec
 
     def _run_interface(self, runtime):
+        from ..analysis import calibration as cal
         from ..analysis.clusters import (
+            CALIBRATION_COLUMN_DESCRIPTIONS,
             CLUSTER_COLUMN_DESCRIPTIONS,
             CLUSTER_COLUMNS,
             T1W_COLUMN_DESCRIPTIONS,
@@ -229,8 +236,25 @@ class ClusterTable(SimpleInterface):
                 best = idx[np.argmax(sign * stat[inside])]
                 xyz = [round(float(v), 2) for v in nib.affines.apply_affine(dseg_img.affine, best)]
             row.update(zip(T1W_COLUMN_DESCRIPTIONS, xyz, strict=True))
+        rule = {"threshold": self.inputs.threshold, "min_volume_mm3": self.inputs.min_volume_mm3}
+        null_dir = self.inputs.null_dir if isdefined(self.inputs.null_dir) else None
+        scans = cal.load_null(null_dir, self.inputs.desc, rule) if self.inputs.desc else None
+        for row in rows:
+            if scans is None:
+                row.update(dict.fromkeys(CALIBRATION_COLUMN_DESCRIPTIONS, "n/a"))
+            else:
+                row.update(cal.calibrate(float(row["mass"]), scans))
         path = os.path.join(runtime.cwd, "clusters.tsv")
-        write_tsv(rows, path, [*CLUSTER_COLUMNS, *T1W_COLUMN_DESCRIPTIONS])  # header even if empty
+        columns = [*CLUSTER_COLUMNS, *T1W_COLUMN_DESCRIPTIONS, *CALIBRATION_COLUMN_DESCRIPTIONS]
+        write_tsv(rows, path, columns)  # header even if empty
         self._results["out_file"] = path
-        self._results["metadata"] = {**CLUSTER_COLUMN_DESCRIPTIONS, **T1W_COLUMN_DESCRIPTIONS}
+        self._results["metadata"] = {
+            "Calibration": cal.describe(scans),
+            "NumberSignificant": None
+            if scans is None
+            else sum(bool(r["significant"]) for r in rows),
+            **CLUSTER_COLUMN_DESCRIPTIONS,
+            **T1W_COLUMN_DESCRIPTIONS,
+            **CALIBRATION_COLUMN_DESCRIPTIONS,
+        }
         return runtime

@@ -426,12 +426,19 @@ class _Report:
             rows = read_tsv(tsv)
         except OSError as exc:
             return f"<p class='error'>cannot read {esc(tsv.name)}: {esc(str(exc))}</p>"
-        if not rows:
-            return "<p><b>No cluster</b> survived the threshold and the minimum volume.</p>"
         meta = sidecar(tsv)
+        calibration = calibration_note(meta)
+        if not rows:
+            return (
+                calibration
+                + "<p><b>No cluster</b> survived the threshold and the minimum volume.</p>"
+            )
         header = list(rows[0].keys())
         desc = {h: column_help(h, meta) for h in header}
-        body = [table(header, [[r.get(h, "") for h in header] for r in rows], titles=desc)]
+        body = [
+            calibration,
+            table(header, [[r.get(h, "") for h in header] for r in rows], titles=desc),
+        ]
         body.append(
             "<details><summary>Columns</summary><ul>"
             + "".join(f"<li><code>{esc(h)}</code>: {esc(desc[h] or '')}</li>" for h in header)
@@ -756,6 +763,27 @@ class _Report:
                 f"{intros.get(anchor, '')}{content}</section>"
             )
         return page(f"PetSynth: sub-{self.subject}", SECTIONS, body)
+
+
+def calibration_note(meta: dict) -> str:
+    """The cluster table's calibration in plain words (``analysis.calibration``): how many
+    clusters are significant against healthy controls, or that none can be said to be."""
+    text = str(meta.get("Calibration") or "")
+    if text.startswith("calibrated"):
+        n = meta.get("NumberSignificant")
+        head = (
+            f"<b>{n} cluster{'s' if n != 1 else ''} significant</b> against healthy controls. "
+            if isinstance(n, int)
+            else ""
+        )
+        return f"<p>{head}Clusters are {esc(text)}.</p>"
+    return (
+        "<p class='warn'><b>Uncalibrated map:</b> a healthy scan also shows clusters at "
+        "this threshold, so a cluster here is not a finding by itself. "
+        f"{esc(text)}</p>"
+        if text
+        else ""
+    )
 
 
 def favoured_map(evaluation_dir: Path) -> str:

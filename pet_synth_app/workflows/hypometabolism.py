@@ -81,6 +81,7 @@ maps were resampled to the native T1w space with the inverse template transform.
         threshold=z_threshold,
         min_cluster_mm3=min_cluster_mm3,
         cluster_rank=cluster_rank,
+        calibration=(normative, "hypometabolism") if normative else None,
     )
     workflow.connect(
         [
@@ -134,6 +135,7 @@ single-subject comparison with a control group), and clustered with the same rul
         threshold=z_threshold,
         min_cluster_mm3=min_cluster_mm3,
         cluster_rank=cluster_rank,
+        calibration=(normative, "controlpet"),
     )
     workflow.connect(inputnode, "pet_std", zmap, "pet")
     workflow.connect(inputnode, "mask_std", zmap, "mask")
@@ -149,6 +151,7 @@ def connect_clusters(
     threshold: float,
     min_cluster_mm3: float,
     cluster_rank: str,
+    calibration: tuple[Path, str] | None = None,
 ) -> None:
     """The cluster stage shared by the Z and OC-SVM maps: ``stat.out_file`` (MNI, lower
     tail) -> ranked GM clusters -> label map and statistic in T1w space -> clusters.tsv.
@@ -156,6 +159,9 @@ def connect_clusters(
     ``inputnode`` provides ``STAT_INPUTS``; ``outputnode`` receives ``STAT_OUTPUTS``
     (``stat.metadata`` becomes ``stat_metadata``). Voxels below ``threshold`` form
     clusters of at least ``min_cluster_mm3`` (mm³), ranked by ``cluster_rank``.
+    ``calibration``: (normative folder, map key) whose leave-one-out cluster null gives
+    each cluster its ``expected_fp``, ``p_fwe`` and ``significant`` (``analysis.calibration``);
+    None: the table says the map is uncalibrated.
     """
     clusters = pe.Node(
         FindClusters(
@@ -170,7 +176,15 @@ def connect_clusters(
         ApplyTransforms(interpolation="nearestNeighbor", out_name="dseg_t1w.nii.gz"),
         name="dseg_to_t1w",
     )
-    table = pe.Node(ClusterTable(), name="cluster_table")
+    table = pe.Node(
+        ClusterTable(threshold=threshold, min_volume_mm3=min_cluster_mm3), name="cluster_table"
+    )
+    if calibration is not None:
+        from ..analysis.normative import meta_sha256
+
+        table.inputs.null_dir = str(calibration[0])
+        table.inputs.null_sha256 = meta_sha256(calibration[0])
+        table.inputs.desc = calibration[1]
     workflow.connect(
         [
             (stat, clusters, [("out_file", "in_file")]),

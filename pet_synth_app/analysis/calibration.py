@@ -1,0 +1,167 @@
+"""Cluster-level calibration: how often a healthy scan shows a cluster this large.
+
+A Z map thresholded at -1.65 flags ~5 % of any brain's gray matter, healthy or not, so
+the existence of clusters says little; their size does. The group level therefore
+builds a *null* from the controls (docs/architecture.md, "Statistics"): each control's
+map is computed against a normative model fitted on the *other* controls
+(leave-one-out), clustered with the participant workflow's rule, and the clusters' masses
+are kept (``loo_cluster_null``, written to ``group/normative/cluster_null.json``). A
+participant's cluster of mass ``m`` then gets
+
+- ``expected_fp``: the mean number of clusters with mass >= ``m`` per healthy scan
+  (null clusters >= m / number of null scans);
+- ``p_fwe``: the family-wise (per-scan) p-value ``(1 + #scans whose largest cluster
+  has mass >= m) / (1 + n_scans)``;
+- ``significant``: ``p_fwe`` <= ``1 / (1 + n_scans)``, i.e. more massive than the largest
+  cluster of every null scan (with 19+ scans: ``p_fwe`` < 0.05).
+
+By exchangeability a healthy scan has a significant cluster with probability ~1/(n+1).
+Mass is the cluster statistic of the ranking (sum of |Z - threshold| over the cluster,
+``analysis.clusters``). Maps without a null (self-referenced Z, OC-SVM) are
+*uncalibrated*, and their sidecars and reports say so in plain words.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ..config import GM_THRESHOLD, MIN_CLUSTER_MM3, Z_THRESHOLD
+from .clusters import CONNECTIVITY, find_clusters
+
+NULL_FILE = "cluster_null.json"
+CALIBRATED_MAPS = ("hypometabolism", "controlpet")
+UNCALIBRATED = (
+    "uncalibrated: no null distribution of cluster sizes from healthy controls was "
+    "available, so these clusters are not findings by themselves (a healthy scan also "
+    "shows clusters at this threshold); fit the group level on controls to calibrate them"
+)
+
+
+def loo_cluster_null(
+    pets: Sequence[np.ndarray],
+    pseudos: Sequence[np.ndarray],
+    masks: Sequence[np.ndarray],
+    gms: Sequence[np.ndarray],
+    affine: np.ndarray,
+    *,
+    histogram_matching: bool = False,
+    threshold: float = Z_THRESHOLD,
+    min_volume_mm3: float = MIN_CLUSTER_MM3,
+    connectivity: int = CONNECTIVITY,
+) -> dict:
+    """Leave-one-out cluster null of the two control-referenced maps (SUVR, MNI).
+
+    For each control: the control-referenced Z of its residual (``hypometabolism``) and
+    of its PET (``controlpet``) against normative models fitted on the other controls
+    (``zscore.fit_normative``, as ``normative.fit_from_controls``), clustered in its GM
+    (probability > ``GM_THRESHOLD``) with the given rule. Returns the JSON-ready null:
+    per map the list of cluster masses of every scan, plus the rule.
+    """
+    from .zscore import control_referenced_z, fit_normative, residual
+
+    n = len(pets)
+    if n < 3:
+        raise ValueError(f"a leave-one-out null needs at least 3 controls, got {n}")
+    mask = np.all([m > 0 for m in masks], axis=0)
+    zooms = np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(0))
+    res = [residual(p, s, mask, histogram_matching) for p, s in zip(pets, pseudos, strict=True)]
+    pet_in = [np.where(mask, p, 0.0) for p in pets]
+    scans: dict[str, list[list[float]]] = {k: [] for k in CALIBRATED_MAPS}
+    for i in range(n):
+        others = [j for j in range(n) if j != i]
+        gm = (np.asarray(gms[i]) > GM_THRESHOLD) & mask
+        for key, data in (("hypometabolism", res), ("controlpet", pet_in)):
+            mean, sd = fit_normative([data[j] for j in others], mask, zooms=zooms)
+            z = control_referenced_z(data[i], mean, sd, mask)
+            _, clusters = find_clusters(
+                z,
+                gm,
+                affine,
+                threshold=threshold,
+                min_volume_mm3=min_volume_mm3,
+                connectivity=connectivity,
+            )
+            scans[key].append(sorted((round(c.mass, 4) for c in clusters), reverse=True))
+    return {
+        "Description": "Leave-one-out cluster masses of healthy controls (each control "
+        "against the normative model of the others), per map; analysis/calibration.py",
+        "n_scans": n,
+        "rule": {
+            "threshold": threshold,
+            "min_volume_mm3": min_volume_mm3,
+            "connectivity": connectivity,
+            "gm_threshold": GM_THRESHOLD,
+            "statistic": "mass",
+        },
+        "scans": scans,
+    }
+
+
+def save_null(null: dict, folder: str | Path) -> Path:
+    """Write ``null`` to ``<folder>/cluster_null.json``."""
+    path = Path(folder) / NULL_FILE
+    path.write_text(json.dumps(null, indent=1) + "\n")
+    return path
+
+
+def load_null(folder: str | Path | None, desc: str, rule: dict) -> list[list[float]] | None:
+    """The per-scan cluster masses of map ``desc`` in ``folder``'s null, or None when
+    there is no null, it lacks ``desc`` or it was built with another cluster rule."""
+    if folder is None:
+        return None
+    try:
+        null = json.loads((Path(folder) / NULL_FILE).read_text())
+        scans = null["scans"][desc]
+        built = null["rule"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    same = all(
+        np.isclose(float(built.get(k, np.nan)), float(v)) for k, v in rule.items() if k in built
+    )
+    return scans if same and len(scans) >= 1 else None
+
+
+def calibrate(mass: float, scans: list[list[float]]) -> dict[str, float | bool]:
+    """``expected_fp``, ``p_fwe`` and ``significant`` of a cluster of ``mass`` against the
+    null ``scans`` (each a list of cluster masses; see the module docstring)."""
+    n = len(scans)
+    all_masses = np.array([m for scan in scans for m in scan], dtype=np.float64)
+    maxima = np.array([max(scan) if scan else 0.0 for scan in scans], dtype=np.float64)
+    expected_fp = float((all_masses >= mass).sum() / n)
+    p_fwe = float((1 + (maxima >= mass).sum()) / (1 + n))
+    return {
+        "expected_fp": round(expected_fp, 4),
+        "p_fwe": round(p_fwe, 4),
+        "significant": bool(p_fwe <= 1.0 / (1 + n) + 1e-12),
+    }
+
+
+def describe(scans: list[list[float]] | None) -> str:
+    """The plain-words calibration statement of a cluster table's sidecar and report."""
+    if scans is None:
+        return UNCALIBRATED
+    n = len(scans)
+    rate = np.mean([any(s) for s in scans]) if scans else 0.0
+    return (
+        f"calibrated on {n} healthy controls (leave-one-out): {100 * rate:.0f} % of them "
+        "showed at least one cluster at this threshold; a cluster is significant when it "
+        f"is more massive than the largest cluster of every one of them (p_fwe <= "
+        f"{1 / (1 + n):.3f}), expected_fp is the number of clusters at least as massive "
+        "per healthy scan"
+    )
+
+
+__all__ = [
+    "CALIBRATED_MAPS",
+    "NULL_FILE",
+    "UNCALIBRATED",
+    "calibrate",
+    "describe",
+    "load_null",
+    "loo_cluster_null",
+    "save_null",
+]
