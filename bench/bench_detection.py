@@ -1,7 +1,7 @@
 """Benchmark lesion detection on a phantom cohort: three ways to get a Z map.
 
 Usage: python bench/bench_detection.py OUT TRUTH --controls c13 c14 ... [--json F]
-       [--png F]
+       [--png F] [--calibrate]
 
 OUT is a PetSynth participant-level output folder (patients and the listed controls,
 with MNI-space SUVR PET, pseudo-normal PET, GM probability, brain mask and the
@@ -34,6 +34,7 @@ import numpy as np
 
 from pet_synth_app import layout as L
 from pet_synth_app.analysis import detection as det
+from pet_synth_app.analysis.calibration import calibrate, loo_cluster_null
 from pet_synth_app.analysis.clusters import cluster_table, find_clusters
 from pet_synth_app.analysis.zscore import (
     control_pet_z,
@@ -75,13 +76,34 @@ def load_subject(out: Path, s: str) -> dict:
     }
 
 
-def clusters_t1w(z: np.ndarray, d: dict) -> tuple[np.ndarray, dict[int, str], int]:
+def clusters_t1w(z: np.ndarray, d: dict) -> tuple[np.ndarray, dict[int, str], list[float]]:
+    """Cluster labels on the T1w grid, lobes by rank, and the masses in rank order."""
     gm = (d["gm"] > GM_THRESHOLD) & d["mask"]
     labels, clusters = find_clusters(z, gm, d["affine"])
     lobes = {r["rank"]: det.lobe_key(r["hemisphere"], r["lobe"]) for r in cluster_table(clusters)}
     img = nib.Nifti1Image(labels.astype(np.float32), d["affine"])
     t1w = apply_transforms(img, nib.load(str(d["t1w"])), [str(d["xfm"])], "nearestNeighbor")
-    return np.rint(np.asanyarray(t1w.dataobj)).astype(int), lobes, len(clusters)
+    masses = [c.mass for c in clusters]
+    return np.rint(np.asanyarray(t1w.dataobj)).astype(int), lobes, masses
+
+
+def null_of(data: dict, fit_set: list[str]) -> dict[str, list[list[float]]]:
+    """Leave-one-out cluster null of maps (b) and (c) over ``fit_set``
+    (``analysis.calibration``, as the group level builds it)."""
+    null = loo_cluster_null(
+        [data[c]["pet"] for c in fit_set],
+        [data[c]["pseudo"] for c in fit_set],
+        [data[c]["mask"] for c in fit_set],
+        [data[c]["gm"] for c in fit_set],
+        data[fit_set[0]]["affine"],
+    )
+    return {"b": null["scans"]["hypometabolism"], "c": null["scans"]["controlpet"]}
+
+
+def n_significant(masses: list[float], scans: list[list[float]] | None) -> int | None:
+    if scans is None:
+        return None
+    return sum(calibrate(m, scans)["significant"] for m in masses)
 
 
 def truth_of(truth: Path) -> dict[str, dict[int, dict]]:
@@ -119,6 +141,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--controls", nargs="+", required=True)
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--png", type=Path, default=None)
+    p.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="also count only the clusters significant against a leave-one-out null of the "
+        "fitted controls (maps b and c; nested: a tested control is never in its null)",
+    )
     opts = p.parse_args(argv)
     t0 = time.time()
     lesions = truth_of(opts.truth)
@@ -135,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         return r, q
 
     full = models(controls)
+    full_null = null_of(data, controls) if opts.calibrate else {}
 
     def zmaps(s, fitted):
         d = data[s]
@@ -149,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     per_patient = {m: [] for m in METHODS}
     per_lesion = {m: [] for m in METHODS}
     per_control = {m: [] for m in METHODS}
+    sig_hit = {m: [] for m in METHODS}  # patients: lesion among the significant clusters
+    sig_control = {m: [] for m in METHODS}  # controls: significant clusters
     for s in patients:
         maps = zmaps(s, full)
         mask_path = L.find_truth(opts.truth, s, "lesion_mask")
@@ -160,14 +191,24 @@ def main(argv: list[str] | None = None) -> int:
         truth = np.rint(np.asanyarray(truth_img.dataobj)).astype(int)
         les_lobes = {k: det.lobe_key(v["hemisphere"], v["lobe"]) for k, v in lesions[s].items()}
         for m, z in maps.items():
-            labels, lobes, _ = clusters_t1w(z, data[s])
+            labels, lobes, masses = clusters_t1w(z, data[s])
             res = det.evaluate_patient(labels, truth, les_lobes, lobes)
             per_patient[m].append(res)
             per_lesion[m] += [res["lesion_ranks"].get(k) for k in lesions[s]]
+            n_sig = n_significant(masses, full_null.get(m))
+            if n_sig is not None:
+                first = res["first_hit_rank"]
+                sig_hit[m].append(first is not None and first <= min(n_sig, 3))
     for c in controls:
-        maps = zmaps(c, models([x for x in controls if x != c]))
+        others = [x for x in controls if x != c]
+        maps = zmaps(c, models(others))
+        null = null_of(data, others) if opts.calibrate else {}
         for m, z in maps.items():
-            per_control[m].append(clusters_t1w(z, data[c])[2])
+            masses = clusters_t1w(z, data[c])[2]
+            per_control[m].append(len(masses))
+            n_sig = n_significant(masses, null.get(m))
+            if n_sig is not None:
+                sig_control[m].append(n_sig)
 
     results = {}
     for m, label in METHODS.items():
@@ -180,6 +221,10 @@ def main(argv: list[str] | None = None) -> int:
         summ["curve"] = det.sensitivity_curve([r["first_hit_rank"] for r in per_patient[m]])
         summ["first_hit_ranks"] = [r["first_hit_rank"] for r in per_patient[m]]
         summ["control_clusters"] = per_control[m]
+        if sig_hit[m]:
+            summ["significant_sensitivity_top3"] = float(np.mean(sig_hit[m]))
+            summ["significant_fp_per_control"] = float(np.mean(sig_control[m]))
+            summ["significant_control_clusters"] = sig_control[m]
         results[label] = summ
 
     print(
@@ -187,6 +232,15 @@ def main(argv: list[str] | None = None) -> int:
         f"{len(controls)} controls (leave-one-out normative models); {time.time() - t0:.0f} s\n"
     )
     print_table(results, "method")
+    if opts.calibrate:
+        print("\n| calibrated (significant clusters only) | sens. top 3 | FP clusters/control |")
+        print("|---|---|---|")
+        for label, s in results.items():
+            if "significant_fp_per_control" in s:
+                print(
+                    f"| {label} | {s['significant_sensitivity_top3']:.2f} | "
+                    f"{s['significant_fp_per_control']:.2f} |"
+                )
     if opts.png:
         det.plot_sensitivity_curve({k: v["curve"] for k, v in results.items()}, opts.png)
     if opts.json:
