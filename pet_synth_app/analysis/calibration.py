@@ -12,10 +12,15 @@ participant's cluster of mass ``m`` then gets
   (null clusters >= m / number of null scans);
 - ``p_fwe``: the family-wise (per-scan) p-value ``(1 + #scans whose largest cluster
   has mass >= m) / (1 + n_scans)``;
-- ``significant``: ``p_fwe`` <= ``1 / (1 + n_scans)``, i.e. more massive than the largest
-  cluster of every null scan (with 19+ scans: ``p_fwe`` < 0.05).
+- ``significant``: ``expected_fp`` < ``MAX_EXPECTED_FP`` (0.25): a healthy scan is
+  expected to show fewer than 0.25 clusters this massive, so the expected number of
+  significant clusters in a healthy scan is below 0.25 (by exchangeability).
 
-By exchangeability a healthy scan has a significant cluster with probability ~1/(n+1).
+The rule was chosen on phantoms with atrophy and regional metabolic variation (8 patients,
+8 held-out controls, docs/benchmarks.md): the family-wise rule (``p_fwe`` <= 1/(n+1),
+more massive than every null scan's largest cluster) kept 0.12 false-positive clusters per
+control but found only 38 % of the patients' lesions in the top 3; ``expected_fp`` < 0.25
+kept 0.12 and found 62 %; < 1 found 75 % with 1.0.
 Mass is the cluster statistic of the ranking (sum of |Z - threshold| over the cluster,
 ``analysis.clusters``). Maps without a null (self-referenced Z, OC-SVM) are
 *uncalibrated*, and their sidecars and reports say so in plain words.
@@ -33,6 +38,8 @@ from ..config import GM_THRESHOLD, MIN_CLUSTER_MM3, Z_THRESHOLD
 from .clusters import CONNECTIVITY, find_clusters
 
 NULL_FILE = "cluster_null.json"
+MAX_EXPECTED_FP = 0.25
+"""A cluster is significant when healthy scans show fewer clusters this massive per scan."""
 CALIBRATED_MAPS = ("hypometabolism", "controlpet")
 UNCALIBRATED = (
     "uncalibrated: no null distribution of cluster sizes from healthy controls was "
@@ -136,7 +143,7 @@ def calibrate(mass: float, scans: list[list[float]]) -> dict[str, float | bool]:
     return {
         "expected_fp": round(expected_fp, 4),
         "p_fwe": round(p_fwe, 4),
-        "significant": bool(p_fwe <= 1.0 / (1 + n) + 1e-12),
+        "significant": bool(expected_fp < MAX_EXPECTED_FP),
     }
 
 
@@ -148,15 +155,15 @@ def describe(scans: list[list[float]] | None) -> str:
     rate = np.mean([any(s) for s in scans]) if scans else 0.0
     return (
         f"calibrated on {n} healthy controls (leave-one-out): {100 * rate:.0f} % of them "
-        "showed at least one cluster at this threshold; a cluster is significant when it "
-        f"is more massive than the largest cluster of every one of them (p_fwe <= "
-        f"{1 / (1 + n):.3f}), expected_fp is the number of clusters at least as massive "
-        "per healthy scan"
+        "showed at least one cluster at this threshold; expected_fp is the number of "
+        "clusters at least as massive per healthy scan, and a cluster is significant when "
+        f"expected_fp < {MAX_EXPECTED_FP:g}"
     )
 
 
 __all__ = [
     "CALIBRATED_MAPS",
+    "MAX_EXPECTED_FP",
     "NULL_FILE",
     "UNCALIBRATED",
     "calibrate",

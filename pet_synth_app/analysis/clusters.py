@@ -91,8 +91,8 @@ CALIBRATION_COLUMN_DESCRIPTIONS: dict[str, dict[str, str]] = {
         "cluster is at least this massive, (1 + count) / (1 + n) (n/a: uncalibrated map)"
     },
     "significant": {
-        "Description": "True when more massive than the largest cluster of every healthy "
-        "control scan of the null (n/a: uncalibrated map)"
+        "Description": "True when expected_fp < 0.25 (analysis.calibration.MAX_EXPECTED_FP; "
+        "n/a: uncalibrated map)"
     },
 }
 """The calibration columns of ``clusters.tsv`` (``analysis.calibration``)."""
