@@ -43,8 +43,18 @@ def run_participant(settings: Settings) -> int:
             errors.extend(PetSynthError(f"{unit.name} skipped: {p}") for p in problems)
         else:
             good.append(unit)
-    for err in errors:
+    official = []
+    if not settings.skip_bids_validation:
+        from .validator import validate_dataset
+
+        official = validate_dataset(settings.bids_dir)
+    for err in [*errors, *official]:
         print_error(err)
+    if official:
+        raise PetSynthError(
+            f"the input dataset is not valid BIDS ({len(official)} bids-validator error(s) "
+            "above); nothing was written (--skip-bids-validation to run anyway)"
+        )
     if not good:
         raise PetSynthError("no participant has usable inputs; nothing was written")
 
