@@ -55,7 +55,8 @@ def test_reuse_skips_the_steps_and_gives_the_same_clusters(runs):
     assert (w1 / anat / "t1w_to_std").is_dir()
     assert _clusters(o1) == _clusters(o0)
     assert t1 < t0  # the measured speedup is in docs/benchmarks.md
-    side = json.loads(L.sidecar(L.find(o1, "p01", "statmap", L.TEMPLATE_SPACE, "hypometabolism")).read_text())
+    stat = L.find(o1, "p01", "statmap", L.TEMPLATE_SPACE, "hypometabolism")
+    side = json.loads(L.sidecar(stat).read_text())
     assert "bids:smriprep:sub-p01/anat/sub-p01_desc-preproc_T1w.nii.gz" in side["Sources"]
     desc = json.loads((o1 / "dataset_description.json").read_text())
     assert desc["DatasetLinks"]["smriprep"].startswith("file://")
