@@ -46,7 +46,7 @@ def _clusters(out: Path) -> str:
 
 
 def test_reuse_skips_the_steps_and_gives_the_same_clusters(runs):
-    (o0, w0, c0, t0), (o1, w1, c1, t1) = runs["native"], runs["reused"]
+    (o0, w0, c0, _), (o1, w1, c1, _) = runs["native"], runs["reused"]  # times: benchmarks.md
     assert c0 == 0 and c1 == 0
     anat = "petsynth_wf/single_subject_p01_wf/anat_preproc_wf"
     for step in ("skullstrip", "n4", "register", "segment"):
@@ -54,7 +54,6 @@ def test_reuse_skips_the_steps_and_gives_the_same_clusters(runs):
         assert not (w1 / anat / step).exists(), step
     assert (w1 / anat / "t1w_to_std").is_dir()
     assert _clusters(o1) == _clusters(o0)
-    assert t1 < t0  # the measured speedup is in docs/benchmarks.md
     stat = L.find(o1, "p01", "statmap", L.TEMPLATE_SPACE, "hypometabolism")
     side = json.loads(L.sidecar(stat).read_text())
     assert "bids:smriprep:sub-p01/anat/sub-p01_desc-preproc_T1w.nii.gz" in side["Sources"]
