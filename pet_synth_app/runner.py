@@ -60,6 +60,8 @@ def run_participant(settings: Settings) -> int:
 
     plan = resolve_plan(settings)  # refuses bad models before anything is written
     plan, good, reuse_errors = resolve_reuse(settings, good, plan)
+    for err in reuse_errors:
+        print_error(err)
     errors.extend(reuse_errors)
     if not good:
         raise PetSynthError("no participant has usable inputs; nothing was written")

@@ -225,6 +225,23 @@ def test_mismatch_skips_the_unit_with_one_line(raw, tmp_path, capsys):
     assert "label-GM_probseg" in str(errors[0]) and "\n" not in str(errors[0])
 
 
+def test_cli_mismatch_is_printed_and_nothing_written(raw, tmp_path, capsys, monkeypatch):
+    files = _raw_files(raw, tmp_path)
+    files["mask"] = write_nifti(tmp_path / "m.nii.gz", np.ones((8, 8, 8), np.uint8))
+    deriv = write_smriprep(tmp_path / "d", "01", files)
+    import pet_synth_app.runner as runner
+
+    monkeypatch.setattr(runner, "resolve_plan", lambda s: resolve_plan(s, check=False))
+    argv = [str(raw), str(tmp_path / "out"), "participant", "--participant-label", "01"]
+    code = run.main([*argv, "--derivatives", str(deriv)])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "petsynth: error: sub-01 skipped: sub-01: " in err
+    assert "does not match the raw T1w" in err and "Traceback" not in err
+    assert "no participant has usable inputs; nothing was written" in err
+    assert not (tmp_path / "out" / "dataset_description.json").exists()
+
+
 def test_cli_bad_derivatives_folder(raw, tmp_path, capsys):
     code = run.main(
         [str(raw), str(tmp_path / "out"), "participant", "--derivatives", str(tmp_path / "x")]
