@@ -74,8 +74,8 @@ def test_outputs_load_as_a_pybids_derivatives_dataset(runs):
     assert len(t1w) == 2  # T1w space and template space
     assert {f.entities.get("space") for f in t1w} == {None, L.TEMPLATE_SPACE}
     xfm = layout.get(subject="p01", suffix="xfm", extension=".h5", to=L.TEMPLATE_SPACE)
-    assert [f.entities["from"] for f in xfm] == ["T1w"]
-    stat = layout.get(subject="p01", suffix="statmap", desc="hypometabolism")
+    assert sorted(f.entities["from"] for f in xfm) == [L.AFFINE_SPACE, "T1w"]
+    stat = layout.get(subject="p01", suffix="statmap", desc="hypometabolism", extension=".nii.gz")
     assert stat and all(f.entities["datatype"] == "pet" for f in stat)
     # and a PetSynth output folder is itself a valid --derivatives source
     found = reuse.find_anat(
