@@ -31,8 +31,11 @@ ENV DEBIAN_FRONTEND=noninteractive \
     TEMPLATEFLOW_HOME=/opt/templateflow \
     TEMPLATEFLOW_AUTOUPDATE=0
 
+# node + the official BIDS validator (npm), run on the input dataset (pet_synth_app/validator.py)
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends libgomp1 \
+    && apt-get install -y --no-install-recommends libgomp1 nodejs npm \
+    && npm install -g bids-validator@1.15.0 \
+    && npm cache clean --force \
     && rm -rf /var/lib/apt/lists/*
 
 COPY requirements.lock /opt/petsynth/requirements.lock

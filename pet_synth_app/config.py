@@ -74,6 +74,7 @@ class Settings:
     mem_mb: int = 0  # 0: no limit
     use_plugin: Path | None = None
     skip_bids_validation: bool = False
+    derivatives: list[Path] = field(default_factory=list)  # sMRIPrep/fMRIPrep to reuse
     random_seed: int = 0
     output_spaces: list[str] = field(default_factory=lambda: list(OUTPUT_SPACES))
     reference_region: str = "gm-mean"
@@ -134,6 +135,8 @@ class Settings:
         for key in ("participant_label", "session_label"):
             if key in opts:
                 opts[key] = list(opts[key])
+        if "derivatives" in opts:
+            opts["derivatives"] = [Path(p).absolute() for p in opts["derivatives"]]
         if "output_spaces" in opts:
             opts["output_spaces"] = list(dict.fromkeys(opts["output_spaces"]))
         if "ocsvm_gamma" in opts:

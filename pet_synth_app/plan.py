@@ -9,7 +9,7 @@ never changed (docs/architecture.md).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -39,6 +39,8 @@ class RunPlan:
     """Threads per process (``threads.thread_limits``)."""
     template: str = TEMPLATE_SPACE
     mni_resolution: int = 2
+    reused: Any = field(default_factory=lambda: MappingProxyType({}))
+    """Reused anatomical derivatives by unit name (``reuse.ReusedAnat``; ``--derivatives``)."""
 
     @property
     def synthesis(self) -> bool:

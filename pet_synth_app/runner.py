@@ -43,19 +43,39 @@ def run_participant(settings: Settings) -> int:
             errors.extend(PetSynthError(f"{unit.name} skipped: {p}") for p in problems)
         else:
             good.append(unit)
-    for err in errors:
+    official = []
+    if not settings.skip_bids_validation:
+        from .validator import validate_dataset
+
+        official = validate_dataset(settings.bids_dir)
+    for err in [*errors, *official]:
         print_error(err)
+    if official:
+        raise PetSynthError(
+            f"the input dataset is not valid BIDS ({len(official)} bids-validator error(s) "
+            "above); nothing was written (--skip-bids-validation to run anyway)"
+        )
     if not good:
         raise PetSynthError("no participant has usable inputs; nothing was written")
 
     plan = resolve_plan(settings)  # refuses bad models before anything is written
+    plan, good, reuse_errors = resolve_reuse(settings, good, plan)
+    for err in reuse_errors:
+        print_error(err)
+    errors.extend(reuse_errors)
+    if not good:
+        raise PetSynthError("no participant has usable inputs; nothing was written")
     run_id = new_run_id()
     log_dir = settings.output_dir / "logs"
     settings.output_dir.mkdir(parents=True, exist_ok=True)
     settings_file = write_settings(settings, plan, log_dir / f"config-{run_id}.toml")
-    pbids.write_derivative_description(
+    description = pbids.write_derivative_description(
         settings.bids_dir, settings.output_dir, container=_container_info()
     )
+    if settings.derivatives:
+        from .reuse import add_dataset_links, dataset_links
+
+        add_dataset_links(description, dataset_links(settings.derivatives))
     LOGGER.info(
         "PetSynth %s: %d unit(s) to process on device %s (nprocs=%d, omp_nthreads=%d)",
         __version__,
@@ -91,6 +111,36 @@ def run_participant(settings: Settings) -> int:
     n_ok = len(good) - len(failed)
     LOGGER.info("finished: %d of %d unit(s) succeeded", n_ok, len(units) + len(errors))
     return 1 if (failed or errors) else 0
+
+
+def resolve_reuse(settings: Settings, units: list, plan: RunPlan) -> tuple[RunPlan, list, list]:
+    """Find each unit's reusable anatomical derivatives (``--derivatives``, ``reuse.py``);
+    returns the plan with them, the units that can run, and one error per unit whose
+    derivatives do not match its raw T1w (that unit is skipped)."""
+    if not settings.derivatives:
+        return plan, units, []
+    import dataclasses
+    from types import MappingProxyType
+
+    from . import reuse
+    from .synthesis.inputs import card_representation
+
+    layouts = reuse.load_derivatives(settings.derivatives)
+    # the reused transforms give T1w <-> MNI only, not the registration stages
+    transforms = not plan.synthesis or card_representation(dict(plan.card)) == "mni"
+    found, kept, errors = {}, [], []
+    for unit in units:
+        try:
+            reused = reuse.find_anat(layouts, unit.subject, unit.session, unit.t1w, transforms)
+        except PetSynthError as exc:
+            errors.append(PetSynthError(f"{unit.name} skipped: {exc}"))
+            continue
+        for note in reused.notes:
+            LOGGER.warning("%s", note)
+        LOGGER.info("%s", reused.summary())
+        found[unit.name] = reused
+        kept.append(unit)
+    return dataclasses.replace(plan, reused=MappingProxyType(found)), kept, errors
 
 
 def write_settings(settings: Settings, plan: RunPlan, path: Path) -> Path:

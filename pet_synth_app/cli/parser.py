@@ -123,7 +123,19 @@ def get_parser() -> argparse.ArgumentParser:
         "--skip_bids_validation",
         dest="skip_bids_validation",
         action="store_true",
-        help="do not check file names against the BIDS specification",
+        help="do not validate the input dataset (the official bids-validator when "
+        "installed, else pybids' file-name check)",
+    )
+    g_bids.add_argument(
+        "--derivatives",
+        dest="derivatives",
+        nargs="+",
+        type=Path,
+        default=_default("derivatives"),
+        metavar="PATH",
+        help="sMRIPrep/fMRIPrep derivatives folders: their preprocessed T1w, brain mask, "
+        "GM/WM/CSF probseg and MNI152NLin2009aSym transforms are reused instead of "
+        "recomputed (docs/usage.md, 'Chaining with fMRIPrep')",
     )
 
     g_perf = parser.add_argument_group("Options to handle performance")

@@ -14,6 +14,7 @@ from niworkflows.engine.workflows import LiterateWorkflow as Workflow
 from ..bids import SubjectInputs
 from ..config import Settings
 from ..plan import RunPlan, resolve_plan
+from ..reuse import source_uris
 from .anatomical import init_anat_preproc_wf
 from .anomaly import init_anomaly_wf
 from .hypometabolism import (
@@ -30,6 +31,7 @@ from .outputs import (
     init_synthesis_derivatives_wf,
 )
 from .pet import init_pet_preproc_wf
+from .reuse import add_sources, apply_anat_reuse, drop_sinks
 from .synthesis import SYNTHESIS_INPUTS, init_synthesis_wf
 
 LOGGER = logging.getLogger("petsynth")
@@ -96,8 +98,12 @@ def init_single_subject_wf(unit: SubjectInputs, settings: Settings, plan: RunPla
         **sinks, t1w_source=unit.t1w, registration_preset=settings.registration_preset
     )
     workflow.connect(inputnode, "t1w", anat_wf, "inputnode.t1w")
+    reused = plan.reused.get(unit.name)
+    absent = apply_anat_reuse(anat_wf, reused) if reused and reused.skipped_steps else []
+    drop_sinks(anat_ds, absent)
     for f in ANAT_DERIVATIVES_INPUTS:
-        workflow.connect(anat_wf, f"outputnode.{f}", anat_ds, f"inputnode.{f}")
+        if f not in absent:
+            workflow.connect(anat_wf, f"outputnode.{f}", anat_ds, f"inputnode.{f}")
 
     if plan.synthesis:
         synth_wf = init_synthesis_wf(plan)
@@ -207,6 +213,8 @@ def init_single_subject_wf(unit: SubjectInputs, settings: Settings, plan: RunPla
                 workflow.connect(source, f"outputnode.{field}", stat_wf, f"inputnode.{field}")
             for field in STAT_OUTPUTS:
                 workflow.connect(stat_wf, f"outputnode.{field}", stat_ds, f"inputnode.{field}")
+    if reused and reused.files:
+        add_sources(workflow, source_uris(reused))
     return workflow
 
 

@@ -1,0 +1,143 @@
+"""Plug reused derivatives (``reuse.py``) into a built anatomical workflow.
+
+The anatomical workflow is built as usual (``anatomical.init_anat_preproc_wf``); each
+step whose outputs are all reused is then taken out: the files are set as inputs of the
+nodes that read that step's outputs, the step node is removed, and every node left with
+nothing to feed is pruned (e.g. the template priors when the segmentation is reused).
+"""
+
+from __future__ import annotations
+
+from nipype.pipeline import engine as pe
+from niworkflows.engine.workflows import LiterateWorkflow as Workflow
+
+from ..interfaces.bids import DerivativesDataSink
+from ..reuse import ReusedAnat
+
+REUSED_METHOD = "reused"
+"""``BrainExtractionMethod`` of a reused brain mask."""
+STAGE_FIELDS = (
+    "t1w2affine_xfm",
+    "affine2t1w_xfm",
+    "affine2std_warp",
+    "std2affine_warp",
+    "affine2std_xfm",
+    "std2affine_xfm",
+    "logjac_std",
+    "t1w_affine",
+    "mask_affine",
+)
+"""Outputs of the anatomical workflow that only the registration node makes (absent when
+the transforms are reused)."""
+_STEP_NODES = {
+    "N4": ("n4", {"out_file": "t1w"}),
+    "skull stripping": ("skullstrip", {"out_mask": "mask"}),
+    "segmentation": ("segment", {"gm": "gm", "wm": "wm", "csf": "csf"}),
+    "registration": (
+        "register",
+        {"composite": "t1w2std_xfm", "inverse_composite": "std2t1w_xfm"},
+    ),
+}
+_KEEP = ("inputnode", "outputnode")
+
+
+def _substitute(wf: Workflow, node: pe.Node, values: dict[str, object]) -> None:
+    """Set ``values`` (output field -> value) on every reader of ``node``'s outputs and
+    drop those connections."""
+    graph = wf._graph
+    for _, dst, data in list(graph.out_edges(node, data=True)):
+        keep = []
+        for src, dst_field in data["connect"]:
+            if isinstance(src, str) and src in values:
+                dst.set_input(dst_field, values[src])
+            else:
+                keep.append((src, dst_field))
+        if keep:
+            data["connect"] = keep
+        else:
+            graph.remove_edge(node, dst)
+
+
+def _remove_downstream(wf: Workflow, node: pe.Node) -> None:
+    """Remove ``node`` and every node fed by it (the outputnode loses those fields)."""
+    graph = wf._graph
+    todo = [node]
+    while todo:
+        cur = todo.pop()
+        if cur not in graph:
+            continue
+        for dst in list(graph.successors(cur)):
+            if dst.name not in _KEEP:
+                todo.append(dst)
+        graph.remove_node(cur)
+
+
+def _prune(wf: Workflow) -> None:
+    """Remove nodes whose outputs nothing reads (sinks excepted)."""
+    graph = wf._graph
+    while True:
+        dead = [
+            n
+            for n in graph.nodes
+            if n.name not in _KEEP
+            and graph.out_degree(n) == 0
+            and not isinstance(getattr(n, "interface", None), DerivativesDataSink)
+        ]
+        if not dead:
+            return
+        graph.remove_nodes_from(dead)
+
+
+def apply_anat_reuse(anat_wf: Workflow, found: ReusedAnat) -> list[str]:
+    """Replace the steps of ``anat_wf`` whose outputs ``found`` provides; returns the
+    outputnode fields that are no longer produced (``STAGE_FIELDS`` when the transforms
+    are reused, else none)."""
+    missing: list[str] = []
+    for step in found.skipped_steps:
+        name, fields = _STEP_NODES[step]
+        node = anat_wf.get_node(name)
+        values = {out: found.files[role] for out, role in fields.items()}
+        if step == "skull stripping":
+            values["method"] = REUSED_METHOD
+        _substitute(anat_wf, node, values)
+        if step == "registration":
+            _remove_downstream(anat_wf, node)
+            missing = list(STAGE_FIELDS)
+        elif node in anat_wf._graph:
+            anat_wf._graph.remove_node(node)
+    _prune(anat_wf)
+    anat_wf.__desc__ = (anat_wf.__desc__ or "") + (
+        f"\nThe {', '.join(found.skipped_steps)} outputs were not computed but reused from "
+        "earlier derivatives (`--derivatives`, e.g. sMRIPrep/fMRIPrep).\n"
+    )
+    return missing
+
+
+def drop_sinks(ds_wf: Workflow, fields: list[str]) -> None:
+    """Remove the sinks ``ds_<field>`` of a derivatives workflow (outputs not produced)."""
+    for f in fields:
+        node = ds_wf.get_node(f"ds_{f}")
+        if node is not None:
+            ds_wf._graph.remove_node(node)
+
+
+def add_sources(wf: Workflow, uris: list[str]) -> None:
+    """Append ``uris`` to the ``Sources`` of every DerivativesDataSink inside ``wf``."""
+    for node in _all_nodes(wf):
+        iface = getattr(node, "interface", None)
+        if isinstance(iface, DerivativesDataSink):
+            meta = iface._metadata
+            meta["Sources"] = list(meta.get("Sources", [])) + [
+                u for u in uris if u not in meta.get("Sources", [])
+            ]
+
+
+def _all_nodes(wf: Workflow):
+    for node in wf._graph.nodes:
+        if isinstance(node, Workflow):
+            yield from _all_nodes(node)
+        else:
+            yield node
+
+
+__all__ = ["REUSED_METHOD", "STAGE_FIELDS", "add_sources", "apply_anat_reuse", "drop_sinks"]

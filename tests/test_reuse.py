@@ -1,0 +1,279 @@
+"""``--derivatives``: finding, checking and plugging in sMRIPrep/fMRIPrep derivatives."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from conftest import make_bids, write_nifti
+from smriprep_fixtures import petsynth_files, write_smriprep
+
+from pet_synth_app import bids as pbids
+from pet_synth_app import reuse
+from pet_synth_app.cli import run
+from pet_synth_app.config import TEMPLATE_SPACE, Settings
+from pet_synth_app.errors import PetSynthError
+from pet_synth_app.plan import resolve_plan
+from pet_synth_app.runner import resolve_reuse
+from pet_synth_app.workflows import base
+
+
+def _raw_files(raw: Path, tmp: Path, subject: str = "01") -> dict[str, Path]:
+    """Stand-ins for a preprocessing run: copies of the raw T1w and empty transforms."""
+    t1w = raw / f"sub-{subject}/anat/sub-{subject}_T1w.nii.gz"
+    files = {k: t1w for k in ("t1w", "mask", "gm", "wm", "csf")}
+    for key in ("t1w2std_xfm", "std2t1w_xfm"):
+        files[key] = tmp / f"{key}.h5"
+        files[key].write_bytes(b"\x89HDF\r\n")
+    return files
+
+
+@pytest.fixture
+def raw(tmp_path) -> Path:
+    return make_bids(tmp_path / "raw", subjects=("01", "02"))
+
+
+def _find(deriv, raw, subject="01", session=None, transforms=True):
+    layouts = reuse.load_derivatives([deriv] if isinstance(deriv, Path) else deriv)
+    t1w = str(raw / f"sub-{subject}/anat/sub-{subject}_T1w.nii.gz")
+    return reuse.find_anat(layouts, subject, session, t1w, transforms)
+
+
+def test_finds_everything_by_entities(raw, tmp_path):
+    deriv = write_smriprep(tmp_path / "smriprep", "01", _raw_files(raw, tmp_path))
+    found = _find(deriv, raw)
+    assert sorted(found.files) == sorted(reuse.ROLES)
+    assert found.files["gm"].endswith("sub-01_label-GM_probseg.nii.gz")
+    assert found.files["t1w2std_xfm"].endswith(
+        f"sub-01_from-T1w_to-{TEMPLATE_SPACE}_mode-image_xfm.h5"
+    )
+    assert found.skipped_steps == ["skull stripping", "N4", "segmentation", "registration"]
+    assert found.computed_steps == [] and found.notes == []
+    uris = reuse.source_uris(found)
+    assert uris[0] == "bids:smriprep:sub-01/anat/sub-01_desc-preproc_T1w.nii.gz"
+    assert len(uris) == 7
+    # another subject of the same folder: nothing
+    assert _find(deriv, raw, subject="02").files == {}
+
+
+def test_fmriprep_default_template_is_refused(raw, tmp_path):
+    deriv = write_smriprep(
+        tmp_path / "fmriprep",
+        "01",
+        _raw_files(raw, tmp_path),
+        space=reuse.FMRIPREP_TEMPLATE,
+        name="fMRIPrep",
+    )
+    found = _find(deriv, raw)
+    assert sorted(found.files) == sorted(reuse.IMAGE_ROLES)
+    assert found.computed_steps == ["registration"]
+    assert len(found.notes) == 1 and "MNI152NLin2009cAsym transforms refused" in found.notes[0]
+    assert "--output-spaces MNI152NLin2009aSym" in found.notes[0]
+
+
+def test_missing_transforms_and_partial_tissues_are_computed(raw, tmp_path):
+    files = _raw_files(raw, tmp_path)
+    del files["csf"]
+    deriv = write_smriprep(tmp_path / "d", "01", files, transforms=False)
+    found = _find(deriv, raw)
+    assert sorted(found.files) == ["mask", "t1w"]
+    assert found.computed_steps == ["segmentation", "registration"]
+    assert any("only GM, WM probseg found" in n for n in found.notes)
+    assert any("no MNI152NLin2009aSym transforms" in n for n in found.notes)
+    # the model needs the registration stages: transforms found but not reused
+    deriv2 = write_smriprep(tmp_path / "d2", "01", _raw_files(raw, tmp_path))
+    found = _find(deriv2, raw, transforms=False)
+    assert "registration" in found.computed_steps
+    assert "needs the registration stages" in found.notes[0]
+
+
+def test_session_files_win_over_subject_files(tmp_path):
+    raw = make_bids(tmp_path / "raw")
+    files = _raw_files(raw, tmp_path)
+    deriv = write_smriprep(tmp_path / "d", "01", files, session="A", transforms=False)
+    write_smriprep(tmp_path / "d", "01", {"t1w": files["t1w"]})  # subject level
+    assert "ses-A" in _find(deriv, raw, session="A").files["t1w"]
+    assert "ses-A" not in _find(deriv, raw, session="B").files["t1w"]  # falls back
+    assert "mask" in _find(deriv, raw, session="A").files
+    assert "mask" not in _find(deriv, raw, session="B").files
+
+
+def test_grid_mismatch_is_one_clear_error(raw, tmp_path):
+    files = _raw_files(raw, tmp_path)
+    files["mask"] = write_nifti(
+        tmp_path / "other.nii.gz", np.ones((40, 48, 40), np.uint8), zooms=(2.0, 2.0, 2.5)
+    )
+    deriv = write_smriprep(tmp_path / "d", "01", files)
+    with pytest.raises(PetSynthError) as exc:
+        _find(deriv, raw)
+    msg = str(exc.value)
+    assert "\n" not in msg and "does not match the raw T1w sub-01_T1w.nii.gz" in msg
+    assert "desc-brain_mask" in msg
+
+
+def test_reoriented_grid_is_accepted_with_its_t1w(raw, tmp_path):
+    files = _raw_files(raw, tmp_path)
+    img = nib.load(files["t1w"])
+    flip = np.diag([-1.0, 1, 1, 1])
+    flip[0, 3] = img.shape[0] - 1
+    data = np.asanyarray(img.dataobj)[::-1]  # same voxels in space, LAS storage order
+    flipped = nib.Nifti1Image(data, img.affine @ flip)
+    nib.save(flipped, tmp_path / "las.nii.gz")
+    files.update(t1w=tmp_path / "las.nii.gz", mask=tmp_path / "las.nii.gz")
+    found = _find(write_smriprep(tmp_path / "d", "01", files), raw)
+    assert {"t1w", "mask"} <= set(found.files)
+    del files["t1w"]  # the mask alone on a reoriented grid: not reused
+    found = _find(write_smriprep(tmp_path / "d2", "01", files), raw)
+    assert "mask" not in found.files and any("mask not reused" in n for n in found.notes)
+
+
+def test_sources_naming_another_t1w_is_an_error(raw, tmp_path):
+    files = _raw_files(raw, tmp_path)
+    ok = write_smriprep(
+        tmp_path / "ok", "01", files, raw_sources=["sub-01/anat/sub-01_T1w.nii.gz"]
+    )
+    assert "t1w" in _find(ok, raw).files
+    bad = write_smriprep(
+        tmp_path / "bad", "01", files, raw_sources=["sub-01/anat/sub-01_run-2_T1w.nii.gz"]
+    )
+    with pytest.raises(PetSynthError, match="made from sub-01_run-2_T1w.nii.gz, not from"):
+        _find(bad, raw)
+
+
+def test_not_a_derivatives_folder(tmp_path):
+    with pytest.raises(PetSynthError, match="does not exist"):
+        reuse.load_derivatives([tmp_path / "nope"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(PetSynthError, match="no dataset_description.json"):
+        reuse.load_derivatives([tmp_path / "empty"])
+
+
+def _plan_and_wf(raw, tmp_path, deriv, **kw):
+    settings = Settings(
+        bids_dir=raw,
+        output_dir=tmp_path / "out",
+        work_dir=tmp_path / "w",
+        derivatives=[deriv],
+        **kw,
+    )
+    units, _ = pbids.collect_inputs(pbids.load_layout(raw))
+    plan = resolve_plan(settings, check=False, device="cpu")
+    plan, units, errors = resolve_reuse(settings, units, plan)
+    return plan, units, errors, base.init_petsynth_wf(settings, units, plan)
+
+
+def test_graph_skips_the_reused_steps(raw, tmp_path):
+    deriv = write_smriprep(tmp_path / "smriprep", "01", _raw_files(raw, tmp_path))
+    plan, units, errors, wf = _plan_and_wf(raw, tmp_path, deriv)
+    assert errors == [] and len(units) == 2
+    names = set(wf.list_node_names())
+    anat = "single_subject_{}_wf.anat_preproc_wf.{}"
+    for step in ("skullstrip", "n4", "segment", "register", "priors_to_t1w", "t1w_to_affine"):
+        assert anat.format("01", step) not in names, step
+        assert anat.format("02", step) in names, step  # sub-02 has nothing to reuse
+    for step in ("t1w_to_std", "mask_to_std", "gm_to_std", "normalize_t1w", "apply_mask"):
+        assert anat.format("01", step) in names
+    sinks = "single_subject_01_wf.anat_derivatives_wf.{}"
+    assert sinks.format("ds_t1w2affine_xfm") not in names
+    assert sinks.format("ds_t1w_std") in names
+    # the reused files reach the readers of the removed steps
+    t1w_std = wf.get_node(anat.format("01", "t1w_to_std"))
+    assert t1w_std.inputs.in_file.endswith("sub-01_desc-preproc_T1w.nii.gz")
+    assert t1w_std.inputs.transforms[0].endswith(f"to-{TEMPLATE_SPACE}_mode-image_xfm.h5")
+    ds = wf.get_node(sinks.format("ds_t1w_mask"))
+    assert (
+        "bids:smriprep:sub-01/anat/sub-01_desc-brain_mask.nii.gz"
+        in ds.interface._metadata["Sources"]
+    )
+    assert ds.interface._metadata["Sources"][0] == "bids:raw:sub-01/anat/sub-01_T1w.nii.gz"
+    ds2 = wf.get_node("single_subject_02_wf.anat_derivatives_wf.ds_t1w_mask")
+    assert len(ds2.interface._metadata["Sources"]) == 1
+    assert "reused from earlier derivatives" in wf.visit_desc()
+
+
+def test_graph_with_refused_transforms_still_registers(raw, tmp_path):
+    deriv = write_smriprep(
+        tmp_path / "fmriprep", "01", _raw_files(raw, tmp_path), space=reuse.FMRIPREP_TEMPLATE
+    )
+    *_, wf = _plan_and_wf(raw, tmp_path, deriv)
+    names = set(wf.list_node_names())
+    anat = "single_subject_01_wf.anat_preproc_wf."
+    assert anat + "register" in names and anat + "t1w_to_affine" in names
+    assert anat + "n4" not in names and anat + "segment" not in names
+    reg = wf.get_node(anat + "register")
+    # registration of the brain made from the reused T1w and mask
+    assert wf.get_node(anat + "apply_mask").inputs.in_file.endswith("desc-preproc_T1w.nii.gz")
+    assert "single_subject_01_wf.anat_derivatives_wf.ds_t1w2affine_xfm" in names
+    assert reg is not None
+
+
+def test_mismatch_skips_the_unit_with_one_line(raw, tmp_path, capsys):
+    files = _raw_files(raw, tmp_path)
+    files["t1w"] = raw / "sub-02/anat/sub-02_T1w.nii.gz"  # same grid: accepted by grid...
+    bad = tmp_path / "bad.nii.gz"
+    img = nib.load(files["t1w"])
+    nib.save(nib.Nifti1Image(np.asanyarray(img.dataobj), img.affine * 1.1), bad)
+    files["gm"] = bad
+    deriv = write_smriprep(tmp_path / "d", "01", files)
+    plan, units, errors, _ = _plan_and_wf(raw, tmp_path, deriv)
+    assert [u.subject for u in units] == ["02"]
+    assert len(errors) == 1 and str(errors[0]).startswith("sub-01 skipped: sub-01:")
+    assert "label-GM_probseg" in str(errors[0]) and "\n" not in str(errors[0])
+
+
+def test_cli_mismatch_is_printed_and_nothing_written(raw, tmp_path, capsys, monkeypatch):
+    files = _raw_files(raw, tmp_path)
+    files["mask"] = write_nifti(tmp_path / "m.nii.gz", np.ones((8, 8, 8), np.uint8))
+    deriv = write_smriprep(tmp_path / "d", "01", files)
+    import pet_synth_app.runner as runner
+
+    monkeypatch.setattr(runner, "resolve_plan", lambda s: resolve_plan(s, check=False))
+    argv = [str(raw), str(tmp_path / "out"), "participant", "--participant-label", "01"]
+    code = run.main([*argv, "--derivatives", str(deriv)])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "petsynth: error: sub-01 skipped: sub-01: " in err
+    assert "does not match the raw T1w" in err and "Traceback" not in err
+    assert "no participant has usable inputs; nothing was written" in err
+    assert not (tmp_path / "out" / "dataset_description.json").exists()
+
+
+def test_cli_bad_derivatives_folder(raw, tmp_path, capsys):
+    code = run.main(
+        [str(raw), str(tmp_path / "out"), "participant", "--derivatives", str(tmp_path / "x")]
+    )
+    err = capsys.readouterr().err
+    assert code != 0
+    assert "--derivatives folder does not exist" in err and "Traceback" not in err
+    assert not (tmp_path / "out" / "dataset_description.json").exists()
+
+
+def test_dataset_links(tmp_path):
+    deriv = write_smriprep(tmp_path / "smriprep", "01", {})
+    desc = tmp_path / "dataset_description.json"
+    desc.write_text(json.dumps({"Name": "x", "DatasetLinks": {"raw": "file:///raw"}}))
+    reuse.add_dataset_links(desc, reuse.dataset_links([deriv]))
+    links = json.loads(desc.read_text())["DatasetLinks"]
+    assert links == {"raw": "file:///raw", "smriprep": deriv.absolute().as_uri()}
+
+
+def test_fixture_helper_copies_a_petsynth_run(tmp_path):
+    out = tmp_path / "out"
+    names = {}
+    for key in ("t1w", "mask", "gm", "wm", "csf", "t1w2std_xfm", "std2t1w_xfm"):
+        from pet_synth_app import layout as L
+
+        p = L.path(out / "sub-01", "sub-01", key)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"x")
+        names[key] = p
+    files = petsynth_files(out, "01")
+    assert files == names
+    deriv = write_smriprep(tmp_path / "d", "01", files, space=reuse.FMRIPREP_TEMPLATE)
+    got = sorted(p.name for p in (deriv / "sub-01" / "anat").iterdir())
+    assert "sub-01_from-MNI152NLin2009cAsym_to-T1w_mode-image_xfm.h5" in got
+    shutil.rmtree(deriv)
