@@ -243,8 +243,9 @@ def predict_volume(
 
 
 def patch_keep(config: dict) -> int:
-    """Edge of the central cube kept from each 3D patch when stitching: half the patch."""
-    return int(config["patch_size"]) // 2
+    """Edge of the central cube kept from each 3D patch when stitching: the config's
+    ``patch_keep`` (diffusion models), else half the patch."""
+    return int(config.get("patch_keep") or int(config["patch_size"]) // 2)
 
 
 def predict_with_config(

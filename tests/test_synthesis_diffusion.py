@@ -1,0 +1,210 @@
+"""The diffusion synthesis models (issue 15): MRI2PET's ddpm3d and SynDiff."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from pet_synth_app.synthesis.ddpm3d import DDPM3D, pet_like_t1w, set_sample_steps
+from pet_synth_app.synthesis.diffusion import (
+    laplacian_loss,
+    laplacian_pyramid,
+    make_ddim_scheduler,
+    make_ddpm_scheduler,
+    predicted_x0,
+)
+from pet_synth_app.synthesis.inference import patch_keep, predict_with_config
+from pet_synth_app.synthesis.registry import build_model, get_spec, model_config
+from pet_synth_app.synthesis.syndiff import SynDiff, VPSchedule
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+TINY = {"unet_channels": [4, 8]}
+
+
+def tiny(name: str, seed: int = 0, **overrides):
+    torch.manual_seed(seed)
+    small = {**TINY, **({"ngf": 4, "ndf": 4, "n_blocks": 1} if name == "syndiff" else {})}
+    return build_model(name, model_config(name, **small, **overrides))
+
+
+def rand(shape, seed):
+    return torch.rand(shape, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+# ------------------------------------------------------------------ Laplacian pyramid
+def test_laplacian_pyramid_hand_computation():
+    """On a 2x2x2 cube one level exists: x - mean(x) (average-pool to 1 voxel, then
+    trilinear upsampling of one voxel is that voxel everywhere)."""
+    x = torch.arange(8, dtype=torch.float32).view(1, 1, 2, 2, 2)  # mean 3.5
+    (level,) = laplacian_pyramid(x, levels=5)
+    np.testing.assert_allclose(level.flatten().numpy(), np.arange(8) - 3.5)
+    y = torch.zeros_like(x)
+    y[0, 0, 0, 0, 0] = 8.0  # mean 1: its level is (7, -1, -1, ...)
+    expected = np.mean((np.arange(8) - 3.5 - np.array([7.0] + [-1.0] * 7)) ** 2)
+    assert float(laplacian_loss(x, y)) == pytest.approx(expected)
+    # a constant offset has no detail at any level
+    z = torch.rand(1, 1, 32, 32, 32)
+    assert len(laplacian_pyramid(z)) == 5
+    assert float(laplacian_loss(z, z + 0.3)) == pytest.approx(0.0, abs=1e-10)
+
+
+def test_laplacian_pyramid_two_levels_by_hand():
+    """4x4 image (2D): level 1 = x - up(avgpool(x)), level 2 = the 2x2 pool minus its mean."""
+    x = torch.tensor([[1.0, 3.0, 0.0, 0.0], [5.0, 7.0, 0.0, 4.0]] + [[0.0] * 4] * 2)
+    x = x.view(1, 1, 4, 4)
+    levels = laplacian_pyramid(x, levels=2)
+    pooled = np.array([[4.0, 1.0], [0.0, 0.0]])
+    np.testing.assert_allclose(levels[1].view(2, 2).numpy(), pooled - pooled.mean())
+    # bilinear (align_corners=False) upsampling of the 2x2 pool, by hand at the corner
+    # pixel (0, 0): it lies on the first pooled pixel exactly (clamped), so 4
+    assert float(levels[0][0, 0, 0, 0]) == pytest.approx(1.0 - 4.0)
+
+
+# ------------------------------------------------------------------ schedulers
+def test_scheduler_round_trip_recovers_the_input():
+    """Noise x0 to step t, then one DDIM step with the true noise as the network output:
+    the predicted clean image is x0 and the previous sample is x0 noised to t_prev."""
+    x0 = rand((2, 1, 8, 8, 8), 0) * 0.9
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(1))
+    train = make_ddpm_scheduler()
+    ddim = make_ddim_scheduler()
+    ddim.set_timesteps(2)  # timesteps 999?, ...: the step size is 500
+    t = 700
+    x_t = train.add_noise(x0, noise, torch.tensor([t, t]))
+    prev, pred_x0 = ddim.step(noise, t, x_t)
+    torch.testing.assert_close(pred_x0, x0, atol=1e-4, rtol=0)
+    torch.testing.assert_close(
+        prev, train.add_noise(x0, noise, torch.tensor([200, 200])), atol=1e-4, rtol=0
+    )
+    torch.testing.assert_close(
+        predicted_x0(x_t, noise, torch.tensor([t, t]), train.alphas_cumprod), x0, atol=1e-4, rtol=0
+    )
+    # the last step (to t < 0) returns the clean image itself
+    last, _ = ddim.step(noise, 0, train.add_noise(x0, noise, torch.tensor([0, 0])))
+    torch.testing.assert_close(last, x0, atol=1e-4, rtol=0)
+
+
+def test_syndiff_posterior_is_exact_at_the_last_step():
+    """q(x_0 | x_1, x0) has zero variance: the posterior sample is x0 itself."""
+    sched = VPSchedule(4)
+    x0 = rand((2, 1, 4, 4, 4), 3)
+    x1 = sched.q_sample(x0, torch.tensor([1, 1]), torch.randn_like(x0))
+    out = sched.posterior(x0, x1, torch.tensor([1, 1]), torch.randn_like(x0))
+    torch.testing.assert_close(out, x0, atol=1e-5, rtol=0)
+    assert float(sched.abar[-1]) < 1e-3  # 4 large steps reach (almost) pure noise
+
+
+# ------------------------------------------------------------------ training and sampling
+def _fit(model, t1, pet, steps, paired=True):
+    opts = model.make_optimizers()
+    for g in opts.values():
+        for group in g.param_groups:
+            group["lr"] = 2e-3
+    return [model.train_step(t1, pet, opts, paired=paired) for _ in range(steps)]
+
+
+def test_ddpm3d_loss_falls():
+    torch.manual_seed(0)
+    model = tiny("ddpm3d")
+    t1, pet = rand((2, 1, 16, 16, 16), 1), rand((2, 1, 16, 16, 16), 2) * 0.2
+    losses = [r["noise_mse"] for r in _fit(model, t1, pet, 40)]
+    assert set(_fit(tiny("ddpm3d"), t1, pet, 1)[0]) == {"noise_mse", "laplacian", "G"}
+    assert np.mean(losses[-8:]) < 0.8 * np.mean(losses[:8])
+
+
+@pytest.mark.parametrize("paired", [True, pytest.param(False, marks=pytest.mark.slow)])
+def test_syndiff_trains_and_loss_falls(paired):
+    model = tiny("syndiff")
+    # the PatchGANs (3 stride-2 layers, instance norm) need 32^3
+    t1, pet = rand((2, 1, 32, 32, 32), 1), rand((2, 1, 32, 32, 32), 2) * 0.2
+    rows = _fit(model, t1, pet, 25, paired=paired)
+    key = "G_B_l1" if paired else "cycle_B"
+    assert all(math.isfinite(v) for r in rows for v in r.values())
+    assert np.mean([r[key] for r in rows[-5:]]) < np.mean([r[key] for r in rows[:5]])
+    expected = (
+        {"G_B_adv", "G_B_l1"}
+        if paired
+        else {"G_B_adv", "G_A_adv", "cycle_B", "cycle_A", "N_B_gan", "N_A_gan"}
+    )
+    assert set(rows[0]) - {"G", "D"} == expected
+
+
+def test_ddpm3d_pretraining_target_is_pet_like():
+    t1 = torch.full((1, 1, 8, 8, 8), -1.0)
+    t1[0, 0, 2:6, 2:6, 2:6] = torch.linspace(-0.5, 1.0, 64).view(4, 4, 4)
+    target = pet_like_t1w(t1, smooth_sigma_vox=0)
+    inside = t1 > -0.999
+    assert float(target[~inside].max()) == -1.0
+    values = sorted({round(float(v), 4) for v in target[inside]})
+    assert values == [round(0.8 * u * 2 - 1, 4) for u in (0.1, 0.4, 1.0)]
+    # the brightest T1w (WM) gets the WM uptake, the darkest (CSF) the CSF uptake
+    assert float(target[0, 0, 5, 5, 5]) == pytest.approx(0.8 * 0.4 * 2 - 1)
+    assert float(target[0, 0, 2, 2, 2]) == pytest.approx(0.8 * 0.1 * 2 - 1)
+    model = tiny("ddpm3d", pretrain_steps=1)
+    assert model.train_step(t1, t1, model.make_optimizers())["G"] > 0
+
+
+@pytest.mark.parametrize("name", ["ddpm3d", "syndiff"])
+def test_sampling_is_deterministic_with_a_seed(name):
+    gen = tiny(name).generator.eval()
+    cond = rand((1, 1, 16, 16, 16), 4)
+    with torch.inference_mode():
+        a = gen(cond)
+        gen.eval()  # resets the noise generator
+        b = gen(cond)
+        gen.reset_rng(5)
+        c = gen(cond)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+    assert a.shape == cond.shape and float(a.abs().max()) <= 1.0
+
+
+def test_sample_steps_override_and_timing_knob():
+    model = tiny("ddpm3d")
+    assert model.generator.sample_steps == get_spec("ddpm3d").defaults["sample_steps"]
+    set_sample_steps(model.generator, 2)
+    assert model.generator.sample_steps == 2
+    sd = tiny("syndiff").generator
+    assert sd.sample_steps == 4
+    set_sample_steps(sd, 2)
+    assert sd.sample_steps == 2 and sd.schedule.n_steps == 2
+
+
+def test_whole_volume_prediction_on_patches():
+    """predict_with_config tiles a volume with non-overlapping 32^3 patches (patch_keep)."""
+    model = tiny("ddpm3d", sample_steps=1)
+    vol = np.zeros((40, 36, 34), np.float32)
+    vol[4:36, 4:30, 3:30] = np.random.default_rng(0).random((32, 26, 27))
+    gen = model.generator.eval()
+    out = predict_with_config(vol, gen, model.config)
+    gen.eval()
+    again = predict_with_config(vol, gen, model.config)
+    assert out.shape == vol.shape and np.isfinite(out).all()
+    assert out.min() >= 0 and out.max() <= 1
+    np.testing.assert_array_equal(out, again)
+    assert patch_keep(model.config) == 32
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("name", ["ddpm3d", "syndiff"])
+def test_cuda_matches_cpu(name):
+    model = tiny(name)
+    cond = rand((1, 1, 16, 16, 16), 6)
+    gen = model.generator.eval()
+    with torch.inference_mode():
+        cpu = gen(cond)
+        gen.to("cuda").eval()
+        gpu = gen(cond.to("cuda")).cpu()
+    torch.testing.assert_close(gpu, cpu, atol=2e-3, rtol=0)
+
+
+def test_classes():
+    assert isinstance(tiny("ddpm3d"), DDPM3D)
+    assert isinstance(tiny("syndiff"), SynDiff)
+    assert get_spec("ddpm3d").paired and not get_spec("syndiff").paired
+    assert model_config("ddpm3d")["lambda_lap"] == 0.25  # MRI2PET
+    assert model_config("syndiff")["n_steps"] == 4  # SynDiff
