@@ -208,3 +208,84 @@ def test_classes():
     assert get_spec("ddpm3d").paired and not get_spec("syndiff").paired
     assert model_config("ddpm3d")["lambda_lap"] == 0.25  # MRI2PET
     assert model_config("syndiff")["n_steps"] == 4  # SynDiff
+
+
+# ------------------------------------------------------------------ samples and uncertainty
+def test_synthesize_samples_mean_sd_and_seeds(tmp_path):
+    """2 samples of a (tiny, briefly trained) ddpm3d: mean = average of the samples drawn
+    with seeds s and s + 1, SD > 0 everywhere in the brain, the same again with the same
+    seed; a deterministic GAN model refuses more than one sample."""
+    from conftest import make_tiny_weights
+    from test_synthesis_inputs import toy_participant
+
+    from pet_synth_app.errors import PetSynthError
+    from pet_synth_app.synthesis.inference import synthesize_samples
+    from pet_synth_app.synthesis.inputs import build_model_input
+
+    toy = toy_participant(tmp_path / "toy", "toy", 1.5, 1.0)
+    weights = make_tiny_weights(tmp_path / "m" / "ddpm.safetensors", "ddpm3d")
+    mean, sd, meta = synthesize_samples(toy, weights, 2, seed=3, fwhm_mm=0)
+    assert meta["SampleSeeds"] == [3, 4] and meta["NumberOfSamples"] == 2
+    one = [synthesize_samples(toy, weights, 1, seed=s, fwhm_mm=0)[0] for s in (3, 4)]
+    a, b = (np.asanyarray(i.dataobj, dtype=np.float64) for i in one)
+    np.testing.assert_allclose(np.asanyarray(mean.dataobj), (a + b) / 2, atol=1e-5)
+    np.testing.assert_allclose(np.asanyarray(sd.dataobj), np.abs(a - b) / 2, atol=1e-5)
+    brain = build_model_input("mni", toy).mask
+    assert (np.asanyarray(sd.dataobj)[brain] > 0).all()  # zero-free inside the brain
+    again = synthesize_samples(toy, weights, 2, seed=3, fwhm_mm=0)[1]
+    np.testing.assert_array_equal(np.asanyarray(again.dataobj), np.asanyarray(sd.dataobj))
+    gan = make_tiny_weights(tmp_path / "g" / "gan.safetensors")
+    with pytest.raises(PetSynthError, match="deterministic"):
+        synthesize_samples(toy, gan, 2)
+
+
+def test_z_with_model_variance_by_hand():
+    from pet_synth_app.analysis.zscore import control_referenced_z, self_referenced_z
+
+    d = np.array([-3.0, 0.0, 3.0, 1.0])
+    gm = np.array([True, True, True, False])  # GM mean 0, population SD sqrt(6)
+    model_sd = np.array([1.0, 2.0, 0.0, 3.0])
+    z = self_referenced_z(d, gm, None, model_sd)
+    np.testing.assert_allclose(z, d / np.sqrt(6.0 + model_sd**2))
+    np.testing.assert_allclose(self_referenced_z(d, gm), d / np.sqrt(6.0))  # default: off
+    zc = control_referenced_z(d, np.ones(4), np.full(4, 0.5), None, model_sd)
+    np.testing.assert_allclose(zc, (d - 1) / np.sqrt(0.25 + model_sd**2))
+
+
+def test_workflow_graph_with_two_samples(tmp_path):
+    from conftest import make_bids, make_tiny_weights
+
+    from pet_synth_app import bids as pbids
+    from pet_synth_app.config import Settings
+    from pet_synth_app.errors import UsageError
+    from pet_synth_app.workflows import base
+
+    root = make_bids(tmp_path / "ds", subjects=("01",))
+    units, _ = pbids.collect_inputs(pbids.load_layout(root))
+    weights = make_tiny_weights(tmp_path / "m" / "ddpm.safetensors", "ddpm3d")
+    settings = Settings(
+        bids_dir=root,
+        output_dir=tmp_path / "out",
+        work_dir=tmp_path / "w",
+        model_weights=weights,
+        synthesis_samples=2,
+        z_model_variance=True,
+        random_seed=5,
+    )
+    wf = base.init_petsynth_wf(settings, units)
+    names = set(wf.list_node_names())
+    sub = "single_subject_01_wf"
+    for step in (
+        "synthesis_wf.sd_to_t1w",
+        "synthesis_derivatives_wf.ds_pseudo_sd_std",
+        "synthesis_derivatives_wf.ds_pseudo_sd_t1w",
+    ):
+        assert f"{sub}.{step}" in names, step
+    synth = wf.get_node(f"{sub}.synthesis_wf.synthesize")
+    assert synth.inputs.n_samples == 2 and synth.inputs.seed == 5
+    desc = wf.visit_desc()
+    assert "2 samples were drawn" in desc and "variance of the pseudo-normal PET" in desc
+    with pytest.raises(UsageError, match="synthesis-samples"):
+        Settings.from_options(
+            {"bids_dir": root, "output_dir": tmp_path / "o", "z_model_variance": True}
+        )

@@ -196,6 +196,12 @@ def get_spec(name: str) -> ModelSpec:
         raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODELS)}") from None
 
 
+def is_stochastic(name: str) -> bool:
+    """Whether model ``name`` samples (a diffusion model: different seeds, different
+    pseudo-PETs), so that ``--synthesis-samples`` > 1 makes sense."""
+    return get_spec(name).builder in (DDPM3D, SynDiff)
+
+
 def supports_prior(name: str) -> bool:
     """Whether model ``name`` takes the mean-training-image prior (``--prior``)."""
     return "prior_shape" in get_spec(name).defaults
@@ -218,6 +224,7 @@ __all__ = [
     "ModelSpec",
     "build_model",
     "get_spec",
+    "is_stochastic",
     "model_config",
     "prior_models",
     "supports_prior",

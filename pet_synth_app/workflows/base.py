@@ -95,6 +95,19 @@ def init_single_subject_wf(unit: SubjectInputs, settings: Settings, plan: RunPla
                 ),
             ]
         )
+        if plan.synthesis_samples > 1:
+            workflow.connect(
+                [
+                    (
+                        synth_wf,
+                        synth_ds,
+                        [
+                            ("outputnode.pseudo_sd_std", "inputnode.pseudo_sd_std"),
+                            ("outputnode.pseudo_sd_t1w", "inputnode.pseudo_sd_t1w"),
+                        ],
+                    )
+                ]
+            )
 
     for pet in unit.pet:
         pet_wf = init_pet_preproc_wf(pet, settings, name=_pet_wf_name(pet.path))
@@ -135,6 +148,10 @@ def init_single_subject_wf(unit: SubjectInputs, settings: Settings, plan: RunPla
                 name=_pet_wf_name(pet.path) + "_hypo",
             )
             workflow.connect(synth_wf, "outputnode.pseudo_std", hypo_wf, "inputnode.pseudo_std")
+            if settings.z_model_variance:
+                workflow.connect(
+                    synth_wf, "outputnode.pseudo_sd_std", hypo_wf, "inputnode.pseudo_sd_std"
+                )
             stat_wfs.append((hypo_wf, "hypometabolism"))
         if plan.detector_dir is not None:
             anomaly_wf = init_anomaly_wf(

@@ -256,14 +256,18 @@ def _connect_sinks(
 def init_synthesis_derivatives_wf(
     settings: Settings, t1w_source: str, name: str = "synthesis_derivatives_wf"
 ) -> Workflow:
-    """Write the pseudo-normal PET (inputs: synthesis_wf outputs)."""
+    """Write the pseudo-normal PET, and the SD map of its samples with
+    ``--synthesis-samples`` > 1 (inputs: synthesis_wf outputs)."""
     workflow = Workflow(name=name)
-    fields = ["pseudo_std", "pseudo_t1w", "metadata"]
+    fields = ["pseudo_std", "pseudo_t1w", "pseudo_sd_std", "pseudo_sd_t1w", "metadata"]
     inputnode = pe.Node(niu.IdentityInterface(fields=fields), name="inputnode")
     outputnode = pe.Node(niu.IdentityInterface(fields=["out_files"]), name="outputnode")
     src = {"source_file": t1w_source, "Sources": [bids_uri(t1w_source, settings)]}
     meta = _common_meta(settings)
     sinks = _image_sinks(settings, "pseudo", ("pseudo_t1w", "pseudo_std"), src, meta)
+    if settings.synthesis_samples > 1:
+        sd_fields = ("pseudo_sd_t1w", "pseudo_sd_std")
+        sinks.update(_image_sinks(settings, "pseudo_sd", sd_fields, src, meta))
     _connect_sinks(workflow, inputnode, outputnode, sinks, dict.fromkeys(sinks, "metadata"))
     return workflow
 
