@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -289,3 +290,26 @@ def test_workflow_graph_with_two_samples(tmp_path):
         Settings.from_options(
             {"bids_dir": root, "output_dir": tmp_path / "o", "z_model_variance": True}
         )
+
+
+@pytest.mark.parametrize(
+    "space", ["MNI152NLin2009aSym grid, affine-only", "MNI152NLin2009aSymAffine"]
+)
+def test_cards_of_affine_models_load(tmp_path, space):
+    """petsynth-train writes "<template> grid, affine-only" into the card of an "affine"
+    model; read_card used to refuse it, so such a model failed at its own smoothing
+    tuning (found training ddpm3d/syndiff with --input-representation affine)."""
+    from conftest import make_tiny_weights
+
+    from pet_synth_app.errors import PetSynthError
+    from pet_synth_app.synthesis.weights import card_path, read_card
+
+    weights = make_tiny_weights(tmp_path / "m" / "ddpm.safetensors", "ddpm3d")
+    card = json.loads(card_path(weights).read_text())
+    card["input"]["space"] = space
+    card_path(weights).write_text(json.dumps(card))
+    assert read_card(weights)["input"]["space"] == space
+    card["input"]["space"] = "MNI152NLin6Asym"
+    card_path(weights).write_text(json.dumps(card))
+    with pytest.raises(PetSynthError, match="trained in"):
+        read_card(weights)

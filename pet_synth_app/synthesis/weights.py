@@ -103,7 +103,10 @@ def read_card(weights: str | Path) -> dict:
         value = spec_in.get(key)
         if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
             raise PetSynthError(f"model card: input.{key} must be a positive number", str(cpath))
-    if spec_in.get("space", TEMPLATE_SPACE) != TEMPLATE_SPACE:
+    # cards of "affine" models name the MNI grid reached by the affine stage (written as
+    # "<template> grid, affine-only" by synthesis.training, layout.AFFINE_SPACE by others)
+    affine_labels = {f"{TEMPLATE_SPACE} grid, affine-only", f"{TEMPLATE_SPACE}Affine"}
+    if spec_in.get("space", TEMPLATE_SPACE) not in {TEMPLATE_SPACE, *affine_labels}:
         raise PetSynthError(
             f"model card: trained in {spec_in['space']}, PetSynth works in {TEMPLATE_SPACE}",
             str(cpath),
