@@ -313,3 +313,18 @@ def test_cards_of_affine_models_load(tmp_path, space):
     card_path(weights).write_text(json.dumps(card))
     with pytest.raises(PetSynthError, match="trained in"):
         read_card(weights)
+
+
+def test_ddpm3d_clean_image_prediction_variant():
+    """prediction_type "sample": the loss is the MSE to the clean image, it falls, and the
+    DDIM sampler takes the network output as the clean image."""
+    model = tiny("ddpm3d", prediction_type="sample", sample_steps=2)
+    t1, pet = rand((2, 1, 16, 16, 16), 1), rand((2, 1, 16, 16, 16), 2) * 0.2
+    rows = _fit(model, t1, pet, 30)
+    assert set(rows[0]) == {"x0_mse", "laplacian", "G"}
+    assert np.mean([r["x0_mse"] for r in rows[-5:]]) < np.mean([r["x0_mse"] for r in rows[:5]])
+    with torch.inference_mode():
+        out = model.generator.eval()(t1)
+    assert out.shape == pet.shape and torch.isfinite(out).all()
+    with pytest.raises(ValueError, match="prediction_type"):
+        tiny("ddpm3d", prediction_type="v")

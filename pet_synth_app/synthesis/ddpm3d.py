@@ -12,6 +12,10 @@ term explode at large t) and ``L_lap`` the 5-level Laplacian-pyramid MSE
 (beta 0.0015 -> 0.02). Sampling: DDIM (eta = 0) with ``sample_steps`` steps from seeded
 Gaussian noise (``diffusion.SeededSampler``), so one seed gives one sample.
 
+``prediction_type`` ``"sample"`` (PetSynth's option, not in MRI2PET): the network
+predicts the clean image instead of the noise (MSE to it replaces the noise MSE; DDIM
+sampling takes it as is); it learns far faster on a short CPU budget (docs/benchmarks.md).
+
 Pretraining (MRI2PET's style-transferred pre-training): for the first ``pretrain_steps``
 optimisation steps the target is not the PET but a PET-like image made from the T1w of the
 batch by tissue class (:func:`pet_like_t1w`). MRI2PET transfers the style with a pretrained
@@ -86,14 +90,23 @@ class DDPMSampler(SeededSampler):
 
     ``condition`` (b, c, x, y, z) in [-1, 1] -> PET (b, 1, x, y, z) in [-1, 1]."""
 
-    def __init__(self, n_cond: int, channels: list[int], sample_steps: int) -> None:
+    def __init__(
+        self,
+        n_cond: int,
+        channels: list[int],
+        sample_steps: int,
+        prediction_type: str = "epsilon",
+    ) -> None:
         super().__init__()
+        if prediction_type not in ("epsilon", "sample"):
+            raise ValueError(f"prediction_type must be epsilon or sample, got {prediction_type!r}")
         self.unet = TimeUNet3D(1 + n_cond, 1, channels)
         self.sample_steps = int(sample_steps)
+        self.prediction_type = prediction_type
         self.size_multiple = self.unet.size_multiple
 
     def forward(self, condition: torch.Tensor) -> torch.Tensor:
-        scheduler = make_ddim_scheduler()
+        scheduler = make_ddim_scheduler(prediction_type=self.prediction_type)
         scheduler.set_timesteps(self.sample_steps)
         b = condition.shape[0]
         x = self.randn((b, 1, *condition.shape[2:]), condition.device)
@@ -113,7 +126,12 @@ class DDPM3D(SynthesisModel):
         if int(c["spatial_dims"]) != 3:
             raise ValueError("ddpm3d is a 3D model (spatial_dims 3)")
         self.kind = kind_from_config(c)
-        self.G = DDPMSampler(input_channels(c), list(c["unet_channels"]), int(c["sample_steps"]))
+        self.G = DDPMSampler(
+            input_channels(c),
+            list(c["unet_channels"]),
+            int(c["sample_steps"]),
+            str(c.get("prediction_type") or "epsilon"),
+        )
         self.scheduler = make_ddpm_scheduler()
         self.steps_done = 0
 
@@ -131,9 +149,13 @@ class DDPM3D(SynthesisModel):
         t = torch.randint(0, self.scheduler.num_train_timesteps, (b,), device=pet.device)
         noise = torch.randn_like(pet)
         x_t = self.scheduler.add_noise(pet, noise, t)
-        eps = self.G.unet(torch.cat([x_t, t1], 1), t)
-        x0 = predicted_x0(x_t, eps, t, self.scheduler.alphas_cumprod).clamp(-1, 1)
-        terms = {"noise_mse": F.mse_loss(eps, noise)}
+        out = self.G.unet(torch.cat([x_t, t1], 1), t)
+        if self.G.prediction_type == "sample":  # the network predicts the clean image
+            terms = {"x0_mse": F.mse_loss(out, pet)}
+            x0 = out.clamp(-1, 1)
+        else:
+            terms = {"noise_mse": F.mse_loss(out, noise)}
+            x0 = predicted_x0(x_t, out, t, self.scheduler.alphas_cumprod).clamp(-1, 1)
         lam = float(self.config["lambda_lap"])
         if lam > 0:
             terms["laplacian"] = lam * laplacian_loss(x0, pet, int(self.config["lap_levels"]))

@@ -25,14 +25,19 @@ def make_ddpm_scheduler(n_steps: int = N_TRAIN_TIMESTEPS) -> DDPMScheduler:
     return DDPMScheduler(n_steps, schedule="linear_beta", beta_start=BETA_START, beta_end=BETA_END)
 
 
-def make_ddim_scheduler(n_steps: int = N_TRAIN_TIMESTEPS) -> DDIMScheduler:
-    """The same schedule for deterministic (eta = 0) DDIM sampling, clipped to [-1, 1]."""
+def make_ddim_scheduler(
+    n_steps: int = N_TRAIN_TIMESTEPS, prediction_type: str = "epsilon"
+) -> DDIMScheduler:
+    """The same schedule for deterministic (eta = 0) DDIM sampling, clipped to [-1, 1];
+    ``prediction_type``: what the network predicts, ``"epsilon"`` (the noise) or
+    ``"sample"`` (the clean image)."""
     return DDIMScheduler(
         n_steps,
         schedule="linear_beta",
         beta_start=BETA_START,
         beta_end=BETA_END,
         clip_sample=True,
+        prediction_type=prediction_type,
     )
 
 

@@ -146,6 +146,7 @@ MODELS: dict[str, ModelSpec] = {
                 "lap_levels": 5,
                 "sample_steps": 5,
                 "pretrain_steps": 0,
+                "prediction_type": "epsilon",
             },
             paired=True,
             citation="mri2pet",
