@@ -87,10 +87,12 @@ class Settings:
     model_weights: Path | None = None  # None: the shipped default model
     synthesis_fwhm: float | None = None  # None: the model card's tuned value, else 1.5 mm
     skip_synthesis: bool = False  # preprocessing only (petsynth-train reuses it)
+    synthesis_samples: int = 1  # > 1: mean and SD of that many samples (diffusion models)
     z_threshold: float = Z_THRESHOLD
     min_cluster_mm3: float = MIN_CLUSTER_MM3
     cluster_rank: str = RANK_BY
     histogram_matching: bool = False
+    z_model_variance: bool = False  # Z: add the synthesis SD map's variance (issue 15)
     normative_model: Path | None = None  # None: OUT/group/normative when it exists
     ocsvm_threshold: float = Z_THRESHOLD  # on the self-standardized OC-SVM score
     augment_synthetic: bool = False  # group: add T1w-only controls' pseudo-normal PET
@@ -150,6 +152,10 @@ class Settings:
             raise UsageError("--nprocs must be >= 1, --omp-nthreads and --mem-mb >= 0")
         if self.synthesis_fwhm is not None and self.synthesis_fwhm < 0:
             raise UsageError("--synthesis-fwhm must be >= 0")
+        if self.synthesis_samples < 1:
+            raise UsageError("--synthesis-samples must be >= 1")
+        if self.z_model_variance and self.synthesis_samples < 2:
+            raise UsageError("--z-model-variance needs --synthesis-samples >= 2")
         if self.min_cluster_mm3 < 0:
             raise UsageError("--min-cluster-size must be >= 0 (mm³)")
         if self.normative_model and not any(

@@ -87,6 +87,14 @@ OUTPUTS: dict[str, dict[str, str]] = {
         "extension": ".mat",
     },
     "pseudo": {"datatype": "pet", "desc": "pseudonormal", "suffix": "pet", "extension": _NII},
+    # SD of the pseudo-normal PET samples (--synthesis-samples N > 1)
+    "pseudo_sd": {
+        "datatype": "pet",
+        "desc": "pseudonormal",
+        "stat": "sd",
+        "suffix": "pet",
+        "extension": _NII,
+    },
     # per statistic map (``desc`` one of STATS)
     "statmap": {"datatype": "pet", "suffix": "statmap", "extension": _NII},
     "dseg": {"datatype": "pet", "suffix": "dseg", "extension": _NII},

@@ -41,6 +41,10 @@ class RunPlan:
     mni_resolution: int = 2
     reused: Any = field(default_factory=lambda: MappingProxyType({}))
     """Reused anatomical derivatives by unit name (``reuse.ReusedAnat``; ``--derivatives``)."""
+    synthesis_samples: int = 1
+    """Pseudo-normal PET samples drawn (> 1: mean and SD map; diffusion models only)."""
+    synthesis_seed: int = 0
+    """Seed of the first sample (sample i uses ``synthesis_seed + i``)."""
 
     @property
     def synthesis(self) -> bool:
@@ -87,6 +91,15 @@ def resolve_plan(settings: Settings, check: bool = True, device: str | None = No
                 "pseudo-normal PET on different scales",
                 str(weights),
             )
+    if card is not None and settings.synthesis_samples > 1:
+        from .synthesis.registry import is_stochastic
+
+        if not is_stochastic(card["model"]):
+            raise PetSynthError(
+                f"--synthesis-samples > 1 needs a diffusion model; {card['model']} is "
+                "deterministic (every sample would be the same)",
+                str(weights),
+            )
     folder = normative_folder(settings)
     normative_dir = folder if (folder / "normative.json").is_file() else None
     if check and card is not None and normative_dir is not None:
@@ -107,6 +120,8 @@ def resolve_plan(settings: Settings, check: bool = True, device: str | None = No
         synthesis_fwhm=smoothing_fwhm(card, settings.synthesis_fwhm) if card else None,
         omp_nthreads=settings.omp_nthreads,
         mni_resolution=settings.mni_resolution,
+        synthesis_samples=settings.synthesis_samples,
+        synthesis_seed=settings.random_seed,
     )
 
 

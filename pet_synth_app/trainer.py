@@ -181,6 +181,10 @@ def _train(opts: argparse.Namespace, device: str) -> int:
             "n_blocks",
             "lambda_mse",
             "lambda_cycle",
+            "lambda_lap",
+            "sample_steps",
+            "pretrain_steps",
+            "prediction_type",
         )
     }
     spec = get_spec(opts.model)

@@ -71,11 +71,13 @@ def make_tiny_weights(path: Path, model: str = "cyclegan-mse", voxel_size: float
     """A randomly initialised tiny model (.safetensors + card) for plumbing tests."""
     import torch
 
-    from pet_synth_app.synthesis.registry import build_model, model_config
+    from pet_synth_app.synthesis.registry import build_model, get_spec, model_config
     from pet_synth_app.synthesis.weights import save_generator
 
     torch.manual_seed(0)
-    config = model_config(model, ngf=4, ndf=4)
+    small = {"ngf": 4, "ndf": 4, "unet_channels": [4, 8], "sample_steps": 2}
+    defaults = get_spec(model).defaults
+    config = model_config(model, **{k: v for k, v in small.items() if k in defaults})
     card = {
         "model": model,
         "config": config,

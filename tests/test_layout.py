@@ -34,7 +34,8 @@ def _cases():
 def test_layout_name_is_the_datasink_name(key, desc, space):
     datatype = L.OUTPUTS[key]["datatype"]
     # the pseudo-normal PET is named after the T1w and stored with the PET outputs
-    stem, source = SOURCES["anat" if key == "pseudo" or datatype == "anat" else "pet"]
+    anat_named = key in ("pseudo", "pseudo_sd") or datatype == "anat"
+    stem, source = SOURCES["anat" if anat_named else "pet"]
     entities = {**source, **L.entities(key, desc), **({"space": space} if space else {})}
     built = build_path(entities, PATTERNS, strict=False)
     assert built is not None, entities

@@ -277,7 +277,11 @@ def test_old_card_runs_through_the_one_function(toy, tmp_path):
 def test_every_model_takes_multichannel_input(name):
     """3 channels x 3 context slices in (or 3 channels for 3D patches), one PET out."""
     kind = get_spec(name).kind
-    config = model_config(name, ngf=4, ndf=4, input_channels=3)
+    small = {"ngf": 4, "ndf": 4, "unet_channels": [4, 8]}
+    defaults = get_spec(name).defaults
+    config = model_config(
+        name, input_channels=3, **{k: v for k, v in small.items() if k in defaults}
+    )
     model = build_model(name, config)
     # the U-Net's 4 stride-2 levels need >= 32 voxels in-plane (instance norm)
     vol = np.random.default_rng(0).random((3, 32, 32, 8)).astype(np.float32)

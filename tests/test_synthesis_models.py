@@ -30,7 +30,8 @@ from pet_synth_app.synthesis.registry import (
     model_config,
 )
 
-NAMES = sorted(MODELS)
+DIFFUSION = ("ddpm3d", "syndiff")  # tested in test_synthesis_diffusion.py
+NAMES = sorted(n for n in MODELS if n not in DIFFUSION)  # the GAN models
 SLICE_SHAPE = (2, 3, 64, 64)  # semi-3D: 3 adjacent axial slices as channels
 PATCH_SHAPE = (2, 1, 32, 32, 32)  # 3D patches
 
@@ -173,7 +174,14 @@ def test_count_parameters_and_set_requires_grad():
 
 # ------------------------------------------------------------------ registry
 def test_registry_names_and_kinds():
-    assert set(MODELS) == {"cyclegan-mse", "cyclegan", "cyclegan-3dpatch", "pix2pix"}
+    assert set(MODELS) == {
+        "cyclegan-mse",
+        "cyclegan",
+        "cyclegan-3dpatch",
+        "pix2pix",
+        "ddpm3d",
+        "syndiff",
+    }
     assert DEFAULT_MODEL in MODELS
     kinds = {name: spec.kind for name, spec in MODELS.items()}
     assert kinds == {
@@ -181,6 +189,8 @@ def test_registry_names_and_kinds():
         "cyclegan": "slices",
         "cyclegan-3dpatch": "patches",
         "pix2pix": "slices",
+        "ddpm3d": "patches",
+        "syndiff": "patches",
     }
     for name, spec in MODELS.items():
         assert spec.name == name

@@ -115,8 +115,22 @@ def residual(real: Any, pseudo: Any, mask: Any, histogram_matching: bool = False
     return np.where(inside, real_a - pseudo_a, 0.0)
 
 
-def self_referenced_z(d: Any, gm_mask: Any, mask: Any = None) -> np.ndarray:
+def _with_model_sd(sd: Any, model_sd: Any, shape: tuple[int, ...]) -> Any:
+    """``sqrt(sd^2 + model_sd^2)`` (issue 15: the synthesis model's per-voxel SD, SUVR);
+    ``sd`` unchanged without ``model_sd``."""
+    if model_sd is None:
+        return sd
+    m = _as_array(model_sd)
+    if m.shape != shape:
+        raise ValueError(f"shape mismatch: model SD {m.shape} vs {shape}")
+    return np.sqrt(np.asarray(sd, dtype=np.float64) ** 2 + np.nan_to_num(m) ** 2)
+
+
+def self_referenced_z(d: Any, gm_mask: Any, mask: Any = None, model_sd: Any = None) -> np.ndarray:
     """Self-referenced Z map ``(d - mean_GM(d)) / sd_GM(d)`` (Chen et al.).
+
+    With ``model_sd`` (the SD map of the pseudo-normal PET samples, SUVR, same grid) the
+    denominator is ``sqrt(sd_GM(d)^2 + model_sd^2)`` voxel by voxel.
 
     The mean and (population, ddof=0) SD come from the GM voxels only: ``gm_mask`` is a
     boolean mask or a GM probability map thresholded at ``GM_THRESHOLD`` (> 0.5). Z is
@@ -132,7 +146,7 @@ def self_referenced_z(d: Any, gm_mask: Any, mask: Any = None) -> np.ndarray:
     if not sd > 0:
         raise ValueError("d is constant over the GM mask; Z is undefined")
     inside = _as_mask(mask, data.shape) & np.isfinite(data)
-    return np.where(inside, (data - mean) / sd, 0.0)
+    return np.where(inside, (data - mean) / _with_model_sd(sd, model_sd, data.shape), 0.0)
 
 
 def _smooth_in_mask(data: np.ndarray, mask: np.ndarray, sigma_vox: np.ndarray) -> np.ndarray:
@@ -204,8 +218,13 @@ def fit_normative(
     return mean, sd
 
 
-def control_referenced_z(d: Any, mean: Any, sd: Any, mask: Any) -> np.ndarray:
+def control_referenced_z(
+    d: Any, mean: Any, sd: Any, mask: Any, model_sd: Any = None
+) -> np.ndarray:
     """Voxelwise Z ``(d - mean) / sd`` against a normative model, inside ``mask``; 0 outside.
+
+    With ``model_sd`` (the participant's SD map of the pseudo-normal PET samples, SUVR)
+    the denominator is ``sqrt(sd^2 + model_sd^2)``.
 
     ``mean`` and ``sd`` come from ``fit_normative`` (same grid and units as ``d``). Raises
     ValueError if the SD is not positive somewhere inside the mask (e.g. a mask larger
@@ -213,7 +232,7 @@ def control_referenced_z(d: Any, mean: Any, sd: Any, mask: Any) -> np.ndarray:
     """
     data = _as_array(d)
     mean_a = _as_array(mean)
-    sd_a = _as_array(sd)
+    sd_a = _with_model_sd(_as_array(sd), model_sd, data.shape)
     if not data.shape == mean_a.shape == sd_a.shape:
         raise ValueError(f"shape mismatch: d {data.shape}, mean {mean_a.shape}, sd {sd_a.shape}")
     inside = _as_mask(mask, data.shape)

@@ -213,6 +213,17 @@ def get_parser() -> argparse.ArgumentParser:
         f"value tuned on validation SSIM in the model card, else {SYNTHESIS_FWHM_MM})",
     )
     g_syn.add_argument(
+        "--synthesis-samples",
+        "--synthesis_samples",
+        dest="synthesis_samples",
+        type=int,
+        default=_default("synthesis_samples"),
+        metavar="N",
+        help="draw N pseudo-normal PET samples (seeds --random-seed + 0..N-1, recorded in "
+        "the sidecar) and write their mean and per-voxel SD map; N > 1 needs a diffusion "
+        "model (ddpm3d, syndiff)",
+    )
+    g_syn.add_argument(
         "--skip-synthesis",
         "--skip_synthesis",
         dest="skip_synthesis",
@@ -251,6 +262,14 @@ def get_parser() -> argparse.ArgumentParser:
         dest="histogram_matching",
         action="store_true",
         help="match the pseudo-normal PET's histogram to the real PET inside the brain",
+    )
+    g_hypo.add_argument(
+        "--z-model-variance",
+        "--z_model_variance",
+        dest="z_model_variance",
+        action="store_true",
+        help="add the synthesis model's variance (the SD map of --synthesis-samples >= 2) "
+        "to the Z denominator: z = (d - mean) / sqrt(sd_res^2 + sd_model^2)",
     )
     g_hypo.add_argument(
         "--normative-model",

@@ -110,6 +110,9 @@ def get_parser() -> argparse.ArgumentParser:
         ("--n-blocks", int),
         ("--lambda-mse", float),
         ("--lambda-cycle", float),
+        ("--lambda-lap", float),  # ddpm3d
+        ("--sample-steps", int),  # ddpm3d: DDIM steps at inference
+        ("--pretrain-steps", int),  # ddpm3d: steps on tissue-class PET-like T1w first
     ):
         g_hp.add_argument(
             flag,
@@ -117,6 +120,12 @@ def get_parser() -> argparse.ArgumentParser:
             default=None,
             help="None: the model's value in the registry (see docs/models.md)",
         )
+    g_hp.add_argument(
+        "--prediction-type",
+        choices=["epsilon", "sample"],
+        default=None,
+        help="ddpm3d: the network predicts the noise (epsilon, MRI2PET) or the clean image",
+    )
     g_hp.add_argument(
         "--prior",
         action="store_true",

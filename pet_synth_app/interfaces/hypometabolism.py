@@ -42,6 +42,9 @@ class _ZInputSpec(BaseInterfaceInputSpec):
     )
     weights_sha256 = traits.Str("", usedefault=True, desc="synthesis weights of this run")
     histogram_matching = traits.Bool(False, usedefault=True)
+    model_sd = File(
+        exists=True, desc="SD map of the pseudo-normal PET samples, SUVR, MNI (optional)"
+    )
 
 
 class _ZOutputSpec(TraitedSpec):
@@ -66,6 +69,10 @@ class HypometabolismZ(SimpleInterface):
             _data(self.inputs.pet), _data(self.inputs.pseudo), mask, self.inputs.histogram_matching
         )
         meta = {"HistogramMatching": self.inputs.histogram_matching}
+        model_sd = None
+        if isdefined(self.inputs.model_sd):
+            model_sd = np.where(mask, _data(self.inputs.model_sd), 0.0)
+            meta["ModelVarianceInZ"] = True
         if isdefined(self.inputs.normative):
             model = norm.load(self.inputs.normative)
             norm.check_compatible(
@@ -76,7 +83,9 @@ class HypometabolismZ(SimpleInterface):
                 ref.shape[:3],
                 self.inputs.weights_sha256,
             )
-            z = control_referenced_z(d, model.residual_mean, model.residual_sd, mask & model.mask)
+            z = control_referenced_z(
+                d, model.residual_mean, model.residual_sd, mask & model.mask, model_sd
+            )
             meta.update(
                 ZReference="controls",
                 NormativeModel=str(self.inputs.normative),
@@ -84,7 +93,7 @@ class HypometabolismZ(SimpleInterface):
             )
         else:
             gm = np.where(mask, _data(self.inputs.gm), 0.0)  # d is 0 outside the mask
-            z = self_referenced_z(d, gm, mask)
+            z = self_referenced_z(d, gm, mask, model_sd)
             meta["ZReference"] = "self (GM mean and SD of the residual)"
         self._results["out_file"] = _save(z, ref, os.path.join(runtime.cwd, "z.nii.gz"))
         self._results["metadata"] = meta

@@ -28,10 +28,13 @@ class _SynthesizeInputSpec(BaseInterfaceInputSpec):
     device = traits.Enum("cpu", "cuda", usedefault=True)
     nthreads = traits.Int(1, usedefault=True, desc="torch CPU threads")
     fwhm = traits.Float(SYNTHESIS_FWHM_MM, usedefault=True, desc="Gaussian smoothing FWHM (mm)")
+    n_samples = traits.Int(1, usedefault=True, desc="samples drawn (> 1: mean and SD map)")
+    seed = traits.Int(0, usedefault=True, desc="noise seed of the first sample")
 
 
 class _SynthesizeOutputSpec(TraitedSpec):
     out_file = File(exists=True, desc="pseudo-normal PET (SUVR), MNI grid (input space)")
+    sd_file = File(desc="per-voxel SD of the samples (SUVR), n_samples > 1 only")
     metadata = traits.Dict(desc="model name, card, weights sha256, settings")
 
 
@@ -44,7 +47,7 @@ class SynthesizePET(SimpleInterface):
     output_spec = _SynthesizeOutputSpec
 
     def _run_interface(self, runtime):
-        from ..synthesis.inference import synthesize_from_sources
+        from ..synthesis.inference import synthesize_samples
         from ..synthesis.inputs import InputSources
 
         def opt(name):
@@ -60,14 +63,19 @@ class SynthesizePET(SimpleInterface):
             t1w_mask=opt("t1w_mask"),
             affine=opt("t1w2affine_xfm"),
         )
-        img, meta = synthesize_from_sources(
+        img, sd, meta = synthesize_samples(
             sources,
             self.inputs.weights,
+            self.inputs.n_samples,
+            seed=self.inputs.seed,
             device=self.inputs.device,
             nthreads=self.inputs.nthreads,
             fwhm_mm=self.inputs.fwhm,
         )
         self._results["out_file"] = os.path.join(runtime.cwd, "pseudonormal_pet.nii.gz")
         img.to_filename(self._results["out_file"])
+        if sd is not None:
+            self._results["sd_file"] = os.path.join(runtime.cwd, "pseudonormal_sd.nii.gz")
+            sd.to_filename(self._results["sd_file"])
         self._results["metadata"] = meta
         return runtime

@@ -243,8 +243,9 @@ def predict_volume(
 
 
 def patch_keep(config: dict) -> int:
-    """Edge of the central cube kept from each 3D patch when stitching: half the patch."""
-    return int(config["patch_size"]) // 2
+    """Edge of the central cube kept from each 3D patch when stitching: the config's
+    ``patch_keep`` (diffusion models), else half the patch."""
+    return int(config.get("patch_keep") or int(config["patch_size"]) // 2)
 
 
 def predict_with_config(
@@ -351,6 +352,55 @@ def synthesize_from_sources(
     return _synthesize(imgs, mask, generator, card, weights, device, fwhm_mm, batch_size)
 
 
+@with_thread_limits("nthreads")
+def synthesize_samples(
+    sources,
+    weights: str | Path,
+    n_samples: int,
+    seed: int = 0,
+    device: str = "cpu",
+    nthreads: int = 1,
+    fwhm_mm: float | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> tuple[nib.Nifti1Image, nib.Nifti1Image | None, dict]:
+    """``n_samples`` pseudo-normal PETs of a diffusion model (sample ``i`` drawn with the
+    noise seed ``seed + i``): their voxelwise mean and SD (population, SUVR, after the
+    smoothing; None for one sample), same grid and space as
+    :func:`synthesize_from_sources`. ``metadata["SampleSeeds"]`` lists the seeds.
+
+    The model input is built once; PetSynthError for a deterministic (GAN) model with
+    ``n_samples`` > 1."""
+    from .inputs import build_model_input, card_representation
+    from .registry import is_stochastic
+
+    generator, card = load_generator(weights, device)
+    if n_samples > 1 and not is_stochastic(card["model"]):
+        raise PetSynthError(
+            f"{card['model']} is deterministic: more than one sample needs a diffusion model"
+        )
+    model_input = build_model_input(card_representation(card), sources)
+    imgs = [nib.Nifti1Image(c, model_input.affine) for c in model_input.channels]
+    mask = nib.Nifti1Image(model_input.mask.astype(np.uint8), model_input.affine)
+    seeds = [int(seed) + i for i in range(int(n_samples))]
+    total = total_sq = None
+    out = meta = None
+    for s in seeds:
+        if hasattr(generator, "reset_rng"):
+            generator.reset_rng(s)
+        out, meta = _synthesize(imgs, mask, generator, card, weights, device, fwhm_mm, batch_size)
+        data = np.asanyarray(out.dataobj, dtype=np.float64)
+        total = data if total is None else total + data
+        total_sq = data**2 if total_sq is None else total_sq + data**2
+    mean = total / len(seeds)
+    if is_stochastic(card["model"]):
+        meta = {**meta, "NumberOfSamples": len(seeds), "SampleSeeds": seeds}
+    mean_img = nib.Nifti1Image(mean.astype(np.float32), out.affine, out.header)
+    if len(seeds) < 2:
+        return mean_img, None, meta
+    sd = np.sqrt(np.maximum(total_sq / len(seeds) - mean**2, 0.0))
+    return mean_img, nib.Nifti1Image(sd.astype(np.float32), out.affine, out.header), meta
+
+
 def _synthesize(
     channels: list[nib.Nifti1Image],
     mask: nib.Nifti1Image,
@@ -443,6 +493,7 @@ __all__ = [
     "slices_to_volume",
     "synthesize_from_sources",
     "synthesize_pet",
+    "synthesize_samples",
     "volume_to_patches",
     "volume_to_slices",
 ]

@@ -11,8 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .cyclegan import CycleGAN
+from .ddpm3d import DDPM3D
 from .model import SynthesisModel, kind_from_config
 from .pix2pix import Pix2Pix
+from .syndiff import SynDiff
 
 DEFAULT_MODEL = "cyclegan-mse"
 
@@ -26,6 +28,23 @@ _SEMI3D_CYCLE = {
     "pool_size": 50,
     "prior_shape": None,
     "prior_input": None,
+    "input_channels": None,
+}
+# the diffusion models (docs/models.md): 3D patches of 32^3 tiling the volume without
+# overlap at inference (patch_keep 32: 27 patches per 2 mm brain; keeping the central 24^3
+# runs 64, 2.4x the time of every reverse step), time-
+# conditioned 3D U-Net with 8/16/32 channels (diffusion.TimeUNet3D); sizes measured on
+# 2 CPU cores in docs/benchmarks.md
+_DIFFUSION = {
+    **_TRAINING,
+    "batch_size": 4,
+    "n_epochs_decay": 0,
+    "spatial_dims": 3,
+    "channels": 1,
+    "patch_size": 32,
+    "patch_stride": 8,
+    "patch_keep": 32,
+    "unet_channels": [8, 16, 32],
     "input_channels": None,
 }
 # prior_shape: grid of the mean-training-image prior (PetSynth's residual option; None in
@@ -116,6 +135,44 @@ MODELS: dict[str, ModelSpec] = {
             description="semi-3D Pix2Pix (U-Net generator, conditional PatchGAN, L1 x100)",
             references=("isola2017",),
         ),
+        ModelSpec(
+            "ddpm3d",
+            DDPM3D,
+            {
+                **_DIFFUSION,
+                "lr": 1e-4,
+                "beta1": 0.9,
+                "lambda_lap": 0.25,
+                "lap_levels": 5,
+                "sample_steps": 5,
+                "pretrain_steps": 0,
+                "prediction_type": "epsilon",
+            },
+            paired=True,
+            citation="mri2pet",
+            description="MRI2PET conditional 3D DDPM on 32^3 patches (noise MSE + 0.25 x "
+            "Laplacian-pyramid loss, DDIM sampling)",
+            references=("mri2pet", "ho2020", "song2021ddim"),
+        ),
+        ModelSpec(
+            "syndiff",
+            SynDiff,
+            {
+                **_DIFFUSION,
+                "n_steps": 4,
+                "ngf": 8,
+                "ndf": 8,
+                "n_blocks": 2,
+                "lambda_l1": 1.0,
+                "lambda_cycle": 0.5,
+            },
+            paired=False,
+            citation="syndiff",
+            description="SynDiff adversarial diffusion (4 large reverse steps, step-"
+            "conditioned discriminators) with a cycle-consistent non-diffusive module "
+            "for unpaired training, 3D patches",
+            references=("ozbey2023", "chen2025"),
+        ),
     )
 }
 
@@ -140,6 +197,12 @@ def get_spec(name: str) -> ModelSpec:
         raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODELS)}") from None
 
 
+def is_stochastic(name: str) -> bool:
+    """Whether model ``name`` samples (a diffusion model: different seeds, different
+    pseudo-PETs), so that ``--synthesis-samples`` > 1 makes sense."""
+    return get_spec(name).builder in (DDPM3D, SynDiff)
+
+
 def supports_prior(name: str) -> bool:
     """Whether model ``name`` takes the mean-training-image prior (``--prior``)."""
     return "prior_shape" in get_spec(name).defaults
@@ -162,6 +225,7 @@ __all__ = [
     "ModelSpec",
     "build_model",
     "get_spec",
+    "is_stochastic",
     "model_config",
     "prior_models",
     "supports_prior",

@@ -108,7 +108,9 @@ def read_card(weights: str | Path) -> dict:
         expected = card_space(card_representation(card))
     except (ValueError, PetSynthError) as exc:
         raise PetSynthError(f"model card: {exc}", str(cpath)) from None
-    if spec_in.get("space", expected) != expected:
+    # the label that training wrote for affine-input models before it used AFFINE_SPACE
+    legacy = {f"{TEMPLATE_SPACE} grid, affine-only"} if expected != TEMPLATE_SPACE else set()
+    if spec_in.get("space", expected) not in {expected, *legacy}:
         raise PetSynthError(
             f"model card: trained in {spec_in['space']}, but its "
             f"{card_representation(card)!r} input representation works in {expected}",

@@ -108,7 +108,10 @@ def init_single_subject_wf(unit: SubjectInputs, settings: Settings, plan: RunPla
     if plan.synthesis:
         synth_wf = init_synthesis_wf(plan)
         synth_ds = init_synthesis_derivatives_wf(
-            **sinks, t1w_source=unit.t1w, output_spaces=settings.output_spaces
+            **sinks,
+            t1w_source=unit.t1w,
+            output_spaces=settings.output_spaces,
+            synthesis_samples=plan.synthesis_samples,
         )
         workflow.connect(
             [
@@ -128,6 +131,19 @@ def init_single_subject_wf(unit: SubjectInputs, settings: Settings, plan: RunPla
                 ),
             ]
         )
+        if plan.synthesis_samples > 1:
+            workflow.connect(
+                [
+                    (
+                        synth_wf,
+                        synth_ds,
+                        [
+                            ("outputnode.pseudo_sd_std", "inputnode.pseudo_sd_std"),
+                            ("outputnode.pseudo_sd_t1w", "inputnode.pseudo_sd_t1w"),
+                        ],
+                    )
+                ]
+            )
 
     for pet in unit.pet:
         pet_wf = init_pet_preproc_wf(
@@ -176,10 +192,15 @@ def init_single_subject_wf(unit: SubjectInputs, settings: Settings, plan: RunPla
                 weights_sha256=plan.weights_sha256,
                 histogram_matching=settings.histogram_matching,
                 z_threshold=settings.z_threshold,
+                z_model_variance=settings.z_model_variance,
                 **clusters,
                 name=_pet_wf_name(pet.path) + "_hypo",
             )
             workflow.connect(synth_wf, "outputnode.pseudo_std", hypo_wf, "inputnode.pseudo_std")
+            if settings.z_model_variance:
+                workflow.connect(
+                    synth_wf, "outputnode.pseudo_sd_std", hypo_wf, "inputnode.pseudo_sd_std"
+                )
             stat_wfs.append((hypo_wf, "hypometabolism"))
         if plan.normative_dir is not None:
             controlpet_wf = init_controlpet_wf(

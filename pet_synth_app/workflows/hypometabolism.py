@@ -12,7 +12,7 @@ from ..interfaces.anat import ApplyTransforms
 from ..interfaces.hypometabolism import ClusterTable, ControlPetZ, FindClusters, HypometabolismZ
 
 STAT_INPUTS = ["pet_std", "gm_std", "mask_std", "std2t1w_xfm", "t1w_preproc"]
-HYPO_INPUTS = [*STAT_INPUTS, "pseudo_std"]
+HYPO_INPUTS = [*STAT_INPUTS, "pseudo_std", "pseudo_sd_std"]
 STAT_OUTPUTS = [
     "stat_std",
     "stat_t1w",
@@ -34,6 +34,7 @@ def init_hypometabolism_wf(
     z_threshold: float,
     min_cluster_mm3: float,
     cluster_rank: str,
+    z_model_variance: bool,
     name: str = "hypometabolism_wf",
 ) -> Workflow:
     """Z map of the residual real − pseudo PET and its clusters (one PET series).
@@ -55,7 +56,11 @@ def init_hypometabolism_wf(
 Hypometabolism was mapped as the residual between the real and the pseudo-normal PET
 (both SUVR in template space{
         ", after histogram matching of the pseudo-normal PET" if histogram_matching else ""
-    }), converted to Z scores {reference}. Voxels with
+    }), converted to Z scores {reference}{
+        ", with the variance of the pseudo-normal PET samples added to the denominator"
+        if z_model_variance
+        else ""
+    }. Voxels with
 Z < {z_threshold:g} inside gray matter were grouped into 26-connected clusters;
 clusters smaller than {min_cluster_mm3:g} mm³ were discarded and the rest ranked
 by {cluster_rank} and labelled with the Harvard-Oxford [@harvardoxford] and AAL
@@ -73,6 +78,8 @@ maps were resampled to the native T1w space with the inverse template transform.
 
         zmap.inputs.normative = str(normative)
         zmap.inputs.normative_sha256 = meta_sha256(normative)
+    if z_model_variance:
+        workflow.connect(inputnode, "pseudo_sd_std", zmap, "model_sd")
     connect_clusters(
         workflow,
         inputnode,

@@ -280,12 +280,14 @@ def init_synthesis_derivatives_wf(
     t1w_source: str,
     random_seed: int,
     output_spaces: list[str],
+    synthesis_samples: int,
     name: str = "synthesis_derivatives_wf",
 ) -> Workflow:
     """Write the pseudo-normal PET of ``t1w_source`` in ``output_spaces`` into
-    ``output_dir`` (inputs: synthesis_wf outputs)."""
+    ``output_dir``, and the SD map of its samples when ``synthesis_samples`` > 1 (inputs:
+    synthesis_wf outputs)."""
     workflow = Workflow(name=name)
-    fields = ["pseudo_std", "pseudo_t1w", "metadata"]
+    fields = ["pseudo_std", "pseudo_t1w", "pseudo_sd_std", "pseudo_sd_t1w", "metadata"]
     inputnode = pe.Node(niu.IdentityInterface(fields=fields), name="inputnode")
     outputnode = pe.Node(niu.IdentityInterface(fields=["out_files"]), name="outputnode")
     src = {"source_file": t1w_source, "Sources": [bids_uri(t1w_source, bids_dir)]}
@@ -293,6 +295,9 @@ def init_synthesis_derivatives_wf(
     sinks = _image_sinks(
         output_dir, output_spaces, "pseudo", ("pseudo_t1w", "pseudo_std"), src, meta
     )
+    if synthesis_samples > 1:
+        sd_fields = ("pseudo_sd_t1w", "pseudo_sd_std")
+        sinks.update(_image_sinks(output_dir, output_spaces, "pseudo_sd", sd_fields, src, meta))
     _connect_sinks(workflow, inputnode, outputnode, sinks, dict.fromkeys(sinks, "metadata"))
     return workflow
 

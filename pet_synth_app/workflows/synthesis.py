@@ -13,7 +13,7 @@ from ..plan import RunPlan
 from ..synthesis.inputs import card_representation, input_space
 from ..synthesis.registry import get_spec
 
-SYNTHESIS_OUTPUTS = ["pseudo_std", "pseudo_t1w", "metadata"]
+SYNTHESIS_OUTPUTS = ["pseudo_std", "pseudo_t1w", "pseudo_sd_std", "pseudo_sd_t1w", "metadata"]
 SYNTHESIS_INPUTS = [
     "t1w_std",  # N4 T1w in MNI (mni, mni-jacobian)
     "mask_std",  # MNI brain mask: the output grid
@@ -34,8 +34,10 @@ def init_synthesis_wf(plan: RunPlan, name: str = "synthesis_wf") -> Workflow:
 
     Inputs: ``SYNTHESIS_INPUTS``; which are used depends on the card's input
     representation (``synthesis.inputs``). Outputs: ``pseudo_std``, ``pseudo_t1w`` (SUVR)
-    and the model ``metadata``. ``plan``: the weights, their card, the smoothing, device
-    and threads of the run.
+    and the model ``metadata``; with ``plan.synthesis_samples`` > 1 (diffusion models) the
+    pseudo-PET is the mean of that many samples and ``pseudo_sd_std``/``pseudo_sd_t1w``
+    are their per-voxel SD (SUVR), taken to both spaces by the same transforms.
+    ``plan``: the weights, their card, the smoothing, device, threads and samples of the run.
     """
     weights, card, fwhm = plan.weights, plan.card, plan.synthesis_fwhm
     training = card.get("training", {}).get("data", "unknown data")
@@ -74,6 +76,13 @@ def init_synthesis_wf(plan: RunPlan, name: str = "synthesis_wf") -> Workflow:
         if input_space(representation) == "affine"
         else "resampled to the T1w space with the inverse of the T1w-to-template transform"
     )
+    n_samples = plan.synthesis_samples
+    if n_samples > 1:
+        how += (
+            f"; {n_samples} samples were drawn with noise seeds {plan.synthesis_seed} to "
+            f"{plan.synthesis_seed + n_samples - 1}, their voxelwise mean was used as the "
+            "pseudo-normal PET and their standard deviation kept as a model-uncertainty map"
+        )
     workflow = Workflow(name=name)
     workflow.__desc__ = f"""
 A pseudo-normal FDG PET, the uptake expected for a healthy brain with the participant's
@@ -86,13 +95,20 @@ smoothed with a {fwhm:g} mm FWHM Gaussian, and the result was {back}.
     outputnode = pe.Node(niu.IdentityInterface(fields=SYNTHESIS_OUTPUTS), name="outputnode")
     synth = pe.Node(
         SynthesizePET(
-            weights=str(weights), device=plan.device, nthreads=plan.omp_nthreads, fwhm=fwhm
+            weights=str(weights),
+            device=plan.device,
+            nthreads=plan.omp_nthreads,
+            fwhm=fwhm,
+            n_samples=n_samples,
+            seed=plan.synthesis_seed,
         ),
         name="synthesize",
         n_procs=plan.omp_nthreads,
         mem_gb=1.5,
     )
     to_t1w = pe.Node(ApplyTransforms(out_name="pseudo_t1w.nii.gz"), name="pseudo_to_t1w")
+    if n_samples > 1:
+        _connect_sd(workflow, inputnode, synth, outputnode, input_space(representation))
     workflow.connect(
         [
             (inputnode, synth, [("mask_std", "mask_std")]),
@@ -134,6 +150,38 @@ smoothed with a {fwhm:g} mm FWHM Gaussian, and the result was {back}.
                 [(inputnode, synth, [("gm_std", "gm_std"), ("logjac_std", "logjac_std")])]
             )
     return workflow
+
+
+def _connect_sd(
+    workflow: Workflow, inputnode: pe.Node, synth: pe.Node, outputnode: pe.Node, space: str
+) -> None:
+    """The samples' SD map to MNI and T1w space by the pseudo-PET's own transforms."""
+    sd_t1w = pe.Node(ApplyTransforms(out_name="pseudo_sd_t1w.nii.gz"), name="sd_to_t1w")
+    workflow.connect(
+        [
+            (synth, sd_t1w, [("sd_file", "in_file")]),
+            (inputnode, sd_t1w, [("t1w_preproc", "reference")]),
+            (sd_t1w, outputnode, [("out_file", "pseudo_sd_t1w")]),
+        ]
+    )
+    if space == "affine":
+        sd_std = pe.Node(ApplyTransforms(out_name="pseudo_sd_std.nii.gz"), name="sd_to_std")
+        workflow.connect(
+            [
+                (synth, sd_std, [("sd_file", "in_file")]),
+                (inputnode, sd_std, [("mask_std", "reference")]),
+                (inputnode, sd_std, [("affine2std_warp", "transforms")]),
+                (inputnode, sd_t1w, [("affine2t1w_xfm", "transforms")]),
+                (sd_std, outputnode, [("out_file", "pseudo_sd_std")]),
+            ]
+        )
+    else:
+        workflow.connect(
+            [
+                (inputnode, sd_t1w, [("std2t1w_xfm", "transforms")]),
+                (synth, outputnode, [("sd_file", "pseudo_sd_std")]),
+            ]
+        )
 
 
 __all__ = ["SYNTHESIS_INPUTS", "SYNTHESIS_OUTPUTS", "init_synthesis_wf"]
