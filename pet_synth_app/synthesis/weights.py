@@ -16,7 +16,7 @@ from typing import Any
 from safetensors import SafetensorError
 from torch import nn
 
-from ..config import SYNTHESIS_FWHM_MM
+from ..config import SYNTHESIS_FWHM_MM, TEMPLATE_SPACE
 from ..errors import PetSynthError
 from ..weightfiles import card_path, library_versions, load_tensors, save_weights, sha256_file
 from .inputs import card_representation, card_space
