@@ -167,6 +167,7 @@ def _affine_card(weights: Path) -> Path:
     card_path = weights.with_suffix(".json")
     card = json.loads(card_path.read_text())
     card["input"]["representation"] = "affine"
+    card["input"]["space"] = "MNI152NLin2009aSymAffine"  # synthesis.inputs.card_space
     card_path.write_text(json.dumps(card))
     return weights
 

@@ -307,6 +307,7 @@ def test_cards_of_affine_models_load(tmp_path, space):
     weights = make_tiny_weights(tmp_path / "m" / "ddpm.safetensors", "ddpm3d")
     card = json.loads(card_path(weights).read_text())
     card["input"]["space"] = space
+    card["input"]["representation"] = "affine"
     card_path(weights).write_text(json.dumps(card))
     assert read_card(weights)["input"]["space"] == space
     card["input"]["space"] = "MNI152NLin6Asym"
