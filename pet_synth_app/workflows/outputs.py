@@ -43,7 +43,10 @@ ANAT_DERIVATIVES_INPUTS = [
 
 
 def _common_meta(settings: Settings) -> dict:
-    return {"SoftwareVersion": f"petsynth {__version__}", "RandomSeed": settings.random_seed}
+    meta = {"SoftwareVersion": f"petsynth {__version__}", "RandomSeed": settings.random_seed}
+    if settings.deterministic:
+        meta["Deterministic"] = True
+    return meta
 
 
 def _pet_sources(settings: Settings, pet_source: str, t1w_source: str) -> dict:
