@@ -17,7 +17,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from . import __version__
+from . import __version__, atomicio
 from .errors import PetSynthError
 from .lockinfo import lock_hash
 
@@ -362,5 +362,5 @@ def write_derivative_description(
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     path = output_dir / "dataset_description.json"
-    path.write_text(json.dumps(desc, indent=2) + "\n")
-    return path
+    # every participant process writes it (same content): atomically, never half-written
+    return atomicio.write_text(path, json.dumps(desc, indent=2) + "\n")

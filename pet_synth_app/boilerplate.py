@@ -12,6 +12,8 @@ import re
 from importlib import resources
 from pathlib import Path
 
+from . import atomicio
+
 LOGGER = logging.getLogger("petsynth")
 LEVELS = ("participant", "group")
 _HEADINGS = {"participant": "## Participant level", "group": "## Group level"}
@@ -100,6 +102,12 @@ def write_citation(log_dir: str | Path, level: str, text: str) -> tuple[Path, Pa
     log_dir = Path(log_dir)
     log_dir.mkdir(parents=True, exist_ok=True)
     md, bib_path = log_dir / "CITATION.md", log_dir / "CITATION.bib"
+    # parallel participant runs update the same files: read-modify-write under a lock
+    with atomicio.locked(log_dir / ".CITATION.lock"):
+        return _write_citation(md, bib_path, level, text)
+
+
+def _write_citation(md: Path, bib_path: Path, level: str, text: str) -> tuple[Path, Path]:
     sections = _sections(md)
     sections[level] = unique_paragraphs(text)
     body = "\n\n".join(f"{_HEADINGS[lv]}\n\n{sections[lv]}" for lv in LEVELS if lv in sections)
@@ -121,8 +129,8 @@ def write_citation(log_dir: str | Path, level: str, text: str) -> tuple[Path, Pa
         "",
     ]
     lines += [f"- [@{k}] {format_reference(entries[k])}" for k in refs]
-    md.write_text("\n".join(lines) + "\n")
-    bib_path.write_text("\n\n".join(entries[k] for k in refs) + "\n")
+    atomicio.write_text(md, "\n".join(lines) + "\n")
+    atomicio.write_text(bib_path, "\n\n".join(entries[k] for k in refs) + "\n")
     return md, bib_path
 
 

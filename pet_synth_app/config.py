@@ -76,6 +76,7 @@ class Settings:
     skip_bids_validation: bool = False
     derivatives: list[Path] = field(default_factory=list)  # sMRIPrep/fMRIPrep to reuse
     random_seed: int = 0
+    deterministic: bool = False  # one thread per process, deterministic torch (determinism.py)
     output_spaces: list[str] = field(default_factory=lambda: list(OUTPUT_SPACES))
     reference_region: str = "gm-mean"
     device: str = "auto"
@@ -102,6 +103,8 @@ class Settings:
     verbose: int = 0
 
     def __post_init__(self) -> None:
+        if self.deterministic:  # multithreaded sums differ run to run (determinism.py)
+            object.__setattr__(self, "omp_nthreads", 1)
         if not self.omp_nthreads:
             object.__setattr__(self, "omp_nthreads", min(self.nprocs, 8))
         if self.sloppy and self.registration_preset == "default":
@@ -189,8 +192,9 @@ class Settings:
         data = {"petsynth": self.to_dict()}
         if lock := lock_hash():
             data["install"] = {"requirements_lock_sha256": lock}
-        path.write_text(tomli_w.dumps(data))
-        return path
+        from . import atomicio
+
+        return atomicio.write_text(path, tomli_w.dumps(data))
 
 
 def _inside(child: Path, parent: Path) -> bool:

@@ -68,6 +68,7 @@ def run_participant(settings: Settings) -> int:
     run_id = new_run_id()
     log_dir = settings.output_dir / "logs"
     settings.output_dir.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(settings.output_dir)
     settings_file = write_settings(settings, plan, log_dir / f"config-{run_id}.toml")
     description = pbids.write_derivative_description(
         settings.bids_dir, settings.output_dir, container=_container_info()
@@ -187,11 +188,23 @@ def run_group(settings: Settings) -> int:
 def write_group_report(settings: Settings) -> None:
     """``<out>/group/report.html``, with the detection curve when the BIDS dataset carries
     ground truth (``derivatives/truth/lesions.tsv``, as simulated cohorts do)."""
+    from .atomicio import locked
     from .reports.group_report import write_group_report as write
 
     truth = settings.bids_dir / "derivatives" / "truth"
-    report = write(settings.output_dir, truth if (truth / "lesions.tsv").is_file() else None)
+    # parallel participant runs each refresh it: one at a time
+    with locked(settings.output_dir / "logs" / ".group-report.lock"):
+        report = write(settings.output_dir, truth if (truth / "lesions.tsv").is_file() else None)
     LOGGER.info("group report: %s", report)
+
+
+def _remove_stale_temporaries(output_dir: Path) -> None:
+    """Temporary files of killed runs (``atomicio``); young ones may be another running
+    participant's, and stay."""
+    from .atomicio import remove_stale_temporaries
+
+    if n := remove_stale_temporaries(output_dir):
+        LOGGER.info("removed %d temporary file(s) left by interrupted runs", n)
 
 
 def _container_info() -> dict | None:

@@ -24,7 +24,8 @@ def setup_logging(verbose: int) -> None:
 
 def guarded(parser: argparse.ArgumentParser, func, interrupted: str) -> int:
     """Run ``func()`` and turn user-facing errors into one line and an exit code
-    (usage errors also print the usage; Ctrl-C prints ``interrupted``, exit 130)."""
+    (usage errors also print the usage; Ctrl-C or SIGTERM prints ``interrupted``, exit
+    130 or 143: ``interrupt.Interrupted``)."""
     try:
         return func()
     except UsageError as exc:
@@ -34,9 +35,9 @@ def guarded(parser: argparse.ArgumentParser, func, interrupted: str) -> int:
     except PetSynthError as exc:
         print_error(exc)
         return exc.exit_code
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         print_error(interrupted)
-        return 130
+        return getattr(exc, "exit_code", 130)
 
 
 __all__ = ["guarded", "print_error", "setup_logging"]

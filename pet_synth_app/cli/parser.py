@@ -322,6 +322,13 @@ def get_parser() -> argparse.ArgumentParser:
         help="group: siamese autoencoder training epochs",
     )
     add_options(g_wf, "random_seed")
+    g_wf.add_argument(
+        "--deterministic",
+        dest="deterministic",
+        action="store_true",
+        help="bit-identical reruns: one thread per process (overrides --omp-nthreads) "
+        "and deterministic torch algorithms; slower",
+    )
     add_options(g_wf, "sloppy")
 
     g_other = parser.add_argument_group("Other options")

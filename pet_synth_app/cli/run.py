@@ -17,20 +17,24 @@ from .parser import get_parser  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the BIDS-App; returns the exit code (0 ok, 1 input/processing error, 2 usage)."""
+    """Run the BIDS-App; returns the exit code (0 ok, 1 input/processing error, 2 usage,
+    130/143 interrupted by SIGINT/SIGTERM)."""
     parser = get_parser()
     opts = parser.parse_args(argv)
 
     def run() -> int:
         from .. import runner
+        from ..determinism import deterministic_mode
+        from ..interrupt import handle_interrupts
 
         settings = Settings.from_options(vars(opts))
         setup_logging(settings.verbose)
-        if settings.analysis_level == "participant":
-            return runner.run_participant(settings)
-        return runner.run_group(settings)
+        with handle_interrupts(), deterministic_mode(settings.deterministic):
+            if settings.analysis_level == "participant":
+                return runner.run_participant(settings)
+            return runner.run_group(settings)
 
-    return guarded(parser, run, "interrupted; rerun with the same --work-dir to resume")
+    return guarded(parser, run, "interrupted; rerun with the same -w/--work-dir to resume")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -284,12 +284,9 @@ def render_mosaic(mosaic: Mosaic, out_file: Path | None = None, fmt: str = "svg"
     fig.savefig(buf, format=fmt, facecolor="black", dpi=DPI)
     text = buf.getvalue()
     if out_file is not None:
-        out_file = Path(out_file)
-        out_file.parent.mkdir(parents=True, exist_ok=True)
-        if fmt == "png":
-            out_file.write_bytes(text)
-        else:
-            out_file.write_text(text)
+        from ..atomicio import write_bytes
+
+        write_bytes(Path(out_file), text if fmt == "png" else text.encode("utf-8"))
     return text
 
 

@@ -212,12 +212,11 @@ class FigureMaker:
 
 
 def write_atomic(path: Path, text: str) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-    return path
+    """Write ``text`` (UTF-8) to ``path``: temporary name in the same folder, then
+    ``os.replace``."""
+    from ..atomicio import write_text
+
+    return write_text(path, text)
 
 
 def page(title: str, nav: Sequence[tuple[str, str]], body: Sequence[str]) -> str:

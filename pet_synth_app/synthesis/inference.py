@@ -411,8 +411,11 @@ def _synthesize(
     fwhm_mm: float | None,
     batch_size: int,
 ) -> tuple[nib.Nifti1Image, dict]:
+    from ..determinism import apply_in_process
     from .inputs import card_representation
     from .networks import input_channels
+
+    apply_in_process()  # --deterministic (a Nipype worker: told by the environment)
 
     rep = card_representation(card)
     if len(channels) != input_channels(card["config"]):

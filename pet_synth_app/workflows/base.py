@@ -11,6 +11,7 @@ from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 from niworkflows.engine.workflows import LiterateWorkflow as Workflow
 
+from .. import atomicio
 from ..bids import SubjectInputs
 from ..config import Settings
 from ..plan import RunPlan, resolve_plan
@@ -84,6 +85,7 @@ def init_single_subject_wf(unit: SubjectInputs, settings: Settings, plan: RunPla
         "bids_dir": settings.bids_dir,
         "output_dir": settings.output_dir,
         "random_seed": settings.random_seed,
+        "deterministic": settings.deterministic,
     }
     clusters = {"min_cluster_mm3": settings.min_cluster_mm3, "cluster_rank": settings.cluster_rank}
     anat_wf = init_anat_preproc_wf(
@@ -240,18 +242,33 @@ def init_single_subject_wf(unit: SubjectInputs, settings: Settings, plan: RunPla
 
 
 def _plugin(settings: Settings) -> tuple[str, dict]:
+    """Nipype plugin name and arguments. ``--mem-mb`` becomes MultiProc's ``memory_gb``
+    and, for the SLURM plugins, ``--mem=<MB>M`` in every step's ``sbatch_args``; values
+    set in a ``--use-plugin`` YAML win."""
     if settings.use_plugin:
         import yaml
 
         spec = yaml.safe_load(Path(settings.use_plugin).read_text()) or {}
-        return spec.get("plugin", "MultiProc"), spec.get("plugin_args", {}) or {}
+        plugin = spec.get("plugin", "MultiProc")
+        return plugin, _with_memory(plugin, dict(spec.get("plugin_args", {}) or {}), settings)
     if settings.nprocs == 1:
         return "Linear", {}
     # forkserver: forking a parent that holds torch/ITK thread pools can deadlock workers
     args = {"n_procs": settings.nprocs, "raise_insufficient": False, "mp_context": "forkserver"}
-    if settings.mem_mb:
-        args["memory_gb"] = settings.mem_mb / 1024
-    return "MultiProc", args
+    return "MultiProc", _with_memory("MultiProc", args, settings)
+
+
+def _with_memory(plugin: str, args: dict, settings: Settings) -> dict:
+    """``args`` with ``settings.mem_mb`` (MB) as the plugin's memory limit, unless set."""
+    if not settings.mem_mb:
+        return args
+    if plugin in ("MultiProc", "LegacyMultiProc"):
+        args.setdefault("memory_gb", settings.mem_mb / 1024)
+    elif plugin in ("SLURM", "SLURMGraph"):
+        sbatch = str(args.get("sbatch_args", "") or "")
+        if not re.search(r"(^|\s)--mem(-per-cpu|-per-gpu)?[=\s]", sbatch):
+            args["sbatch_args"] = f"{sbatch} --mem={settings.mem_mb}M".strip()
+    return args
 
 
 def execution_config(settings: Settings, crash_dir: Path) -> dict[str, str]:
@@ -294,10 +311,11 @@ def configure_nipype(settings: Settings, crash_dir: Path) -> None:
     # forkserver workers start fresh and read $NIPYPE_CONFIG_DIR/nipype.cfg: same levels there
     cfg_dir = Path(settings.work_dir)
     cfg_dir.mkdir(parents=True, exist_ok=True)
-    (cfg_dir / "nipype.cfg").write_text(
+    atomicio.write_text(  # parallel runs may share the work dir
+        cfg_dir / "nipype.cfg",
         "[logging]\n"
         f"workflow_level = {level}\ninterface_level = {level}\nutils_level = {level}\n"
-        "[execution]\ncheck_version = false\n"
+        "[execution]\ncheck_version = false\n",
     )
     os.environ["NIPYPE_CONFIG_DIR"] = str(cfg_dir)
     for name in ("nipype.workflow", "nipype.interface", "nipype.utils"):
@@ -316,6 +334,10 @@ def run_workflow(workflow: Workflow, settings: Settings, run_id: str) -> list[tu
     # inputs, two hashes: every node reran. Put all our execution settings in its copy.
     workflow.config["execution"].update(execution_config(settings, crash_dir))
     plugin, args = _plugin(settings)
+    if args.get("mp_context") == "forkserver":  # after configure_nipype: workers read its env
+        from ..interrupt import ignore_sigint_in_workers
+
+        ignore_sigint_in_workers()
     try:
         workflow.run(plugin=plugin, plugin_args=args)
     except RuntimeError as exc:

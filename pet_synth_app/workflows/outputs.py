@@ -42,8 +42,11 @@ ANAT_DERIVATIVES_INPUTS = [
 """Fields of ``init_anat_derivatives_wf``'s inputnode (outputs of ``anat_preproc_wf``)."""
 
 
-def _common_meta(random_seed: int) -> dict:
-    return {"SoftwareVersion": f"petsynth {__version__}", "RandomSeed": random_seed}
+def _common_meta(random_seed: int, deterministic: bool) -> dict:
+    meta = {"SoftwareVersion": f"petsynth {__version__}", "RandomSeed": random_seed}
+    if deterministic:
+        meta["Deterministic"] = True
+    return meta
 
 
 def _pet_sources(bids_dir: Path, pet_source: str, t1w_source: str) -> dict:
@@ -68,6 +71,7 @@ def init_anat_derivatives_wf(
     output_dir: Path,
     t1w_source: str,
     random_seed: int,
+    deterministic: bool,
     registration_preset: str,
     name: str = "anat_derivatives_wf",
 ) -> Workflow:
@@ -77,7 +81,7 @@ def init_anat_derivatives_wf(
     inputnode = pe.Node(niu.IdentityInterface(fields=ANAT_DERIVATIVES_INPUTS), name="inputnode")
     outputnode = pe.Node(niu.IdentityInterface(fields=["out_files"]), name="outputnode")
     src = {"source_file": t1w_source, "Sources": [bids_uri(t1w_source, bids_dir)]}
-    meta = _common_meta(random_seed)
+    meta = _common_meta(random_seed, deterministic)
     sinks = {
         "t1w_preproc": _sink(
             output_dir,
@@ -205,6 +209,7 @@ def init_pet_derivatives_wf(
     pet_source: str,
     t1w_source: str,
     random_seed: int,
+    deterministic: bool,
     output_spaces: list[str],
     name: str = "pet_derivatives_wf",
 ) -> Workflow:
@@ -215,7 +220,7 @@ def init_pet_derivatives_wf(
     inputnode = pe.Node(niu.IdentityInterface(fields=fields), name="inputnode")
     outputnode = pe.Node(niu.IdentityInterface(fields=["out_files"]), name="outputnode")
     src = _pet_sources(bids_dir, pet_source, t1w_source)
-    meta = _common_meta(random_seed)
+    meta = _common_meta(random_seed, deterministic)
     sinks = {
         "pet2t1w_xfm": _sink(
             output_dir,
@@ -279,6 +284,7 @@ def init_synthesis_derivatives_wf(
     output_dir: Path,
     t1w_source: str,
     random_seed: int,
+    deterministic: bool,
     output_spaces: list[str],
     synthesis_samples: int,
     name: str = "synthesis_derivatives_wf",
@@ -291,7 +297,7 @@ def init_synthesis_derivatives_wf(
     inputnode = pe.Node(niu.IdentityInterface(fields=fields), name="inputnode")
     outputnode = pe.Node(niu.IdentityInterface(fields=["out_files"]), name="outputnode")
     src = {"source_file": t1w_source, "Sources": [bids_uri(t1w_source, bids_dir)]}
-    meta = _common_meta(random_seed)
+    meta = _common_meta(random_seed, deterministic)
     sinks = _image_sinks(
         output_dir, output_spaces, "pseudo", ("pseudo_t1w", "pseudo_std"), src, meta
     )
@@ -314,6 +320,7 @@ def init_statmap_derivatives_wf(
     t1w_source: str,
     desc: str,
     random_seed: int,
+    deterministic: bool,
     output_spaces: list[str],
     name: str = "hypometabolism_derivatives_wf",
 ) -> Workflow:
@@ -326,7 +333,7 @@ def init_statmap_derivatives_wf(
     inputnode = pe.Node(niu.IdentityInterface(fields=STAT_OUTPUTS), name="inputnode")
     outputnode = pe.Node(niu.IdentityInterface(fields=["out_files"]), name="outputnode")
     src = _pet_sources(bids_dir, pet_source, t1w_source)
-    meta = _common_meta(random_seed)
+    meta = _common_meta(random_seed, deterministic)
     merge_meta = pe.Node(
         niu.Function(function=_merge_meta, output_names=["out"]), name="merge_meta"
     )
