@@ -190,8 +190,8 @@ def test_deterministic_option(tmp_path):
 
     from pet_synth_app.workflows.outputs import _common_meta
 
-    assert _common_meta(s)["Deterministic"] is True
-    assert "Deterministic" not in _common_meta(plain)
+    assert _common_meta(s.random_seed, s.deterministic)["Deterministic"] is True
+    assert "Deterministic" not in _common_meta(plain.random_seed, plain.deterministic)
 
 
 def test_deterministic_mode_sets_and_restores(monkeypatch):
