@@ -79,6 +79,7 @@ class Settings:
     reference_region: str = "gm-mean"
     device: str = "auto"
     stop_on_first_crash: bool = False
+    qc_fail_exit: bool = False  # exit code 3 (runner.QC_FAIL_EXIT) when a QC check fails
     sloppy: bool = False
     registration_preset: str = "default"
     brain_extraction: str = "deepbet"

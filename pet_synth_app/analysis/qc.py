@@ -68,6 +68,7 @@ THRESHOLDS: dict[str, float] = {
     "mni_dice": 0.95,
     "coreg_gm_corr": 0.50,
     "coreg_gm_wm_ratio": 1.10,
+    "t1w_wm_gm_ratio": 1.10,
 }
 """Minimum acceptable value of each QC metric (lower = warning); see the module doc."""
 
@@ -76,8 +77,13 @@ QC_DESCRIPTIONS: dict[str, str] = {
     "mni_dice": "Dice of the warped brain mask with the MNI template brain mask",
     "coreg_gm_corr": "correlation of the PET (T1w space) with the GM probability (brain mask)",
     "coreg_gm_wm_ratio": "PET GM/WM uptake ratio in T1w space (GM, WM probability > 0.5)",
+    "t1w_wm_gm_ratio": "T1w WM/GM intensity ratio in MNI space (template WM, GM "
+    "probability > 0.5): a T1w has brighter WM than GM, a PET the reverse",
 }
 """One-line description of each metric, for report tables."""
+
+DIGITS = 3
+"""Decimals shown for QC values; a value is compared with its threshold as shown."""
 
 TISSUE_THRESHOLD = 0.5
 """Probability above which a voxel counts as GM or WM for ``gm_wm_ratio``."""
@@ -168,19 +174,61 @@ def coregistration_quality(
     return out
 
 
+def below(value: Any, low: float) -> bool:
+    """True when ``value``, rounded to the ``DIGITS`` shown in reports and logs, is below
+    ``low`` (a value shown as 0.950 passes ">= 0.95"); False for None and NaN."""
+    if value is None or not np.isfinite(value):
+        return False
+    return round(float(value), DIGITS) < low
+
+
+def _what(key: str) -> str:
+    if key.startswith("mni"):
+        return "possible poor registration to MNI"
+    if key.startswith("t1w"):
+        return "the T1w does not look like a T1w (a PET or another contrast given as T1w?)"
+    return "possible poor PET-to-T1w coregistration"
+
+
 def check(metrics: dict[str, Any], thresholds: dict[str, float] | None = None) -> list[str]:
-    """Warnings for the metrics below their threshold (NaN and missing keys are skipped)."""
+    """Warnings for the metrics below their threshold at the displayed precision (NaN and
+    missing keys are skipped)."""
     thresholds = THRESHOLDS if thresholds is None else thresholds
     warnings = []
     for key, low in thresholds.items():
         value = metrics.get(key)
-        if value is None or not np.isfinite(value) or value >= low:
+        if not below(value, low):
             continue
-        what = "registration to MNI" if key.startswith("mni") else "PET-to-T1w coregistration"
         warnings.append(
-            f"possible poor {what}: {key} = {value:.3f} < {low:g} ({QC_DESCRIPTIONS[key]})"
+            f"{_what(key)}: {key} = {value:.{DIGITS}f} < {low:g} ({QC_DESCRIPTIONS[key]})"
         )
     return warnings
+
+
+def failed_checks(output_dir: Path, subject: str) -> dict[str, list[str]]:
+    """The QC checks a participant's units fail, from its derivatives:
+    ``{"sub-X[_ses-Y][ series]": ["mni_ncc 0.712 < 0.8", ...]}`` (units that pass are
+    left out)."""
+    out: dict[str, list[str]] = {}
+    for row in participant_qc(output_dir, subject):
+        name = row["participant_id"] + (f"_ses-{row['session']}" if row["session"] else "")
+        if row["series"]:
+            name += f" ({row['series']})"
+        bad = [
+            f"{k} {row[k]:.{DIGITS}f} < {low:g}"
+            for k, low in THRESHOLDS.items()
+            if below(row.get(k), low)
+        ]
+        if bad:
+            out[name] = bad
+    return out
+
+
+def tissue_contrast(t1w_mni: Any, wm: Any, gm: Any, threshold: float = TISSUE_THRESHOLD) -> float:
+    """``t1w_wm_gm_ratio``: mean intensity where the template WM probability > ``threshold``
+    over the mean where the GM probability is (all on the template grid). ~1.3-1.6 for a
+    T1w; < 1 for a PET (GM uptake) given as T1w."""
+    return gm_wm_ratio(t1w_mni, wm, gm, threshold)
 
 
 # --- reading a participant's derivatives -------------------------------------------------
@@ -240,7 +288,21 @@ def unit_registration_qc(unit: Path, prefix: str) -> dict[str, float]:
     mask = _load(L.path(unit, prefix, "mask", _SPACE))
     tpl, tmask = template_on(t1w)
     mask_a = None if mask is None else _on_grid(mask, t1w, "nearest")
-    return registration_quality(_array(t1w), tpl, tmask, mask_a)
+    out = registration_quality(_array(t1w), tpl, tmask, mask_a)
+    wm, gm = tissues_on(t1w)
+    out["t1w_wm_gm_ratio"] = tissue_contrast(_array(t1w), wm, gm)
+    return out
+
+
+def tissues_on(ref: nib.Nifti1Image) -> tuple[np.ndarray, np.ndarray]:
+    """Template WM and GM probabilities on the grid of ``ref`` (a template-space image)."""
+    from ..preproc.templates import get_template
+
+    res = 1 if float(np.mean(ref.header.get_zooms()[:3])) < 1.5 else 2
+    return (
+        _on_grid(get_template("WM", res), ref, "continuous"),
+        _on_grid(get_template("GM", res), ref, "continuous"),
+    )
 
 
 def series_coregistration_qc(unit: Path, anat_prefix: str, series: str) -> dict[str, float]:
@@ -303,8 +365,10 @@ def write_qc_json(rows: list[dict[str, Any]], path: Path) -> Path:
 __all__ = [
     "QC_DESCRIPTIONS",
     "THRESHOLDS",
+    "below",
     "check",
     "coregistration_quality",
+    "failed_checks",
     "correlation",
     "dice",
     "gm_wm_ratio",
@@ -313,6 +377,8 @@ __all__ = [
     "registration_quality",
     "series_coregistration_qc",
     "template_on",
+    "tissue_contrast",
+    "tissues_on",
     "unit_dirs",
     "unit_prefix",
     "unit_registration_qc",

@@ -302,6 +302,14 @@ def get_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="stop at the first failing step",
     )
+    g_other.add_argument(
+        "--qc-fail-exit",
+        "--qc_fail_exit",
+        dest="qc_fail_exit",
+        action="store_true",
+        help="exit with code 3 when every unit finished but a QC check failed (the "
+        "failed checks are listed at the end of the log either way)",
+    )
     add_options(g_other, "verbose")
     return parser
 

@@ -22,6 +22,7 @@ from .. import layout as L
 from ..analysis import qc
 from ..analysis.clusters import column_help
 from ..config import TEMPLATE_SPACE, Z_THRESHOLD
+from ..inputcheck import read_warnings
 from . import figures as F
 from .html import (
     FigureMaker,
@@ -223,7 +224,7 @@ class _Report:
                     "template brain mask.",
                 )
             )
-            parts.append(self._qc_line(metrics, ("mni_ncc", "mni_dice")))
+            parts.append(self._qc_line(metrics, ("mni_ncc", "mni_dice", "t1w_wm_gm_ratio")))
         return "".join(parts)
 
     def coregistration(self) -> str:
@@ -498,8 +499,8 @@ class _Report:
         for k in keys:
             v = metrics.get(k, float("nan"))
             low = qc.THRESHOLDS[k]
-            rows.append([k, fmt(v), f">= {low:g}", qc.QC_DESCRIPTIONS[k]])
-            bad.append(v == v and v < low)
+            rows.append([k, fmt(v, qc.DIGITS), f">= {low:g}", qc.QC_DESCRIPTIONS[k]])
+            bad.append(qc.below(v, low))
         return table(["metric", "value", "expected", "meaning"], rows, bad_rows=bad)
 
     # --- summary
@@ -658,7 +659,7 @@ class _Report:
         )
 
     def _collect_warnings(self) -> list[str]:
-        warnings = []
+        warnings = read_warnings(L.input_warnings_file(self.out, self.subject))
         if not self.units:
             warnings.append("no derivative folder was found for this participant")
         for unit in self.units:
