@@ -252,3 +252,72 @@ def test_qc_compares_at_the_displayed_precision():
     assert qc.check({"mni_dice": 0.9498}) == []
     (line,) = qc.check({"mni_dice": 0.9494})
     assert "mni_dice = 0.949 < 0.95" in line
+
+
+def _double(x):
+    return 2 * x
+
+
+def test_progress_lines_count_steps_of_a_real_workflow(tmp_path):
+    import nipype.pipeline.engine as pe
+    from nipype.interfaces.utility import Function
+
+    from pet_synth_app.workflows.progress import Progress
+
+    wf = pe.Workflow("petsynth_wf", base_dir=str(tmp_path))
+    sub = pe.Workflow("single_subject_01_wf")
+    a = pe.Node(Function(["x"], ["out"], _double), name="a")
+    a.inputs.x = 1
+    b = pe.Node(Function(["x"], ["out"], _double), name="b")
+    sub.connect(a, "out", b, "x")
+    wf.add_nodes([sub])
+    ticks = iter(range(0, 1000, 40))
+    progress = Progress(wf, every_s=30, clock=lambda: next(ticks))
+    lines = []
+    progress_log = progress.line
+    progress.line = lambda last="": lines.append(progress_log(last)) or lines[-1]
+    wf.run(plugin="Linear", plugin_args={"status_callback": progress})
+    assert progress.total == 2 and len(progress.done) == 2
+    assert lines[-1].startswith("progress: 2 of 2 steps finished (100 %), 0 running, elapsed ")
+    assert lines[-1].endswith("last: sub-01 b")
+
+
+# --- report and CLI fixes (issue 16, item 8) -------------------------------------------
+
+
+def test_box_plot_has_no_empty_group_column(tmp_path):
+    from pet_synth_app.reports.figures import plot_strip
+
+    svg = plot_strip(
+        {"control": {"sub-c1": 0.9, "sub-c2": 0.8}, "patient": {}}, tmp_path / "b.svg"
+    ).read_text()
+    assert "control" in svg and "patient" not in svg
+
+
+def test_long_column_names_can_wrap():
+    from pet_synth_app.reports.html import STYLE, table
+
+    html = table(["peak_z_t1w_mm"], [["-12.0, 40.5, 33.0"]])
+    assert "peak_<wbr>z_<wbr>t1w_<wbr>mm" in html
+    assert "td{overflow-wrap:anywhere}" in STYLE and "@media print" in STYLE
+
+
+def test_help_states_each_default_once(capsys):
+    from pet_synth_app.cli.parser import get_parser
+
+    text = " ".join(get_parser().format_help().split())
+    assert "(default: [])" not in text and "(default: None)" not in text
+    assert "default: all (default" not in text
+    assert "(default: -1.65)" in text  # plain defaults are still shown
+    assert "petsynth-work-" in text  # the work dir default is documented
+
+
+def test_default_work_dir_is_not_the_current_folder(tmp_path, monkeypatch):
+    from pet_synth_app.config import Settings
+
+    monkeypatch.chdir(tmp_path)
+    a = Settings.from_options({"bids_dir": tmp_path / "b", "output_dir": tmp_path / "o1"})
+    b = Settings.from_options({"bids_dir": tmp_path / "b", "output_dir": tmp_path / "o1"})
+    c = Settings.from_options({"bids_dir": tmp_path / "b", "output_dir": tmp_path / "o2"})
+    assert a.work_dir == b.work_dir != c.work_dir  # reruns into one output folder resume
+    assert tmp_path not in a.work_dir.parents and a.work_dir.name.startswith("petsynth-work-")

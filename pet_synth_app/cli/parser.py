@@ -60,7 +60,12 @@ SHARED_OPTIONS: dict[str, tuple[tuple[str, ...], dict]] = {
     ),
     "work_dir": (
         ("-w", "--work-dir", "--work_dir"),
-        dict(type=Path, help="Nipype working directory (reused on reruns to resume)"),
+        dict(
+            type=Path,
+            help="Nipype working directory, reused on reruns to resume (default: "
+            "<temp folder>/petsynth-work-<hash of OUTPUT_DIR>, e.g. /tmp/petsynth-work-1a2b..; "
+            "on clusters and in containers pass one on scratch)",
+        ),
     ),
     "verbose": (
         ("-v", "--verbose"),
@@ -82,6 +87,24 @@ def add_options(group, *names: str, **overrides) -> None:
         group.add_argument(*flags, **kwargs)
 
 
+class DefaultsOnceFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default once: not when the help already says it, and not for
+    flags (off by default) or empty defaults."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (
+            "default" in text.lower()
+            or action.default is None
+            or action.default is False
+            or action.default == []
+            or action.default == argparse.SUPPRESS
+            or isinstance(action, argparse._CountAction)
+        ):
+            return text
+        return super()._get_help_string(action)
+
+
 def get_parser() -> argparse.ArgumentParser:
     """The argument parser (fMRIPrep conventions: groups, defaults shown)."""
     parser = argparse.ArgumentParser(
@@ -90,7 +113,7 @@ def get_parser() -> argparse.ArgumentParser:
             "PetSynth: synthesize a pseudo-normal FDG PET from a T1w MRI, compare it with "
             "the real PET and write hypometabolism maps as BIDS-Derivatives."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsOnceFormatter,
     )
     parser.add_argument("bids_dir", type=Path, help="root folder of a BIDS dataset")
     parser.add_argument("output_dir", type=Path, help="folder for the derivatives")
@@ -314,4 +337,4 @@ def get_parser() -> argparse.ArgumentParser:
     return parser
 
 
-__all__ = ["SHARED_OPTIONS", "add_options", "get_parser"]
+__all__ = ["SHARED_OPTIONS", "DefaultsOnceFormatter", "add_options", "get_parser"]

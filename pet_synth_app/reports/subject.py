@@ -213,14 +213,14 @@ class _Report:
                 self.figure(
                     F.plot_flicker,
                     fig,
-                    a["t1w_mni"],
                     get_template("T1w", res),
+                    a["t1w_mni"],  # the layer shown without hovering (and in print)
                     mask=get_template("mask", res),
                     contour=get_template("mask", res),
-                    labels=("participant T1w", "MNI template"),
+                    labels=("MNI template", "participant T1w"),
                     flicker=True,
-                    caption="Hover to flicker between the participant's T1w "
-                    f"warped to {SPACE} and the template ({res} mm); red: "
+                    caption="The participant's T1w warped to "
+                    f"{SPACE}; hover to flicker to the template ({res} mm). Red: "
                     "template brain mask.",
                 )
             )

@@ -233,6 +233,9 @@ def run_workflow(workflow: Workflow, settings: Settings, run_id: str) -> list[tu
     # inputs, two hashes: every node reran. Put all our execution settings in its copy.
     workflow.config["execution"].update(execution_config(settings, crash_dir))
     plugin, args = _plugin(settings)
+    from .progress import Progress
+
+    args = {**args, "status_callback": Progress(workflow)}  # "progress: n of N steps" lines
     try:
         workflow.run(plugin=plugin, plugin_args=args)
     except RuntimeError as exc:
