@@ -139,6 +139,13 @@ def collect_units(settings: Settings) -> tuple[list, list[PetSynthError], int, l
             errors.extend(PetSynthError(f"{unit.name} skipped: {p}") for p in problems)
             continue
         good.append(unit)
+        if unit.ignored_t1w:  # also in the report and sidecars, not only in the log
+            ignored = ", ".join(Path(p).name for p in unit.ignored_t1w)
+            warnings.append(
+                inputcheck.InputWarning(
+                    unit.name, unit.t1w, f"several T1w images: using this one, ignoring {ignored}"
+                )
+            )
         try:
             warnings += inputcheck.unit_warnings(unit)
         except Exception as exc:  # noqa: BLE001 - a check must never stop a usable unit

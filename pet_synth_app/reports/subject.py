@@ -224,7 +224,11 @@ class _Report:
                     "template brain mask.",
                 )
             )
-            parts.append(self._qc_line(metrics, ("mni_ncc", "mni_dice", "t1w_wm_gm_ratio")))
+            parts.append(
+                self._qc_line(
+                    metrics, ("mni_ncc", "mni_fit_margin", "mni_dice", "t1w_wm_gm_ratio")
+                )
+            )
         return "".join(parts)
 
     def coregistration(self) -> str:

@@ -54,6 +54,17 @@ def _pet_sources(settings: Settings, pet_source: str, t1w_source: str) -> dict:
     }
 
 
+T1W_DISMISSED = ["acquisition", "ceagent", "reconstruction", "run"]
+"""Entities of the T1w left out of the names of its derivatives: one T1w is used per
+subject and session (bids.py), and every reader finds its outputs as ``sub-X[_ses-Y]_*``
+(two T1w runs used to give ``run-1_*`` files that the report did not find)."""
+
+
+def _t1w_named(t1w_source: str) -> dict:
+    """DataSink arguments of an output named after the T1w (``sub-X[_ses-Y]`` only)."""
+    return {"source_file": t1w_source, "dismiss_entities": T1W_DISMISSED}
+
+
 def _sink(settings: Settings, name: str, **kwargs) -> pe.Node:
     return pe.Node(
         DerivativesDataSink(base_directory=str(settings.output_dir), **kwargs),
@@ -69,7 +80,7 @@ def init_anat_derivatives_wf(
     workflow = Workflow(name=name)
     inputnode = pe.Node(niu.IdentityInterface(fields=ANAT_DERIVATIVES_INPUTS), name="inputnode")
     outputnode = pe.Node(niu.IdentityInterface(fields=["out_files"]), name="outputnode")
-    src = {"source_file": t1w_source, "Sources": [bids_uri(t1w_source, settings)]}
+    src = {**_t1w_named(t1w_source), "Sources": [bids_uri(t1w_source, settings)]}
     meta = _common_meta(settings)
     sinks = {
         "t1w_preproc": _sink(
@@ -261,7 +272,7 @@ def init_synthesis_derivatives_wf(
     fields = ["pseudo_std", "pseudo_t1w", "metadata"]
     inputnode = pe.Node(niu.IdentityInterface(fields=fields), name="inputnode")
     outputnode = pe.Node(niu.IdentityInterface(fields=["out_files"]), name="outputnode")
-    src = {"source_file": t1w_source, "Sources": [bids_uri(t1w_source, settings)]}
+    src = {**_t1w_named(t1w_source), "Sources": [bids_uri(t1w_source, settings)]}
     meta = _common_meta(settings)
     sinks = _image_sinks(settings, "pseudo", ("pseudo_t1w", "pseudo_std"), src, meta)
     _connect_sinks(workflow, inputnode, outputnode, sinks, dict.fromkeys(sinks, "metadata"))
