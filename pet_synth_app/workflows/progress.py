@@ -16,9 +16,8 @@ class Progress:
 
     def __init__(self, workflow, every_s: float = 30.0, clock=time.monotonic) -> None:
         nodes = workflow._get_all_nodes() if hasattr(workflow, "_get_all_nodes") else []
-        self.names = {n.fullname for n in nodes}  # without the top workflow's name
+        self.total = len(nodes)  # their fullnames are not unique before the run
         self.prefix = f"{getattr(workflow, 'name', '')}."
-        self.total = len(self.names)
         self.done: set[str] = set()
         self.running: set[str] = set()
         self.every_s = every_s
@@ -35,7 +34,7 @@ class Progress:
         if status == "exception":
             LOGGER.warning("progress: step %s failed (%s elapsed)", _short(name), self.elapsed())
             return
-        if status == "end" and (name in self.names or not self.names):
+        if status == "end" and not name.split(".")[-1].startswith("_"):  # no MapNode parts
             self.done.add(name)
         now = self.clock()
         if now - self.last_log >= self.every_s or len(self.done) == self.total:
@@ -48,7 +47,7 @@ class Progress:
 
     def line(self, last: str = "") -> str:
         """The progress line (what is logged)."""
-        total = self.total or len(self.done)
+        total = max(self.total, len(self.done))
         pct = 100 * len(self.done) // max(total, 1)
         return (
             f"progress: {len(self.done)} of {total} steps finished ({pct} %), "
