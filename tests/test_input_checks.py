@@ -299,9 +299,10 @@ def test_box_plot_has_no_empty_group_column(tmp_path):
 def test_long_column_names_can_wrap():
     from pet_synth_app.reports.html import STYLE, table
 
-    html = table(["peak_z_t1w_mm"], [["-12.0, 40.5, 33.0"]])
-    assert "peak_<wbr>z_<wbr>t1w_<wbr>mm" in html
-    assert "td{overflow-wrap:anywhere}" in STYLE and "@media print" in STYLE
+    html = table(["peak_z_t1w_mm"], [["-12.0"]])
+    assert "<th>peak_z_t1w_mm</th>" in html and "class='num'" in html
+    assert "overflow-wrap:anywhere" in STYLE and "white-space:nowrap" in STYLE
+    assert "@media print" in STYLE
 
 
 def test_help_states_each_default_once(capsys):

@@ -26,8 +26,9 @@ h3{margin-bottom:.3em}
 img,object{width:100%;display:block;margin:.4em 0;background:#000}
 table{border-collapse:collapse;font-size:80%;margin:.5em 0;max-width:100%}
 .wide{overflow-x:auto;max-width:100%}
-th,td{border:1px solid #ccc;padding:2px 4px;text-align:left;vertical-align:top}
-td{overflow-wrap:anywhere}
+th,td{border:1px solid #ccc;padding:2px 4px;text-align:left;vertical-align:top;
+overflow-wrap:anywhere}
+th{min-width:3.5em}
 @media print{.wide{overflow:visible}table{font-size:70%}}
 th{background:#eef}
 td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
@@ -93,18 +94,14 @@ def table(
     out = ["<div class='wide'><table><thead><tr>"]
     for h in header:
         tip = f" title='{esc(titles[h])}'" if h in titles else ""
-        out.append(f"<th{tip}>{esc(h).replace('_', '_<wbr>')}</th>")  # long names wrap
+        out.append(f"<th{tip}>{esc(h)}</th>")
     out.append("</tr></thead><tbody>")
     for i, row in enumerate(rows):
         cls = " class='bad'" if bad_rows and bad_rows[i] else ""
         out.append(f"<tr{cls}>")
         for v in row:
             is_num = isinstance(v, int | float) or _is_number(v)
-            cell = (
-                v
-                if isinstance(v, str) and v.startswith("<")
-                else esc(fmt(v)).replace("_", "_<wbr>")  # long labels wrap at "_"
-            )
+            cell = v if isinstance(v, str) and v.startswith("<") else esc(fmt(v))
             out.append(f"<td class='num'>{cell}</td>" if is_num else f"<td>{cell}</td>")
         out.append("</tr>")
     out.append("</tbody></table></div>")
