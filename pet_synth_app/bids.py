@@ -65,10 +65,13 @@ def strip_label(label: str, prefix: str) -> str:
     return label[len(prefix) + 1 :] if label.startswith(prefix + "-") else label
 
 
-def load_layout(bids_dir: Path, validate: bool = True):
-    """Index a BIDS dataset with pybids; a one-line PetSynthError if it is not BIDS."""
-    from bids import BIDSLayout
+def load_layout(bids_dir: Path, validate: bool = True, ignore: list | None = None):
+    """Index a BIDS dataset with pybids; a one-line PetSynthError if it is not BIDS.
+    ``ignore``: extra pybids ignore patterns (e.g. sidecars that are not valid JSON,
+    ``inputcheck.ignore_patterns``), added to pybids' defaults."""
+    from bids import BIDSLayout, BIDSLayoutIndexer
     from bids.exceptions import BIDSValidationError
+    from bids.layout.validation import DEFAULT_LOCATIONS_TO_IGNORE
 
     bids_dir = Path(bids_dir)
     if not bids_dir.is_dir():
@@ -84,7 +87,12 @@ def load_layout(bids_dir: Path, validate: bool = True):
             f"dataset_description.json is not valid JSON ({exc})", str(bids_dir)
         ) from None
     try:
-        return BIDSLayout(str(bids_dir), validate=validate, derivatives=False)
+        indexer = None
+        if ignore:
+            indexer = BIDSLayoutIndexer(
+                validate=validate, ignore=[*DEFAULT_LOCATIONS_TO_IGNORE, *ignore]
+            )
+        return BIDSLayout(str(bids_dir), validate=validate, derivatives=False, indexer=indexer)
     except BIDSValidationError as exc:
         raise PetSynthError(f"not a valid BIDS dataset: {exc}", str(bids_dir)) from None
 

@@ -56,6 +56,17 @@ def available_cpus() -> int:
         return os.cpu_count() or 1
 
 
+def default_work_dir(output_dir: Path) -> Path:
+    """``<temp>/petsynth-work-<hash of the output folder>``: outside the current folder
+    and the derivatives, the same for every run into one output folder (reruns resume
+    while the temp folder lasts; pass ``-w`` on clusters and in containers)."""
+    import hashlib
+    import tempfile
+
+    key = hashlib.sha1(str(Path(output_dir).absolute()).encode()).hexdigest()[:10]
+    return Path(tempfile.gettempdir()) / f"petsynth-work-{key}"
+
+
 @dataclass(frozen=True)
 class Settings:
     """All options of one run (CLI flags map 1:1 to these fields; their defaults are the
@@ -65,7 +76,7 @@ class Settings:
     bids_dir: Path
     output_dir: Path
     analysis_level: str = "participant"
-    work_dir: Path = field(default_factory=lambda: Path("work").absolute())
+    work_dir: Path | None = None  # None: default_work_dir(output_dir), under the temp folder
     participant_label: list[str] = field(default_factory=list)
     session_label: list[str] = field(default_factory=list)
     bids_filters: dict = field(default_factory=dict)
@@ -81,6 +92,7 @@ class Settings:
     reference_region: str = "gm-mean"
     device: str = "auto"
     stop_on_first_crash: bool = False
+    qc_fail_exit: bool = False  # exit code 3 (runner.QC_FAIL_EXIT) when a QC check fails
     sloppy: bool = False
     registration_preset: str = "default"
     brain_extraction: str = "deepbet"
@@ -105,6 +117,8 @@ class Settings:
     def __post_init__(self) -> None:
         if self.deterministic:  # multithreaded sums differ run to run (determinism.py)
             object.__setattr__(self, "omp_nthreads", 1)
+        if self.work_dir is None:
+            object.__setattr__(self, "work_dir", default_work_dir(Path(self.output_dir)))
         if not self.omp_nthreads:
             object.__setattr__(self, "omp_nthreads", min(self.nprocs, 8))
         if self.sloppy and self.registration_preset == "default":
@@ -204,9 +218,9 @@ def _inside(child: Path, parent: Path) -> bool:
 
 def _check_paths(opts: dict) -> None:
     bids_dir, output_dir = opts.get("bids_dir"), opts.get("output_dir")
-    work_dir = opts.get("work_dir", Settings.default("work_dir"))
     if bids_dir is None or output_dir is None:
         raise UsageError("BIDS_DIR and OUTPUT_DIR are required")
+    work_dir = opts.get("work_dir") or default_work_dir(output_dir)
     if bids_dir.exists() and not bids_dir.is_dir():
         raise UsageError("BIDS_DIR is not a directory", str(bids_dir))
     if _inside(output_dir, bids_dir):

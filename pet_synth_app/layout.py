@@ -300,8 +300,31 @@ def figure_file(folder: Path, stem: str | None, what: str, suffix: str, ext: str
     return Path(folder) / ((f"{stem}_" if stem else "") + f"desc-{what}_{suffix}{ext}")
 
 
+INPUT_WARNINGS = {"desc": "inputs", "suffix": "warnings", "extension": ".json"}
+"""The named input warnings of a participant (``inputcheck.py``), next to its folders."""
+
+
+def input_warnings_file(output_dir: Path, subject: str) -> Path:
+    """``<out>/sub-X/sub-X_desc-inputs_warnings.json``."""
+    stem = f"sub-{subject}"
+    return Path(output_dir) / stem / (stem + _tail(INPUT_WARNINGS))
+
+
+def warned_sidecars(folder: Path) -> list[Path]:
+    """The JSON sidecars under ``folder`` that carry a participant's input warnings: its
+    stat maps, cluster tables and pseudo-normal PET."""
+    suffixes = tuple(f"_{OUTPUTS[k]['suffix']}.json" for k in ("statmap", "clusters"))
+    pseudo = f"desc-{OUTPUTS['pseudo']['desc']}_"
+    return [
+        p
+        for p in sorted(Path(folder).rglob("*.json"))
+        if p.name.endswith(suffixes) or pseudo in p.name
+    ]
+
+
 __all__ = [
     "ENTITY_ORDER",
+    "INPUT_WARNINGS",
     "MNI_ROLES",
     "NORMATIVE_FILES",
     "OUTPUTS",
@@ -316,6 +339,7 @@ __all__ = [
     "find",
     "find_mni",
     "find_truth",
+    "input_warnings_file",
     "normative_file",
     "path",
     "pattern",
@@ -324,4 +348,5 @@ __all__ = [
     "sink_entities",
     "template_filename",
     "truth_filename",
+    "warned_sidecars",
 ]

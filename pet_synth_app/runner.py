@@ -29,20 +29,12 @@ def new_run_id() -> str:
 
 def run_participant(settings: Settings) -> int:
     """Validate inputs, resolve the run plan, build and run the participant workflow;
-    1 if any unit failed."""
+    1 if any unit failed or was skipped, ``QC_FAIL_EXIT`` with ``--qc-fail-exit`` when a
+    QC check failed (and nothing else did)."""
     from . import bids as pbids
 
-    layout = pbids.load_layout(settings.bids_dir, validate=not settings.skip_bids_validation)
-    units, errors = pbids.collect_inputs(
-        layout, settings.participant_label, settings.session_label, settings.bids_filters
-    )
-    good = []
-    for unit in units:
-        problems = pbids.validate_inputs(unit)
-        if problems:
-            errors.extend(PetSynthError(f"{unit.name} skipped: {p}") for p in problems)
-        else:
-            good.append(unit)
+    check_writable(settings)
+    good, errors, n_units, warnings = collect_units(settings)
     official = []
     if not settings.skip_bids_validation:
         from .validator import validate_dataset
@@ -85,6 +77,7 @@ def run_participant(settings: Settings) -> int:
         settings.nprocs,
         plan.omp_nthreads,
     )
+    warnings = save_input_warnings(settings, plan, good, warnings, run_id)
     for unit in good:  # the report is written last: its absence marks an unfinished unit
         report = settings.output_dir / f"sub-{unit.subject}.html"
         report.unlink(missing_ok=True)
@@ -105,13 +98,157 @@ def run_participant(settings: Settings) -> int:
     for unit in good:  # a subject is done when all its sessions are
         if unit.name in failed_names:
             done_subjects.discard(unit.subject)
+    annotate_outputs(settings, good, warnings)
     for subject in sorted(done_subjects):
         write_subject_report(settings.output_dir, subject, run_id, settings_file)
     if (settings.output_dir / "group" / "report.html").is_file():  # keep it current
         write_group_report(settings)
-    n_ok = len(good) - len(failed)
-    LOGGER.info("finished: %d of %d unit(s) succeeded", n_ok, len(units) + len(errors))
-    return 1 if (failed or errors) else 0
+    return summarize_run(settings, good, failed, errors, n_units, sorted(done_subjects))
+
+
+QC_FAIL_EXIT = 3
+"""Exit code of a participant run whose units all finished but failed a QC check, with
+``--qc-fail-exit`` (1 stays the code of failed or skipped units)."""
+
+
+def check_writable(settings: Settings) -> None:
+    """One-line PetSynthError when the output or work folder cannot be written (checked
+    on the folder or, if it does not exist yet, on its first existing parent)."""
+    for what, folder in (("output", settings.output_dir), ("work", settings.work_dir)):
+        probe = Path(folder)
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        if probe.exists() and not probe.is_dir():
+            raise PetSynthError(f"the {what} folder path is not a directory", str(probe))
+        try:  # a real write: os.access is wrong for root, ACLs and read-only mounts
+            import tempfile
+
+            with tempfile.NamedTemporaryFile(dir=probe, prefix=".petsynth-probe-"):
+                pass
+        except OSError as exc:
+            raise PetSynthError(
+                f"the {what} folder is not writable ({exc.strerror or exc})"
+                + ("" if probe == Path(folder) else f"; cannot create {folder}"),
+                str(probe),
+            ) from None
+
+
+def collect_units(settings: Settings) -> tuple[list, list[PetSynthError], int, list]:
+    """The units to process, the errors of those that cannot be (each names its file),
+    the number of units asked for (processed + skipped) and the named input warnings of
+    the usable units (``inputcheck.py``). A sidecar that is not valid JSON skips its
+    participant only."""
+    from . import bids as pbids
+    from . import inputcheck
+
+    bad_json = inputcheck.invalid_sidecars(settings.bids_dir) if settings.bids_dir.is_dir() else {}
+    layout = pbids.load_layout(
+        settings.bids_dir,
+        validate=not settings.skip_bids_validation,
+        ignore=inputcheck.ignore_patterns(bad_json, settings.bids_dir),
+    )
+    units, errors = pbids.collect_inputs(
+        layout, settings.participant_label, settings.session_label, settings.bids_filters
+    )
+    n_units = len(units) + len(errors)  # errors so far: requested units that were not found
+    units, json_errors = inputcheck.skip_invalid_sidecars(units, bad_json, settings.bids_dir)
+    errors.extend(json_errors)
+    good, warnings = [], []
+    for unit in units:
+        problems = pbids.validate_inputs(unit)
+        if problems:
+            errors.extend(PetSynthError(f"{unit.name} skipped: {p}") for p in problems)
+            continue
+        good.append(unit)
+        if unit.ignored_t1w:  # also in the report and sidecars, not only in the log
+            ignored = ", ".join(Path(p).name for p in unit.ignored_t1w)
+            warnings.append(
+                inputcheck.InputWarning(
+                    unit.name, unit.t1w, f"several T1w images: using this one, ignoring {ignored}"
+                )
+            )
+        try:
+            warnings += inputcheck.unit_warnings(unit)
+        except Exception as exc:  # noqa: BLE001 - a check must never stop a usable unit
+            LOGGER.warning("%s: input checks failed: %s", unit.name, exc)
+    return good, errors, n_units, warnings
+
+
+def save_input_warnings(
+    settings: Settings, plan: RunPlan, units: list, warnings: list, run_id: str
+) -> list:
+    """Add the run's model warnings, log every warning once and save each participant's
+    (with the run's) next to its derivatives; returns all warnings."""
+    from . import inputcheck
+    from . import layout as L
+    from .synthesis.weights import default_weights
+
+    warnings = inputcheck.model_warnings(
+        plan.card,
+        plan.weights,
+        default_weights(),
+        settings.bids_dir,
+        units,
+        settings.mni_resolution,
+    ) + list(warnings)
+    inputcheck.log_warnings(warnings)
+    for subject in sorted({u.subject for u in units}):
+        path = L.input_warnings_file(settings.output_dir, subject)
+        inputcheck.save_warnings(_of_subject(warnings, subject), path, run_id)
+    return warnings
+
+
+def annotate_outputs(settings: Settings, units: list, warnings: list) -> None:
+    """Copy each participant's input warnings into its stat-map, cluster-table and
+    pseudo-normal PET sidecars (``InputWarnings``)."""
+    from . import inputcheck
+
+    for subject in sorted({u.subject for u in units}):
+        folder = settings.output_dir / f"sub-{subject}"
+        inputcheck.annotate_sidecars(folder, _of_subject(warnings, subject))
+
+
+def _of_subject(warnings: list, subject: str) -> list:
+    """The run's warnings and those of a participant's units."""
+    return [w for w in warnings if w.unit == "run" or w.unit.split("_")[0] == f"sub-{subject}"]
+
+
+def summarize_run(
+    settings: Settings,
+    units: list,
+    failed: list[tuple[str, str]],
+    errors: list[PetSynthError],
+    n_units: int,
+    done_subjects: list[str],
+) -> int:
+    """Log the final summary (units finished of those asked for, the QC checks each
+    finished unit failed) and return the exit code."""
+    from .analysis import qc
+
+    n_ok = len(units) - len({name for name, _ in failed if name != "workflow"})
+    if any(name == "workflow" for name, _ in failed):
+        n_ok = 0
+    qc_failed = {}
+    for subject in done_subjects:
+        for unit, checks in qc.failed_checks(settings.output_dir, subject).items():
+            qc_failed[unit] = checks
+    for unit, checks in qc_failed.items():
+        LOGGER.warning("QC failed for %s: %s", unit, "; ".join(checks))
+    LOGGER.info(
+        "finished: %d of %d unit(s) succeeded; %d skipped, %d failed; QC: %s",
+        n_ok,
+        n_units,
+        n_units - len(units),
+        len(units) - n_ok,
+        f"{len(qc_failed)} unit(s) with failed checks (listed above)"
+        if qc_failed
+        else f"all checks passed ({len(done_subjects)} participant(s))",
+    )
+    if failed or errors:
+        return 1
+    if qc_failed and settings.qc_fail_exit:
+        return QC_FAIL_EXIT
+    return 0
 
 
 def resolve_reuse(settings: Settings, units: list, plan: RunPlan) -> tuple[RunPlan, list, list]:
@@ -214,4 +351,13 @@ def _container_info() -> dict | None:
     return {"Type": kind, "Tag": os.environ.get("PETSYNTH_CONTAINER_TAG", __version__)}
 
 
-__all__ = ["new_run_id", "resolve_device", "run_group", "run_participant", "write_group_report"]
+__all__ = [
+    "QC_FAIL_EXIT",
+    "check_writable",
+    "collect_units",
+    "new_run_id",
+    "resolve_device",
+    "run_group",
+    "run_participant",
+    "write_group_report",
+]

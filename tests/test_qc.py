@@ -73,17 +73,19 @@ def test_registration_perfect_vs_shifted():
 
     tpl = get_template("T1w", 2).get_fdata()
     mask = np.asarray(get_template("mask", 2).dataobj) > 0
-    perfect = qc.registration_quality(tpl, tpl, mask, mask)
-    assert perfect == {"mni_ncc": pytest.approx(1.0), "mni_dice": pytest.approx(1.0)}
+    perfect = qc.registration_quality(tpl, tpl, mask, mask, 2.0)
+    assert perfect["mni_ncc"] == pytest.approx(1.0) and perfect["mni_dice"] == pytest.approx(1.0)
     moved = qc.registration_quality(
-        ndi.shift(tpl, (3, 0, 0), order=1),
+        ndi.shift(tpl, (3, 0, 0), order=1),  # 6 mm
         tpl,
         mask,
         ndi.shift(mask.astype(float), (3, 0, 0), order=0),
+        2.0,
     )
-    assert moved["mni_ncc"] < qc.THRESHOLDS["mni_ncc"] < perfect["mni_ncc"]
-    assert moved["mni_dice"] < qc.THRESHOLDS["mni_dice"] < perfect["mni_dice"]
-    assert len(qc.check(moved)) == 2
+    for key in ("mni_ncc", "mni_fit_margin", "mni_dice"):
+        assert moved[key] < qc.THRESHOLDS[key] < perfect[key], key
+    assert len(qc.check(moved)) == 3
+    assert math.isnan(qc.registration_quality(tpl, tpl, mask, mask)["mni_fit_margin"])
     assert math.isnan(qc.registration_quality(tpl, tpl, mask)["mni_dice"])
 
 

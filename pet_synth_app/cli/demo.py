@@ -20,6 +20,7 @@ from pathlib import Path
 from .. import __version__
 from .. import layout as L
 from ..errors import PetSynthError, UsageError
+from .parser import DefaultsOnceFormatter
 
 PROG = "petsynth-demo"
 LOGGER = logging.getLogger("petsynth")
@@ -30,7 +31,7 @@ def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
         description=__doc__.splitlines()[0].split(": ", 1)[1],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsOnceFormatter,
     )
     parser.add_argument(
         "out",

@@ -11,6 +11,7 @@ from pathlib import Path
 from .. import __version__
 from .. import layout as L
 from ..errors import UsageError
+from .parser import DefaultsOnceFormatter
 
 LOGGER = logging.getLogger("petsynth")
 
@@ -19,7 +20,7 @@ def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="petsynth-evaluate",
         description="lesion-detection metrics of PetSynth cluster maps against truth",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsOnceFormatter,
     )
     parser.add_argument("output_dir", type=Path, help="PetSynth output folder")
     parser.add_argument(

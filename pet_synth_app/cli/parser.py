@@ -60,7 +60,12 @@ SHARED_OPTIONS: dict[str, tuple[tuple[str, ...], dict]] = {
     ),
     "work_dir": (
         ("-w", "--work-dir", "--work_dir"),
-        dict(type=Path, help="Nipype working directory (reused on reruns to resume)"),
+        dict(
+            type=Path,
+            help="Nipype working directory, reused on reruns to resume (default: "
+            "<temp folder>/petsynth-work-<hash of OUTPUT_DIR>, e.g. /tmp/petsynth-work-1a2b..; "
+            "on clusters and in containers pass one on scratch)",
+        ),
     ),
     "verbose": (
         ("-v", "--verbose"),
@@ -82,6 +87,24 @@ def add_options(group, *names: str, **overrides) -> None:
         group.add_argument(*flags, **kwargs)
 
 
+class DefaultsOnceFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default once: not when the help already says it, and not for
+    flags (off by default) or empty defaults."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (
+            "default" in text.lower()
+            or action.default is None
+            or action.default is False
+            or action.default == []
+            or action.default == argparse.SUPPRESS
+            or isinstance(action, argparse._CountAction)
+        ):
+            return text
+        return super()._get_help_string(action)
+
+
 def get_parser() -> argparse.ArgumentParser:
     """The argument parser (fMRIPrep conventions: groups, defaults shown)."""
     parser = argparse.ArgumentParser(
@@ -90,7 +113,7 @@ def get_parser() -> argparse.ArgumentParser:
             "PetSynth: synthesize a pseudo-normal FDG PET from a T1w MRI, compare it with "
             "the real PET and write hypometabolism maps as BIDS-Derivatives."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsOnceFormatter,
     )
     parser.add_argument("bids_dir", type=Path, help="root folder of a BIDS dataset")
     parser.add_argument("output_dir", type=Path, help="folder for the derivatives")
@@ -340,8 +363,16 @@ def get_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="stop at the first failing step",
     )
+    g_other.add_argument(
+        "--qc-fail-exit",
+        "--qc_fail_exit",
+        dest="qc_fail_exit",
+        action="store_true",
+        help="exit with code 3 when every unit finished but a QC check failed (the "
+        "failed checks are listed at the end of the log either way)",
+    )
     add_options(g_other, "verbose")
     return parser
 
 
-__all__ = ["SHARED_OPTIONS", "add_options", "get_parser"]
+__all__ = ["SHARED_OPTIONS", "DefaultsOnceFormatter", "add_options", "get_parser"]

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from .. import __version__
+from .parser import DefaultsOnceFormatter
 
 PROG = "petsynth-simulate"
 
@@ -21,7 +22,7 @@ def get_parser() -> argparse.ArgumentParser:
             "cortical hypometabolic lesions) from the MNI152NLin2009aSym template, with "
             "ground truth under OUT/derivatives/truth. Deterministic for a given seed."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsOnceFormatter,
     )
     parser.add_argument("out", type=Path, metavar="OUT", help="output BIDS folder")
     parser.add_argument("--n-controls", type=int, default=4, metavar="N", help="controls")

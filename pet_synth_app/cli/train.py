@@ -16,7 +16,7 @@ os.environ.setdefault("NO_ET", "1")
 
 from .. import __version__  # noqa: E402
 from .common import guarded, setup_logging  # noqa: E402
-from .parser import add_options  # noqa: E402
+from .parser import DefaultsOnceFormatter, add_options  # noqa: E402
 
 LOGGER = logging.getLogger("petsynth.train")
 
@@ -31,7 +31,7 @@ def get_parser() -> argparse.ArgumentParser:
         description="Train a T1w -> FDG PET synthesis model on the control participants of "
         "a BIDS dataset; writes MODEL_DIR/model.safetensors and its model card "
         "(model.json) for `petsynth --model-weights`.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsOnceFormatter,
     )
     parser.add_argument("bids_dir", type=Path, help="input BIDS dataset")
     parser.add_argument("model_dir", type=Path, help="output folder of the model")

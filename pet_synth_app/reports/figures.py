@@ -484,11 +484,14 @@ def plot_strip(
     threshold: float | None = None,
     ylabel: str = "",
 ) -> Path:
-    """Box + jittered strip plot of ``{group: {participant: value}}`` (NaNs dropped)."""
+    """Box + jittered strip plot of ``{group: {participant: value}}`` (NaNs dropped;
+    groups without a value get no column)."""
     fig = Figure(figsize=(3.2, 2.6), dpi=DPI)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
-    groups = list(values)
+    groups = [
+        g for g in values if any(x is not None and np.isfinite(x) for x in values[g].values())
+    ] or list(values)[:1]
     rng = np.random.default_rng(0)
     data = []
     for i, g in enumerate(groups):

@@ -24,11 +24,14 @@ nav a{margin-right:1em;text-decoration:none;color:#0a58ca}
 h1{margin-top:.6em}h2{border-bottom:2px solid #0a58ca;padding-bottom:.1em;margin-top:1.6em}
 h3{margin-bottom:.3em}
 img,object{width:100%;display:block;margin:.4em 0;background:#000}
-table{border-collapse:collapse;font-size:85%;margin:.5em 0}
+table{border-collapse:collapse;font-size:80%;margin:.5em 0;max-width:100%}
 .wide{overflow-x:auto;max-width:100%}
-th,td{border:1px solid #ccc;padding:2px 6px;text-align:left;vertical-align:top}
+th,td{border:1px solid #ccc;padding:2px 4px;text-align:left;vertical-align:top;
+overflow-wrap:anywhere}
+th{min-width:3.5em}
+@media print{.wide{overflow:visible}table{font-size:70%}}
 th{background:#eef}
-td.num{text-align:right;font-variant-numeric:tabular-nums}
+td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 tr.bad td{background:#fde2e1}
 .warn{background:#fff3cd;border-left:4px solid #e0a800;padding:.3em .6em;margin:.3em 0}
 .na{color:#666;font-style:italic}

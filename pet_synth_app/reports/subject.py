@@ -23,6 +23,7 @@ from .. import layout as L
 from ..analysis import qc
 from ..analysis.clusters import column_help
 from ..config import TEMPLATE_SPACE, Z_THRESHOLD
+from ..inputcheck import read_warnings
 from . import figures as F
 from .html import (
     FigureMaker,
@@ -214,18 +215,22 @@ class _Report:
                 self.figure(
                     F.plot_flicker,
                     fig,
-                    a["t1w_mni"],
                     get_template("T1w", res),
+                    a["t1w_mni"],  # the layer shown without hovering (and in print)
                     mask=get_template("mask", res),
                     contour=get_template("mask", res),
-                    labels=("participant T1w", "MNI template"),
+                    labels=("MNI template", "participant T1w"),
                     flicker=True,
-                    caption="Hover to flicker between the participant's T1w "
-                    f"warped to {SPACE} and the template ({res} mm); red: "
+                    caption="The participant's T1w warped to "
+                    f"{SPACE}; hover to flicker to the template ({res} mm). Red: "
                     "template brain mask.",
                 )
             )
-            parts.append(self._qc_line(metrics, ("mni_ncc", "mni_dice")))
+            parts.append(
+                self._qc_line(
+                    metrics, ("mni_ncc", "mni_fit_margin", "mni_dice", "t1w_wm_gm_ratio")
+                )
+            )
         return "".join(parts)
 
     def coregistration(self) -> str:
@@ -513,8 +518,8 @@ class _Report:
         for k in keys:
             v = metrics.get(k, float("nan"))
             low = qc.THRESHOLDS[k]
-            rows.append([k, fmt(v), f">= {low:g}", qc.QC_DESCRIPTIONS[k]])
-            bad.append(v == v and v < low)
+            rows.append([k, fmt(v, qc.DIGITS), f">= {low:g}", qc.QC_DESCRIPTIONS[k]])
+            bad.append(qc.below(v, low))
         return table(["metric", "value", "expected", "meaning"], rows, bad_rows=bad)
 
     # --- summary
@@ -677,7 +682,7 @@ class _Report:
         )
 
     def _collect_warnings(self) -> list[str]:
-        warnings = []
+        warnings = read_warnings(L.input_warnings_file(self.out, self.subject))
         if not self.units:
             warnings.append("no derivative folder was found for this participant")
         for unit in self.units:

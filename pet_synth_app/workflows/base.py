@@ -338,6 +338,9 @@ def run_workflow(workflow: Workflow, settings: Settings, run_id: str) -> list[tu
         from ..interrupt import ignore_sigint_in_workers
 
         ignore_sigint_in_workers()
+    from .progress import Progress
+
+    args = {**args, "status_callback": Progress(workflow)}  # "progress: n of N steps" lines
     try:
         workflow.run(plugin=plugin, plugin_args=args)
     except RuntimeError as exc:

@@ -57,6 +57,17 @@ def _pet_sources(bids_dir: Path, pet_source: str, t1w_source: str) -> dict:
     }
 
 
+T1W_DISMISSED = ["acquisition", "ceagent", "reconstruction", "run"]
+"""Entities of the T1w left out of the names of its derivatives: one T1w is used per
+subject and session (bids.py), and every reader finds its outputs as ``sub-X[_ses-Y]_*``
+(two T1w runs used to give ``run-1_*`` files that the report did not find)."""
+
+
+def _t1w_named(t1w_source: str) -> dict:
+    """DataSink arguments of an output named after the T1w (``sub-X[_ses-Y]`` only)."""
+    return {"source_file": t1w_source, "dismiss_entities": T1W_DISMISSED}
+
+
 def _sink(output_dir: Path, name: str, **kwargs) -> pe.Node:
     return pe.Node(
         DerivativesDataSink(base_directory=str(output_dir), **kwargs),
@@ -80,7 +91,7 @@ def init_anat_derivatives_wf(
     workflow = Workflow(name=name)
     inputnode = pe.Node(niu.IdentityInterface(fields=ANAT_DERIVATIVES_INPUTS), name="inputnode")
     outputnode = pe.Node(niu.IdentityInterface(fields=["out_files"]), name="outputnode")
-    src = {"source_file": t1w_source, "Sources": [bids_uri(t1w_source, bids_dir)]}
+    src = {**_t1w_named(t1w_source), "Sources": [bids_uri(t1w_source, bids_dir)]}
     meta = _common_meta(random_seed, deterministic)
     sinks = {
         "t1w_preproc": _sink(
@@ -296,7 +307,7 @@ def init_synthesis_derivatives_wf(
     fields = ["pseudo_std", "pseudo_t1w", "pseudo_sd_std", "pseudo_sd_t1w", "metadata"]
     inputnode = pe.Node(niu.IdentityInterface(fields=fields), name="inputnode")
     outputnode = pe.Node(niu.IdentityInterface(fields=["out_files"]), name="outputnode")
-    src = {"source_file": t1w_source, "Sources": [bids_uri(t1w_source, bids_dir)]}
+    src = {**_t1w_named(t1w_source), "Sources": [bids_uri(t1w_source, bids_dir)]}
     meta = _common_meta(random_seed, deterministic)
     sinks = _image_sinks(
         output_dir, output_spaces, "pseudo", ("pseudo_t1w", "pseudo_std"), src, meta
