@@ -32,15 +32,6 @@ SPACE = "MNI152NLin2009aSym"
 KEYS = ("mni_ncc", "mni_fit_margin", "mni_dice", "t1w_wm_gm_ratio")
 
 
-def _rotation(axis: int, degrees: float) -> np.ndarray:
-    a = np.deg2rad(degrees)
-    c, s = np.cos(a), np.sin(a)
-    i, j = [k for k in range(3) if k != axis]
-    r = np.eye(3)
-    r[i, i], r[i, j], r[j, i], r[j, j] = c, -s, s, c
-    return r
-
-
 def moved(data: np.ndarray, zoom: float, shift_mm=(0, 0, 0), rot=None, centre=None, order=1):
     """``data`` shifted (mm) or rotated (3x3) about ``centre`` (voxels), same grid."""
     if rot is None:
@@ -68,11 +59,11 @@ def participant_rows(unit: Path, stem: str) -> dict[str, dict[str, float]]:
     rows = {"aligned": metrics(t1w, mask, tpl, tmask, wm, gm, zoom)}
     cases = {
         "5 mm shift": [dict(shift_mm=tuple(5.0 * (np.arange(3) == k))) for k in range(3)],
-        "5 deg rotation": [dict(rot=_rotation(k, 5.0), centre=centre) for k in range(3)],
+        "5 deg rotation": [dict(rot=qc.rotation_matrix(k, 5.0), centre=centre) for k in range(3)],
         # off the probes' axes: 5 mm along a diagonal, 5 degrees about x then 3 about z
         "oblique": [
             dict(shift_mm=tuple(5.0 / np.sqrt(3) * np.ones(3))),
-            dict(rot=_rotation(2, 3.0) @ _rotation(0, 5.0), centre=centre),
+            dict(rot=qc.rotation_matrix(2, 3.0) @ qc.rotation_matrix(0, 5.0), centre=centre),
         ],
     }
     for name, variants in cases.items():

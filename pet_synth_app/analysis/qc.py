@@ -155,7 +155,8 @@ PROBE_DEG = 4.0
 """Rotation (degrees, about the template brain's centre) of the ``mni_fit_margin`` probes."""
 
 
-def _rotation(axis: int, degrees: float) -> np.ndarray:
+def rotation_matrix(axis: int, degrees: float) -> np.ndarray:
+    """3x3 rotation by ``degrees`` about voxel/world axis ``axis`` (0, 1 or 2)."""
     a = np.deg2rad(degrees)
     c, s = np.cos(a), np.sin(a)
     i, j = [k for k in range(3) if k != axis]
@@ -193,7 +194,7 @@ def fit_margin(
             shift[axis] = sign * step_mm / zoom_mm
             moved = ndi.shift(x, shift, order=1, mode="constant")
             best = max(best, correlation(moved, tpl, m))
-            rot = _rotation(axis, sign * step_deg).T
+            rot = rotation_matrix(axis, sign * step_deg).T
             moved = ndi.affine_transform(
                 x, rot, offset=centre - rot @ centre, order=1, mode="constant"
             )
