@@ -31,10 +31,11 @@ ENV DEBIAN_FRONTEND=noninteractive \
     TEMPLATEFLOW_HOME=/opt/templateflow \
     TEMPLATEFLOW_AUTOUPDATE=0
 
-# node + the official BIDS validator (npm), run on the input dataset (pet_synth_app/validator.py)
+# node + the official BIDS validator (npm), run on the input dataset (pet_synth_app/validator.py);
+# npm trusts the system CA bundle too (TLS-inspecting proxies, as pip does)
 RUN apt-get update \
     && apt-get install -y --no-install-recommends libgomp1 nodejs npm \
-    && npm install -g bids-validator@1.15.0 \
+    && NODE_EXTRA_CA_CERTS=/etc/ssl/certs/ca-certificates.crt npm install -g bids-validator@1.15.0 \
     && npm cache clean --force \
     && rm -rf /var/lib/apt/lists/*
 

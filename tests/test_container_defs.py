@@ -131,7 +131,11 @@ def test_same_install_steps(docker, sif):
     assert "pip install -r /opt/petsynth/requirements.lock" in steps
     assert "pip install --no-deps /src/petsynth" in steps
     assert "pip check" in steps
-    assert "npm install -g bids-validator@1.15.0" in steps  # input validation in the image
+    npm = (
+        "NODE_EXTRA_CA_CERTS=/etc/ssl/certs/ca-certificates.crt "
+        "npm install -g bids-validator@1.15.0"
+    )
+    assert npm in steps  # input validation in the image (npm also trusts the system CAs)
     # the template pre-load: TemplateFlow's skeleton and the nilearn-based MNI templates
     assert any("import templateflow.api" in s for s in steps)
     assert any("get_template" in s for s in steps)
