@@ -138,6 +138,25 @@ CF
     log "base image $BASE made: $(podman run --rm "$BASE" python --version)"
 }
 
+# npm (the BIDS validator in the Dockerfile) trusts the system CA store, not pip.conf: add
+# this machine's CA to the local base image's store too (one layer on top of the base)
+trust_host_ca() {
+    if podman run --rm --network none "$BASE" test -f /usr/local/share/ca-certificates/host-ca.crt; then
+        return
+    fi
+    local d=$SMOKE_DIR/base-ca
+    rm -rf "$d" && mkdir -p "$d"
+    cp "$(pip_cert)" "$d/host-ca.crt"
+    cat > "$d/Containerfile" <<CF
+FROM $BASE
+COPY host-ca.crt /usr/local/share/ca-certificates/host-ca.crt
+RUN update-ca-certificates >/dev/null
+CF
+    podman build --pull=never -t "$BASE" "$d" > "$d/build.log" 2>&1 \
+        || die "CA layer of the base image (see $d/build.log)"
+    log "base image $BASE: this machine's CA added to the system store"
+}
+
 # ------------------------------------------------------------- 2. the app image (Dockerfile)
 build_image() {
     local wheels=${WHEELS:-$(pip_find_links)} args=()
@@ -314,6 +333,7 @@ check_network() {
 all() {
     install_engine
     timed base make_base
+    trust_host_ca
     timed build build_image
     write_netaudit
     timed data make_data
@@ -346,7 +366,7 @@ checks() {  # the checks and the summary, on the outputs in SMOKE_DIR
 }
 
 case "${1:-all}" in
-    base) install_engine; timed base make_base ;;
+    base) install_engine; timed base make_base; trust_host_ca ;;
     build) install_engine; timed build build_image ;;
     all) all ;;
     check) install_engine; checks ;;  # again, on the outputs of the last run
