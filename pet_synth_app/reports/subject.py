@@ -740,8 +740,8 @@ class _Report:
             "by mass.</p>",
             "controlpet": "<p class='caption'>The classic comparison, beside the "
             "synthesis-based map: Z = (real PET &minus; controls' voxelwise mean PET) / "
-            "controls' SD, computed without the pseudo-normal PET; same cluster rule. Written once a "
-            "normative model exists (group level).</p>",
+            "controls' SD, computed without the pseudo-normal PET; same cluster rule. "
+            "Written once a normative model exists (group level).</p>",
             "anomaly": "<p class='caption'>One-class SVM decision score per voxel on "
             "autoencoder features of PET patches; negative = anomalous, thresholded like "
             "the Z map.</p>",
