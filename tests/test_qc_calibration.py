@@ -25,7 +25,7 @@ def test_fit_margin_positive_when_registered_negative_when_moved(template):
     aligned = qc.fit_margin(data, data, mask, 2.0)
     shifted = qc.fit_margin(ndi.shift(data, (2.5, 0, 0), order=1), data, mask, 2.0)  # 5 mm
     centre = np.array(ndi.center_of_mass(mask))
-    rot = qc._rotation(1, 5.0).T
+    rot = qc.rotation_matrix(1, 5.0).T
     rotated = ndi.affine_transform(data, rot, offset=centre - rot @ centre, order=1)
     assert aligned > 0.05
     assert shifted < 0 and qc.fit_margin(rotated, data, mask, 2.0) < 0
