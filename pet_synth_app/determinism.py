@@ -20,6 +20,8 @@ import contextlib
 import os
 from collections.abc import Iterator
 
+from .threads import restore_environ
+
 ENV = "PETSYNTH_DETERMINISTIC"
 
 
@@ -52,11 +54,7 @@ def deterministic_mode(enabled: bool) -> Iterator[bool]:
         yield True
     finally:
         torch.use_deterministic_algorithms(before)
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        restore_environ(saved)
 
 
 __all__ = ["ENV", "apply_in_process", "deterministic_mode"]

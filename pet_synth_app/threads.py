@@ -62,11 +62,16 @@ def thread_limits(n: int | None, env: bool = True) -> Iterator[int | None]:
             pools.restore_original_limits()
         if torch is not None:
             torch.set_num_threads(torch_before)
-        for key, value in saved_env.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        restore_environ(saved_env)
+
+
+def restore_environ(saved: dict[str, str | None]) -> None:
+    """Put back environment variables saved as ``{name: value or None (was unset)}``."""
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 def set_process_threads(n_threads: int | None = None) -> int:
@@ -110,6 +115,7 @@ def with_thread_limits(param: str) -> Callable:
 __all__ = [
     "ENV_VARS",
     "default_threads",
+    "restore_environ",
     "set_process_threads",
     "thread_limits",
     "with_thread_limits",
