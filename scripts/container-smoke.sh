@@ -97,6 +97,10 @@ make_base() {
     log "debootstrap bookworm (minbase) from $(debian_mirror)"
     debootstrap --variant=minbase bookworm "$rootfs" "$(debian_mirror)" > "$d/debootstrap.log" 2>&1 \
         || die "debootstrap (see $d/debootstrap.log)"
+    # debootstrap mounts /proc (and may leave it, or /sys, mounted when its umount is
+    # refused inside a sandbox): detach every mount under the root file system before
+    # packing it, and never cross into one
+    findmnt -rn -o TARGET | grep -F "$rootfs/" | sort -r | xargs -r -n1 umount -l
     rm -rf "$rootfs"/var/cache/apt/* "$rootfs"/var/lib/apt/lists/*
     cat > "$rootfs/etc/apt/sources.list" <<SRC
 deb $(debian_mirror) bookworm main
@@ -111,7 +115,7 @@ Dir::Cache::pkgcache "";
 Dir::Cache::srcpkgcache "";
 APT
     echo 'Acquire::Languages "none";' > "$rootfs/etc/apt/apt.conf.d/docker-no-languages"
-    tar -C "$rootfs" -c . | podman import - localhost/petsynth-smoke/debian:bookworm-minbase >/dev/null
+    tar -C "$rootfs" --one-file-system -c . | podman import - localhost/petsynth-smoke/debian:bookworm-minbase >/dev/null
     rm -rf "$rootfs"
     # python3 as a venv in /usr/local (python, pip on PATH as in python:3.11-slim-bookworm);
     # this machine's CA bundle for pip (HTTPS is re-signed here): local base image only
