@@ -109,6 +109,7 @@ class Settings:
     normative_model: Path | None = None  # None: OUT/group/normative when it exists
     ocsvm_threshold: float = Z_THRESHOLD  # on the self-standardized OC-SVM score
     augment_synthetic: bool = False  # group: add T1w-only controls' pseudo-normal PET
+    reports_only: bool = False  # group: only rewrite group/report.html
     ocsvm_nu: float = OCSVM_NU
     ocsvm_gamma: float | str = OCSVM_GAMMA
     siamese_epochs: int = SIAMESE_EPOCHS

@@ -33,6 +33,11 @@ def run_participant(settings: Settings) -> int:
     QC check failed (and nothing else did)."""
     from . import bids as pbids
 
+    if settings.reports_only:
+        raise PetSynthError(
+            "--reports-only is a group-level option (it rewrites group/report.html); "
+            "participant reports are rewritten by rerunning with the same -w"
+        )
     check_writable(settings)
     good, errors, n_units, warnings = collect_units(settings)
     official = []
@@ -82,27 +87,38 @@ def run_participant(settings: Settings) -> int:
         report = settings.output_dir / f"sub-{unit.subject}.html"
         report.unlink(missing_ok=True)
 
-    from .workflows.base import init_petsynth_wf, run_workflow
+    from .reports.background import SubjectReports
+    from .workflows.base import init_petsynth_wf, run_workflow, unit_wf_name
 
+    # reports are written in worker processes as each subject finishes (depth-first
+    # scheduling makes subjects finish in order); the rest after the graph, in parallel
+    reports = SubjectReports(
+        settings.output_dir,
+        {unit_wf_name(u): u.subject for u in good},
+        {s: _of_subject(warnings, s) for s in {u.subject for u in good}},
+        run_id,
+        settings_file,
+        workers=settings.nprocs,
+    )
     # ITK reads its thread count once per process: set before any worker starts
-    with thread_limits(plan.omp_nthreads):
-        wf = init_petsynth_wf(settings, good, plan)
-        failed = run_workflow(wf, settings, run_id)
+    try:
+        with thread_limits(plan.omp_nthreads):
+            wf = init_petsynth_wf(settings, good, plan)
+            failed = run_workflow(wf, settings, run_id, on_unit_done=reports.unit_done)
+    except BaseException:
+        reports.close()
+        raise
     for name, message in failed:
         print_error(PetSynthError(f"{name} failed: {message}"))
     _write_citation(wf, log_dir)
-    from .reports.subject import write_subject_report
 
     failed_names = {name for name, _ in failed}
     done_subjects = {u.subject for u in good} if "workflow" not in failed_names else set()
     for unit in good:  # a subject is done when all its sessions are
         if unit.name in failed_names:
             done_subjects.discard(unit.subject)
-    annotate_outputs(settings, good, warnings)
-    for subject in sorted(done_subjects):
-        write_subject_report(settings.output_dir, subject, run_id, settings_file)
-    if (settings.output_dir / "group" / "report.html").is_file():  # keep it current
-        write_group_report(settings)
+    annotate_outputs(settings, [u for u in good if u.subject not in done_subjects], warnings)
+    reports.finish(sorted(done_subjects))
     return summarize_run(settings, good, failed, errors, n_units, sorted(done_subjects))
 
 
@@ -313,6 +329,9 @@ def run_group(settings: Settings) -> int:
     reports = sorted(out.glob("sub-*.html"))
     if not reports:
         raise PetSynthError("no finished participant (no sub-*.html report)", str(out))
+    if settings.reports_only:
+        write_group_report(settings)
+        return 0
     from .group import run_group_level
 
     settings.to_toml(out / "logs" / f"config-group-{new_run_id()}.toml")

@@ -83,11 +83,11 @@ case "$MODE" in
     array)
         block '`participant.sbatch`' | adapt > participant.sbatch
         block '`group.sbatch`' | adapt > group.sbatch
-        block 'Submit the three stages' | adapt > submit.sh
+        block 'Submit the four stages' | adapt > submit.sh
         for f in participant.sbatch group.sbatch submit.sh; do echo "== $f"; cat "$f"; done
         [ "${DRY:-0}" = 1 ] && exit 0
         # submit.sh is the docs' submission block; print the job ids it made
-        echo 'echo "jobs: $j1 $j2 $j3"' >> submit.sh
+        echo 'echo "jobs: $j1 $j2 $j3 $j4"' >> submit.sh
         ids=$(bash submit.sh | sed -n 's/^jobs: //p')
         echo "submitted: $ids"
         # shellcheck disable=SC2086
@@ -113,8 +113,13 @@ PY
         for f in slurm.yml plugin.sh; do echo "== $f"; cat "$f"; done
         [ "${DRY:-0}" = 1 ] && exit 0
         s=$(date +%s)
+        # the memory each step job asked for (sampled from the queue while the pass runs)
+        (while true; do squeue -h -o '%m' 2>/dev/null; sleep 2; done) > logs/plugin-mem.txt &
+        sampler=$!
         bash plugin.sh > logs/plugin-participant-1.log 2>&1
+        kill "$sampler" 2>/dev/null || true
         echo "participant (plugin, first pass): $(( $(date +%s) - s )) s"
+        echo "memory requested by the step jobs: $(sort -u logs/plugin-mem.txt | tr '\n' ' ')"
         s=$(date +%s)
         # shellcheck disable=SC2086
         petsynth "$BIDS" out group -w work/group --omp-nthreads "$CPUS" $EXTRA_OPTS \
@@ -123,6 +128,9 @@ PY
         s=$(date +%s)
         bash plugin.sh > logs/plugin-participant-2.log 2>&1
         echo "participant (plugin, second pass): $(( $(date +%s) - s )) s"
+        # shellcheck disable=SC2086
+        petsynth "$BIDS" out group --reports-only > logs/plugin-group-report.log 2>&1
+        echo "group report: $(ls out/group/report.html)"
         echo "jobs submitted by the plugin: $(grep -c . "$(scontrol show config | sed -n 's/^JobCompLoc *= //p')" || true) in the job completion log (all jobs so far)"
         ;;
     *) echo "usage: $0 array|plugin RUNDIR BIDS" >&2; exit 2 ;;

@@ -350,3 +350,24 @@ def test_group_report_before_any_patient_ran_says_so_without_warning(tmp_path, c
     assert "no patient of the truth folder has space-T1w desc-hypometabolism" in detection
     assert "Evaluation failed" not in detection
     assert not [r for r in caplog.records if r.levelname == "WARNING"], caplog.text
+
+
+def test_group_reports_only_rewrites_the_group_report_without_a_fit(tmp_path, capsys):
+    """`group --reports-only` writes group/report.html from the outputs on disk and fits
+    nothing; at the participant level the option is refused in one line."""
+    from pet_synth_app.cli import run
+
+    bids, out = tmp_path / "bids", tmp_path / "out"
+    bids.mkdir()
+    settings = make_outputs(out)
+    for sub in ("c1", "p1"):
+        make_tree(out, sub, ocsvm=False)
+        write_subject_report(out, sub, "run1", settings)
+    assert run.main([str(bids), str(out), "group", "--reports-only"]) == 0
+    text = (out / "group" / "report.html").read_text()
+    assert "sub-c1.html" in text and "sub-p1.html" in text
+    assert not (out / "group" / "normative").exists()  # no model was fitted
+    capsys.readouterr()
+    code = run.main([str(bids), str(out), "participant", "--reports-only"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1 and "--reports-only is a group-level option" in err[0]

@@ -231,3 +231,32 @@ def test_mem_mb_reaches_the_plugins(tmp_path):
     assert plugin(mp, mem_mb=2048) == ("MultiProc", {"n_procs": 4, "memory_gb": 2.0})
     mp_own = "plugin: MultiProc\nplugin_args:\n  memory_gb: 100\n"
     assert plugin(mp_own, mem_mb=2048)[1]["memory_gb"] == 100
+
+
+def test_sink_rerun_with_unchanged_inputs_writes_nothing(tmp_path):
+    """A rerun (same node folder) skips the write when the inputs and the written files
+    are unchanged, and writes again when an output was removed or the input changed."""
+    sink, out = _sink(tmp_path)
+    nii = out / "sub-01" / "anat" / "sub-01_desc-preproc_T1w.nii.gz"
+    sink.run(cwd=str(tmp_path))
+    first = nii.stat().st_mtime_ns
+    os.utime(nii, ns=(first - 10**9, first - 10**9))  # any rewrite would change it back
+    res = sink.run(cwd=str(tmp_path))
+    assert res.outputs.out_file == str(nii)
+    assert nii.stat().st_mtime_ns != first  # the touched file counts as changed: rewritten
+    second = nii.stat().st_mtime_ns
+    res = sink.run(cwd=str(tmp_path))  # nothing changed: not rewritten
+    assert nii.stat().st_mtime_ns == second and res.outputs.out_file == str(nii)
+    assert Path(res.outputs.out_meta).is_file()
+    nii.unlink()
+    sink.run(cwd=str(tmp_path))  # an output removed: written again
+    assert nib.load(nii).get_fdata()[1, 2, 3] == 23
+    src = Path(
+        sink.inputs.in_file[0] if isinstance(sink.inputs.in_file, list) else sink.inputs.in_file
+    )
+    img = nib.load(src)
+    data = np.asanyarray(img.dataobj).copy()
+    data[1, 2, 3] = 7
+    nib.save(nib.Nifti1Image(data, img.affine), src)  # the input changed: written again
+    sink.run(cwd=str(tmp_path))
+    assert nib.load(nii).get_fdata()[1, 2, 3] == 7

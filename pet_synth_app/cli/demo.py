@@ -154,8 +154,9 @@ def run_demo(opts: argparse.Namespace) -> int:
         "OC-SVM anomaly maps"
     )
     _run([str(bids), str(deriv), "participant", *common])
-    step("evaluation against the simulated lesions")
+    step("evaluation against the simulated lesions, group report")
     lines = _evaluate(deriv, bids / "derivatives" / "truth")
+    _run([str(bids), str(deriv), "group", "--reports-only"])
     step("done")
     print(f"\nPetSynth demo finished in {step.elapsed()} (min:s).")
     print(f"  participant reports: {deriv}/sub-*.html (e.g. {deriv / 'sub-p01.html'})")
@@ -167,8 +168,8 @@ def run_demo(opts: argparse.Namespace) -> int:
 
 
 def _evaluate(deriv: Path, truth: Path) -> list[str]:
-    """Detection figures of both maps, written to group/evaluation (the last participant
-    run has already refreshed the group report, with the truth)."""
+    """Detection figures of both maps, written to group/evaluation (shown by the group
+    report written next)."""
     from ..analysis.evaluate import evaluate, write_evaluation
 
     lines = [

@@ -314,6 +314,14 @@ def get_parser() -> argparse.ArgumentParser:
         help="voxel threshold on the self-standardized OC-SVM score (SD units; lower tail)",
     )
     g_ano.add_argument(
+        "--reports-only",
+        "--reports_only",
+        dest="reports_only",
+        action="store_true",
+        help="group: only rewrite group/report.html from the outputs on disk, no model fit "
+        "(participant runs do not refresh it; run this after the last participant pass)",
+    )
+    g_ano.add_argument(
         "--augment-synthetic",
         "--augment_synthetic",
         dest="augment_synthetic",

@@ -322,8 +322,11 @@ def configure_nipype(settings: Settings, crash_dir: Path) -> None:
         logging.getLogger(name).propagate = False  # nipype has its own handler
 
 
-def run_workflow(workflow: Workflow, settings: Settings, run_id: str) -> list[tuple[str, str]]:
-    """Run the graph; return [(unit workflow name, one-line reason)] of failed units."""
+def run_workflow(
+    workflow: Workflow, settings: Settings, run_id: str, on_unit_done=None
+) -> list[tuple[str, str]]:
+    """Run the graph; return [(unit workflow name, one-line reason)] of failed units.
+    ``on_unit_done(unit workflow name)`` is called when all steps of a unit have ended."""
     crash_dir = settings.output_dir / "logs" / f"crash-{run_id}"
     configure_nipype(settings, crash_dir)
     # The workflow copied the global config when it was built, and its copy wins over the
@@ -340,9 +343,16 @@ def run_workflow(workflow: Workflow, settings: Settings, run_id: str) -> list[tu
         ignore_sigint_in_workers()
     from .progress import Progress
 
-    args = {**args, "status_callback": Progress(workflow)}  # "progress: n of N steps" lines
+    progress = Progress(workflow, on_unit_done=on_unit_done)  # "progress: n of N steps"
+    args = {**args, "status_callback": progress}
+    runner = plugin
+    if plugin == "MultiProc" and not settings.use_plugin:  # participants finish in order
+        from .scheduler import ParticipantOrderMultiProcPlugin
+
+        units = [n.name for n in workflow._graph.nodes() if n.name.startswith("single_subject_")]
+        runner = ParticipantOrderMultiProcPlugin(plugin_args={**args, "unit_order": units})
     try:
-        workflow.run(plugin=plugin, plugin_args=args)
+        workflow.run(plugin=runner, plugin_args=args)
     except RuntimeError as exc:
         failed = failed_units(crash_dir)
         if not failed:

@@ -14,10 +14,22 @@ class Progress:
     ``progress: 12 of 40 steps finished (30 %), 3 running, elapsed 2 min 5 s, last:
     <unit>.<step>`` at most every ``every_s`` seconds, and every failure at once."""
 
-    def __init__(self, workflow, every_s: float = 30.0, clock=time.monotonic) -> None:
+    def __init__(
+        self, workflow, every_s: float = 30.0, clock=time.monotonic, on_unit_done=None
+    ) -> None:
         nodes = workflow._get_all_nodes() if hasattr(workflow, "_get_all_nodes") else []
-        self.total = len(nodes)  # their fullnames are not unique before the run
+        self.total = sum(map(_executes, nodes))  # fullnames are not unique before the run
         self.prefix = f"{getattr(workflow, 'name', '')}."
+        # steps per unit workflow (single_subject_*): ``on_unit_done(name)`` when all ended
+        graph = getattr(workflow, "_graph", None)
+        children = list(graph.nodes()) if graph is not None else []
+        self.unit_total = {
+            c.name: sum(map(_executes, c._get_all_nodes()))
+            for c in children
+            if c.name.startswith("single_subject_") and hasattr(c, "_get_all_nodes")
+        }
+        self.unit_ended: dict[str, set[str]] = {u: set() for u in self.unit_total}
+        self.on_unit_done = on_unit_done
         self.done: set[str] = set()
         self.running: set[str] = set()
         self.every_s = every_s
@@ -36,10 +48,23 @@ class Progress:
             return
         if status == "end" and not name.split(".")[-1].startswith("_"):  # no MapNode parts
             self.done.add(name)
+            self._unit_step_ended(name)
         now = self.clock()
         if now - self.last_log >= self.every_s or len(self.done) == self.total:
             self.last_log = now
             LOGGER.info("%s", self.line(name))
+
+    def _unit_step_ended(self, name: str) -> None:
+        unit = name.split(".")[0]
+        ended = self.unit_ended.get(unit)
+        if ended is None or len(ended) >= self.unit_total[unit]:
+            return
+        ended.add(name)
+        if len(ended) == self.unit_total[unit] and self.on_unit_done is not None:
+            try:
+                self.on_unit_done(unit)
+            except Exception as exc:  # never stop the scheduler; the run writes it at the end
+                LOGGER.warning("could not start the report of %s: %s", unit, exc)
 
     def elapsed(self) -> str:
         s = int(self.clock() - self.start)
@@ -54,6 +79,16 @@ class Progress:
             f"{len(self.running)} running, elapsed {self.elapsed()}"
             + (f", last: {_short(last)}" if last else "")
         )
+
+
+def _executes(node) -> bool:
+    """False for the nodes Nipype removes before running (IdentityInterface, not joins)."""
+    from nipype.interfaces.utility import IdentityInterface
+
+    return not (
+        isinstance(getattr(node, "interface", None), IdentityInterface)
+        and not hasattr(node, "joinsource")
+    )
 
 
 def _short(fullname: str) -> str:

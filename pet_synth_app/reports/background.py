@@ -1,0 +1,119 @@
+"""Participant reports written as participants finish, in worker processes, while the
+workflow runs on (docs/architecture.md, "Running").
+
+The workflow's progress callback (``workflows/progress.Progress``) calls
+``SubjectReports.unit_done`` when every step of a unit (subject or subject/session)
+has finished; once all units of a subject are done, its sidecars are annotated with the
+run's input warnings and ``sub-<label>.html`` is written in a ``forkserver`` process (the
+same server as the Nipype workers, which ignores SIGINT). ``finish`` writes the reports
+the callback did not trigger (e.g. ``--nprocs 1`` runs whose callback missed a step)
+and waits for all of them. A subject with a failed unit never gets one: the report still
+marks a finished participant.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+from concurrent.futures import Future, ProcessPoolExecutor
+from pathlib import Path
+
+LOGGER = logging.getLogger("petsynth")
+
+
+def write_one(
+    output_dir: Path, subject: str, warnings: list, run_id: str, settings_file: Path
+) -> str:
+    """Annotate ``sub-<subject>``'s sidecars with its input ``warnings`` and write its
+    report; the log line (run in a worker process, logged by the parent)."""
+    import time
+
+    from .. import inputcheck
+    from .subject import write_subject_report
+
+    t0 = time.perf_counter()
+    inputcheck.annotate_sidecars(Path(output_dir) / f"sub-{subject}", warnings)
+    path = write_subject_report(Path(output_dir), subject, run_id, Path(settings_file))
+    return f"report {path.name} written in {time.perf_counter() - t0:.1f} s"
+
+
+class SubjectReports:
+    """Writes each subject's report once all of its ``units`` (``{unit workflow name:
+    subject}``) are done; at most ``workers`` at a time."""
+
+    def __init__(
+        self,
+        output_dir: Path,
+        units: dict[str, str],
+        warnings_of: dict[str, list],
+        run_id: str,
+        settings_file: Path,
+        workers: int = 1,
+    ) -> None:
+        self.output_dir, self.run_id, self.settings_file = output_dir, run_id, settings_file
+        self.units = dict(units)
+        self.warnings_of = warnings_of
+        self.pending: dict[str, set[str]] = {}
+        for unit, subject in self.units.items():
+            self.pending.setdefault(subject, set()).add(unit)
+        self.workers = max(1, workers)
+        self.futures: dict[str, Future] = {}
+        self._pool: ProcessPoolExecutor | None = None
+
+    def _submit(self, subject: str) -> None:
+        if subject in self.futures:
+            return
+        if self._pool is None:
+            from ..interrupt import ignore_sigint_in_workers
+
+            ignore_sigint_in_workers()  # the report workers ignore a Ctrl-C, as Nipype's do
+            self._pool = ProcessPoolExecutor(
+                self.workers, mp_context=multiprocessing.get_context("forkserver")
+            )
+        self.futures[subject] = self._pool.submit(
+            write_one,
+            self.output_dir,
+            subject,
+            self.warnings_of.get(subject, []),
+            self.run_id,
+            self.settings_file,
+        )
+        self.futures[subject].add_done_callback(_log_result)
+
+    def unit_done(self, unit: str) -> None:
+        """Progress callback: all steps of ``unit`` (a workflow name) have finished."""
+        subject = self.units.get(unit)
+        if subject is None:
+            return
+        self.pending[subject].discard(unit)
+        if not self.pending[subject]:
+            self._submit(subject)
+
+    def finish(self, done_subjects: list[str]) -> list[str]:
+        """Write the reports of ``done_subjects`` not written yet, wait for all, shut the
+        workers down; the subjects whose report was written."""
+        for subject in done_subjects:
+            self._submit(subject)
+        written = []
+        for subject, future in self.futures.items():
+            try:
+                future.result()
+                written.append(subject)
+            except Exception as exc:  # a report must never fail the run
+                LOGGER.warning("report of sub-%s not written: %s", subject, exc)
+        if self._pool is not None:
+            self._pool.shutdown()
+        return sorted(written)
+
+    def close(self) -> None:
+        """Stop without waiting (an interrupted or failed run)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _log_result(future: Future) -> None:
+    if not future.cancelled() and future.exception() is None:
+        LOGGER.info("%s", future.result())
+
+
+__all__ = ["SubjectReports", "write_one"]

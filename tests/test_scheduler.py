@@ -1,0 +1,84 @@
+"""Participant-ordered (depth-first) MultiProc scheduling."""
+
+from __future__ import annotations
+
+from pet_synth_app.workflows.scheduler import (
+    ParticipantOrderMultiProcPlugin,
+    participant_order,
+    unit_of,
+)
+
+
+def test_unit_of_finds_the_participant_workflow():
+    assert unit_of("petsynth_wf.single_subject_c01_wf.anat_preproc_wf.n4") == (
+        "single_subject_c01_wf"
+    )
+    assert unit_of("petsynth_wf.single_subject_01_ses_a_wf.x") == "single_subject_01_ses_a_wf"
+    assert unit_of("petsynth_wf.collect_qc") is None
+
+
+def test_ready_steps_of_earlier_participants_go_first():
+    units = ["single_subject_c01_wf", "single_subject_c02_wf", "single_subject_p01_wf"]
+    ready = [  # graph (breadth-first) order: participants interleaved
+        "petsynth_wf.single_subject_p01_wf.anat_preproc_wf.n4",
+        "petsynth_wf.single_subject_c02_wf.anat_preproc_wf.n4",
+        "petsynth_wf.single_subject_c01_wf.pet_wf.mcflirt",
+        "petsynth_wf.single_subject_c01_wf.anat_preproc_wf.n4",
+        "petsynth_wf.summary",
+    ]
+    order = [ready[i] for i in participant_order(ready, units)]
+    assert order == [
+        "petsynth_wf.summary",
+        "petsynth_wf.single_subject_c01_wf.pet_wf.mcflirt",
+        "petsynth_wf.single_subject_c01_wf.anat_preproc_wf.n4",
+        "petsynth_wf.single_subject_c02_wf.anat_preproc_wf.n4",
+        "petsynth_wf.single_subject_p01_wf.anat_preproc_wf.n4",
+    ]
+
+
+def test_plugin_sorts_jobs_by_participant():
+    plugin = ParticipantOrderMultiProcPlugin(
+        plugin_args={"n_procs": 1, "unit_order": ["single_subject_b_wf", "single_subject_a_wf"]}
+    )
+    assert plugin.processors == 1 and "unit_order" not in plugin.plugin_args
+
+    class _Node:
+        def __init__(self, fullname):
+            self.fullname = fullname
+
+    plugin.procs = [_Node("w.single_subject_a_wf.x"), _Node("w.single_subject_b_wf.y")]
+    assert plugin._sort_jobs([0, 1]) == [1, 0]
+
+
+def _echo(x):
+    return x
+
+
+def _tiny_wf(base_dir):
+    from nipype.interfaces import utility as niu
+    from nipype.pipeline import engine as pe
+
+    top = pe.Workflow(name="petsynth_wf", base_dir=str(base_dir))
+    for label in ("a", "b"):
+        unit = pe.Workflow(name=f"single_subject_{label}_wf")
+        one = pe.Node(niu.Function(function=_echo), name="one")  # identity nodes vanish
+        one.inputs.x = label
+        two = pe.Node(niu.Function(function=_echo), name="two")
+        unit.connect(one, "out", two, "x")
+        ident = pe.Node(niu.IdentityInterface(fields=["x"]), name="outputnode")  # removed
+        unit.connect(two, "out", ident, "x")
+        top.add_nodes([unit])
+    return top
+
+
+def test_progress_reports_each_unit_once_when_all_its_steps_ended(tmp_path):
+    from pet_synth_app.workflows.progress import Progress
+
+    done = []
+    wf = _tiny_wf(tmp_path)
+    progress = Progress(wf, on_unit_done=done.append)
+    assert progress.unit_total == {"single_subject_a_wf": 2, "single_subject_b_wf": 2}
+    wf.run(plugin="Linear", plugin_args={"status_callback": progress})
+    assert sorted(done) == ["single_subject_a_wf", "single_subject_b_wf"]
+    wf.run(plugin="Linear", plugin_args={"status_callback": progress})  # cached rerun
+    assert len(done) == 2
