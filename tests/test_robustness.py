@@ -260,3 +260,16 @@ def test_sink_rerun_with_unchanged_inputs_writes_nothing(tmp_path):
     nib.save(nib.Nifti1Image(data, img.affine), src)  # the input changed: written again
     sink.run(cwd=str(tmp_path))
     assert nib.load(nii).get_fdata()[1, 2, 3] == 7
+
+
+def test_sink_compresses_fast_and_leaves_gzip_alone_afterwards(tmp_path):
+    """Derivatives are written at zlib level 1 (gzip header XFL = 4, 'fastest'; niworkflows
+    asks for 9, XFL = 2) and gzip's own class is restored after the write."""
+    import gzip
+
+    real = gzip.GzipFile
+    sink, out = _sink(tmp_path)
+    sink.run(cwd=str(tmp_path))
+    nii = out / "sub-01" / "anat" / "sub-01_desc-preproc_T1w.nii.gz"
+    assert nii.read_bytes()[8] == 4
+    assert gzip.GzipFile is real

@@ -69,10 +69,11 @@ def _t1w_named(t1w_source: str) -> dict:
 
 
 def _sink(output_dir: Path, name: str, **kwargs) -> pe.Node:
+    # in a worker, not on the scheduler's thread: compressing a 1 mm image takes seconds,
+    # during which the main process could not hand out other steps
     return pe.Node(
         DerivativesDataSink(base_directory=str(output_dir), **kwargs),
         name=name,
-        run_without_submitting=True,
     )
 
 
