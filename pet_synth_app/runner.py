@@ -82,10 +82,11 @@ def run_participant(settings: Settings) -> int:
         settings.nprocs,
         plan.omp_nthreads,
     )
+    # A report marks a finished participant whose outputs it shows: the first derivative
+    # a run changes removes it (interfaces/bids.py), as do changed input warnings, and it
+    # is written again once the participant has finished. A rerun that changes nothing
+    # keeps it (and its run id).
     warnings = save_input_warnings(settings, plan, good, warnings, run_id)
-    for unit in good:  # the report is written last: its absence marks an unfinished unit
-        report = settings.output_dir / f"sub-{unit.subject}.html"
-        report.unlink(missing_ok=True)
 
     from .reports.background import SubjectReports
     from .workflows.base import init_petsynth_wf, run_workflow, unit_wf_name
@@ -210,7 +211,10 @@ def save_input_warnings(
     inputcheck.log_warnings(warnings)
     for subject in sorted({u.subject for u in units}):
         path = L.input_warnings_file(settings.output_dir, subject)
+        before = inputcheck.read_warnings(path)
         inputcheck.save_warnings(_of_subject(warnings, subject), path, run_id)
+        if inputcheck.read_warnings(path) != before:  # the report shows them: write it anew
+            (settings.output_dir / f"sub-{subject}.html").unlink(missing_ok=True)
     return warnings
 
 

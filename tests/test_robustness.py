@@ -273,3 +273,17 @@ def test_sink_compresses_fast_and_leaves_gzip_alone_afterwards(tmp_path):
     nii = out / "sub-01" / "anat" / "sub-01_desc-preproc_T1w.nii.gz"
     assert nii.read_bytes()[8] == 4
     assert gzip.GzipFile is real
+
+
+def test_sink_removes_the_participant_report_only_when_it_writes(tmp_path):
+    """A changed derivative invalidates ``sub-<label>.html`` (written again when the
+    participant finishes); a rerun that writes nothing keeps it."""
+    sink, out = _sink(tmp_path)
+    report = out / "sub-01.html"
+    out.mkdir(parents=True)
+    report.write_text("<html>old</html>")
+    sink.run(cwd=str(tmp_path))  # first write: the report no longer matches the outputs
+    assert not report.exists()
+    report.write_text("<html>new</html>")
+    sink.run(cwd=str(tmp_path))  # unchanged inputs: nothing written, report kept
+    assert report.read_text() == "<html>new</html>"

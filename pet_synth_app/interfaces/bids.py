@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 from importlib import resources
 from pathlib import Path
@@ -40,6 +41,7 @@ class DerivativesDataSink(_NiwDataSink):
             self._results.update(json.loads(stamp_file.read_text())["results"])
             return runtime
         stamp_file.unlink(missing_ok=True)
+        self._invalidate_report()
         runtime = self._write(runtime)
         outputs = list(self._results["out_file"])
         if self._results.get("out_meta"):
@@ -48,6 +50,17 @@ class DerivativesDataSink(_NiwDataSink):
         with contextlib.suppress(TypeError, OSError):  # no stamp: the next run writes again
             stamp_file.write_text(json.dumps(record))
         return runtime
+
+    def _invalidate_report(self) -> None:
+        """Remove ``<out>/sub-<label>.html`` before changing one of its participant's
+        files: the report marks a finished participant whose outputs it shows (the run
+        writes it again when the participant has finished)."""
+        sources = self.inputs.source_file
+        source = sources[0] if isinstance(sources, list) else sources
+        match = re.match(r"sub-([A-Za-z0-9]+)", Path(str(source)).name)
+        if match and isdefined(self.inputs.base_directory):
+            report = Path(self.inputs.base_directory) / f"sub-{match.group(1)}.html"
+            report.unlink(missing_ok=True)
 
     def _stamp(self) -> str:
         """The inputs (values, and size + mtime of the input files) as one string."""

@@ -8,7 +8,9 @@ run's input warnings and ``sub-<label>.html`` is written in a ``forkserver`` pro
 same server as the Nipype workers, which ignores SIGINT). ``finish`` writes the reports
 the callback did not trigger (e.g. ``--nprocs 1`` runs whose callback missed a step)
 and waits for all of them. A subject with a failed unit never gets one: the report still
-marks a finished participant.
+marks a finished participant. A report that still exists when its subject finishes is
+kept: every derivative write removes its participant's report first
+(``interfaces/bids.py``), so it still shows the outputs on disk.
 """
 
 from __future__ import annotations
@@ -58,10 +60,16 @@ class SubjectReports:
             self.pending.setdefault(subject, set()).add(unit)
         self.workers = max(1, workers)
         self.futures: dict[str, Future] = {}
+        self.unchanged: set[str] = set()
         self._pool: ProcessPoolExecutor | None = None
 
     def _submit(self, subject: str) -> None:
-        if subject in self.futures:
+        if subject in self.futures or subject in self.unchanged:
+            return
+        if (Path(self.output_dir) / f"sub-{subject}.html").is_file():
+            # no derivative of this subject changed (a changed one removes the report)
+            self.unchanged.add(subject)
+            LOGGER.info("report sub-%s.html kept: no output of this participant changed", subject)
             return
         if self._pool is None:
             from ..interrupt import ignore_sigint_in_workers
@@ -103,7 +111,7 @@ class SubjectReports:
                 LOGGER.warning("report of sub-%s not written: %s", subject, exc)
         if self._pool is not None:
             self._pool.shutdown()
-        return sorted(written)
+        return sorted(set(written) | self.unchanged)
 
     def close(self) -> None:
         """Stop without waiting (an interrupted or failed run)."""
