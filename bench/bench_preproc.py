@@ -126,6 +126,8 @@ def main() -> int:
                 args.voxel_size,
                 "--n-t1w-only",
                 "0",
+                "--n-fov-cut",
+                "0",
                 "--quiet",
             ],
             check=True,

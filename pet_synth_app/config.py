@@ -26,6 +26,10 @@ Z_THRESHOLD = -1.65
 """Voxel threshold: Z < -1.65 is one-sided p < 0.05 (Chen et al.)."""
 MIN_CLUSTER_MM3 = 1500.0
 """Minimum cluster extent (mm³), Chen et al.'s K > 1500 (1 mm voxels) made grid-free."""
+MIN_BRAIN_COVERAGE = 0.95
+"""Fraction of the brain mask the PET field of view must cover; below it the run warns
+(terminal QC summary, report, sidecars): no finding is possible outside the field of view
+(``preproc.pet.pet_coverage``)."""
 RANK_BY = "mass"
 """Cluster ranking: "mass" (sum of excess beyond threshold), "size" or "peak"."""
 RANK_METHODS = ("mass", "size", "peak")
@@ -272,6 +276,7 @@ def _plain(value):
 __all__ = [
     "DEVICES",
     "GM_THRESHOLD",
+    "MIN_BRAIN_COVERAGE",
     "OUTPUT_SPACES",
     "REFERENCE_REGIONS",
     "REGISTRATION_PRESETS",

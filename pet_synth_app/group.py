@@ -82,18 +82,20 @@ def run_group_level(settings: Settings) -> int:
         )
     t0 = time.time()
     ref = nib.load(str(next(iter(found.values()))["pet"]))
-    pets, pseudos, masks, rows = [], [], [], []
+    pets, pseudos, masks, views, rows = [], [], [], [], []
     for subject, files in found.items():
         pet = np.asanyarray(nib.load(str(files["pet"])).dataobj, dtype=np.float64)
         pseudo = np.asanyarray(nib.load(str(files["pseudo"])).dataobj, dtype=np.float64)
         mask = np.asanyarray(nib.load(str(files["mask"])).dataobj) > 0
         if pet.shape != ref.shape[:3]:
             raise PetSynthError("MNI grids differ between controls", str(files["pet"]))
+        view = coverage_of(out, subject, mask.shape)
         pets.append(pet)
         pseudos.append(pseudo)
         masks.append(mask)
+        views.append(view)
         try:
-            quality = image_metrics(pseudo, pet, mask)
+            quality = image_metrics(pseudo, pet, mask & view)
         except ValueError as exc:
             raise PetSynthError(
                 f"cannot compare pseudo and real PET: {exc}", str(files["pet"])
@@ -108,14 +110,16 @@ def run_group_level(settings: Settings) -> int:
     }
     try:
         model = normative.fit_from_controls(
-            pets, pseudos, masks, ref.affine, meta, settings.histogram_matching
+            pets, pseudos, masks, ref.affine, meta, settings.histogram_matching, views
         )
     except ValueError as exc:
         raise PetSynthError(f"cannot fit the normative model: {exc}", str(out)) from None
     folder = out / "group" / "normative"
     staging = normative.save(model, folder.with_name("normative.new"))
-    _write_cluster_null(settings, found, pets, pseudos, masks, ref.affine, staging)
-    n_synthetic = fit_anomaly_detector(settings, controls, found, pets, masks, ref, staging)
+    _write_cluster_null(settings, found, pets, pseudos, masks, views, ref.affine, staging)
+    n_synthetic = fit_anomaly_detector(
+        settings, controls, found, pets, masks, ref, staging, views=views
+    )
     shutil.rmtree(folder, ignore_errors=True)  # never a mix of old and new models
     staging.rename(folder)
     write_tsv(rows, out / "group" / "synthesis_quality.tsv", QUALITY_COLUMNS)
@@ -138,7 +142,21 @@ def run_group_level(settings: Settings) -> int:
     return 0
 
 
-def _write_cluster_null(settings, found, pets, pseudos, masks, affine, folder: Path) -> None:
+def coverage_of(out: Path, subject: str, shape: tuple[int, ...]) -> np.ndarray:
+    """A control's PET field of view in MNI (bool; everywhere when its outputs predate
+    the coverage mask)."""
+    path = find_mni(out, subject)["coverage"]
+    if path is None:
+        return np.ones(shape, bool)
+    view = np.asanyarray(nib.load(str(path)).dataobj) > 0
+    if view.shape != tuple(shape):
+        raise PetSynthError("MNI grids differ between controls", str(path))
+    return view
+
+
+def _write_cluster_null(
+    settings, found, pets, pseudos, masks, views, affine, folder: Path
+) -> None:
     """The leave-one-out cluster null of the control-referenced maps
     (``analysis.calibration``) into the staged normative ``folder``; with fewer than 3
     controls none (the maps are then reported as uncalibrated)."""
@@ -167,6 +185,7 @@ def _write_cluster_null(settings, found, pets, pseudos, masks, affine, folder: P
         histogram_matching=settings.histogram_matching,
         threshold=settings.z_threshold,
         min_volume_mm3=settings.min_cluster_mm3,
+        coverages=views,
     )
     calibration.save_null(null, folder)
     LOGGER.info(
@@ -186,13 +205,36 @@ def fit_anomaly_detector(
     masks: list[np.ndarray],
     ref: nib.Nifti1Image,
     folder: Path,
+    views: list[np.ndarray] | None = None,
 ) -> int:
     """Fit the OC-SVM detector into ``folder`` on the controls' real PET, plus (with
     ``--augment-synthetic``) the pseudo-normal PET of finished controls without a PET;
-    returns the number of synthetic PETs used."""
+    returns the number of synthetic PETs used.
+
+    ``views``: the controls' PET fields of view (MNI). Every OC-SVM needs every training
+    PET at its voxel, so the detector covers only what all of them cover: controls whose
+    field of view misses more than ``config.MIN_BRAIN_COVERAGE`` of their brain are left
+    out of it (while 2 others remain), the others count only inside their view."""
+    from .config import MIN_BRAIN_COVERAGE
+    from .preproc.pet import coverage_fraction
     from .preproc.templates import get_template
 
     out = Path(settings.output_dir)
+    if views is not None:
+        fractions = [coverage_fraction(v, m) for m, v in zip(masks, views, strict=True)]
+        masks = [m & v for m, v in zip(masks, views, strict=True)]
+        keep = [i for i, f in enumerate(fractions) if round(f, 3) >= MIN_BRAIN_COVERAGE]
+        if len(keep) >= 2 and len(keep) < len(pets):
+            left = [s for i, s in enumerate(found) if i not in keep]
+            LOGGER.warning(
+                "group: the PET field of view of %s covers < %g %% of the brain: left out "
+                "of the OC-SVM detector (kept in the normative model inside their view)",
+                ", ".join(f"sub-{s}" for s in left),
+                100 * MIN_BRAIN_COVERAGE,
+            )
+            found = {s: f for i, (s, f) in enumerate(found.items()) if i in keep}
+            pets = [pets[i] for i in keep]
+            masks = [masks[i] for i in keep]
     synthetic: dict[str, Path] = {}
     if settings.augment_synthetic:
         for s in controls:

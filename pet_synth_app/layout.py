@@ -86,6 +86,8 @@ OUTPUTS: dict[str, dict[str, str]] = {
         "suffix": "xfm",
         "extension": ".mat",
     },
+    # the PET field of view (voxels with data in every frame), carried with the PET
+    "coverage": {"datatype": "pet", "desc": "coverage", "suffix": "mask", "extension": _NII},
     "pseudo": {"datatype": "pet", "desc": "pseudonormal", "suffix": "pet", "extension": _NII},
     # SD of the pseudo-normal PET samples (--synthesis-samples N > 1)
     "pseudo_sd": {
@@ -215,8 +217,8 @@ def find(
 
 def series_stem(name: str) -> str | None:
     """The PET series stem of a PET-derived output's file name (None for other files)."""
-    for key in ("pet", "statmap", "dseg", "clusters"):
-        descs = STATS if key != "pet" else [None]
+    for key in ("pet", "coverage", "statmap", "dseg", "clusters"):
+        descs = STATS if key in ("statmap", "dseg", "clusters") else [None]
         for desc in descs:
             for space in (TEMPLATE_SPACE, "T1w", None):  # longest tail first
                 tail = _tail(entities(key, desc), space)
@@ -225,7 +227,7 @@ def series_stem(name: str) -> str | None:
     return None
 
 
-MNI_ROLES = ("t1w", "mask", "gm", "pet", "pseudo")
+MNI_ROLES = ("t1w", "mask", "gm", "pet", "pseudo", "coverage")
 """The template-space outputs that training, the group level and the benchmarks read."""
 
 

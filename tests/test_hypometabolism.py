@@ -224,6 +224,8 @@ def test_controlpet_workflow_clusters_the_blob(tmp_path, mni):
         "mask_std": files["mask"],
         "std2t1w_xfm": ident,
         "t1w_preproc": files["mask"],
+        "coverage_std": files["mask"],  # the PET field of view covers the brain
+        "coverage_metadata": {"BrainCoverage": 1.0},
     }
     assert set(inputs) == set(STAT_INPUTS)
     for k, v in inputs.items():

@@ -62,6 +62,7 @@ def test_find_and_series_stem(tmp_path):
         "gm": files[3],
         "pet": None,
         "pseudo": files[2],
+        "coverage": None,
     }
     assert {L.series_stem(f.name) for f in files} == {"sub-01_trc-FDG", None}
     with pytest.raises(ValueError, match="needs desc"):

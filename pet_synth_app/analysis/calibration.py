@@ -59,31 +59,42 @@ def loo_cluster_null(
     threshold: float = Z_THRESHOLD,
     min_volume_mm3: float = MIN_CLUSTER_MM3,
     connectivity: int = CONNECTIVITY,
+    coverages: Sequence[np.ndarray] | None = None,
 ) -> dict:
     """Leave-one-out cluster null of the two control-referenced maps (SUVR, MNI).
 
     For each control: the control-referenced Z of its residual (``hypometabolism``) and
     of its PET (``controlpet``) against normative models fitted on the other controls
     (``zscore.fit_normative``, as ``normative.fit_from_controls``), clustered in its GM
-    (probability > ``GM_THRESHOLD``) with the given rule. Returns the JSON-ready null:
-    per map the list of cluster masses of every scan, plus the rule.
+    (probability > ``GM_THRESHOLD``) with the given rule. ``coverages``: each control's
+    PET field of view (None: full); a control enters the others' models only inside it
+    and its own map is clustered only inside it and their model's support, as the
+    participant workflow does. Returns the JSON-ready null: per map the list of cluster
+    masses of every scan, plus the rule.
     """
-    from .zscore import control_referenced_z, fit_normative, residual
+    from .zscore import control_referenced_z, fit_normative, normative_support, residual
 
     n = len(pets)
     if n < 3:
         raise ValueError(f"a leave-one-out null needs at least 3 controls, got {n}")
     mask = np.all([m > 0 for m in masks], axis=0)
+    views = None if coverages is None else [np.asarray(c) > 0 for c in coverages]
+    own = [mask if views is None else mask & views[i] for i in range(n)]
     zooms = np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(0))
-    res = [residual(p, s, mask, histogram_matching) for p, s in zip(pets, pseudos, strict=True)]
+    res = [
+        residual(p, s, own[i], histogram_matching)
+        for i, (p, s) in enumerate(zip(pets, pseudos, strict=True))
+    ]
     pet_in = [np.where(mask, p, 0.0) for p in pets]
     scans: dict[str, list[list[float]]] = {k: [] for k in CALIBRATED_MAPS}
     for i in range(n):
         others = [j for j in range(n) if j != i]
-        gm = (np.asarray(gms[i]) > GM_THRESHOLD) & mask
+        valid = None if views is None else [views[j] for j in others]
+        inside = own[i] & normative_support(valid, mask, mask.shape)
+        gm = (np.asarray(gms[i]) > GM_THRESHOLD) & inside
         for key, data in (("hypometabolism", res), ("controlpet", pet_in)):
-            mean, sd = fit_normative([data[j] for j in others], mask, zooms=zooms)
-            z = control_referenced_z(data[i], mean, sd, mask)
+            mean, sd = fit_normative([data[j] for j in others], mask, zooms=zooms, valid=valid)
+            z = control_referenced_z(data[i], mean, sd, inside)
             _, clusters = find_clusters(
                 z,
                 gm,

@@ -54,23 +54,32 @@ def fit_from_controls(
     affine: np.ndarray,
     meta: dict,
     histogram_matching: bool = False,
+    coverages: list[np.ndarray] | None = None,
 ) -> NormativeModel:
     """Fit both normative models from controls' real and pseudo-normal PET (SUVR, MNI).
 
     The model mask is the intersection of the controls' brain masks, so every fitted
     voxel has a residual from every control (a pseudo PET is 0 outside its own mask, so
     a union would put whole SUVR values into the residual statistics at the brain edge).
+    ``coverages``: each control's PET field of view (MNI; None: full); a control
+    contributes only inside it, and the model keeps the voxels enough controls cover
+    (``zscore.normative_support``).
     """
-    from .zscore import residual
+    from .zscore import normative_support, residual
 
     mask = np.all([m > 0 for m in masks], axis=0)
     if not mask.any():
         raise PetSynthError("the controls' MNI brain masks do not overlap")
+    views = None if coverages is None else [np.asarray(c) > 0 for c in coverages]
     zooms = np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(0))
-    pairs = zip(pets, pseudos, strict=True)
-    residuals = [residual(p, s, mask, histogram_matching) for p, s in pairs]
-    r_mean, r_sd = fit_normative(residuals, mask, zooms=zooms)
-    p_mean, p_sd = fit_normative([np.where(mask, p, 0.0) for p in pets], mask, zooms=zooms)
+    residuals = [
+        residual(p, s, mask if views is None else mask & views[i], histogram_matching)
+        for i, (p, s) in enumerate(zip(pets, pseudos, strict=True))
+    ]
+    r_mean, r_sd = fit_normative(residuals, mask, zooms=zooms, valid=views)
+    pet_in = [np.where(mask, p, 0.0) for p in pets]
+    p_mean, p_sd = fit_normative(pet_in, mask, zooms=zooms, valid=views)
+    mask = normative_support(views, mask, mask.shape)
     meta = {**meta, "n_controls": len(pets), "histogram_matching": histogram_matching}
     return NormativeModel(r_mean, r_sd, p_mean, p_sd, mask, np.asarray(affine), meta)
 

@@ -63,6 +63,7 @@ import nibabel as nib
 import numpy as np
 
 from .. import layout as L
+from ..config import MIN_BRAIN_COVERAGE
 
 LOGGER = logging.getLogger("petsynth")
 
@@ -73,6 +74,7 @@ THRESHOLDS: dict[str, float] = {
     "coreg_gm_corr": 0.50,
     "coreg_gm_wm_ratio": 1.10,
     "t1w_wm_gm_ratio": 1.10,
+    "pet_brain_coverage": MIN_BRAIN_COVERAGE,
 }
 """Minimum acceptable value of each QC metric (lower = warning); see the module doc."""
 
@@ -85,6 +87,8 @@ QC_DESCRIPTIONS: dict[str, str] = {
     "coreg_gm_wm_ratio": "PET GM/WM uptake ratio in T1w space (GM, WM probability > 0.5)",
     "t1w_wm_gm_ratio": "T1w WM/GM intensity ratio in MNI space (template WM, GM "
     "probability > 0.5): a T1w has brighter WM than GM, a PET the reverse",
+    "pet_brain_coverage": "fraction of the brain mask (MNI) inside the PET field of view "
+    "(voxels with data in every frame); no finding is possible outside it",
 }
 """One-line description of each metric, for report tables."""
 
@@ -254,6 +258,8 @@ def _what(key: str) -> str:
         return "possible poor registration to MNI"
     if key.startswith("t1w"):
         return "the T1w does not look like a T1w (a PET or another contrast given as T1w?)"
+    if key == "pet_brain_coverage":
+        return "the PET field of view misses part of the brain"
     return "possible poor PET-to-T1w coregistration"
 
 
@@ -387,6 +393,22 @@ def series_coregistration_qc(unit: Path, anat_prefix: str, series: str) -> dict[
     return coregistration_quality(pet, gm_a, mask_a, wm_a)
 
 
+def series_coverage_qc(unit: Path, series: str) -> dict[str, float]:
+    """``pet_brain_coverage`` of one PET series: ``BrainCoverage`` of its coverage mask's
+    sidecar (computed once, in MNI, by the participant workflow); empty if absent."""
+    for space in (_SPACE, "T1w"):
+        path = L.existing(unit, series, "coverage", space)
+        if path is None:
+            continue
+        try:
+            value = json.loads(L.sidecar(path).read_text()).get("BrainCoverage")
+        except (OSError, ValueError):
+            continue
+        if value is not None:
+            return {"pet_brain_coverage": float(value)}
+    return {}
+
+
 def participant_qc(output_dir: Path, subject: str) -> list[dict[str, Any]]:
     """QC rows of a participant from its derivatives: one per PET series (or one per
     session without PET), with ``participant_id``, ``session``, ``series`` and the metrics
@@ -409,6 +431,7 @@ def participant_qc(output_dir: Path, subject: str) -> list[dict[str, Any]]:
                     coreg = series_coregistration_qc(unit, prefix, series)
                 except Exception as exc:  # noqa: BLE001
                     LOGGER.warning("QC of %s coregistration failed: %s", series, exc)
+                coreg.update(series_coverage_qc(unit, series))
             row: dict[str, Any] = {
                 "participant_id": f"sub-{subject}",
                 "session": session,
@@ -445,6 +468,7 @@ __all__ = [
     "pet_series",
     "registration_quality",
     "series_coregistration_qc",
+    "series_coverage_qc",
     "template_on",
     "tissue_contrast",
     "tissues_on",

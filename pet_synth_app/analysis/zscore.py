@@ -44,6 +44,10 @@ few spuriously low-variance voxels cannot dominate the Z map."""
 MAD_TO_SD = 1.4826
 """Scale making the median absolute deviation a consistent SD estimate for normal data."""
 FWHM_TO_SIGMA = 1.0 / (2.0 * np.sqrt(2.0 * np.log(2.0)))
+MIN_COVERED_FRACTION = 0.5
+"""A voxel enters a normative model only when the PET field of view of at least this
+fraction of the controls (and of at least 2) covers it (``normative_support``): a
+voxel seen by a few controls would get a noisy, biased SD."""
 
 
 def _as_array(image: Any) -> np.ndarray:
@@ -149,6 +153,25 @@ def self_referenced_z(d: Any, gm_mask: Any, mask: Any = None, model_sd: Any = No
     return np.where(inside, (data - mean) / _with_model_sd(sd, model_sd, data.shape), 0.0)
 
 
+def _centre_spread(stack: np.ndarray, robust: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Per column of ``stack`` (controls x voxels; NaN = not covered): median and
+    1.4826 x MAD when ``robust``, else mean and SD (ddof=1)."""
+    if np.isfinite(stack).all():
+        if robust:
+            centre = np.median(stack, axis=0)
+            return centre, MAD_TO_SD * np.median(np.abs(stack - centre), axis=0)
+        return stack.mean(axis=0), stack.std(axis=0, ddof=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            if robust:
+                centre = np.nanmedian(stack, axis=0)
+                return centre, MAD_TO_SD * np.nanmedian(np.abs(stack - centre), axis=0)
+            return np.nanmean(stack, axis=0), np.nanstd(stack, axis=0, ddof=1)
+
+
 def _smooth_in_mask(data: np.ndarray, mask: np.ndarray, sigma_vox: np.ndarray) -> np.ndarray:
     """Gaussian smoothing restricted to the mask (normalized convolution), 0 outside."""
     weight = ndimage.gaussian_filter(mask.astype(np.float64), sigma_vox, mode="constant")
@@ -156,6 +179,23 @@ def _smooth_in_mask(data: np.ndarray, mask: np.ndarray, sigma_vox: np.ndarray) -
     out = np.zeros_like(data)
     out[mask] = smooth[mask] / weight[mask]
     return out
+
+
+def normative_support(
+    valid: Sequence[Any] | None, mask: Any, shape: tuple[int, ...]
+) -> np.ndarray:
+    """Voxels of ``mask`` (None: everywhere) that a normative model can be fitted at:
+    covered by at least 2 and at least ``MIN_COVERED_FRACTION`` of the controls'
+    ``valid`` masks (their PET fields of view; None: every control everywhere). Bool."""
+    inside = _as_mask(mask, shape)
+    if valid is None:
+        return inside
+    masks = [np.asarray(v) != 0 for v in valid]
+    if any(m.shape != shape for m in masks):
+        raise ValueError(f"a control's coverage mask does not match the image shape {shape}")
+    count = np.sum(masks, axis=0)
+    need = max(2, int(np.ceil(MIN_COVERED_FRACTION * len(masks))))
+    return inside & (count >= need)
 
 
 def fit_normative(
@@ -166,6 +206,7 @@ def fit_normative(
     sd_floor: float = SD_FLOOR_SUVR,
     sd_floor_fraction: float = SD_FLOOR_FRACTION,
     robust: bool = True,
+    valid: Sequence[Any] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Voxelwise normative mean and SD (SUVR) over controls, inside ``mask``.
 
@@ -178,6 +219,11 @@ def fit_normative(
     first image header when not given), restricted to the mask. Finally the SD is floored
     at ``max(sd_floor, sd_floor_fraction * median SD in the mask)``. Returns ``(mean,
     sd)``; both are 0 outside the mask. Needs at least 2 controls.
+
+    ``valid``: one mask per control, the voxels its map has data at (its PET field of
+    view); each voxel's statistics then use only the controls covering it (robust where
+    at least ``ROBUST_MIN_CONTROLS`` do), and the model covers ``normative_support``
+    only (mean and SD 0 elsewhere in the mask).
     """
     items = list(residuals)
     if len(items) < 2:
@@ -186,21 +232,31 @@ def fit_normative(
         zooms = items[0].header.get_zooms()[:3]
     first = _as_array(items[0])
     shape = first.shape
-    inside = _as_mask(mask, shape)
+    if valid is not None and len(valid) != len(items):
+        raise ValueError(f"{len(valid)} coverage masks for {len(items)} controls")
+    inside = normative_support(valid, mask, shape)
+    if not inside.any():
+        raise ValueError("no voxel of the mask is covered by enough controls' PET")
     stack = np.empty((len(items), int(inside.sum())), dtype=np.float64)
     for n, item in enumerate(items):
         data = first if n == 0 else _as_array(item)
         if data.shape != shape:
             raise ValueError(f"control {n} has shape {data.shape}, expected {shape}")
         stack[n] = data[inside]
-    if not np.all(np.isfinite(stack)):
-        raise ValueError("control maps have non-finite values inside the mask")
-    if robust and len(items) >= ROBUST_MIN_CONTROLS:
-        centre = np.median(stack, axis=0)
-        spread = MAD_TO_SD * np.median(np.abs(stack - centre), axis=0)
-    else:
-        centre = stack.mean(axis=0)
-        spread = stack.std(axis=0, ddof=1)
+        if valid is not None:
+            stack[n][~(np.asarray(valid[n]) != 0)[inside]] = np.nan  # outside its view
+        elif not np.all(np.isfinite(stack[n])):
+            raise ValueError("control maps have non-finite values inside the mask")
+    covered = np.isfinite(stack)
+    if covered.all():
+        centre, spread = _centre_spread(stack, robust and len(items) >= ROBUST_MIN_CONTROLS)
+    else:  # fields of view differ: each voxel from the controls covering it
+        centre, spread = _centre_spread(stack, False)
+        if robust:
+            r_centre, r_spread = _centre_spread(stack, True)
+            use = covered.sum(axis=0) >= ROBUST_MIN_CONTROLS
+            centre = np.where(use, r_centre, centre)
+            spread = np.where(use, r_spread, spread)
     mean = np.zeros(shape)
     sd = np.zeros(shape)
     mean[inside] = centre
@@ -254,6 +310,7 @@ def control_pet_z(pet: Any, control_mean: Any, control_sd: Any, mask: Any) -> np
 
 __all__ = [
     "MAD_TO_SD",
+    "MIN_COVERED_FRACTION",
     "NORMATIVE_FWHM_MM",
     "ROBUST_MIN_CONTROLS",
     "SD_FLOOR_FRACTION",
@@ -262,6 +319,7 @@ __all__ = [
     "control_referenced_z",
     "fit_normative",
     "histogram_match",
+    "normative_support",
     "residual",
     "self_referenced_z",
 ]

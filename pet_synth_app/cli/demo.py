@@ -121,6 +121,7 @@ def run_demo(opts: argparse.Namespace) -> int:
         voxel_size=2.0,
         n_t1w_only=opts.n_t1w_only,
         n_4d=0,
+        n_fov_cut=0,  # the demo's figures show full fields of view
         lesion_loss=(0.2, 0.35),
         lesion_volume_ml=(4.0, 15.0),
     )

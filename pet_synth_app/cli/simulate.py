@@ -83,6 +83,23 @@ def get_parser() -> argparse.ArgumentParser:
         help="age range of the patients (years, uniform)",
     )
     parser.add_argument(
+        "--n-fov-cut",
+        type=int,
+        default=None,
+        metavar="K",
+        help="patients whose PET field of view cuts the brain's inferior end (the scan "
+        "ends in the cerebellum; default: one in four patients, rounded down)",
+    )
+    parser.add_argument(
+        "--fov-cut-mm",
+        type=float,
+        nargs=2,
+        default=(10.0, 20.0),
+        metavar=("LOW", "HIGH"),
+        help="range of the brain's inferior extent (mm) outside those PET fields of view "
+        "(e.g. 60 60 keeps only the top half of the brain)",
+    )
+    parser.add_argument(
         "--overwrite",
         action="store_true",
         help="replace a previous petsynth-simulate dataset in OUT",
@@ -109,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
             lesion_volume_ml=(args.lesion_volume_ml[0], args.lesion_volume_ml[1]),
             control_ages=(args.control_ages[0], args.control_ages[1]),
             patient_ages=(args.patient_ages[0], args.patient_ages[1]),
+            n_fov_cut=args.n_fov_cut,
+            fov_cut_mm=(args.fov_cut_mm[0], args.fov_cut_mm[1]),
         )
         start = time.perf_counter()
 

@@ -25,6 +25,8 @@ class _ScoreInputSpec(BaseInterfaceInputSpec):
     )
     participant_id = traits.Str("", usedefault=True, desc="sub-<label>, to flag in-sample use")
     nthreads = traits.Int(1, usedefault=True)
+    coverage = File(exists=True, desc="PET field of view (MNI): scored only inside it")
+    coverage_metadata = traits.Dict(desc="its sidecar entries, copied to the output's")
 
 
 class _ScoreOutputSpec(TraitedSpec):
@@ -39,11 +41,14 @@ class OCSVMScore(SimpleInterface):
     output_spec = _ScoreOutputSpec
 
     def _run_interface(self, runtime):
+        from nipype.interfaces.base import isdefined
+
         from ..analysis import anomaly
+        from .hypometabolism import analysis_mask
 
         img = nib.load(self.inputs.pet)
         pet = np.asanyarray(img.dataobj, dtype=np.float32)
-        mask = np.asanyarray(nib.load(self.inputs.mask).dataobj) > 0
+        mask = analysis_mask(self.inputs.mask, self.inputs.coverage)
         score, _, meta = anomaly.score(self.inputs.model, pet, mask, threads=self.inputs.nthreads)
         out = nib.Nifti1Image(score, img.affine)
         out.header.set_xyzt_units("mm", "sec")
@@ -68,6 +73,11 @@ class OCSVMScore(SimpleInterface):
             "TrainingControlsSynthetic": len(meta.get("participants_synthetic", [])),
             "InTrainingSet": bool(self.inputs.participant_id)
             and self.inputs.participant_id in training,
+            **(
+                dict(self.inputs.coverage_metadata)
+                if isdefined(self.inputs.coverage_metadata)
+                else {}
+            ),
         }
         return runtime
 

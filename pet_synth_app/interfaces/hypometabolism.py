@@ -24,6 +24,24 @@ def _data(path: str) -> np.ndarray:
     return np.asanyarray(nib.load(path).dataobj, dtype=np.float64)
 
 
+def analysis_mask(mask: str, coverage: str | None = None) -> np.ndarray:
+    """The brain mask file ``mask`` inside the PET field of view file ``coverage`` (same
+    grid; None or undefined: the whole mask), bool: where the Z maps, the OC-SVM score
+    and the clusters are computed (``preproc.pet.covered_brain``)."""
+    from ..preproc.pet import covered_brain
+
+    cov = _data(coverage) if coverage is not None and isdefined(coverage) else None
+    return covered_brain(_data(mask), cov)
+
+
+def _coverage_inputs():
+    """The optional field-of-view inputs of the statistic interfaces."""
+    return (
+        File(exists=True, desc="PET field of view (MNI, 0/1): statistics only inside it"),
+        traits.Dict(desc="its sidecar entries (BrainCoverage...), copied to the output's"),
+    )
+
+
 def _save(data: np.ndarray, ref: nib.Nifti1Image, path: str, dtype=np.float32) -> str:
     img = nib.Nifti1Image(np.asarray(data, dtype=dtype), ref.affine)
     img.header.set_xyzt_units("mm", "sec")
@@ -45,6 +63,7 @@ class _ZInputSpec(BaseInterfaceInputSpec):
     model_sd = File(
         exists=True, desc="SD map of the pseudo-normal PET samples, SUVR, MNI (optional)"
     )
+    coverage, coverage_metadata = _coverage_inputs()
 
 
 class _ZOutputSpec(TraitedSpec):
@@ -64,11 +83,11 @@ class HypometabolismZ(SimpleInterface):
         from ..analysis.zscore import control_referenced_z, residual, self_referenced_z
 
         ref = nib.load(self.inputs.pet)
-        mask = _data(self.inputs.mask) > 0
+        mask = analysis_mask(self.inputs.mask, self.inputs.coverage)
         d = residual(
             _data(self.inputs.pet), _data(self.inputs.pseudo), mask, self.inputs.histogram_matching
         )
-        meta = {"HistogramMatching": self.inputs.histogram_matching}
+        meta = {"HistogramMatching": self.inputs.histogram_matching, **_cov_meta(self.inputs)}
         model_sd = None
         if isdefined(self.inputs.model_sd):
             model_sd = np.where(mask, _data(self.inputs.model_sd), 0.0)
@@ -107,6 +126,11 @@ class _ControlPetZInputSpec(BaseInterfaceInputSpec):
     normative_sha256 = traits.Str(
         "", usedefault=True, desc="sha256 of normative.json: a refit reruns the node"
     )
+    coverage, coverage_metadata = _coverage_inputs()
+
+
+def _cov_meta(inputs) -> dict:
+    return dict(inputs.coverage_metadata) if isdefined(inputs.coverage_metadata) else {}
 
 
 class ControlPetZ(SimpleInterface):
@@ -121,7 +145,7 @@ class ControlPetZ(SimpleInterface):
         from ..analysis.zscore import control_pet_z
 
         ref = nib.load(self.inputs.pet)
-        mask = _data(self.inputs.mask) > 0
+        mask = analysis_mask(self.inputs.mask, self.inputs.coverage)
         model = norm.load(self.inputs.normative)
         # the control-PET maps do not depend on the synthesis model: no weights check
         norm.check_compatible(
@@ -134,6 +158,7 @@ class ControlPetZ(SimpleInterface):
             "no synthesis)",
             "NormativeModel": str(self.inputs.normative),
             "NormativeControls": model.meta.get("n_controls"),
+            **_cov_meta(self.inputs),
         }
         return runtime
 
@@ -146,6 +171,7 @@ class _ClustersInputSpec(BaseInterfaceInputSpec):
     min_volume_mm3 = traits.Float(MIN_CLUSTER_MM3, usedefault=True)
     rank_by = traits.Enum(RANK_BY, *RANK_METHODS, usedefault=True)
     tail = traits.Enum("lower", "upper", usedefault=True)
+    coverage = File(exists=True, desc="PET field of view (MNI): clusters only inside it")
 
 
 class _ClustersOutputSpec(TraitedSpec):
@@ -166,7 +192,8 @@ class FindClusters(SimpleInterface):
         from ..config import GM_THRESHOLD
 
         img = nib.load(self.inputs.in_file)
-        gm = (_data(self.inputs.gm) > GM_THRESHOLD) & (_data(self.inputs.mask) > 0)
+        inside = analysis_mask(self.inputs.mask, self.inputs.coverage)
+        gm = (_data(self.inputs.gm) > GM_THRESHOLD) & inside
         labels, clusters = find_clusters(
             np.asanyarray(img.dataobj, dtype=np.float64),
             gm,
@@ -191,7 +218,8 @@ class FindClusters(SimpleInterface):
             "MinimumClusterVolumeUnits": "mm^3",
             "RankedBy": self.inputs.rank_by,
             "Connectivity": 26,
-            "ClusterMask": f"GM probability > {GM_THRESHOLD}",
+            "ClusterMask": f"GM probability > {GM_THRESHOLD}"
+            + (" inside the PET field of view" if isdefined(self.inputs.coverage) else ""),
             "NumberOfClusters": len(clusters),
         }
         return runtime

@@ -29,6 +29,7 @@ class _FrameAverageInputSpec(BaseInterfaceInputSpec):
 
 class _FrameAverageOutputSpec(TraitedSpec):
     out_file = File(exists=True, desc="duration-weighted mean PET (scanner space)")
+    coverage_file = File(exists=True, desc="field of view: data in every frame (scanner space)")
     motion_file = File(exists=True, desc="per-frame motion estimates (TSV)")
     n_frames = traits.Int()
 
@@ -43,14 +44,17 @@ class FrameAverage(SimpleInterface):
         from ..preproc.pet import frame_average
 
         img = nib.load(self.inputs.in_file)
-        mean, motion = frame_average(
+        mean, motion, coverage = frame_average(
             img,
             frame_durations=self.inputs.frame_durations,
             motion_correct=self.inputs.motion_correct,
             seed=self.inputs.seed,
+            return_coverage=True,
         )
         self._results["out_file"] = os.path.join(runtime.cwd, "pet_mean.nii.gz")
         mean.to_filename(self._results["out_file"])
+        self._results["coverage_file"] = os.path.join(runtime.cwd, "pet_coverage.nii.gz")
+        coverage.to_filename(self._results["coverage_file"])
         self._results["motion_file"] = os.path.join(runtime.cwd, "pet_motion.tsv")
         motion = np.atleast_2d(np.asarray(motion, dtype=float))
         np.savetxt(self._results["motion_file"], motion, delimiter="\t", fmt="%.4f")
@@ -90,6 +94,71 @@ class CoregisterPET(SimpleInterface):
         return runtime
 
 
+class _ResampleCoverageInputSpec(BaseInterfaceInputSpec):
+    in_file = File(exists=True, mandatory=True, desc="coverage mask (PET scanner space)")
+    reference = File(exists=True, mandatory=True, desc="target grid")
+    transforms = traits.List(File(exists=True), mandatory=True, desc="ANTs order")
+    out_name = traits.Str("coverage.nii.gz", usedefault=True)
+
+
+class _FileOutputSpec(TraitedSpec):
+    out_file = File(exists=True)
+
+
+class ResampleCoverage(SimpleInterface):
+    """The PET field of view moved with the PET's own transforms (linear, then covered
+    only where every interpolated voxel had data: ``preproc.pet.resample_coverage``)."""
+
+    input_spec = _ResampleCoverageInputSpec
+    output_spec = _FileOutputSpec
+
+    def _run_interface(self, runtime):
+        from ..preproc.pet import resample_coverage
+
+        img = resample_coverage(
+            nib.load(self.inputs.in_file),
+            nib.load(self.inputs.reference),
+            list(self.inputs.transforms),
+        )
+        self._results["out_file"] = os.path.join(runtime.cwd, self.inputs.out_name)
+        img.to_filename(self._results["out_file"])
+        return runtime
+
+
+class _BrainCoverageInputSpec(BaseInterfaceInputSpec):
+    coverage = File(exists=True, mandatory=True, desc="PET field of view (MNI)")
+    brain_mask = File(exists=True, mandatory=True, desc="brain mask, same grid")
+
+
+class _BrainCoverageOutputSpec(TraitedSpec):
+    fraction = traits.Float(desc="fraction of the brain mask inside the field of view")
+    metadata = traits.Dict(desc="sidecar entries (BrainCoverage...)")
+
+
+class BrainCoverage(SimpleInterface):
+    """How much of the brain the PET field of view covers; logs the warning below
+    ``config.MIN_BRAIN_COVERAGE`` (``preproc.pet.coverage_metadata``)."""
+
+    input_spec = _BrainCoverageInputSpec
+    output_spec = _BrainCoverageOutputSpec
+
+    def _run_interface(self, runtime):
+        import logging
+
+        from ..preproc.pet import coverage_fraction, coverage_metadata
+
+        fraction = coverage_fraction(
+            np.asanyarray(nib.load(self.inputs.coverage).dataobj),
+            np.asanyarray(nib.load(self.inputs.brain_mask).dataobj),
+        )
+        meta = coverage_metadata(fraction)
+        if "BrainCoverageWarning" in meta:
+            logging.getLogger("petsynth").warning("%s", meta["BrainCoverageWarning"])
+        self._results["fraction"] = fraction
+        self._results["metadata"] = meta
+        return runtime
+
+
 class _RefMaskInputSpec(BaseInterfaceInputSpec):
     region = traits.Enum("gm-mean", "cerebellum", "pons", usedefault=True)
     gm_probability = File(exists=True, mandatory=True, desc="GM probability in MNI")
@@ -117,6 +186,7 @@ class ReferenceMask(SimpleInterface):
 class _SUVRInputSpec(BaseInterfaceInputSpec):
     in_file = File(exists=True, mandatory=True, desc="PET on the mask's grid (MNI)")
     mask = File(exists=True, mandatory=True, desc="reference-region mask")
+    coverage = File(exists=True, desc="PET field of view on in_file's grid (optional)")
     other_file = File(exists=True, desc="the same PET in another space (e.g. T1w)")
     region = traits.Str("gm-mean", usedefault=True)
 
@@ -135,9 +205,14 @@ class SUVR(SimpleInterface):
     output_spec = _SUVROutputSpec
 
     def _run_interface(self, runtime):
+        from nipype.interfaces.base import isdefined
+
         from ..preproc.pet import suvr_normalize
 
-        img, ref = suvr_normalize(nib.load(self.inputs.in_file), nib.load(self.inputs.mask))
+        coverage = nib.load(self.inputs.coverage) if isdefined(self.inputs.coverage) else None
+        img, ref = suvr_normalize(
+            nib.load(self.inputs.in_file), nib.load(self.inputs.mask), coverage
+        )
         self._results["out_file"] = os.path.join(runtime.cwd, "pet_suvr.nii.gz")
         img.to_filename(self._results["out_file"])
         if self.inputs.other_file:

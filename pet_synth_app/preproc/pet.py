@@ -19,6 +19,7 @@ import numpy as np
 from ants.internal import get_pointer_string
 from scipy import ndimage as ndi
 
+from ..config import MIN_BRAIN_COVERAGE
 from .anat import (
     _antsreg,
     _as3d,
@@ -26,6 +27,7 @@ from .anat import (
     _linear_stage,
     _needs_isolation,
     ants_to_nib,
+    apply_transforms,
     nib_to_ants,
     run_with_threads,
     set_threads,
@@ -106,6 +108,99 @@ def _identity_tx(path: str) -> str:
     return path
 
 
+# ----------------------------------------------------------------------- coverage
+COVERAGE_INTERPOLATED_MIN = 0.999
+"""A resampled voxel is covered when the linear interpolation of the 0/1 coverage is at
+least this, i.e. every input voxel it was interpolated from had data: a voxel at the
+edge of the field of view would otherwise mix the zeros outside it into its uptake."""
+
+
+def frame_support(frame: np.ndarray) -> np.ndarray:
+    """Voxels of one 3D PET frame that hold data: finite and non-zero, with the enclosed
+    zero regions filled (a zero voxel surrounded by data is a value, e.g. in a cavity;
+    the zeros outside a reconstructed field of view reach the image border). Bool array."""
+    data = np.asarray(frame)
+    return ndi.binary_fill_holes(np.isfinite(data) & (data != 0))
+
+
+def pet_coverage(pet: nib.Nifti1Image | np.ndarray) -> np.ndarray:
+    """The PET field of view on its own grid: voxels with data (:func:`frame_support`) in
+    every frame of a 3D or 4D PET (bool, 3D). For a motion-corrected average use
+    ``frame_average(..., return_coverage=True)``, which moves each frame's support with
+    that frame."""
+    data = np.asanyarray(pet.dataobj) if hasattr(pet, "dataobj") else np.asarray(pet)
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim == 3:
+        return frame_support(data)
+    if data.ndim != 4:
+        raise ValueError(f"PET must be 3D or 4D, got shape {data.shape}")
+    out = frame_support(data[..., 0])
+    for i in range(1, data.shape[3]):
+        out &= frame_support(data[..., i])
+    return out
+
+
+def resample_coverage(
+    coverage: nib.Nifti1Image, reference: nib.Nifti1Image, transforms: list[str]
+) -> nib.Nifti1Image:
+    """A coverage mask resampled onto ``reference`` through ANTs ``transforms`` (the PET's
+    own, ANTs order): linear interpolation of the 0/1 mask, then covered where it is at
+    least ``COVERAGE_INTERPOLATED_MIN`` (uint8, 0 outside the input grid)."""
+    src = _as3d(coverage, "coverage mask")
+    img = _like((np.asanyarray(src.dataobj) > 0).astype(np.float32), src)
+    moved = apply_transforms(img, reference, list(transforms), interpolation="linear")
+    data = np.asanyarray(moved.dataobj) >= COVERAGE_INTERPOLATED_MIN
+    return _like(data, _as3d(reference, "reference"), np.uint8)
+
+
+def coverage_fraction(coverage: np.ndarray, brain_mask: np.ndarray) -> float:
+    """Fraction (0-1) of the brain mask's voxels inside the coverage mask (same grid;
+    nonzero = inside); NaN for an empty brain mask."""
+    brain = np.asarray(brain_mask) > 0
+    cov = np.asarray(coverage) > 0
+    if cov.shape != brain.shape:
+        raise ValueError(f"coverage grid {cov.shape} differs from the brain mask's {brain.shape}")
+    n = int(brain.sum())
+    return float("nan") if n == 0 else float((cov & brain).sum()) / n
+
+
+def covered_brain(brain_mask: np.ndarray, coverage: np.ndarray | None) -> np.ndarray:
+    """Where a participant's statistics are computed (bool, one grid): the brain mask
+    inside the PET field of view (``coverage`` None: the whole mask). The one rule of the
+    reference region's, Z maps', OC-SVM score's and clusters' masks."""
+    inside = np.asarray(brain_mask) > 0
+    if coverage is not None:
+        cov = np.asarray(coverage) > 0
+        if cov.shape != inside.shape:
+            raise ValueError(f"coverage grid {cov.shape} differs from the mask's {inside.shape}")
+        inside = inside & cov
+    if not inside.any():
+        raise ValueError("the PET field of view does not cover any voxel of the brain mask")
+    return inside
+
+
+def coverage_warning(fraction: float) -> str | None:
+    """The warning for a field of view covering ``fraction`` of the brain mask, or None
+    when it covers at least ``MIN_BRAIN_COVERAGE``."""
+    if not np.isfinite(fraction) or round(fraction, 3) >= MIN_BRAIN_COVERAGE:
+        return None
+    return (
+        f"the PET field of view covers only {100 * fraction:.1f} % of the brain mask "
+        f"(< {100 * MIN_BRAIN_COVERAGE:g} %): no finding is possible outside it (outline in "
+        "the report)"
+    )
+
+
+def coverage_metadata(fraction: float) -> dict:
+    """Sidecar entries of a coverage fraction: ``BrainCoverage`` (0-1),
+    ``BrainCoverageMinimum`` and, below it, ``BrainCoverageWarning``."""
+    meta = {"BrainCoverage": round(float(fraction), 4), "BrainCoverageMinimum": MIN_BRAIN_COVERAGE}
+    if (text := coverage_warning(fraction)) is not None:
+        meta["BrainCoverageWarning"] = text
+    return meta
+
+
 # ---------------------------------------------------------------------- frame average
 def _rigid_stages(
     fixed: ants.ANTsImage,
@@ -128,7 +223,8 @@ def frame_average(
     seed: int = 0,
     n_threads: int | None = None,
     passes: int = 2,
-) -> tuple[nib.Nifti1Image, np.ndarray]:
+    return_coverage: bool = False,
+) -> tuple:
     """Duration-weighted mean of a (4D) PET, with optional rigid frame motion correction.
 
     A 3D image passes through (float32). For 4D: ``frame_durations`` (s) weight the
@@ -144,12 +240,20 @@ def frame_average(
     positions of frames ``i`` and ``i - 1`` over the voxels of a head mask (all zeros
     without motion correction). One ITK thread (``n_threads=1``) makes the result
     bit-reproducible for a given ``seed``; see :func:`coregister_pet_to_t1`.
+
+    With ``return_coverage`` a third item is the field of view of the mean (uint8 image,
+    same grid): the voxels with data in every frame (:func:`pet_coverage`), each frame's
+    support moved by that frame's motion correction (linear, then
+    ``COVERAGE_INTERPOLATED_MIN``).
     """
     data = np.asanyarray(pet.dataobj)
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     if data.ndim == 3:
-        return _like(np.nan_to_num(data.astype(np.float32)), pet), np.zeros(1)
+        mean3d = _like(np.nan_to_num(data.astype(np.float32)), pet)
+        if return_coverage:
+            return mean3d, np.zeros(1), _like(pet_coverage(data), pet, np.uint8)
+        return mean3d, np.zeros(1)
     if data.ndim != 4:
         raise ValueError(f"PET must be 3D or 4D, got shape {pet.shape}")
     n = data.shape[3]
@@ -166,6 +270,8 @@ def frame_average(
     ref3d = nib.Nifti1Image(frames[0], pet.affine)
     mean = np.tensordot(np.stack(frames, -1), weights, axes=([3], [0])).astype(np.float32)
     if not motion_correct:
+        if return_coverage:
+            return _like(mean, ref3d), np.zeros(n), _like(pet_coverage(data), ref3d, np.uint8)
         return _like(mean, ref3d), np.zeros(n)
 
     if _needs_isolation(n_threads):
@@ -178,9 +284,12 @@ def frame_average(
             seed=seed,
             n_threads=n_threads,
             passes=passes,
+            return_coverage=return_coverage,
         )
     set_threads(n_threads)
     movs = [nib_to_ants(_like(f, ref3d)) for f in frames]
+    supports = [frame_support(data[..., i]) for i in range(n)] if return_coverage else []
+    coverage = np.ones(mean.shape, bool)
     zooms = np.asarray(pet.header.get_zooms()[:3], dtype=float)
     head = ndi.binary_fill_holes(ndi.gaussian_filter(mean, 1.0) > 0.2 * np.percentile(mean, 99))
     mats = [np.eye(4)] * n
@@ -190,6 +299,7 @@ def frame_average(
             fixed = nib_to_ants(_like(mean, ref3d))
             corrected = []
             mats = []
+            last = p == max(1, int(passes)) - 1
             for i, mov in enumerate(movs):
                 # 8 and 4 mm levels only: 0.02 mm from a full-resolution level on a real
                 # FDG frame, at half the cost (~2.5 s per frame and pass on 2 cores).
@@ -199,6 +309,10 @@ def frame_average(
                 mats.append(read_ants_rigid(reg["fwd"][0]))
                 out = ants.apply_transforms(fixed, mov, reg["fwd"], interpolator="linear")
                 corrected.append(out.numpy().astype(np.float32))
+                if last and supports:
+                    sup = nib_to_ants(_like(supports[i].astype(np.float32), ref3d))
+                    moved = ants.apply_transforms(fixed, sup, reg["fwd"], interpolator="linear")
+                    coverage &= moved.numpy() >= COVERAGE_INTERPOLATED_MIN
             mean = np.tensordot(np.stack(corrected, -1), weights, axes=([3], [0]))
             mean = mean.astype(np.float32)
     mask = _like(head, ref3d, np.uint8)
@@ -206,6 +320,8 @@ def frame_average(
     for i in range(1, n):
         fd[i] = displacement_error_mm(mats[i], mats[i - 1], mask)
     LOGGER.info("Frame motion correction: max FD %.2f mm over %d frames", fd.max(), n)
+    if return_coverage:
+        return _like(mean, ref3d), fd, _like(coverage, ref3d, np.uint8)
     return _like(mean, ref3d), fd
 
 
@@ -304,12 +420,16 @@ def coregister_pet_to_t1(
 
 # -------------------------------------------------------------------------------- SUVR
 def suvr_normalize(
-    pet: nib.Nifti1Image, reference_mask: nib.Nifti1Image
+    pet: nib.Nifti1Image,
+    reference_mask: nib.Nifti1Image,
+    coverage: nib.Nifti1Image | None = None,
 ) -> tuple[nib.Nifti1Image, float]:
-    """Divide a PET by its mean uptake inside ``reference_mask`` (same grid).
+    """Divide a PET by its mean uptake inside ``reference_mask`` (same grid), restricted
+    to the PET field of view ``coverage`` (same grid; None: everywhere).
 
     Returns (SUVR image float32, reference value in the input units). Raises ValueError
-    if the grids differ, the mask is empty or the reference mean is not > 0.
+    if the grids differ, the mask is empty (or outside the field of view) or the
+    reference mean is not > 0.
     """
     data = np.asanyarray(pet.dataobj).astype(np.float32)
     mask = np.asanyarray(reference_mask.dataobj) > 0
@@ -324,6 +444,19 @@ def suvr_normalize(
         )
     if not mask.any():
         raise ValueError("SUVR reference mask is empty: cannot compute a reference value")
+    if coverage is not None:
+        cov = np.asanyarray(coverage.dataobj)
+        if cov.ndim == 4 and cov.shape[3] == 1:
+            cov = cov[..., 0]
+        try:
+            mask = covered_brain(mask, cov)
+        except ValueError as exc:
+            if "grid" in str(exc):
+                raise
+            raise ValueError(
+                "the SUVR reference region lies outside the PET field of view: choose "
+                "another --reference-region"
+            ) from None
     vals = data[mask] if data.ndim == 3 else data[mask].reshape(-1)
     ref = float(np.nanmean(vals))
     if not np.isfinite(ref) or ref <= 0:

@@ -443,10 +443,13 @@ def plot_statmap_clusters(
     mask: Any = None,
     title: str = "Z",
     gm: Any = None,
+    coverage: Any = None,
 ) -> Path:
     """Lower-tail statistic (values <= ``threshold``; only where the GM probability ``gm``
     exceeds the cluster mask's threshold, when given) over the background, ranked clusters
-    (``dseg`` labels, 1 = top) outlined and numbered; cuts go through the top clusters."""
+    (``dseg`` labels, 1 = top) outlined and numbered; cuts go through the top clusters.
+    ``coverage``: the PET field of view, outlined (green) where it cuts the brain
+    ``mask``: the brain outside it is enclosed by the green line."""
     ref = load3d(background)
     bg = np.asarray(ref.dataobj)
     stat_a = on_grid(stat, ref)
@@ -466,10 +469,16 @@ def plot_statmap_clusters(
     layer = Layer(stat_a, cmap="autumn", vmin=low, vmax=threshold, show=shown, alpha=0.9)
     rng = robust_range(bg, m)
     rows = [(VIEW_NAMES[v], v, bg, rng, [layer]) for v in VIEWS]
+    contours = []
+    if coverage is not None:
+        view = np.where(m, on_grid(coverage, ref, nearest=True) > 0, True).astype(np.float32)
+        if not view.all():
+            contours.append(Contour(view, "#33dd33", 0.5, 1.0))
     mosaic = Mosaic(
         ref,
         cuts,
         rows,
+        contours=contours,
         labels=labels,
         colorbar=("autumn", low, threshold, f"{title} (shown where <= {threshold:g})"),
     )

@@ -69,6 +69,7 @@ THRESHOLD_KEYS = (
     "NormativeControls",
     "HistogramMatching",
     "NumberOfClusters",
+    "BrainCoverage",
 )
 MODEL_KEYS = (
     "Model",
@@ -138,6 +139,8 @@ def _series_files(unit: Unit, series: str) -> dict[str, Path | None]:
     files: dict[str, Path | None] = {
         "pet_t1w": L.existing(unit.folder, series, "pet", "T1w"),
         "pet_mni": L.existing(unit.folder, series, "pet", SPACE),
+        "coverage_t1w": L.existing(unit.folder, series, "coverage", "T1w"),
+        "coverage_mni": L.existing(unit.folder, series, "coverage", SPACE),
     }
     for desc in L.STATS:
         for space in ("T1w", SPACE):
@@ -271,7 +274,8 @@ class _Report:
                 )
                 parts.append(
                     self._qc_line(
-                        self._series_qc(unit, series), ("coreg_gm_corr", "coreg_gm_wm_ratio")
+                        self._series_qc(unit, series),
+                        ("coreg_gm_corr", "coreg_gm_wm_ratio", "pet_brain_coverage"),
                     )
                 )
         return "".join(parts)
@@ -408,10 +412,13 @@ class _Report:
                             mask=a["mask"] if space == "T1w" else a["mask_mni"],
                             gm=a["gm"] if space == "T1w" else a["gm_mni"],
                             title=stat_name,
+                            coverage=files["coverage_t1w" if space == "T1w" else "coverage_mni"],
                             caption=f"{stat_name} map in {space} space over the T1w, shown "
                             f"where {stat_name} &le; {threshold:g} in gray matter (the "
                             "voxels that can form clusters); cyan: ranked clusters "
-                            "(number = rank, 1 = top); cuts pass through the top-ranked "
+                            "(number = rank, 1 = top); green: the brain outside the PET "
+                            "field of view (no statistic there; drawn only when the field "
+                            "of view cuts the brain); cuts pass through the top-ranked "
                             "clusters.",
                         )
                     )
@@ -494,6 +501,7 @@ class _Report:
             try:
                 inputs = self._coreg_inputs(unit, series)
                 self.qc[key] = {} if inputs is None else qc.coregistration_quality(*inputs)
+                self.qc[key].update(qc.series_coverage_qc(unit.folder, series))
             except Exception as exc:  # noqa: BLE001
                 LOGGER.warning("coregistration QC failed for %s: %s", series, exc)
                 self.qc[key] = {}

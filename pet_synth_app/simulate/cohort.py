@@ -57,6 +57,10 @@ GEOMETRY_KEYS: dict[str, str] = {
     "pet_frames_from_t1w": "list of 4x4, one per PET frame (frame motion included)",
     "pet_shape / pet_voxel_size_mm / pet_orientation / pet_affine": "PET grid",
     "pet_scanner / pet_psf_fwhm_mm / pet_noise_fraction": "PET simulation settings",
+    "pet_fov_z_mm / pet_fov_mm / pet_fov_brain_cut_mm": (
+        "subjects whose PET field of view cuts the brain: the PET world z range kept (0 "
+        "outside in every frame), its length and the brain's inferior extent left out (mm)"
+    ),
     "template_resolution_mm": "work grid resolution (1 or 2 mm)",
     "lesions": "per lesion: label, center_mni, center_t1w, radius_mm, volume_ml, ...",
     "anatomy / uptake": "random T1w contrast, GM atrophy and FDG uptake parameters",
@@ -85,6 +89,8 @@ class CohortConfig:
     lesion_volume_ml: tuple[float, float] = (1.0, 20.0)
     control_ages: tuple[int, int] = (20, 85)
     patient_ages: tuple[int, int] = (50, 85)
+    n_fov_cut: int | None = None
+    fov_cut_mm: tuple[float, float] = (10.0, 20.0)
 
     def validate(self) -> None:
         """Raise ``ValueError`` with a one-line message on inconsistent settings."""
@@ -103,6 +109,11 @@ class CohortConfig:
         n_pet = self.n_controls + self.n_patients - self.t1w_only_count()
         if self.n_4d is not None and not 0 <= self.n_4d <= n_pet:
             raise ValueError(f"--n-4d must be between 0 and the {n_pet} subjects with PET")
+        if self.n_fov_cut is not None and not 0 <= self.n_fov_cut <= self.n_patients:
+            raise ValueError("--n-fov-cut must be between 0 and --n-patients")
+        lo, hi = self.fov_cut_mm
+        if not 0.0 <= lo <= hi <= 120.0:
+            raise ValueError("--fov-cut-mm needs 0 <= LOW <= HIGH <= 120 (mm)")
         lo, hi = self.lesion_loss
         if not 0.0 < lo <= hi < 1.0:
             raise ValueError("--lesion-loss needs 0 < LOW <= HIGH < 1 (fraction of uptake)")
@@ -115,6 +126,11 @@ class CohortConfig:
         ):
             if not 18 <= lo <= hi <= 100:
                 raise ValueError(f"{option} needs 18 <= LOW <= HIGH <= 100 (years)")
+
+    def fov_cut_count(self) -> int:
+        """Patients whose PET field of view cuts the brain (default: one in four
+        patients, rounded down)."""
+        return self.n_patients // 4 if self.n_fov_cut is None else self.n_fov_cut
 
     def t1w_only_count(self) -> int:
         """Controls without PET (default: one in four controls, rounded down)."""
@@ -132,6 +148,7 @@ class SubjectPlan:
     with_pet: bool
     is_4d: bool
     orientation: str
+    fov_cut: bool = False
 
     @property
     def participant_id(self) -> str:
@@ -147,8 +164,10 @@ class SubjectPlan:
 def plan_cohort(config: CohortConfig) -> list[SubjectPlan]:
     """Subjects in write order: controls (the last ``n_t1w_only`` without PET), patients.
 
-    4D PET goes to evenly spread PET subjects (default one in three, rounded down). T1w
-    voxel orders cycle through ``T1W_ORIENTATIONS`` (the first subject is LAS).
+    4D PET goes to evenly spread PET subjects (default one in three, rounded down), a
+    PET field of view that cuts the brain to evenly spread patients (default one in
+    four, the last ones first). T1w voxel orders cycle through ``T1W_ORIENTATIONS`` (the
+    first subject is LAS).
     """
     config.validate()
     width = max(2, len(str(max(config.n_controls, config.n_patients))))
@@ -162,10 +181,15 @@ def plan_cohort(config: CohortConfig) -> list[SubjectPlan]:
     n_pet = sum(with_pet)
     n_4d = n_pet // 3 if config.n_4d is None else config.n_4d
     pet_rank = np.cumsum(with_pet) - 1
+    n_cut = config.fov_cut_count()
     plans = []
     for pos, ((group, i), pet) in enumerate(zip(members, with_pet, strict=True)):
         r = int(pet_rank[pos])
         is_4d = pet and n_4d > 0 and ((r + 1) * n_4d) // n_pet > (r * n_4d) // n_pet
+        n_pat = config.n_patients
+        cut = (
+            group == "patient" and n_cut > 0 and ((i + 1) * n_cut) // n_pat > (i * n_cut) // n_pat
+        )
         plans.append(
             SubjectPlan(
                 label=f"{group[0]}{i + 1:0{width}d}",
@@ -175,6 +199,7 @@ def plan_cohort(config: CohortConfig) -> list[SubjectPlan]:
                 with_pet=pet,
                 is_4d=is_4d,
                 orientation=T1W_ORIENTATIONS[pos % len(T1W_ORIENTATIONS)],
+                fov_cut=cut,
             )
         )
     return plans
@@ -353,6 +378,9 @@ def write_subject(out_dir: Path, plan: SubjectPlan, config: CohortConfig) -> Pha
         with_pet=plan.with_pet,
         n_frames=n_frames,
         age=float(age),
+        pet_fov_cut_mm=(
+            float(plan.rng(config.seed, 3).uniform(*config.fov_cut_mm)) if plan.fov_cut else None
+        ),
     )
     sub = plan.participant_id
     anat = out_dir / sub / "anat"
@@ -424,7 +452,9 @@ Simulated with {GENERATOR} {__version__} (seed {config.seed}). Not real data.
   voxel order at {config.voxel_size} mm.
 - PET: FDG-like uptake (GM with regional metabolic variation, WM, CSF ~15 % of GM, scalp)
   on the subject's own tissue maps (partial volume), PSF blur, noise, rigid misalignment
-  to the T1w, Bq/mL.
+  to the T1w, Bq/mL. {sum(p.fov_cut for p in plans)} patient(s) have a PET field of view
+  that leaves out {config.fov_cut_mm[0]:g}-{config.fov_cut_mm[1]:g} mm of the brain's
+  inferior end (0 outside it; truth: pet_fov_* in the geometry files).
 - Patients have 1-2 cortical hypometabolic lesions ({config.lesion_loss[0]:.0%}-
   {config.lesion_loss[1]:.0%} uptake loss, {config.lesion_volume_ml[0]}-
   {config.lesion_volume_ml[1]} ml GM-weighted volume).
@@ -514,7 +544,7 @@ def write_cohort(
                 "T1w only"
                 if not plan.with_pet
                 else ("T1w + 4D PET" if plan.is_4d else "T1w + PET")
-            )
+            ) + (", PET field of view cuts the brain" if plan.fov_cut else "")
             progress(
                 f"{plan.participant_id} ({plan.group}, {kind}, {plan.orientation}, "
                 f"{len(subject.lesions)} lesions): {time.perf_counter() - start:.1f} s"

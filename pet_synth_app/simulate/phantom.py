@@ -53,6 +53,9 @@ T1W_ORIENTATIONS = ("LAS", "PSR", "RAS", "LPS")
 LESION_PROFILE_THRESHOLD = 0.5
 LESION_GM_THRESHOLD = 0.3
 """Truth lesion mask = lesion profile >= 0.5 and truth GM probability >= 0.3."""
+PET_FOV_TOP_MARGIN_MM = 5.0
+"""A field of view that cuts the brain (``pet_fov_cut_mm``) ends this far above the
+brain's top: the scan was centred on the cerebrum and ended in the cerebellum."""
 FDG_FRAME_START_S = 1800.0
 """Static FDG acquisition starts 30 min after injection (TimeZero = injection)."""
 
@@ -1054,6 +1057,7 @@ def simulate_subject(
     n_frames: int = 1,
     scanner: PetScanner | None = None,
     age: float | None = None,
+    pet_fov_cut_mm: float | None = None,
 ) -> PhantomSubject:
     """Simulate one subject: T1w head (native grid), FDG PET (scanner grid) and truth.
 
@@ -1061,8 +1065,10 @@ def simulate_subject(
     1.5 mm, else 2 mm). ``n_lesions`` > 0 makes a patient. ``n_frames`` > 1 gives 4D PET
     with inter-frame motion. ``age`` (years; default drawn from U(20, 85)) drives the
     cortical thickness, ventricle size and frontal/cingulate uptake
-    (:func:`random_morphometry`, :func:`age_uptake`). ~10-15 s and < 2 GB at 1 mm (after
-    the template is cached).
+    (:func:`random_morphometry`, :func:`age_uptake`). ``pet_fov_cut_mm``: the PET's
+    axial field of view leaves out this much (mm) of the brain's inferior end (every
+    frame is 0 outside it, as a reconstruction outside its field of view); None: the
+    whole head is in view. ~10-15 s and < 2 GB at 1 mm (after the template is cached).
     """
     if not 0.5 <= voxel_size <= 4.0:
         raise ValueError("voxel size must be between 0.5 and 4 mm")
@@ -1181,7 +1187,42 @@ def simulate_subject(
     del sampled, t1_native, t1, bias
     if with_pet:
         _simulate_pet(rng, subject, space, layers, scanner, n_frames)
+        if pet_fov_cut_mm is not None:
+            cut_pet_fov(subject, pet_fov_cut_mm)
     return subject
+
+
+def cut_pet_fov(subject: PhantomSubject, cut_mm: float) -> None:
+    """Limit the PET's axial (world z) field of view so that it leaves out ``cut_mm`` of
+    the brain's inferior extent and ends ``PET_FOV_TOP_MARGIN_MM`` above its top: the
+    voxels outside are 0 in every frame. The brain extent is that of the truth brain
+    mask seen in the reference PET frame; the geometry gets ``pet_fov_z_mm`` (world z
+    range kept), ``pet_fov_mm`` (its length) and ``pet_fov_brain_cut_mm``."""
+    if subject.pet is None:
+        raise ValueError("this subject has no PET")
+    if not cut_mm >= 0:
+        raise ValueError("the field-of-view cut must be >= 0 mm")
+    geo = subject.geometry
+    brain = np.argwhere(np.asanyarray(subject.brain_mask.dataobj) > 0)
+    t1w_xyz = nib.affines.apply_affine(subject.brain_mask.affine, brain)
+    pet_z = nib.affines.apply_affine(np.asarray(geo["pet_from_t1w"]), t1w_xyz)[:, 2]
+    low, high = float(pet_z.min()) + float(cut_mm), float(pet_z.max()) + PET_FOV_TOP_MARGIN_MM
+    img = subject.pet
+    aff = img.affine
+    ijk = np.ix_(*[np.arange(n) for n in img.shape[:3]])
+    z = aff[2, 0] * ijk[0] + aff[2, 1] * ijk[1] + aff[2, 2] * ijk[2] + aff[2, 3]
+    outside = (z < low) | (z > high)
+    data = np.asanyarray(img.dataobj).copy()
+    data[outside] = 0.0
+    out = nib.Nifti1Image(data, aff, img.header)
+    subject.pet = out
+    geo.update(
+        {
+            "pet_fov_z_mm": [round(low, 2), round(high, 2)],
+            "pet_fov_mm": round(high - low, 2),
+            "pet_fov_brain_cut_mm": float(cut_mm),
+        }
+    )
 
 
 def _simulate_pet(

@@ -60,7 +60,20 @@ features at that voxel. The decision values were standardized over the brain (me
         n_procs=omp_nthreads,
         mem_gb=1.0,
     )
-    workflow.connect([(inputnode, score, [("pet_std", "pet"), ("mask_std", "mask")])])
+    workflow.connect(
+        [
+            (
+                inputnode,
+                score,
+                [
+                    ("pet_std", "pet"),
+                    ("mask_std", "mask"),
+                    ("coverage_std", "coverage"),
+                    ("coverage_metadata", "coverage_metadata"),
+                ],
+            )
+        ]
+    )
     connect_clusters(
         workflow,
         inputnode,

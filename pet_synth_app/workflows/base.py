@@ -19,6 +19,7 @@ from ..reuse import source_uris
 from .anatomical import init_anat_preproc_wf
 from .anomaly import init_anomaly_wf
 from .hypometabolism import (
+    PET_STAT_INPUTS,
     STAT_INPUTS,
     STAT_OUTPUTS,
     init_controlpet_wf,
@@ -173,6 +174,7 @@ def init_single_subject_wf(unit: SubjectInputs, settings: Settings, plan: RunPla
                         ("outputnode.t1w2std_xfm", "inputnode.t1w2std_xfm"),
                         ("outputnode.std_ref", "inputnode.std_ref"),
                         ("outputnode.gm_std", "inputnode.gm_std"),
+                        ("outputnode.mask_std", "inputnode.mask_std"),
                     ],
                 ),
                 (
@@ -183,6 +185,9 @@ def init_single_subject_wf(unit: SubjectInputs, settings: Settings, plan: RunPla
                         ("outputnode.pet_std", "inputnode.pet_std"),
                         ("outputnode.pet2t1w_xfm", "inputnode.pet2t1w_xfm"),
                         ("outputnode.suvr_metadata", "inputnode.suvr_metadata"),
+                        ("outputnode.coverage_std", "inputnode.coverage_std"),
+                        ("outputnode.coverage_t1w", "inputnode.coverage_t1w"),
+                        ("outputnode.coverage_metadata", "inputnode.coverage_metadata"),
                     ],
                 ),
             ]
@@ -232,7 +237,7 @@ def init_single_subject_wf(unit: SubjectInputs, settings: Settings, plan: RunPla
                 name=f"{stat_wf.name}_derivatives",
             )
             for field in STAT_INPUTS:
-                source = pet_wf if field == "pet_std" else anat_wf
+                source = pet_wf if field in PET_STAT_INPUTS else anat_wf
                 workflow.connect(source, f"outputnode.{field}", stat_wf, f"inputnode.{field}")
             for field in STAT_OUTPUTS:
                 workflow.connect(stat_wf, f"outputnode.{field}", stat_ds, f"inputnode.{field}")

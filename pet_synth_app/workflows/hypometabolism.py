@@ -11,7 +11,17 @@ from niworkflows.engine.workflows import LiterateWorkflow as Workflow
 from ..interfaces.anat import ApplyTransforms
 from ..interfaces.hypometabolism import ClusterTable, ControlPetZ, FindClusters, HypometabolismZ
 
-STAT_INPUTS = ["pet_std", "gm_std", "mask_std", "std2t1w_xfm", "t1w_preproc"]
+STAT_INPUTS = [
+    "pet_std",
+    "gm_std",
+    "mask_std",
+    "std2t1w_xfm",
+    "t1w_preproc",
+    "coverage_std",  # the PET field of view (MNI): every statistic stays inside it
+    "coverage_metadata",  # how much of the brain it covers: into the map's sidecar
+]
+PET_STAT_INPUTS = ("pet_std", "coverage_std", "coverage_metadata")
+"""The ``STAT_INPUTS`` that come from the PET workflow (the others: anatomy)."""
 HYPO_INPUTS = [*STAT_INPUTS, "pseudo_std", "pseudo_sd_std"]
 STAT_OUTPUTS = [
     "stat_std",
@@ -100,6 +110,8 @@ maps were resampled to the native T1w space with the inverse template transform.
                     ("pseudo_std", "pseudo"),
                     ("gm_std", "gm"),
                     ("mask_std", "mask"),
+                    ("coverage_std", "coverage"),
+                    ("coverage_metadata", "coverage_metadata"),
                 ],
             ),
         ]
@@ -146,6 +158,8 @@ single-subject comparison with a control group), and clustered with the same rul
     )
     workflow.connect(inputnode, "pet_std", zmap, "pet")
     workflow.connect(inputnode, "mask_std", zmap, "mask")
+    workflow.connect(inputnode, "coverage_std", zmap, "coverage")
+    workflow.connect(inputnode, "coverage_metadata", zmap, "coverage_metadata")
     return workflow
 
 
@@ -161,7 +175,8 @@ def connect_clusters(
     calibration: tuple[Path, str] | None = None,
 ) -> None:
     """The cluster stage shared by the Z and OC-SVM maps: ``stat.out_file`` (MNI, lower
-    tail) -> ranked GM clusters -> label map and statistic in T1w space -> clusters.tsv.
+    tail) -> ranked GM clusters inside the PET field of view -> label map and statistic
+    in T1w space -> clusters.tsv.
 
     ``inputnode`` provides ``STAT_INPUTS``; ``outputnode`` receives ``STAT_OUTPUTS``
     (``stat.metadata`` becomes ``stat_metadata``). Voxels below ``threshold`` form
@@ -195,7 +210,11 @@ def connect_clusters(
     workflow.connect(
         [
             (stat, clusters, [("out_file", "in_file")]),
-            (inputnode, clusters, [("gm_std", "gm"), ("mask_std", "mask")]),
+            (
+                inputnode,
+                clusters,
+                [("gm_std", "gm"), ("mask_std", "mask"), ("coverage_std", "coverage")],
+            ),
             (stat, stat_t1w, [("out_file", "in_file")]),
             (clusters, dseg_t1w, [("dseg", "in_file")]),
             (inputnode, stat_t1w, [("t1w_preproc", "reference"), ("std2t1w_xfm", "transforms")]),
@@ -215,6 +234,7 @@ def connect_clusters(
 __all__ = [
     "HYPO_INPUTS",
     "HYPO_OUTPUTS",
+    "PET_STAT_INPUTS",
     "STAT_INPUTS",
     "STAT_OUTPUTS",
     "connect_clusters",

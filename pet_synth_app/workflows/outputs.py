@@ -228,7 +228,15 @@ def init_pet_derivatives_wf(
     """Write the PET derivatives of one series ``pet_source`` in ``output_spaces`` into
     ``output_dir`` (inputs: pet_preproc_wf outputs)."""
     workflow = Workflow(name=name)
-    fields = ["pet_t1w", "pet_std", "pet2t1w_xfm", "suvr_metadata"]
+    fields = [
+        "pet_t1w",
+        "pet_std",
+        "pet2t1w_xfm",
+        "suvr_metadata",
+        "coverage_t1w",
+        "coverage_std",
+        "coverage_metadata",
+    ]
     inputnode = pe.Node(niu.IdentityInterface(fields=fields), name="inputnode")
     outputnode = pe.Node(niu.IdentityInterface(fields=["out_files"]), name="outputnode")
     src = _pet_sources(bids_dir, pet_source, t1w_source)
@@ -242,7 +250,10 @@ def init_pet_derivatives_wf(
         ),
     }
     sinks.update(_image_sinks(output_dir, output_spaces, "pet", ("pet_t1w", "pet_std"), src, meta))
+    coverage = ("coverage_t1w", "coverage_std")
+    sinks.update(_image_sinks(output_dir, output_spaces, "coverage", coverage, src, meta))
     meta_of = {f: "suvr_metadata" for f in sinks if f.startswith("pet_")}
+    meta_of.update({f: "coverage_metadata" for f in sinks if f.startswith("coverage_")})
     _connect_sinks(workflow, inputnode, outputnode, sinks, meta_of)
     return workflow
 
