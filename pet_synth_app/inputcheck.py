@@ -138,8 +138,10 @@ def subject_of(path: Path, bids_dir: Path) -> str | None:
 
 
 def skip_invalid_sidecars(units: list, bad: Mapping[Path, str], bids_dir: Path):
-    """Split ``units`` (``bids.SubjectInputs``) into those without an unreadable sidecar
-    and one ``PetSynthError`` per skipped unit naming the sidecar."""
+    """Split ``units`` (``bids.SubjectInputs``) into those without a bad file (``bad``:
+    {path: problem}, e.g. unreadable sidecars or the official validator's errors,
+    ``validator.split_by_participant``) and one ``PetSynthError`` per bad file of a
+    skipped unit, naming the file."""
     kept, errors = [], []
     for unit in units:
         hits = [p for p in bad if subject_of(p, bids_dir) in (unit.subject, None)]

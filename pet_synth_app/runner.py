@@ -42,9 +42,15 @@ def run_participant(settings: Settings) -> int:
     good, errors, n_units, warnings = collect_units(settings)
     official = []
     if not settings.skip_bids_validation:
+        from .inputcheck import skip_invalid_sidecars
         from .validator import validate_dataset
 
-        official = validate_dataset(settings.bids_dir)
+        official, per_file = validate_dataset(settings.bids_dir)
+        # an error in a participant's files skips that participant only
+        good, invalid = skip_invalid_sidecars(good, per_file, settings.bids_dir)
+        errors.extend(invalid)
+        kept = {u.name for u in good}
+        warnings = [w for w in warnings if w.unit in kept or w.unit == "run"]
     for err in [*errors, *official]:
         print_error(err)
     if official:
@@ -176,6 +182,15 @@ def collect_units(settings: Settings) -> tuple[list, list[PetSynthError], int, l
         if problems:
             errors.extend(PetSynthError(f"{unit.name} skipped: {p}") for p in problems)
             continue
+        try:
+            refused, notes = modality_checks(unit)
+        except Exception as exc:  # noqa: BLE001 - a check must never stop a usable unit
+            LOGGER.warning("%s: modality check failed: %s", unit.name, exc)
+            refused, notes = None, []
+        if refused is not None:
+            errors.append(refused)
+            continue
+        warnings += notes
         good.append(unit)
         if unit.ignored_t1w:  # also in the report and sidecars, not only in the log
             ignored = ", ".join(Path(p).name for p in unit.ignored_t1w)
@@ -189,6 +204,32 @@ def collect_units(settings: Settings) -> tuple[list, list[PetSynthError], int, l
         except Exception as exc:  # noqa: BLE001 - a check must never stop a usable unit
             LOGGER.warning("%s: input checks failed: %s", unit.name, exc)
     return good, errors, n_units, warnings
+
+
+def modality_checks(unit) -> tuple[PetSynthError | None, list]:
+    """Does the unit's T1w look like a T1w and its PET like an FDG PET
+    (``preproc/modality.py``)? Returns the error that skips the unit (a 'T1w' with the
+    contrast of a PET; the message says so when the PET looks like a T1w: swapped files)
+    or None, and the named warnings of what is only suspect."""
+    import nibabel as nib
+
+    from . import inputcheck
+    from .preproc import modality
+
+    t1w = modality.modality_features(nib.load(unit.t1w))
+    LOGGER.debug("%s: %s: %s", unit.name, unit.t1w, t1w)
+    refuse, warn = modality.t1w_findings(t1w)
+    notes = [inputcheck.InputWarning(unit.name, unit.t1w, warn)] if warn else []
+    for pet in unit.pet:
+        features = modality.modality_features(nib.load(pet.path))
+        LOGGER.debug("%s: %s: %s", unit.name, pet.path, features)
+        if note := modality.pet_findings(features):
+            notes.append(inputcheck.InputWarning(unit.name, pet.path, note))
+    if refuse is None:
+        return None, notes
+    if any(w.path != unit.t1w for w in notes):
+        refuse += "; its PET looks like a T1w: were the T1w and PET swapped?"
+    return PetSynthError(f"{unit.name} skipped: {refuse}", unit.t1w), []
 
 
 def save_input_warnings(
@@ -378,6 +419,7 @@ __all__ = [
     "QC_FAIL_EXIT",
     "check_writable",
     "collect_units",
+    "modality_checks",
     "new_run_id",
     "resolve_device",
     "run_group",

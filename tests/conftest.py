@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from pathlib import Path
@@ -107,3 +108,82 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@functools.lru_cache(maxsize=8)
+def template_head(kind: str, voxel_mm: float = 3.0, skull: bool = True) -> nib.Nifti1Image:
+    """A tiny phantom head from the MNI template: ``"T1w"`` (WM > GM > CSF, with the
+    synthetic skull and scalp unless ``skull=False``) or ``"pet"`` (FDG-like: GM > WM,
+    no skull signal, 6 mm FWHM), on a ``voxel_mm`` grid (cached: do not modify it)."""
+    from scipy import ndimage as ndi
+
+    from pet_synth_app.preproc.templates import get_template, synthetic_head
+
+    if kind == "T1w":
+        img = synthetic_head(2) if skull else get_template("T1w", 2)
+        data = img.get_fdata(dtype=np.float32)
+    else:
+        img = get_template("GM", 2)
+        gm, wm = (get_template(k, 2).get_fdata(dtype=np.float32) for k in ("GM", "WM"))
+        data = ndi.gaussian_filter(gm + 0.35 * wm, 6.0 / 2.355 / 2.0)
+    factor = 2.0 / voxel_mm
+    data = ndi.zoom(data, factor, order=1) * 1000.0
+    affine = img.affine.copy()
+    affine[:3, :3] = affine[:3, :3] / factor
+    rng = np.random.default_rng(0)
+    data = np.clip(data + rng.normal(0, 5, data.shape), 0, None)
+    return nib.Nifti1Image(data.astype(np.float32), affine)
+
+
+# --- a participant run with a stand-in workflow (test_input_checks.py, test_validator.py)
+
+CARD = {"input": {"voxel_size_mm": 2.0}, "training": {"data": "phantoms"}, "sha256": "x"}
+
+
+class FakeWorkflow:
+    def __init__(self, units):
+        self.units = units
+
+    def visit_desc(self):
+        return ""
+
+
+def run_participant(bids: Path, out: Path, *extra: str) -> int:
+    """``petsynth bids out participant -w out/../w ...``; the exit code."""
+    from pet_synth_app.cli import run
+
+    return run.main([str(bids), str(out), "participant", "-w", str(out.parent / "w"), *extra])
+
+
+@pytest.fixture
+def fake_run(monkeypatch):
+    """Run ``petsynth`` with a stand-in workflow that records the units it was given and
+    writes one stat-map sidecar per unit; returns the units the workflow got."""
+    from pet_synth_app import layout as L
+    from pet_synth_app import runner
+    from pet_synth_app.analysis import qc
+    from pet_synth_app.plan import RunPlan
+    from pet_synth_app.synthesis.weights import default_weights
+
+    seen: list[str] = []
+
+    def plan(settings, check=True, device=None):
+        return RunPlan(default_weights(), CARD, "x", None, None, "cpu", 1.5, 1)
+
+    def init_wf(settings, units, plan, run_id=""):
+        seen.extend(u.name for u in units)
+        return FakeWorkflow(units)
+
+    def run_wf(wf, settings, run_id, on_unit_done=None):
+        for unit in wf.units:
+            folder = settings.output_dir / f"sub-{unit.subject}"
+            side = L.sidecar(L.path(folder, unit.name, "statmap", "T1w", "hypometabolism"))
+            side.parent.mkdir(parents=True, exist_ok=True)
+            side.write_text(json.dumps({"Threshold": -1.65}))
+        return []
+
+    monkeypatch.setattr(runner, "resolve_plan", plan)
+    monkeypatch.setattr("pet_synth_app.workflows.base.init_petsynth_wf", init_wf)
+    monkeypatch.setattr("pet_synth_app.workflows.base.run_workflow", run_wf)
+    monkeypatch.setattr(qc, "failed_checks", lambda out, sub: {})
+    return seen

@@ -16,51 +16,13 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import head_like, make_bids, write_nifti
+from conftest import CARD, head_like, make_bids, template_head, write_nifti
 
 from pet_synth_app import inputcheck, runner
 from pet_synth_app import layout as L
 from pet_synth_app.analysis import qc
 from pet_synth_app.cli import run
-from pet_synth_app.plan import RunPlan
 from pet_synth_app.synthesis.weights import default_weights
-
-CARD = {"input": {"voxel_size_mm": 2.0}, "training": {"data": "phantoms"}, "sha256": "x"}
-
-
-class FakeWorkflow:
-    def __init__(self, units):
-        self.units = units
-
-    def visit_desc(self):
-        return ""
-
-
-@pytest.fixture
-def fake_run(monkeypatch):
-    """Run ``petsynth`` with a stand-in workflow; returns the units the workflow got."""
-    seen: list[str] = []
-
-    def plan(settings, check=True, device=None):
-        return RunPlan(default_weights(), CARD, "x", None, None, "cpu", 1.5, 1)
-
-    def init_wf(settings, units, plan, run_id=""):
-        seen.extend(u.name for u in units)
-        return FakeWorkflow(units)
-
-    def run_wf(wf, settings, run_id, on_unit_done=None):
-        for unit in wf.units:
-            folder = settings.output_dir / f"sub-{unit.subject}"
-            side = L.sidecar(L.path(folder, unit.name, "statmap", "T1w", "hypometabolism"))
-            side.parent.mkdir(parents=True, exist_ok=True)
-            side.write_text(json.dumps({"Threshold": -1.65}))
-        return []
-
-    monkeypatch.setattr(runner, "resolve_plan", plan)
-    monkeypatch.setattr("pet_synth_app.workflows.base.init_petsynth_wf", init_wf)
-    monkeypatch.setattr("pet_synth_app.workflows.base.run_workflow", run_wf)
-    monkeypatch.setattr(qc, "failed_checks", lambda out, sub: {})
-    return seen
 
 
 def _run(bids: Path, out: Path, *extra: str) -> int:
@@ -183,6 +145,89 @@ def test_missing_pet_sidecar_negative_and_non_quantitative_values(tmp_path, fake
     assert any("negative values in" in ln and str(pet2) in ln for ln in err.splitlines())
 
 
+def _put(img: nib.Nifti1Image, path: Path) -> Path:
+    img.to_filename(str(path))
+    return path
+
+
+def test_modality_features_of_phantom_heads():
+    """T1w (WM > GM) and FDG PET (GM > WM) tell apart, also a PET resampled onto a finer
+    grid; the featureless blob of ``make_bids`` gets no verdict (no false alarm)."""
+    from nibabel.processing import resample_to_output
+
+    from pet_synth_app.preproc import modality
+
+    t1w = modality.modality_features(template_head("T1w", skull=False))
+    pet = modality.modality_features(template_head("pet"))
+    resampled = modality.modality_features(resample_to_output(template_head("pet"), 1.5))
+    blob = modality.modality_features(nib.Nifti1Image(head_like(), np.diag([2, 2, 2, 1.0])))
+    assert t1w.wm_gm > 1.2 and t1w.sharpness > 0.3
+    assert pet.wm_gm < 0.7 and resampled.wm_gm < 0.7
+    assert modality.t1w_findings(t1w) == (None, None)
+    assert modality.pet_findings(pet) is None
+    assert modality.t1w_findings(pet)[0].startswith("does not look like a T1w: grey matter")
+    assert modality.t1w_findings(resampled)[0] is not None
+    assert "looks like a T1w, not an FDG PET" in modality.pet_findings(t1w)
+    assert blob.wm_gm is None
+    assert modality.t1w_findings(blob) == (None, None) and modality.pet_findings(blob) is None
+
+
+def _phantom_bids(root: Path, subjects: tuple[str, ...]) -> Path:
+    bids = make_bids(root, subjects=subjects)
+    for sub in subjects:
+        _put(template_head("T1w", skull=False), bids / f"sub-{sub}/anat/sub-{sub}_T1w.nii.gz")
+        _put(template_head("pet"), bids / f"sub-{sub}/pet/sub-{sub}_trc-FDG_pet.nii.gz")
+    return bids
+
+
+def test_swapped_or_pet_as_t1w_skips_that_participant_only(tmp_path, fake_run, capsys):
+    """T1w and PET swapped, and a resampled PET given as the T1w (issue 16, item 7): one
+    line each, those participants skipped, the third one runs."""
+    from nibabel.processing import resample_to_output
+
+    bids = _phantom_bids(tmp_path / "bids", ("01", "02", "03"))
+    t1w1, pet1 = (
+        bids / "sub-01/anat/sub-01_T1w.nii.gz",
+        bids / "sub-01/pet/sub-01_trc-FDG_pet.nii.gz",
+    )
+    _put(template_head("pet"), t1w1)
+    _put(template_head("T1w", skull=False), pet1)
+    t1w2 = _put(
+        resample_to_output(template_head("pet"), 1.5), bids / "sub-02/anat/sub-02_T1w.nii.gz"
+    )
+    out = tmp_path / "out"
+    code = _run(bids, out)
+    lines = [ln for ln in _err_lines(capsys) if ln.startswith("petsynth: error")]
+    assert code == 1 and fake_run == ["sub-03"]
+    assert len(lines) == 2, lines
+    assert lines[0].startswith(
+        f"petsynth: error: {t1w1}: sub-01 skipped: does not look like a T1w"
+    )
+    assert lines[0].endswith("were the T1w and PET swapped?")
+    assert lines[1].startswith(
+        f"petsynth: error: {t1w2}: sub-02 skipped: does not look like a T1w"
+    )
+    assert not lines[1].endswith("swapped?")
+    assert (out / "sub-03.html").is_file()
+    assert not (out / "sub-01.html").exists() and not (out / "sub-02.html").exists()
+
+
+def test_pet_that_looks_like_a_t1w_is_a_named_warning(tmp_path, fake_run, capsys):
+    bids = _phantom_bids(tmp_path / "bids", ("01", "02"))
+    pet = _put(template_head("T1w", skull=False), bids / "sub-01/pet/sub-01_trc-FDG_pet.nii.gz")
+    out = tmp_path / "out"
+    code = _run(bids, out)
+    expected = "looks like a T1w, not an FDG PET"
+    assert code == 0 and fake_run == ["sub-01", "sub-02"]
+    err = capsys.readouterr().err
+    assert any(str(pet) in ln and expected in ln for ln in err.splitlines())
+    assert any(expected in w and pet.name in w for w in _saved(out, "01"))
+    assert not any(expected in w for w in _saved(out, "02"))
+    assert expected in (out / "sub-01.html").read_text()
+    side = json.loads(next((out / "sub-01").rglob("*statmap.json")).read_text())
+    assert any(expected in w for w in side["InputWarnings"])
+
+
 def test_missing_bids_required_pet_fields_are_named(tmp_path):
     meta = {"TracerName": "FDG", "FrameTimesStart": [0], "FrameDuration": [600]}
     (line,) = inputcheck.pet_metadata_warnings("x_pet.nii.gz", meta)
@@ -282,6 +327,48 @@ def test_progress_lines_count_steps_of_a_real_workflow(tmp_path):
     assert progress.total == 2 and len(progress.done) == 2
     assert lines[-1].startswith("progress: 2 of 2 steps finished (100 %), 0 running, elapsed ")
     assert lines[-1].endswith("last: sub-01 b")
+
+
+def test_progress_lines_count_the_steps_that_run(caplog):
+    """Along a chain of steps (what MultiProc does for one participant, and what Linear
+    always does) a step ends before the next one starts: the lines are logged when a step
+    starts, so they count it (they said "0 running" while steps were running)."""
+    import logging
+    from types import SimpleNamespace
+
+    from pet_synth_app.workflows.progress import Progress
+
+    def node(name):
+        return SimpleNamespace(fullname=f"petsynth_wf.single_subject_01_wf.{name}")
+
+    nodes = [node(n) for n in ("n4", "mask", "register", "synthesis")]
+    wf = SimpleNamespace(name="petsynth_wf", _get_all_nodes=lambda: nodes)
+    ticks = iter(range(0, 10_000, 40))
+    progress = Progress(wf, every_s=30, clock=lambda: next(ticks))
+    with caplog.at_level(logging.INFO, logger="petsynth"):
+        for n in nodes:
+            progress(n, "start")
+            progress(n, "end")
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("progress:")]
+    assert [ln.split(", elapsed")[0] for ln in lines] == [
+        "progress: 0 of 4 steps finished (0 %), 1 running",
+        "progress: 1 of 4 steps finished (25 %), 1 running",
+        "progress: 2 of 4 steps finished (50 %), 1 running",
+        "progress: 3 of 4 steps finished (75 %), 1 running",
+        "progress: 4 of 4 steps finished (100 %), 0 running",
+    ]
+    assert lines[1].endswith("last: sub-01 n4") and lines[-1].endswith("last: sub-01 synthesis")
+    # two steps in parallel, one fails: the other still counts as running
+    progress = Progress(wf, every_s=0, clock=lambda: next(ticks))
+    with caplog.at_level(logging.INFO, logger="petsynth"):
+        caplog.clear()
+        progress(nodes[0], "start")
+        progress(nodes[1], "start")
+        progress(nodes[1], "exception")
+        progress(nodes[2], "start")
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith("progress: step sub-01 mask failed") for m in messages)
+    assert ", 2 running," in messages[-1]
 
 
 # --- report and CLI fixes (issue 16, item 8) -------------------------------------------

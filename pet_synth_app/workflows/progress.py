@@ -12,7 +12,12 @@ LOGGER = logging.getLogger("petsynth")
 class Progress:
     """Counts the workflow's nodes as they finish (cached ones included) and logs
     ``progress: 12 of 40 steps finished (30 %), 3 running, elapsed 2 min 5 s, last:
-    <unit>.<step>`` at most every ``every_s`` seconds, and every failure at once."""
+    <unit>.<step>`` at most every ``every_s`` seconds, and every failure at once.
+
+    A line is logged when a step *starts* (and once when the last step finishes): at the
+    end of a step the scheduler has not yet started the steps that were waiting for it, so
+    a line logged then said "0 running" while the next steps were about to run (always so
+    with the Linear plugin and along a chain of steps)."""
 
     def __init__(
         self, workflow, every_s: float = 30.0, clock=time.monotonic, on_unit_done=None
@@ -32,6 +37,7 @@ class Progress:
         self.on_unit_done = on_unit_done
         self.done: set[str] = set()
         self.running: set[str] = set()
+        self.last = ""  # the step that finished last
         self.every_s = every_s
         self.clock = clock
         self.start = clock()
@@ -41,18 +47,23 @@ class Progress:
         name = getattr(node, "fullname", str(node)).removeprefix(self.prefix)
         if status == "start":
             self.running.add(name)
-            return
-        self.running.discard(name)
-        if status == "exception":
-            LOGGER.warning("progress: step %s failed (%s elapsed)", _short(name), self.elapsed())
-            return
-        if status == "end" and not name.split(".")[-1].startswith("_"):  # no MapNode parts
-            self.done.add(name)
-            self._unit_step_ended(name)
+        else:
+            self.running.discard(name)
+            if status == "exception":
+                LOGGER.warning(
+                    "progress: step %s failed (%s elapsed)", _short(name), self.elapsed()
+                )
+                return
+            if status == "end":
+                self.last = name
+                if not name.split(".")[-1].startswith("_"):  # no MapNode parts
+                    self.done.add(name)
+                    self._unit_step_ended(name)
         now = self.clock()
-        if now - self.last_log >= self.every_s or len(self.done) == self.total:
+        finished = len(self.done) >= self.total and not self.running
+        if finished or (status == "start" and now - self.last_log >= self.every_s):
             self.last_log = now
-            LOGGER.info("%s", self.line(name))
+            LOGGER.info("%s", self.line(self.last))
 
     def _unit_step_ended(self, name: str) -> None:
         unit = name.split(".")[0]
