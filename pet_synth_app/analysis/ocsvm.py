@@ -75,6 +75,11 @@ def _rbf(X: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
     return K
 
 
+_AT_BOUND = 1e-6
+"""Alphas (libsvm scale, bounds 0 and 1) this close to a bound count as at the bound in
+the batched SMO."""
+
+
 def _matvec(K: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """``K x`` for symmetric K (B, n, n), x (B, n), computed as ``x^T K`` (row-vector bmm
     is ~3x faster on CPU than the column-vector one)."""
@@ -115,8 +120,10 @@ def _smo_chunk(
     n_left = 0
     it = 0
     for it in range(1, max_iter + 1):
-        Gmax, i = (-G).masked_fill_(a >= 1.0, -math.inf).max(1)
-        low = a > 0.0
+        # alphas within _AT_BOUND of a bound count as at it: float32 sums leave e.g.
+        # 1 - 6e-8 after a clipped move, which would be picked again and again
+        Gmax, i = (-G).masked_fill_(a >= 1.0 - _AT_BOUND, -math.inf).max(1)
+        low = a > _AT_BOUND
         if it % check_every == 1 or check_every == 1 or it == max_iter:
             Gmax2 = G.masked_fill(~low, -math.inf).amax(1)
             new = ((Gmax + Gmax2) < tol) & ~finished
@@ -138,7 +145,11 @@ def _smo_chunk(
         Ki = K[rows, i]
         b = G + Gmax[:, None]  # G_j - G_i
         quad = (2.0 - 2.0 * Ki).clamp_(min=1e-12)  # K_ii + K_jj - 2 K_ij, RBF diagonal 1
-        gain = (-(b * b) / quad).masked_fill_(~(low & (b > 0)), math.inf)
+        # candidates j: violations of at least tol / 2 (the most violating j of an
+        # unconverged problem has b >= tol); smaller b are float32 noise between
+        # near-identical controls (synthetic PETs), whose huge b^2 / quad would be
+        # chosen forever without moving G
+        gain = (-(b * b) / quad).masked_fill_(~(low & (b > 0.5 * tol)), math.inf)
         best, j = gain.min(1)
         Kj = K[rows, j]
         ai, aj = a[rows, i], a[rows, j]
