@@ -46,8 +46,11 @@ latent scale of that voxel, which keeps decision values comparable between voxel
 OCSVM_GM_THRESHOLD = 0.3
 """Voxels with a template GM probability above this get an OC-SVM."""
 OCSVM_BLOCK_VOXELS = 12 * 16384
-"""Voxels encoded and fitted at a time at the group level (memory: controls x block x 64
-float32 codes, 0.9 GB for 20 controls, 3.8 GB for 75); a multiple of the solver's chunk."""
+"""Most voxels encoded and fitted at a time at the group level (a multiple of the
+solver's chunk); fewer when their codes would exceed ``OCSVM_CODES_MB``."""
+OCSVM_CODES_MB = 1024.0
+"""Memory (MB) for the controls' float32 codes of one voxel block at the group level
+(controls x block x 64 x 4 bytes: 196 608 voxels for up to 21 controls, 49 152 for 75)."""
 SIAMESE_EPOCHS = 10
 """Siamese autoencoder training epochs (20 000 patch pairs each) at the group level."""
 
@@ -283,6 +286,7 @@ __all__ = [
     "SYNTHESIS_FWHM_MM",
     "MIN_CLUSTER_MM3",
     "OCSVM_BLOCK_VOXELS",
+    "OCSVM_CODES_MB",
     "OCSVM_GAMMA",
     "OCSVM_GM_THRESHOLD",
     "OCSVM_NU",

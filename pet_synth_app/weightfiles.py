@@ -59,6 +59,49 @@ def write_card(path: str | Path, card: dict) -> Path:
     return path
 
 
+_SAFETENSORS_DTYPES = {
+    np.dtype(np.bool_): "BOOL",
+    np.dtype(np.uint8): "U8",
+    np.dtype(np.int8): "I8",
+    np.dtype(np.int16): "I16",
+    np.dtype(np.int32): "I32",
+    np.dtype(np.int64): "I64",
+    np.dtype(np.float16): "F16",
+    np.dtype(np.float32): "F32",
+    np.dtype(np.float64): "F64",
+}
+
+
+def _save_numpy(tensors: dict[str, np.ndarray], path: Path, metadata: dict[str, str]) -> None:
+    """Write numpy arrays as a ``.safetensors`` file, streamed from the arrays' memory
+    (``safetensors.numpy.save_file`` first copies every array into one bytes object,
+    which doubles the peak memory of a multi-GB OC-SVM model). Tensors are laid out by
+    decreasing item size, then name; same arrays -> same bytes."""
+    arrays = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
+    for k, a in arrays.items():
+        if a.dtype.newbyteorder("<") != a.dtype or a.dtype not in _SAFETENSORS_DTYPES:
+            raise ValueError(f"{path}: tensor {k} has an unsupported dtype {a.dtype}")
+    order = sorted(arrays, key=lambda k: (-arrays[k].dtype.itemsize, k))
+    header: dict[str, Any] = {"__metadata__": metadata}
+    offset = 0
+    for k in order:
+        a = arrays[k]
+        header[k] = {
+            "dtype": _SAFETENSORS_DTYPES[a.dtype],
+            "shape": list(a.shape),
+            "data_offsets": [offset, offset + a.nbytes],
+        }
+        offset += a.nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    with open(path, "wb") as fh:
+        fh.write(len(raw).to_bytes(8, "little"))
+        fh.write(raw)
+        for k in order:
+            if arrays[k].nbytes:
+                fh.write(memoryview(arrays[k].reshape(-1)).cast("B"))
+
+
 def save_weights(
     tensors: dict[str, Any], path: str | Path, fmt: str, card: dict, card_file: Path | None = None
 ) -> dict:
@@ -76,10 +119,11 @@ def save_weights(
         raise ValueError(f"{path}: weights must be saved as .safetensors")
     path.parent.mkdir(parents=True, exist_ok=True)
     if all(isinstance(t, np.ndarray) for t in tensors.values()):
-        from safetensors.numpy import save_file
+        _save_numpy(tensors, path, {"format": fmt})
     else:
         from safetensors.torch import save_file
-    save_file(tensors, str(path), metadata={"format": fmt})
+
+        save_file(tensors, str(path), metadata={"format": fmt})
     out = {**card, "format": fmt, "sha256": sha256_file(path)}
     if not out.get("versions"):
         out["versions"] = library_versions()

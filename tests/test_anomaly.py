@@ -149,6 +149,12 @@ def test_fit_block_by_block_matches_one_block(fitted, tmp_path):
     assert np.corrcoef(one[mask], many[mask])[0, 1] > 0.9999
 
 
+def test_block_size_bounds_the_codes_memory():
+    assert anomaly.block_size(75, 64, codes_mb=1024) == 49152  # 0.94 GB of codes
+    assert anomaly.block_size(10, 64, codes_mb=1024) == 12 * 16384  # OCSVM_BLOCK_VOXELS
+    assert anomaly.block_size(75, 64, codes_mb=1) == 16384  # at least one solver chunk
+
+
 def test_concat_models_pads_support_vectors():
     from pet_synth_app.analysis import ocsvm
 
@@ -158,7 +164,9 @@ def test_concat_models_pads_support_vectors():
     lat = rng.normal(size=(6, 64, 8)).astype(np.float32)
     a = ocsvm.fit_model(lat[:, :20], ijk[:20], shape, aff, nu=0.5)
     b = ocsvm.fit_model(lat[:, 20:], ijk[20:], shape, aff, nu=0.9)
-    whole = ocsvm.concat_models([a, b])
+    parts = [a, b]
+    whole = ocsvm.concat_models(parts)
+    assert parts == []  # consumed: the blocks are freed as they are copied
     assert whole.n_voxels == 64 and whole.sv.shape[1] == max(a.sv.shape[1], b.sv.shape[1])
     z = rng.normal(size=(64, 8)).astype(np.float32)
     parts = np.concatenate([ocsvm.score(a, z[:20]), ocsvm.score(b, z[20:])])

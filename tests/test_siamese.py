@@ -155,6 +155,31 @@ def test_encode_volume_order_and_shape() -> None:
     assert model.training  # mode restored
 
 
+def test_patch_stack_encodes_and_trains_like_the_volumes() -> None:
+    """The cropped stack of the group level gives the same codes as ``encode_volume`` of
+    each volume and the same weights as ``train_siamese`` on the volumes."""
+    vols, mask = _cohort(3)
+    sub = mask.copy()
+    sub[:10] = False  # i >= 10: a contiguous block at the end of the C order
+    stack = S.patch_stack(iter(vols), mask, count=3)
+    assert stack.data.shape[0] == 3 and len(stack.ijk) == int(mask.sum())
+    torch.manual_seed(0)
+    model = S.SiameseAutoencoder()
+    codes = S.encode_stack(model, stack, slice(None), batch_size=97)
+    for s in range(3):
+        np.testing.assert_allclose(codes[s], S.encode_volume(model, vols[s], mask), atol=1e-6)
+    rows = np.flatnonzero(sub[mask])
+    block = S.encode_stack(model, stack, slice(int(rows[0]), int(rows[-1]) + 1))
+    np.testing.assert_allclose(block[1], S.encode_volume(model, vols[1], sub), atol=1e-6)
+    kwargs = dict(epochs=2, pairs_per_epoch=256, batch_size=128, seed=5, threads=1)
+    a, _ = S.train_siamese(vols, mask, **kwargs)
+    b, _ = S.train_siamese_stack(S.patch_stack(vols, mask), **kwargs)
+    for p, q in zip(a.state_dict().values(), b.state_dict().values(), strict=True):
+        assert torch.equal(p, q)
+    with pytest.raises(ValueError, match="shape"):
+        S.patch_stack([vols[0][:-1]], mask)
+
+
 def test_save_load_round_trip_and_tampering(tmp_path) -> None:
     torch.manual_seed(0)
     model = S.SiameseAutoencoder()

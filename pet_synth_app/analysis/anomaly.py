@@ -17,12 +17,12 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from ..config import OCSVM_BLOCK_VOXELS, OCSVM_GM_THRESHOLD
+from ..config import OCSVM_BLOCK_VOXELS, OCSVM_CODES_MB, OCSVM_GM_THRESHOLD
 from ..threads import thread_limits
 
 LOGGER = logging.getLogger("petsynth")
@@ -46,13 +46,41 @@ def model_voxels(gm_prob: np.ndarray, masks: list[np.ndarray]) -> np.ndarray:
 
 @dataclass
 class FitResult:
-    """What :func:`fit` produced (also saved to the folder)."""
+    """What :func:`fit` produced (also saved to the folder). ``seconds`` and
+    ``cpu_seconds``: wall and process CPU time (all threads) per phase (``scale``,
+    ``autoencoder``, ``encode``, ``ocsvm``, ``save``)."""
 
     folder: Path
     n_voxels: int
     seconds_autoencoder: float
     seconds_ocsvm: float
     log: list[dict]
+    seconds: dict = field(default_factory=dict)
+    cpu_seconds: dict = field(default_factory=dict)
+
+
+def block_size(n_subjects: int, latent_dim: int, codes_mb: float = OCSVM_CODES_MB) -> int:
+    """Voxels encoded and fitted at a time: the controls' float32 codes of one block take
+    at most ``codes_mb`` MB, in whole solver chunks (16384 voxels, at least one), and at
+    most ``OCSVM_BLOCK_VOXELS``."""
+    chunk = 16384
+    fit = int(codes_mb * 2**20 // (4 * max(1, n_subjects) * latent_dim))
+    return max(chunk, min(OCSVM_BLOCK_VOXELS, fit // chunk * chunk))
+
+
+class _Clock:
+    """Wall and CPU seconds per named phase."""
+
+    def __init__(self) -> None:
+        self.wall: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}
+        self._t = (time.perf_counter(), time.process_time())
+
+    def lap(self, name: str) -> None:
+        t = (time.perf_counter(), time.process_time())
+        self.wall[name] = self.wall.get(name, 0.0) + t[0] - self._t[0]
+        self.cpu[name] = self.cpu.get(name, 0.0) + t[1] - self._t[1]
+        self._t = t
 
 
 def fit(
@@ -69,55 +97,80 @@ def fit(
     seed: int = 0,
     threads: int | None = None,
     meta: dict | None = None,
-    block_voxels: int = OCSVM_BLOCK_VOXELS,
+    block_voxels: int | None = None,
 ) -> FitResult:
     """Fit the detector on control PETs (SUVR, MNI, each with its brain mask) and save it.
 
-    Each image is scaled to [0, 1] (``siamese.scale_unit``); the autoencoder is trained on
+    Each image is scaled to [0, 1] (``siamese.scale_unit``) and kept only as a crop
+    around the model voxels (``siamese.patch_stack``); the autoencoder is trained on
     pairs of patches at the same voxel of two different controls; every control is then
     encoded at every model voxel and one OC-SVM is fitted per voxel on those codes, one
-    block of ``block_voxels`` voxels at a time (the codes of all controls for all voxels
-    would not fit in memory at 1 mm with tens of controls).
+    block of voxels at a time (the codes of all controls for all voxels would not fit in
+    memory at 1 mm with tens of controls): ``block_voxels``, by default
+    :func:`block_size` (codes of one block <= ``OCSVM_CODES_MB``). Encoding and fitting
+    use ``threads`` torch threads.
     """
     from . import ocsvm, siamese
 
     if len(pets) < 2:
         raise ValueError(f"the anomaly detector needs at least 2 control PETs, got {len(pets)}")
+    if len(pets) != len(masks):
+        raise ValueError(f"{len(pets)} PETs but {len(masks)} masks")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    clock = _Clock()
     voxels = model_voxels(gm_prob, masks)
     if not voxels.any():
         raise ValueError("no gray-matter voxel is inside every control's brain mask")
-    scaled = [siamese.scale_unit(p, m) for p, m in zip(pets, masks, strict=True)]
-    t0 = time.time()
-    ae, log = siamese.train_siamese(
-        scaled, voxels, epochs=epochs, seed=seed, threads=threads, pairs_per_epoch=pairs_per_epoch
+    stack = siamese.patch_stack(
+        (siamese.scale_unit(p, m) for p, m in zip(pets, masks, strict=True)),
+        voxels,
+        count=len(pets),
     )
-    t_ae = time.time() - t0
-    ijk = np.argwhere(voxels).astype(np.int32)  # C order, as np.nonzero
-    parts, t_svm = [], 0.0
-    for start in range(0, len(ijk), block_voxels):
-        block = np.zeros(voxels.shape, dtype=bool)
-        block[tuple(ijk[start : start + block_voxels].T)] = True
-        latents = np.stack([siamese.encode_volume(ae, v, block) for v in scaled])
-        t1 = time.time()
+    clock.lap("scale")
+    ae, log = siamese.train_siamese_stack(
+        stack, epochs=epochs, seed=seed, threads=threads, pairs_per_epoch=pairs_per_epoch
+    )
+    clock.lap("autoencoder")
+    ijk = np.argwhere(voxels).astype(np.int32)  # C order, as np.nonzero and stack.ijk
+    block = int(block_voxels or block_size(len(pets), ae.latent_dim))
+    latents = np.empty((len(pets), min(block, len(ijk)), ae.latent_dim), np.float32)
+    parts = []
+    for start in range(0, len(ijk), block):
+        stop = min(len(ijk), start + block)
+        with thread_limits(threads or None, env=False):
+            codes = siamese.encode_stack(
+                ae, stack, slice(start, stop), out=latents[:, : stop - start]
+            )
+        clock.lap("encode")
         parts.append(
             ocsvm.fit_model(
-                latents,
-                ijk[start : start + block_voxels],
+                codes,
+                ijk[start:stop],
                 voxels.shape,
                 np.asarray(affine),
                 nu=nu,
                 gamma=gamma,
                 meta=dict(meta or {}),
+                threads=threads or None,
             )
         )
-        t_svm += time.time() - t1
-        del latents
-    model = ocsvm.concat_models(parts)
+        clock.lap("ocsvm")
+        LOGGER.info(
+            "OC-SVM fit: %d/%d voxels (encode %.0f s, OC-SVMs %.0f s wall; %.0f / %.0f s CPU)",
+            stop,
+            len(ijk),
+            clock.wall["encode"],
+            clock.wall["ocsvm"],
+            clock.cpu["encode"],
+            clock.cpu["ocsvm"],
+        )
+    del latents, stack
+    model = ocsvm.concat_models(parts)  # empties ``parts`` as it copies (bounded memory)
     ae_card = siamese.save_autoencoder(ae, folder / AE_FILE, {"seed": seed, "log": log})
     ocsvm.save_model(model, folder)
     svm_card = json.loads((folder / ocsvm.CARD).read_text())
+    clock.lap("save")
     info = {
         **(meta or {}),
         "n_voxels": int(voxels.sum()),
@@ -128,10 +181,18 @@ def fit(
         "autoencoder_sha256": ae_card["sha256"],
         "ocsvm_sha256": svm_card["sha256"],
         "random_seed": seed,
-        "fit_seconds": {"autoencoder": round(t_ae, 1), "ocsvm": round(t_svm, 1)},
+        "fit_seconds": {k: round(v, 1) for k, v in clock.wall.items()},
     }
     (folder / META).write_text(json.dumps(info, indent=2))
-    return FitResult(folder, int(voxels.sum()), t_ae, t_svm, log)
+    return FitResult(
+        folder,
+        int(voxels.sum()),
+        clock.wall["autoencoder"],
+        clock.wall["ocsvm"],
+        log,
+        dict(clock.wall),
+        dict(clock.cpu),
+    )
 
 
 def read_meta(folder: str | Path) -> dict:
@@ -178,4 +239,4 @@ def _score(folder, pet, mask):
     return standardized.astype(np.float32), decision, info
 
 
-__all__ = ["FitResult", "fit", "has_model", "model_voxels", "read_meta", "score"]
+__all__ = ["FitResult", "block_size", "fit", "has_model", "model_voxels", "read_meta", "score"]

@@ -16,7 +16,8 @@ them (architecture, sha256, library versions), like the synthesis models.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +36,9 @@ ALPHA = 1.0
 two per-pixel reconstruction MSEs (of [0, 1] patches, ~1e-3..1e-2 once trained). With
 alpha = 1 the codes of a pair become nearly parallel early on; reconstruction still has
 to be carried by the codes' other directions and their norm."""
+ENCODE_BATCH = 4096
+"""Patches per forward pass when encoding (measured: 4096 runs at ~80 % of the float32
+matmul rate per core, 1024 and 16384 are 1.5-2x slower; docs/benchmarks.md)."""
 ROBUST_MAX_PERCENTILE = 99.9
 """Percentile of the in-mask intensities used as an image's maximum by ``scale_unit``
 (a handful of hot voxels must not set the scale)."""
@@ -236,16 +240,62 @@ def sample_pairs(
     return a, b, voxel
 
 
-def _crop(volumes: list[np.ndarray], mask: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Stack (S, ...) of the padded volumes cropped to the mask's bounding box (+ patch
-    margin in i, j), and the mask voxels' indices in that stack's window view."""
-    ijk = np.argwhere(mask)
+@dataclass
+class PatchStack:
+    """Control volumes (already scaled to [0, 1]) cropped to a mask's bounding box, with
+    a zero margin of ``size // 2`` voxels in i and j, so that the axial patch centred on
+    every mask voxel is one window of ``data``.
+
+    ``data`` (S, X, Y, Z) float32, one volume per subject; ``ijk`` (N, 3) the mask voxels
+    in ``data``'s window coordinates, in ``np.argwhere(mask)`` order (C order);
+    ``size`` the patch side.
+    """
+
+    data: np.ndarray
+    ijk: np.ndarray
+    size: int
+
+    def patches(self, subjects: np.ndarray | int, rows: np.ndarray | slice) -> np.ndarray:
+        """Patches (B, size, size) float32 of ``subjects`` at mask voxels ``ijk[rows]``."""
+        i, j, k = self.ijk[rows].T
+        view = _windows(self.data, self.size)  # (S, X, Y, Z, P, P), no copy
+        return np.ascontiguousarray(view[subjects, i, j, k])
+
+
+def patch_stack(
+    volumes: Iterable[np.ndarray],
+    mask: np.ndarray,
+    size: int = PATCH_SIZE,
+    count: int | None = None,
+) -> PatchStack:
+    """:class:`PatchStack` of ``volumes`` around the voxels of ``mask``. ``volumes`` may
+    be any iterable (e.g. a generator that scales one volume at a time); with its length
+    known (``len`` or ``count``) the stack is allocated once and only it is kept."""
+    inside = np.asarray(mask) != 0
+    if not inside.any():
+        raise ValueError("mask is empty")
+    ijk = np.argwhere(inside)
     h = size // 2
     lo = np.maximum(ijk.min(0) - [h, h, 0], 0)
-    hi = np.minimum(ijk.max(0) + [h + 1, h + 1, 1], mask.shape)
+    hi = np.minimum(ijk.max(0) + [h + 1, h + 1, 1], inside.shape)
     box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
-    stack = np.stack([_padded(v[box], size) for v in volumes])
-    return stack, ijk - lo
+    shape = (int(hi[0] - lo[0]) + 2 * h, int(hi[1] - lo[1]) + 2 * h, int(hi[2] - lo[2]))
+    if count is None and hasattr(volumes, "__len__"):
+        count = len(volumes)  # type: ignore[arg-type]
+    data = np.zeros((count or 0, *shape), np.float32)
+    extra = []  # volumes beyond ``count`` (length unknown up front)
+    n = 0
+    for n, v in enumerate(volumes):
+        if np.shape(v) != inside.shape:
+            raise ValueError(f"volume {n} has shape {np.shape(v)}, mask {inside.shape}")
+        if n < len(data):
+            data[n, h : shape[0] - h, h : shape[1] - h] = np.asarray(v)[box]
+        else:
+            extra.append(np.zeros(shape, np.float32))
+            extra[-1][h : shape[0] - h, h : shape[1] - h] = np.asarray(v)[box]
+    if extra:
+        data = np.concatenate([data, np.stack(extra)])
+    return PatchStack(data, ijk - lo, int(size))
 
 
 def train_siamese(
@@ -283,17 +333,50 @@ def train_siamese(
             raise ValueError(f"volume {n} has shape {np.shape(v)}, mask {inside.shape}")
         if not (np.min(v) >= 0.0 and np.max(v) <= 1.0):  # NaN fails too
             raise ValueError(f"volume {n} is not scaled to [0, 1] (use scale_unit)")
+    return train_siamese_stack(
+        patch_stack(volumes, inside, PATCH_SIZE),
+        epochs=epochs,
+        pairs_per_epoch=pairs_per_epoch,
+        batch_size=batch_size,
+        lr=lr,
+        alpha=alpha,
+        seed=seed,
+        threads=threads,
+        device=device,
+        log=log,
+    )
+
+
+def train_siamese_stack(
+    stack: PatchStack,
+    *,
+    epochs: int = 10,
+    pairs_per_epoch: int = 20000,
+    batch_size: int = 256,
+    lr: float = 1e-3,
+    alpha: float = ALPHA,
+    seed: int = 0,
+    threads: int | None = None,
+    device: str = "cpu",
+    log: Callable[[str], None] | None = None,
+) -> tuple[SiameseAutoencoder, list[dict]]:
+    """:func:`train_siamese` on a prepared :class:`PatchStack` (same pairs, same
+    weights); the volumes must already be in [0, 1]."""
+    if len(stack.data) < 2:
+        raise ValueError(
+            f"siamese training needs at least 2 control volumes, got {len(stack.data)}"
+        )
     with thread_limits(threads, env=False):
         torch.manual_seed(seed)
         rng = np.random.default_rng(seed)
-        model = SiameseAutoencoder().to(device)
+        model = SiameseAutoencoder(patch_size=stack.size).to(device)
         optimiser = torch.optim.Adam(model.parameters(), lr=lr)
-        stack, ijk = _crop(volumes, inside, model.patch_size)
-        view = _windows(stack, model.patch_size)  # (S, X, Y, Z, P, P)
+        ijk = stack.ijk
+        view = _windows(stack.data, model.patch_size)  # (S, X, Y, Z, P, P)
         rows: list[dict] = []
         for epoch in range(1, epochs + 1):
             start = time.perf_counter()
-            a, b, vox = sample_pairs(len(volumes), len(ijk), pairs_per_epoch, rng)
+            a, b, vox = sample_pairs(len(stack.data), len(ijk), pairs_per_epoch, rng)
             i, j, k = ijk[vox].T
             p1 = torch.from_numpy(np.ascontiguousarray(view[a, i, j, k]))[:, None]
             p2 = torch.from_numpy(np.ascontiguousarray(view[b, i, j, k]))[:, None]
@@ -352,6 +435,38 @@ def encode_volume(
     return out
 
 
+def encode_stack(
+    model: SiameseAutoencoder,
+    stack: PatchStack,
+    rows: slice,
+    batch_size: int = ENCODE_BATCH,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
+    """Latent vectors (S, n_rows, latent_dim) float32 of every subject of ``stack`` at the
+    mask voxels ``stack.ijk[rows]`` (same codes as :func:`encode_volume` of each scaled
+    volume). Batches of ``batch_size`` patches under ``torch.inference_mode``; ``out``
+    may be a preallocated array of that shape."""
+    n_rows = len(range(*rows.indices(len(stack.ijk))))
+    shape = (len(stack.data), n_rows, model.latent_dim)
+    if out is None:
+        out = np.empty(shape, dtype=np.float32)
+    elif out.shape != shape:
+        raise ValueError(f"out has shape {out.shape}, expected {shape}")
+    first = rows.indices(len(stack.ijk))[0]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for s in range(len(stack.data)):
+                for b in range(0, n_rows, batch_size):
+                    e = min(n_rows, b + batch_size)
+                    x = torch.from_numpy(stack.patches(s, slice(first + b, first + e)))
+                    out[s, b:e] = model.encode(x[:, None]).numpy()
+    finally:
+        model.train(was_training)
+    return out
+
+
 def save_autoencoder(model: SiameseAutoencoder, path: str | Path, card: dict) -> dict:
     """Write the weights to ``path`` (.safetensors) and the card ``<stem>.json`` next to it.
 
@@ -404,11 +519,14 @@ def load_autoencoder(path: str | Path) -> tuple[SiameseAutoencoder, dict]:
 __all__ = [
     "ALPHA",
     "CHANNELS",
+    "ENCODE_BATCH",
+    "PatchStack",
     "FORMAT",
     "LATENT_DIM",
     "PATCH_SIZE",
     "ROBUST_MAX_PERCENTILE",
     "SiameseAutoencoder",
+    "encode_stack",
     "encode_volume",
     "extract_patches",
     "load_autoencoder",
@@ -416,5 +534,7 @@ __all__ = [
     "save_autoencoder",
     "scale_unit",
     "siamese_loss",
+    "patch_stack",
     "train_siamese",
+    "train_siamese_stack",
 ]
