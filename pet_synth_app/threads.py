@@ -25,6 +25,11 @@ ENV_VARS = (
     "MKL_NUM_THREADS",
     "OPENBLAS_NUM_THREADS",
 )
+WAIT_POLICY = "OMP_WAIT_POLICY"
+"""Set to ``PASSIVE`` (unless the user set it) for the processes started inside
+``thread_limits``: with ``--nprocs 2`` and 2 threads per step, 4 threads share 2 cores,
+and OpenMP's default spin-waiting made torch steps 50x slower on a loaded machine (the
+pseudo-normal PET of a 2 mm subject: 140-216 s against ~3 s; docs/benchmarks.md)."""
 
 
 def default_threads(nprocs: int, omp_nthreads: int = 0) -> int:
@@ -40,11 +45,12 @@ def thread_limits(n: int | None, env: bool = True) -> Iterator[int | None]:
         yield None
         return
     n = max(1, int(n))
-    saved_env = {k: os.environ.get(k) for k in ENV_VARS} if env else {}
+    saved_env = {k: os.environ.get(k) for k in (*ENV_VARS, WAIT_POLICY)} if env else {}
     if env:
         os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(n)
         for key in ENV_VARS[1:]:
             os.environ[key] = str(n)
+        os.environ.setdefault(WAIT_POLICY, "PASSIVE")
     torch = sys.modules.get("torch")  # importing torch only to set it would be slow
     torch_before = torch.get_num_threads() if torch is not None else None
     if torch is not None:

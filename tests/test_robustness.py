@@ -287,3 +287,16 @@ def test_sink_removes_the_participant_report_only_when_it_writes(tmp_path):
     report.write_text("<html>new</html>")
     sink.run(cwd=str(tmp_path))  # unchanged inputs: nothing written, report kept
     assert report.read_text() == "<html>new</html>"
+
+
+def test_thread_limits_make_openmp_wait_passively_unless_the_user_chose(monkeypatch):
+    from pet_synth_app.threads import thread_limits
+
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    with thread_limits(2):
+        assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+        assert os.environ["OMP_NUM_THREADS"] == "2"
+    assert "OMP_WAIT_POLICY" not in os.environ  # restored
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    with thread_limits(2):
+        assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
