@@ -82,3 +82,27 @@ def test_progress_reports_each_unit_once_when_all_its_steps_ended(tmp_path):
     assert sorted(done) == ["single_subject_a_wf", "single_subject_b_wf"]
     wf.run(plugin="Linear", plugin_args={"status_callback": progress})  # cached rerun
     assert len(done) == 2
+
+
+def test_progress_with_a_report_pool_survives_nipypes_copies(tmp_path):
+    """MapNodes carry the plugin arguments (this callback) and Nipype deep-copies and
+    pickles them for the workers, also after the report writer has started its pool."""
+    import copy
+    import pickle
+    import threading
+
+    from pet_synth_app.workflows.progress import Progress
+
+    class Holder:  # stands for SubjectReports with its process pool
+        lock = None
+
+        def __init__(self):
+            self.lock = threading.RLock()
+
+        def unit_done(self, unit):
+            pass
+
+    progress = Progress(_tiny_wf(tmp_path), on_unit_done=Holder().unit_done)
+    assert copy.deepcopy({"status_callback": progress})["status_callback"] is progress
+    clone = pickle.loads(pickle.dumps(progress))
+    assert clone.on_unit_done is None and clone.unit_total == progress.unit_total

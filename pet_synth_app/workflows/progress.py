@@ -65,6 +65,16 @@ class Progress:
             self.last_log = now
             LOGGER.info("%s", self.line(self.last))
 
+    # Nipype hands the plugin arguments (this callback among them) to every MapNode, which
+    # it deep-copies and pickles for the workers: copies share this object in the main
+    # process, and a worker's pickled copy gets no ``on_unit_done`` (the report writer
+    # holds a process pool, which cannot be pickled).
+    def __deepcopy__(self, memo: dict) -> Progress:
+        return self
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "on_unit_done": None}
+
     def _unit_step_ended(self, name: str) -> None:
         unit = name.split(".")[0]
         ended = self.unit_ended.get(unit)
