@@ -442,3 +442,26 @@ def test_graph_takes_out_frame_average_and_coregistration(raw, tmp_path):
     ds2 = wf.get_node("single_subject_02_wf.pet_trc_FDG_wf_derivatives.ds_pet2t1w_xfm")
     assert not any("petprep" in s for s in ds2.interface._metadata["Sources"])
     assert "reused from PETPrep derivatives" in wf.visit_desc()
+
+
+def test_petprep_session_series_match_their_session(raw, tmp_path):
+    ((pet, files),) = _pet_files(raw, tmp_path).items()
+    ses = {}
+    for label in ("A", "B"):
+        ses[label] = raw / f"sub-01/ses-{label}/pet/sub-01_ses-{label}_trc-FDG_pet.nii.gz"
+        ses[label].parent.mkdir(parents=True)
+        shutil.copyfile(pet, ses[label])
+    deriv = write_petprep(
+        tmp_path / "d", "01", _raw_files(raw, tmp_path), {ses["A"]: files}, session="A"
+    )
+    layouts = reuse.load_derivatives([deriv])
+    t1w = str(raw / "sub-01/anat/sub-01_T1w.nii.gz")
+    got = {}
+    for label in ("A", "B"):
+        found = reuse.find_anat(layouts, "01", label, t1w)
+        got[label] = reuse.find_pet(layouts, found, label, str(ses[label]), t1w)
+    assert got["A"].reused
+    assert (
+        got["A"].files["pet_ref"].endswith("ses-A/pet/sub-01_ses-A_trc-FDG_desc-hmc_petref.nii.gz")
+    )
+    assert got["B"].files == {}  # no ses-B PET derivatives; the ses-A ones are not taken
