@@ -104,6 +104,23 @@ OUTPUTS: dict[str, dict[str, str]] = {
 }
 """Entities of every participant-level output."""
 
+PETPREP_FILES: dict[str, dict] = {
+    # the motion-correction reference (``desc-hmc``), or a ``desc-coreg`` one if written
+    "pet_ref": {"datatype": "pet", "desc": ["coreg", "hmc"], "suffix": "petref"},
+    # PET reference -> T1w, ITK text (PETPrep: no desc; fMRIPrep-style ``desc-coreg``)
+    "pet2t1w_xfm": {
+        "datatype": "pet",
+        "from": "petref",
+        "to": "T1w",
+        "mode": "image",
+        "suffix": "xfm",
+        "extension": [".txt", ".mat"],
+    },
+}
+"""Entities of the PETPrep outputs that ``--derivatives`` reuses (``reuse.find_pet``), as
+PETPrep's ``data/io_spec.json`` queries them (nipreps/petprep f2b49ca, 2025-06-12); the
+series entities (``ses``, ``task``, ``trc``, ``rec``, ``run``...) are the raw PET's."""
+
 ENTITY_ORDER = ("space", "res", "label", "desc", "stat")
 """Order of the optional entities in a file name (data/bids_spec.json path patterns)."""
 XFM_ORDER = ("from", "to", "mode")

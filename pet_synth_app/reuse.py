@@ -20,6 +20,18 @@ Rules (docs/usage.md, "Chaining with fMRIPrep"):
   representation ``mni``); fMRIPrep's default ``MNI152NLin2009cAsym`` transforms are
   refused (one line) and PetSynth registers the reused T1w itself;
 - the probability maps are reused as a set of three; anything not found is computed.
+
+PET (PETPrep derivatives, names as nipreps/petprep writes them at commit f2b49ca of
+2025-06-12: ``data/io_spec.json`` and ``workflows/pet/outputs.py``, ``layout.PETPREP_FILES``):
+for each raw PET series, the PET reference ``<series>_desc-hmc_petref.nii.gz`` (or
+``desc-coreg``) and the transform ``<series>_from-petref_to-T1w_mode-image_xfm.txt``
+(ITK text; ``desc-coreg`` as fMRIPrep spells it, and ANTs ``.mat``, are accepted), found
+by the raw PET's own entities (``ses``, ``task``, ``trc``, ``rec``, ``run``...). They are
+reused as a pair, in place of PetSynth's frame average and PET -> T1w coregistration, when
+the reference lies on the raw PET's grid, its sidecar's ``Sources`` (if they name a raw
+PET) name this series, the transform is an ITK ``AffineTransform`` and the T1w it targets
+is known to be the run's (a ``desc-preproc_T1w`` of the unit in the same folder, or the
+reused one, matching the raw T1w). Otherwise one line per problem and both are computed.
 """
 
 from __future__ import annotations
@@ -53,6 +65,11 @@ STEPS = {
     "registration": XFM_ROLES,
 }
 """The steps of the anatomical workflow that reused files replace."""
+PET_ROLES = ("pet_ref", "pet2t1w_xfm")
+"""PETPrep's PET reference and PET reference -> T1w transform (``layout.PETPREP_FILES``)."""
+PET_STEPS = ("frame average", "coregistration")
+"""The steps of the PET workflow the pair replaces."""
+_SERIES_ENTITIES = ("session", "task", "acquisition", "tracer", "reconstruction", "run")
 _GRID_ATOL_MM = 1e-3
 _NIFTI = [".nii.gz", ".nii"]
 
@@ -66,6 +83,8 @@ class ReusedAnat:
     files: dict[str, str] = field(default_factory=dict)
     datasets: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    pet: dict[str, ReusedPET] = field(default_factory=dict)
+    """Reused PETPrep files by raw PET path (``find_pet``)."""
 
     @property
     def skipped_steps(self) -> list[str]:
@@ -81,7 +100,26 @@ class ReusedAnat:
         """One log line: what is reused, what is computed."""
         reused = ", ".join(self.skipped_steps) or "nothing"
         computed = ", ".join(self.computed_steps) or "nothing"
-        return f"{self.unit}: reused {reused}; computed {computed}"
+        line = f"{self.unit}: reused {reused}; computed {computed}"
+        for found in self.pet.values():
+            what = "reused" if found.reused else "computed"
+            line += f"; PET {Path(found.series).name}: {what} {' and '.join(PET_STEPS)}"
+        return line
+
+
+@dataclass
+class ReusedPET:
+    """The PETPrep files one raw PET ``series`` reuses (``files`` by role, ``PET_ROLES``;
+    both or none), the dataset they came from."""
+
+    series: str
+    files: dict[str, str] = field(default_factory=dict)
+    dataset: str = ""
+
+    @property
+    def reused(self) -> bool:
+        """True when the frame average and the coregistration are taken from ``files``."""
+        return all(r in self.files for r in PET_ROLES)
 
 
 def dataset_name(root: Path) -> str:
@@ -246,6 +284,136 @@ def find_anat(
     return found
 
 
+def _series_query(pet_path: str) -> dict:
+    """The raw PET's subject and series entities; those it lacks must be absent."""
+    from bids.layout import Query, parse_file_entities
+
+    ents = parse_file_entities(pet_path)
+    query = {k: ents.get(k, Query.NONE) for k in _SERIES_ENTITIES}
+    query["subject"] = ents["subject"]
+    return query
+
+
+def _pet_hits(layout, query: dict, role: str) -> list[str]:
+    """Files of ``role`` (``PET_ROLES``) for the series ``query``, preferred first."""
+    from bids.layout import Query
+
+    ents = dict(L.PETPREP_FILES[role])
+    if role == "pet_ref":
+        prefer = ents.pop("desc")
+        hits = layout.get(
+            return_type="file", **query, **ents, desc=prefer, space=Query.NONE, extension=_NIFTI
+        )
+        return sorted(
+            hits, key=lambda h: [f"desc-{d}_" in Path(h).name for d in prefer].index(True)
+        )
+    return sorted(layout.get(return_type="file", **query, **ents, desc=[Query.NONE, "coreg"]))
+
+
+def _pet_problems(ref: str, xfm: str, pet_path: str) -> list[str]:
+    """Why the reference ``ref`` / transform ``xfm`` do not fit the raw PET (or [])."""
+    problems = []
+    raw = nib.load(pet_path)
+    try:
+        img = nib.load(ref)
+        shape, aff = _canonical(img)
+        extra = img.shape[3:]
+    except Exception as exc:  # nibabel raises many types for broken files
+        shape, aff, extra = None, None, ()
+        problems.append(f"{Path(ref).name} cannot be read ({exc})")
+    rshape, raff = _canonical(raw.slicer[..., 0] if raw.ndim == 4 else raw)
+    if shape is not None and (
+        shape != rshape
+        or any(n > 1 for n in extra)
+        or not np.allclose(aff, raff, atol=_GRID_ATOL_MM)
+    ):
+        problems.append(
+            f"{Path(ref).name} is not on the grid of the raw PET {Path(pet_path).name} "
+            f"({shape} vs {rshape}, or another affine)"
+        )
+    raw_pets = [n for n in _sidecar_sources(ref) if re.match(r"sub-[^_]+_.*_pet\.nii", n)]
+    raw_pets = [n for n in raw_pets if "desc-" not in n]
+    if raw_pets and Path(pet_path).name not in raw_pets:
+        problems.append(
+            f"{Path(ref).name} was made from {', '.join(raw_pets)}, not from "
+            f"{Path(pet_path).name} (Sources in its sidecar)"
+        )
+    try:
+        import ants
+
+        kind = ants.read_transform(xfm, precision="double").type
+    except Exception as exc:  # ITK raises RuntimeError, antspy ValueError...
+        kind = f"unreadable ({' '.join(str(exc).split())[:120]})"
+    if kind != "AffineTransform":
+        problems.append(f"{Path(xfm).name} is not an ITK AffineTransform: {kind}")
+    return problems
+
+
+def _sidecar_sources(path: str) -> list[str]:
+    """File names in the ``Sources``/``RawSources`` of ``path``'s JSON sidecar."""
+    side = L.sidecar(Path(path))
+    try:
+        meta = json.loads(side.read_text()) if side.is_file() else {}
+    except (OSError, json.JSONDecodeError):
+        return []
+    sources = [str(s) for key in ("Sources", "RawSources") for s in (meta.get(key) or [])]
+    return [Path(s.split(":")[-1]).name for s in sources]
+
+
+def find_pet(
+    layouts: list, found: ReusedAnat, session: str | None, pet_path: str, raw_t1w: str
+) -> ReusedPET:
+    """PETPrep's reference and PET -> T1w transform of the raw PET ``pet_path`` in the
+    derivatives ``layouts`` (the first folder holding either decides), recorded in
+    ``found.pet``; each problem is one line in ``found.notes`` and both are computed."""
+    query = _series_query(pet_path)
+    subject = query["subject"]
+    result = ReusedPET(pet_path)
+    found.pet[pet_path] = result
+    where = f"{found.unit}: PET {Path(pet_path).name}"
+    fallback = f"; {' and '.join(PET_STEPS)} computed"
+    for lay in layouts:
+        refs, xfms = (_pet_hits(lay, query, role) for role in PET_ROLES)
+        if not refs and not xfms:
+            continue
+        folder = Path(lay.root).name
+        if not refs or not xfms:
+            has, lacks = ("reference", "transform") if refs else ("transform", "reference")
+            found.notes.append(
+                f"{where}: {folder} has a PETPrep PET {has} but no PET {lacks}{fallback}"
+            )
+            return result
+        problems = _pet_problems(refs[0], xfms[0], pet_path)
+        target = _query(lay, subject, session, "t1w")
+        if target:
+            try:
+                check_match(target, raw_t1w)
+            except PetSynthError as exc:
+                problems.append(f"the T1w its transform targets does not match: {exc}")
+        elif "t1w" not in found.files:
+            problems.append(
+                f"no preprocessed T1w of {found.unit} in {folder} (nor a reused one) to "
+                "show which T1w the transform targets"
+            )
+        if problems:
+            found.notes += [f"{where}: {p}{fallback}" for p in problems]
+            return result
+        result.files = {"pet_ref": refs[0], "pet2t1w_xfm": xfms[0]}
+        result.dataset = str(lay.root)
+        return result
+    return result
+
+
+def pet_source_uris(found: ReusedPET) -> list[str]:
+    """BIDS URIs of the PET files reused for one series."""
+    root = Path(found.dataset)
+    return [
+        f"bids:{dataset_name(root)}:{Path(found.files[r]).relative_to(root)}"
+        for r in PET_ROLES
+        if r in found.files
+    ]
+
+
 def _root_of(layouts: list, path: str) -> str:
     for lay in layouts:
         if Path(path).is_relative_to(lay.root):
@@ -279,15 +447,20 @@ def add_dataset_links(description: Path, links: dict[str, str]) -> None:
 __all__ = [
     "FMRIPREP_TEMPLATE",
     "IMAGE_ROLES",
+    "PET_ROLES",
+    "PET_STEPS",
     "ROLES",
     "STEPS",
     "XFM_ROLES",
     "ReusedAnat",
+    "ReusedPET",
     "add_dataset_links",
     "check_match",
     "dataset_links",
     "dataset_name",
     "find_anat",
+    "find_pet",
     "load_derivatives",
+    "pet_source_uris",
     "source_uris",
 ]

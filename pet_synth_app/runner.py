@@ -313,9 +313,9 @@ def summarize_run(
 
 
 def resolve_reuse(settings: Settings, units: list, plan: RunPlan) -> tuple[RunPlan, list, list]:
-    """Find each unit's reusable anatomical derivatives (``--derivatives``, ``reuse.py``);
-    returns the plan with them, the units that can run, and one error per unit whose
-    derivatives do not match its raw T1w (that unit is skipped)."""
+    """Find each unit's reusable anatomical and PET derivatives (``--derivatives``,
+    ``reuse.py``); returns the plan with them, the units that can run, and one error per
+    unit whose derivatives do not match its raw T1w (that unit is skipped)."""
     if not settings.derivatives:
         return plan, units, []
     import dataclasses
@@ -334,6 +334,8 @@ def resolve_reuse(settings: Settings, units: list, plan: RunPlan) -> tuple[RunPl
         except PetSynthError as exc:
             errors.append(PetSynthError(f"{unit.name} skipped: {exc}"))
             continue
+        for pet in unit.pet:  # PETPrep's reference + PET -> T1w transform, per series
+            reuse.find_pet(layouts, reused, unit.session, pet.path, unit.t1w)
         for note in reused.notes:
             LOGGER.warning("%s", note)
         LOGGER.info("%s", reused.summary())

@@ -5,6 +5,12 @@ Names follow sMRIPrep's documented outputs (and its CI list ``ds054_outputs.txt`
 ``_label-{GM,WM,CSF}_probseg.nii.gz``, ``_from-T1w_to-<space>_mode-image_xfm.h5`` and
 ``_from-<space>_to-T1w_mode-image_xfm.h5``; the files themselves are copies of a PetSynth
 run's (or of the raw T1w, for tests that do not run a workflow).
+
+``write_petprep`` adds the PET derivatives PETPrep writes per PET series (nipreps/petprep
+f2b49ca, 2025-06-12, ``workflows/pet/outputs.py``: ``init_ds_petref_wf(desc="hmc")`` and
+``init_ds_registration_wf(source="petref", dest="T1w")``, named after the raw series):
+``<series>_desc-hmc_petref.nii.gz`` (+ sidecar with ``Sources``) and
+``<series>_from-petref_to-T1w_mode-image_xfm.txt`` (ITK text).
 """
 
 from __future__ import annotations
@@ -74,3 +80,54 @@ def petsynth_files(out: Path, subject: str) -> dict[str, Path]:
     missing = [k for k, v in found.items() if v is None]
     assert not missing, missing
     return found
+
+
+def series_stem(pet: Path) -> str:
+    """``sub-X[_ses-Y]_trc-.._..`` of a raw PET file name."""
+    return Path(pet).name.split(".")[0].removesuffix("_pet")
+
+
+def write_petprep(
+    root: Path,
+    subject: str,
+    anat: dict[str, Path],
+    pets: dict[Path, dict[str, Path]],
+    session: str | None = None,
+    transform: bool = True,
+    reference: bool = True,
+    xfm_desc: str | None = None,
+) -> Path:
+    """A PETPrep-shaped folder: the anatomical ``anat`` files (as ``write_smriprep``) and,
+    per raw PET path in ``pets``, its ``pet_ref`` as ``desc-hmc_petref`` and its
+    ``pet2t1w_xfm`` (ITK or ANTs, converted to ITK text in double precision) as
+    ``from-petref_to-T1w_mode-image[_desc-<xfm_desc>]_xfm.txt``; ``transform=False`` /
+    ``reference=False`` leave those out."""
+    import ants
+
+    write_smriprep(root, subject, anat, session=session, name="PETPrep")
+    folder = root / f"sub-{subject}" / (f"ses-{session}" if session else "") / "pet"
+    folder.mkdir(parents=True, exist_ok=True)
+    for pet, files in pets.items():
+        stem = series_stem(pet)
+        if reference:
+            ref = folder / f"{stem}_desc-hmc_petref.nii.gz"
+            shutil.copyfile(files["pet_ref"], ref)
+            rel = Path(pet).relative_to(Path(pet).parents[2 if session else 1].parent)
+            L.sidecar(ref).write_text(json.dumps({"Sources": [f"bids:raw:{rel}"]}))
+        if transform:
+            desc = f"_desc-{xfm_desc}" if xfm_desc else ""
+            xfm = folder / f"{stem}_from-petref_to-T1w_mode-image{desc}_xfm.txt"
+            ants.write_transform(
+                ants.read_transform(str(files["pet2t1w_xfm"]), "double"), str(xfm)
+            )
+    return root
+
+
+def petsynth_pet_files(out: Path, work: Path, subject: str) -> dict[str, Path]:
+    """A PetSynth run's PET reference (its frame average, from the work folder) and PET ->
+    T1w transform of ``subject``'s single PET series."""
+    refs = sorted(
+        Path(work).glob(f"petsynth_wf/single_subject_{subject}_wf/pet_*_wf/frame_average/*.nii.gz")
+    )
+    assert len(refs) == 1, refs
+    return {"pet_ref": refs[0], "pet2t1w_xfm": L.find(out, subject, "pet2t1w_xfm")}

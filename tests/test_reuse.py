@@ -10,7 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 from conftest import make_bids, write_nifti
-from smriprep_fixtures import petsynth_files, write_smriprep
+from smriprep_fixtures import petsynth_files, write_petprep, write_smriprep
 
 from pet_synth_app import bids as pbids
 from pet_synth_app import reuse
@@ -277,3 +277,191 @@ def test_fixture_helper_copies_a_petsynth_run(tmp_path):
     got = sorted(p.name for p in (deriv / "sub-01" / "anat").iterdir())
     assert "sub-01_from-MNI152NLin2009cAsym_to-T1w_mode-image_xfm.h5" in got
     shutil.rmtree(deriv)
+
+
+# ----------------------------------------------------------------- PET (PETPrep-shaped)
+XFM_TAIL = "from-petref_to-T1w_mode-image_xfm.txt"
+
+
+def _pet_files(raw: Path, tmp: Path, subject: str = "01") -> dict[Path, dict[str, Path]]:
+    """The raw PET as its own reference and a small rigid ANTs transform."""
+    import ants
+
+    pet = raw / f"sub-{subject}/pet/sub-{subject}_trc-FDG_pet.nii.gz"
+    xfm = tmp / "pet2t1w.mat"
+    rot = np.array([[1.0, 0.02, 0.0], [-0.02, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    tx = ants.create_ants_transform(
+        transform_type="AffineTransform", dimension=3, matrix=rot, offset=[1.5, -2.25, 0.125]
+    )
+    ants.write_transform(tx, str(xfm))
+    return {pet: {"pet_ref": pet, "pet2t1w_xfm": xfm}}
+
+
+def _find_pet(deriv, raw, subject="01"):
+    layouts = reuse.load_derivatives([deriv] if isinstance(deriv, Path) else deriv)
+    t1w = str(raw / f"sub-{subject}/anat/sub-{subject}_T1w.nii.gz")
+    found = reuse.find_anat(layouts, subject, None, t1w)
+    pet = str(raw / f"sub-{subject}/pet/sub-{subject}_trc-FDG_pet.nii.gz")
+    return found, reuse.find_pet(layouts, found, None, pet, t1w)
+
+
+def test_petprep_pair_is_found_by_the_series_entities(raw, tmp_path):
+    deriv = write_petprep(
+        tmp_path / "petprep", "01", _raw_files(raw, tmp_path), _pet_files(raw, tmp_path)
+    )
+    found, pet = _find_pet(deriv, raw)
+    assert pet.reused and found.notes == []
+    assert pet.files["pet_ref"].endswith("sub-01_trc-FDG_desc-hmc_petref.nii.gz")
+    assert pet.files["pet2t1w_xfm"].endswith(
+        "sub-01_trc-FDG_from-petref_to-T1w_mode-image_xfm.txt"
+    )
+    assert reuse.pet_source_uris(pet) == [
+        "bids:petprep:sub-01/pet/sub-01_trc-FDG_desc-hmc_petref.nii.gz",
+        "bids:petprep:sub-01/pet/sub-01_trc-FDG_from-petref_to-T1w_mode-image_xfm.txt",
+    ]
+    assert found.summary().endswith(
+        "PET sub-01_trc-FDG_pet.nii.gz: reused frame average and coregistration"
+    )
+    # fMRIPrep's spelling of the transform (desc-coreg) is found as well
+    deriv2 = write_petprep(
+        tmp_path / "fp",
+        "01",
+        _raw_files(raw, tmp_path),
+        _pet_files(raw, tmp_path),
+        xfm_desc="coreg",
+    )
+    assert _find_pet(deriv2, raw)[1].files["pet2t1w_xfm"].endswith("desc-coreg_xfm.txt")
+
+
+def test_petprep_other_series_or_subject_is_not_taken(raw, tmp_path):
+    files = _pet_files(raw, tmp_path)
+    (pet,) = files
+    other = tmp_path / "sub-01_trc-FDG_rec-OSEM_pet.nii.gz"  # another reconstruction
+    deriv = write_petprep(tmp_path / "d", "01", _raw_files(raw, tmp_path), {other: files[pet]})
+    found, got = _find_pet(deriv, raw)
+    assert got.files == {} and found.notes == []
+    assert "PET sub-01_trc-FDG_pet.nii.gz: computed frame average" in found.summary()
+    assert _find_pet(deriv, raw, subject="02")[1].files == {}
+
+
+@pytest.mark.parametrize("missing", ["transform", "reference"])
+def test_petprep_half_pair_is_one_line_and_computed(raw, tmp_path, missing):
+    files, pets = _raw_files(raw, tmp_path), _pet_files(raw, tmp_path)
+    deriv = write_petprep(tmp_path / "d", "01", files, pets, **{missing: False})
+    found, pet = _find_pet(deriv, raw)
+    assert not pet.reused and pet.files == {}
+    has = "reference" if missing == "transform" else "transform"
+    assert found.notes == [
+        f"sub-01: PET sub-01_trc-FDG_pet.nii.gz: d has a PETPrep PET {has} but no PET "
+        f"{missing}; frame average and coregistration computed"
+    ]
+    assert found.computed_steps == []  # the anatomy is still reused
+
+
+def test_petprep_mismatches_give_one_line_each(raw, tmp_path):
+    files = _pet_files(raw, tmp_path)
+    (pet,) = files
+    files[pet]["pet_ref"] = write_nifti(
+        tmp_path / "ref.nii.gz", np.ones((30, 32, 24), np.float32), zooms=(3.0, 3.0, 3.0)
+    )
+    deriv = write_petprep(tmp_path / "d", "01", _raw_files(raw, tmp_path), files)
+    (deriv / "sub-01/pet" / f"sub-01_trc-FDG_{XFM_TAIL}").write_text("not a transform\n")
+    side = deriv / "sub-01/pet/sub-01_trc-FDG_desc-hmc_petref.json"
+    side.write_text(json.dumps({"Sources": ["bids:raw:sub-01/pet/sub-01_trc-PIB_pet.nii.gz"]}))
+    found, got = _find_pet(deriv, raw)
+    assert got.files == {} and len(found.notes) == 3
+    assert all(n.endswith("; frame average and coregistration computed") for n in found.notes)
+    assert all("\n" not in n for n in found.notes)
+    assert "is not on the grid of the raw PET sub-01_trc-FDG_pet.nii.gz" in found.notes[0]
+    assert "made from sub-01_trc-PIB_pet.nii.gz, not from" in found.notes[1]
+    assert "is not an ITK AffineTransform: unreadable" in found.notes[2]
+
+
+def test_petprep_transform_needs_the_t1w_it_targets(raw, tmp_path):
+    pets = _pet_files(raw, tmp_path)
+    alone = write_petprep(tmp_path / "petprep", "01", {}, pets)  # PET files only
+    found, pet = _find_pet(alone, raw)
+    assert pet.files == {} and len(found.notes) == 2  # + "no MNI transforms found"
+    assert "no preprocessed T1w of sub-01 in petprep (nor a reused one)" in found.notes[1]
+    # PETPrep run on precomputed sMRIPrep anatomy: both folders, the reused T1w is the target
+    smriprep = write_smriprep(tmp_path / "smriprep", "01", _raw_files(raw, tmp_path))
+    found, pet = _find_pet([alone, smriprep], raw)
+    assert pet.reused and found.notes == []
+    # a T1w in the PETPrep folder that is not the raw T1w's: the transform is refused
+    files = _raw_files(raw, tmp_path)
+    files["t1w"] = write_nifti(tmp_path / "t.nii.gz", np.ones((8, 8, 8), np.float32))
+    bad = write_petprep(tmp_path / "bad", "01", {"t1w": files["t1w"]}, pets)
+    layouts = reuse.load_derivatives([bad])
+    t1w = str(raw / "sub-01/anat/sub-01_T1w.nii.gz")
+    found = reuse.ReusedAnat("sub-01")
+    pet = reuse.find_pet(layouts, found, None, str(next(iter(pets))), t1w)
+    assert pet.files == {} and "the T1w its transform targets does not match" in found.notes[0]
+
+
+def test_itk_text_transform_round_trips_exactly(raw, tmp_path):
+    import ants
+
+    from pet_synth_app.preproc.pet import read_ants_rigid, to_ants_affine
+
+    ((pet, files),) = _pet_files(raw, tmp_path).items()
+    deriv = write_petprep(tmp_path / "d", "01", {}, {pet: files})
+    txt = deriv / "sub-01/pet" / f"sub-01_trc-FDG_{XFM_TAIL}"
+    assert txt.read_text().startswith("#Insight Transform File")
+    mat = to_ants_affine(str(txt), str(tmp_path / "back.mat"))
+    a, b = (ants.read_transform(str(p), "double") for p in (files["pet2t1w_xfm"], mat))
+    assert np.array_equal(a.parameters, b.parameters)
+    assert np.array_equal(a.fixed_parameters, b.fixed_parameters)
+    assert np.allclose(read_ants_rigid(mat)[:3, 3], [-1.5, 2.25, 0.125])  # LPS -> RAS
+    with pytest.raises(ValueError, match="not an AffineTransform"):
+        ants.write_transform(
+            ants.create_ants_transform(dimension=3, transform_type="Euler3DTransform"),
+            str(tmp_path / "e.txt"),
+        )
+        to_ants_affine(str(tmp_path / "e.txt"), str(tmp_path / "e.mat"))
+
+
+def test_graph_takes_out_frame_average_and_coregistration(raw, tmp_path):
+    deriv = write_petprep(
+        tmp_path / "petprep", "01", _raw_files(raw, tmp_path), _pet_files(raw, tmp_path)
+    )
+    plan, units, errors, wf = _plan_and_wf(raw, tmp_path, deriv)
+    assert errors == [] and len(units) == 2
+    names = set(wf.list_node_names())
+    pet = "single_subject_{}_wf.pet_trc_FDG_wf.{}"
+    for step in ("frame_average", "coregister"):
+        assert pet.format("01", step) not in names, step
+        assert pet.format("02", step) in names, step
+    for step in ("reused_pet2t1w_xfm", "pet_to_t1w", "pet_to_std", "suvr"):
+        assert pet.format("01", step) in names, step
+    to_std = wf.get_node(pet.format("01", "pet_to_std"))
+    assert to_std.inputs.in_file.endswith("sub-01_trc-FDG_desc-hmc_petref.nii.gz")
+    ds = wf.get_node("single_subject_01_wf.pet_trc_FDG_wf_derivatives.ds_pet2t1w_xfm")
+    sources = ds.interface._metadata["Sources"]
+    assert "bids:petprep:sub-01/pet/sub-01_trc-FDG_desc-hmc_petref.nii.gz" in sources
+    assert f"bids:petprep:sub-01/pet/sub-01_trc-FDG_{XFM_TAIL}" in sources
+    ds2 = wf.get_node("single_subject_02_wf.pet_trc_FDG_wf_derivatives.ds_pet2t1w_xfm")
+    assert not any("petprep" in s for s in ds2.interface._metadata["Sources"])
+    assert "reused from PETPrep derivatives" in wf.visit_desc()
+
+
+def test_petprep_session_series_match_their_session(raw, tmp_path):
+    ((pet, files),) = _pet_files(raw, tmp_path).items()
+    ses = {}
+    for label in ("A", "B"):
+        ses[label] = raw / f"sub-01/ses-{label}/pet/sub-01_ses-{label}_trc-FDG_pet.nii.gz"
+        ses[label].parent.mkdir(parents=True)
+        shutil.copyfile(pet, ses[label])
+    deriv = write_petprep(
+        tmp_path / "d", "01", _raw_files(raw, tmp_path), {ses["A"]: files}, session="A"
+    )
+    layouts = reuse.load_derivatives([deriv])
+    t1w = str(raw / "sub-01/anat/sub-01_T1w.nii.gz")
+    got = {}
+    for label in ("A", "B"):
+        found = reuse.find_anat(layouts, "01", label, t1w)
+        got[label] = reuse.find_pet(layouts, found, label, str(ses[label]), t1w)
+    assert got["A"].reused
+    assert (
+        got["A"].files["pet_ref"].endswith("ses-A/pet/sub-01_ses-A_trc-FDG_desc-hmc_petref.nii.gz")
+    )
+    assert got["B"].files == {}  # no ses-B PET derivatives; the ses-A ones are not taken

@@ -231,3 +231,25 @@ class SUVR(SimpleInterface):
             "ReferenceValue": float(ref),
         }
         return runtime
+
+
+class _AntsAffineInputSpec(BaseInterfaceInputSpec):
+    in_file = File(exists=True, mandatory=True, desc="ITK text or ANTs .mat affine")
+
+
+class _AntsAffineOutputSpec(TraitedSpec):
+    out_file = File(exists=True, desc="the same transform as an ANTs .mat")
+
+
+class AntsAffine(SimpleInterface):
+    """A reused linear transform (e.g. PETPrep's ITK text) as an ANTs ``.mat``."""
+
+    input_spec = _AntsAffineInputSpec
+    output_spec = _AntsAffineOutputSpec
+
+    def _run_interface(self, runtime):
+        from ..preproc.pet import to_ants_affine
+
+        out = os.path.join(runtime.cwd, "pet2t1w_xfm.mat")
+        self._results["out_file"] = to_ants_affine(self.inputs.in_file, out)
+        return runtime

@@ -84,6 +84,17 @@ def write_ants_rigid(matrix: np.ndarray, path: str) -> str:
     return path
 
 
+def to_ants_affine(path: str, out_path: str) -> str:
+    """Copy the linear transform file ``path`` (ITK text ``.txt``/``.tfm`` as PETPrep writes,
+    or ANTs ``.mat``) to ``out_path`` as an ANTs ``.mat``, in double precision; same
+    transform, same direction. ValueError if it is not an ITK ``AffineTransform``."""
+    tx = ants.read_transform(path, precision="double")
+    if tx.type != "AffineTransform":
+        raise ValueError(f"{path} holds a {tx.type}, not an AffineTransform")
+    ants.write_transform(tx, out_path)
+    return out_path
+
+
 def displacement_error_mm(
     affine_a: np.ndarray, affine_b: np.ndarray, mask: nib.Nifti1Image
 ) -> float:

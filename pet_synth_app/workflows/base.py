@@ -15,7 +15,7 @@ from .. import atomicio
 from ..bids import SubjectInputs
 from ..config import Settings
 from ..plan import RunPlan, resolve_plan
-from ..reuse import source_uris
+from ..reuse import pet_source_uris, source_uris
 from .anatomical import init_anat_preproc_wf
 from .anomaly import init_anomaly_wf
 from .hypometabolism import (
@@ -33,7 +33,7 @@ from .outputs import (
     init_synthesis_derivatives_wf,
 )
 from .pet import init_pet_preproc_wf
-from .reuse import add_sources, apply_anat_reuse, drop_sinks
+from .reuse import add_sources, apply_anat_reuse, apply_pet_reuse, drop_sinks
 from .synthesis import SYNTHESIS_INPUTS, init_synthesis_wf
 
 LOGGER = logging.getLogger("petsynth")
@@ -157,6 +157,9 @@ def init_single_subject_wf(unit: SubjectInputs, settings: Settings, plan: RunPla
             name=_pet_wf_name(pet.path),
         )
         pet_wf.inputs.inputnode.pet_file = pet.path
+        pet_reused = reused.pet.get(pet.path) if reused else None
+        if pet_reused and pet_reused.reused:  # PETPrep's reference + PET -> T1w transform
+            apply_pet_reuse(pet_wf, pet_reused)
         pet_ds = init_pet_derivatives_wf(
             **sinks,
             pet_source=pet.path,
@@ -241,6 +244,10 @@ def init_single_subject_wf(unit: SubjectInputs, settings: Settings, plan: RunPla
                 workflow.connect(source, f"outputnode.{field}", stat_wf, f"inputnode.{field}")
             for field in STAT_OUTPUTS:
                 workflow.connect(stat_wf, f"outputnode.{field}", stat_ds, f"inputnode.{field}")
+            if pet_reused and pet_reused.reused:
+                add_sources(stat_ds, pet_source_uris(pet_reused))
+        if pet_reused and pet_reused.reused:
+            add_sources(pet_ds, pet_source_uris(pet_reused))
     if reused and reused.files:
         add_sources(workflow, source_uris(reused))
     return workflow

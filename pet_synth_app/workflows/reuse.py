@@ -1,9 +1,12 @@
-"""Plug reused derivatives (``reuse.py``) into a built anatomical workflow.
+"""Plug reused derivatives (``reuse.py``) into built anatomical and PET workflows.
 
 The anatomical workflow is built as usual (``anatomical.init_anat_preproc_wf``); each
 step whose outputs are all reused is then taken out: the files are set as inputs of the
 nodes that read that step's outputs, the step node is removed, and every node left with
 nothing to feed is pruned (e.g. the template priors when the segmentation is reused).
+The PET workflow (``pet.init_pet_preproc_wf``) likewise loses its frame average and
+coregistration when PETPrep's reference and PET -> T1w transform are reused
+(``apply_pet_reuse``).
 """
 
 from __future__ import annotations
@@ -11,8 +14,10 @@ from __future__ import annotations
 from nipype.pipeline import engine as pe
 from niworkflows.engine.workflows import LiterateWorkflow as Workflow
 
+from ..interfaces.anat import ApplyTransforms
 from ..interfaces.bids import DerivativesDataSink
-from ..reuse import ReusedAnat
+from ..interfaces.pet import AntsAffine
+from ..reuse import ReusedAnat, ReusedPET
 
 REUSED_METHOD = "reused"
 """``BrainExtractionMethod`` of a reused brain mask."""
@@ -113,6 +118,53 @@ def apply_anat_reuse(anat_wf: Workflow, found: ReusedAnat) -> list[str]:
     return missing
 
 
+def _rewire(wf: Workflow, node: pe.Node, sources: dict[str, tuple[pe.Node, str]]) -> None:
+    """Feed the readers of ``node``'s outputs from ``sources`` (output field -> (node,
+    field)) instead, drop its other links to the outputnode, and remove ``node``."""
+    links = [
+        (src, dst, dst_field)
+        for _, dst, data in wf._graph.out_edges(node, data=True)
+        for src, dst_field in data["connect"]
+    ]
+    wf._graph.remove_node(node)
+    for src, dst, dst_field in links:
+        if src in sources:
+            wf.connect(*sources[src], dst, dst_field)
+        elif dst.name != "outputnode":
+            raise RuntimeError(f"{node.name}.{src} feeds {dst.name}: no reused value")
+
+
+def apply_pet_reuse(pet_wf: Workflow, found: ReusedPET) -> None:
+    """Replace the frame average and the coregistration of ``pet_wf`` by PETPrep's PET
+    reference and PET -> T1w transform (``found.files``): the reference is the mean PET,
+    the transform (converted to an ANTs ``.mat``) goes wherever the computed one went, and
+    the PET on the T1w grid is resampled through it."""
+    ref = found.files["pet_ref"]
+    xfm = pe.Node(AntsAffine(in_file=found.files["pet2t1w_xfm"]), name="reused_pet2t1w_xfm")
+    to_t1w = pe.Node(
+        ApplyTransforms(in_file=ref, out_name="pet_space-T1w.nii.gz"), name="pet_to_t1w"
+    )
+    pet_wf.connect(
+        [
+            (pet_wf.get_node("inputnode"), to_t1w, [("t1w_brain", "reference")]),
+            (xfm, to_t1w, [("out_file", "transforms")]),
+        ]
+    )
+    avg = pet_wf.get_node("frame_average")
+    _substitute(pet_wf, avg, {"out_file": ref})  # its motion estimates are not written
+    pet_wf._graph.remove_node(avg)
+    _rewire(
+        pet_wf,
+        pet_wf.get_node("coregister"),
+        {"out_xfm": (xfm, "out_file"), "out_file": (to_t1w, "out_file")},
+    )
+    pet_wf.__desc__ = (pet_wf.__desc__ or "") + (
+        "\nThe PET reference and its PET-to-T1w transform were not computed but reused "
+        "from PETPrep derivatives (`--derivatives`); the reference stood for the frame "
+        "average.\n"
+    )
+
+
 def drop_sinks(ds_wf: Workflow, fields: list[str]) -> None:
     """Remove the sinks ``ds_<field>`` of a derivatives workflow (outputs not produced)."""
     for f in fields:
@@ -140,4 +192,11 @@ def _all_nodes(wf: Workflow):
             yield node
 
 
-__all__ = ["REUSED_METHOD", "STAGE_FIELDS", "add_sources", "apply_anat_reuse", "drop_sinks"]
+__all__ = [
+    "REUSED_METHOD",
+    "STAGE_FIELDS",
+    "add_sources",
+    "apply_anat_reuse",
+    "apply_pet_reuse",
+    "drop_sinks",
+]
