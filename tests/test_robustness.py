@@ -275,6 +275,20 @@ def test_sink_compresses_fast_and_leaves_gzip_alone_afterwards(tmp_path):
     assert gzip.GzipFile is real
 
 
+def test_sink_node_rerun_in_the_same_work_dir_writes_nothing(tmp_path):
+    """Through a Nipype node (which empties the node folder before each rerun of an
+    always-run interface), the second run finds its stamp and writes nothing."""
+    from nipype.pipeline import engine as pe
+
+    sink, out = _sink(tmp_path)
+    node = pe.Node(sink, name="ds_t1w", base_dir=str(tmp_path / "work"))
+    node.run()
+    nii = out / "sub-01" / "anat" / "sub-01_desc-preproc_T1w.nii.gz"
+    first = nii.stat().st_mtime_ns
+    node.run()
+    assert nii.stat().st_mtime_ns == first
+
+
 def test_sink_removes_the_participant_report_only_when_it_writes(tmp_path):
     """A changed derivative invalidates ``sub-<label>.html`` (written again when the
     participant finishes); a rerun that writes nothing keeps it."""
