@@ -98,9 +98,9 @@ class DerivativesDataSink(_NiwDataSink):
 
 STAMP = "_petsynth_sink_stamp_"
 """Prefix of the file beside a sink's node folder recording its last write: the inputs
-and the size and modification time of the files written. A rerun (the same ``-w``) with the same inputs
-and the outputs untouched on disk writes nothing (the sink otherwise always reruns and
-recompresses every image: ~37 s for a finished participant)."""
+and the size and modification time of the files written. A rerun (the same ``-w``) with
+the same inputs and the outputs untouched on disk writes nothing (the sink otherwise
+always reruns and recompresses every image: ~37 s for a finished participant)."""
 
 
 def _file_states(paths) -> list:
