@@ -12,9 +12,9 @@ folder, and reports:
 
 * wall time of the run, per participant (wall / N) and when each participant's report
   appeared (s from the start; a report marks a finished participant);
-* CPU use of both cores over the run: CPU seconds of the whole process tree
-  (``getrusage(RUSAGE_CHILDREN)``) / (wall x cores), and the share of 5 s windows in
-  which the tree used less than half the cores (sampled from /proc);
+* CPU use of both cores over the run: CPU seconds of the whole process tree (sampled
+  from /proc every 0.25 s) / (wall x cores), and the share of 5 s windows in which the
+  tree used less than half the cores;
 * peak memory: the largest sum of the resident set sizes (RSS) of the process tree,
   sampled every 0.25 s, and the largest single process (``ru_maxrss``);
 * a per-step profile from Nipype's result files: the 10 steps with the largest total
@@ -91,6 +91,8 @@ class Monitor(threading.Thread):
         super().__init__(daemon=True)
         self.pid, self.every_s, self.window_s = pid, every_s, window_s
         self.peak_rss = 0
+        self.ticks = 0  # CPU ticks of the tree (processes seen alive; the last <0.25 s of
+        # a process that exits between two samples is missed)
         self.windows: list[float] = []  # cores busy per window (approximate)
         self.stop = threading.Event()
 
@@ -103,6 +105,7 @@ class Monitor(threading.Thread):
                 rss, ticks = _rss_and_ticks(pid)
                 rss_total += rss
                 window_ticks += max(ticks - seen.get(pid, 0), 0)
+                self.ticks += max(ticks - seen.get(pid, 0), 0)
                 seen[pid] = ticks
             self.peak_rss = max(self.peak_rss, rss_total)
             now = time.monotonic()
@@ -156,7 +159,6 @@ def labels(bids: Path) -> list[str]:
 
 def run_once(cmd: list[str], out: Path, subjects: list[str], env: dict) -> dict:
     """Run ``cmd``; wall (s), CPU (s), peak tree RSS, report times (s from start)."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.monotonic()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     mon = Monitor(proc.pid)
@@ -183,7 +185,9 @@ def run_once(cmd: list[str], out: Path, subjects: list[str], env: dict) -> dict:
         if s not in finished and (out / f"sub-{s}.html").is_file():
             finished[s] = wall
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    # getrusage misses the Nipype workers (children of the forkserver, never waited for
+    # by this process): the CPU time is the sampled ticks of the tree
+    cpu = mon.ticks / TICK
     if proc.returncode != 0:
         print("\n".join(log_lines[-40:]))
         raise SystemExit(f"petsynth exited {proc.returncode}")
