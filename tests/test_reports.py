@@ -371,3 +371,24 @@ def test_group_reports_only_rewrites_the_group_report_without_a_fit(tmp_path, ca
     code = run.main([str(bids), str(out), "participant", "--reports-only"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and len(err) == 1 and "--reports-only is a group-level option" in err[0]
+
+
+def test_failed_coregistration_qc_is_said_above_the_clusters(tmp_path, monkeypatch):
+    """A PET of another person (sub-chris of the real heads: coreg_gm_corr 0.128) gets
+    clusters at the rim and ventricles: the map sections say they are not findings."""
+    from pet_synth_app.reports import subject as S
+
+    settings = make_outputs(tmp_path)
+    make_tree(tmp_path, "01", ocsvm=False)
+    text = write_subject_report(tmp_path, "01", "run1", settings).read_text()
+    assert "Quality control failed" not in text
+    real = S._Report._series_qc
+
+    def bad_coreg(self, unit, series):
+        return {**real(self, unit, series), "coreg_gm_corr": 0.128}
+
+    monkeypatch.setattr(S._Report, "_series_qc", bad_coreg)
+    text = write_subject_report(tmp_path, "01", "run1", settings).read_text()
+    hypo = _section(text, "hypometabolism")
+    assert "Quality control failed (coreg_gm_corr)" in hypo
+    assert "not from metabolism" in hypo

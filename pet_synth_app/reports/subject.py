@@ -396,6 +396,7 @@ class _Report:
                     continue
                 meta = sidecar(stat)
                 threshold = float(meta.get("Threshold", Z_THRESHOLD))
+                parts.append(self._qc_caution(unit, series, what))
                 parts.append(kv([(k, meta.get(k)) for k in THRESHOLD_KEYS]))
                 if bg is None:
                     parts.append(na(f"the {space} T1w background is missing"))
@@ -424,6 +425,22 @@ class _Report:
                     )
                 parts.append(self._cluster_table(files[f"{desc}_tsv"], what))
         return "".join(parts)
+
+    def _qc_caution(self, unit: Unit, series: str, what: str) -> str:
+        """A warning above a map whose series or anatomy failed a QC check: its clusters
+        may come from misalignment (e.g. a PET of another person, or a failed
+        registration), not from metabolism."""
+        failed = qc.check(self._unit_qc(unit)) + qc.check(self._series_qc(unit, series))
+        if not failed:
+            return ""
+        names = ", ".join(sorted({w.split(": ")[1].split(" = ")[0] for w in failed}))
+        return (
+            f"<p class='warn'><b>Quality control failed ({esc(names)}):</b> the PET, the "
+            "T1w and the template are not reliably aligned, so the "
+            f"{esc(what)} clusters below can come from misalignment (at the brain rim, "
+            "the ventricles and the cortex), not from metabolism. Do not read them as "
+            "findings before checking the alignment figures above.</p>"
+        )
 
     def evidence(self) -> str:
         """Which of the two Z maps the dataset's own evaluation favours (held-out
