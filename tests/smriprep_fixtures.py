@@ -127,7 +127,9 @@ def petsynth_pet_files(out: Path, work: Path, subject: str) -> dict[str, Path]:
     """A PetSynth run's PET reference (its frame average, from the work folder) and PET ->
     T1w transform of ``subject``'s single PET series."""
     refs = sorted(
-        Path(work).glob(f"petsynth_wf/single_subject_{subject}_wf/pet_*_wf/frame_average/*.nii.gz")
+        Path(work).glob(
+            f"petsynth_wf/single_subject_{subject}_wf/pet_*_wf/frame_average/pet_mean.nii.gz"
+        )
     )
     assert len(refs) == 1, refs
     return {"pet_ref": refs[0], "pet2t1w_xfm": L.find(out, subject, "pet2t1w_xfm")}
