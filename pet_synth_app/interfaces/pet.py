@@ -253,3 +253,25 @@ class AntsAffine(SimpleInterface):
         out = os.path.join(runtime.cwd, "pet2t1w_xfm.mat")
         self._results["out_file"] = to_ants_affine(self.inputs.in_file, out)
         return runtime
+
+
+class _CoverageInputSpec(BaseInterfaceInputSpec):
+    in_file = File(exists=True, mandatory=True, desc="PET series (3D or 4D, scanner space)")
+
+
+class PETCoverage(SimpleInterface):
+    """The PET field of view on its own grid, without motion correction
+    (``preproc.pet.pet_coverage``): for a reused PETPrep reference, which lies on the raw
+    PET's grid."""
+
+    input_spec = _CoverageInputSpec
+    output_spec = _FileOutputSpec
+
+    def _run_interface(self, runtime):
+        from ..preproc.pet import pet_coverage
+
+        img = nib.load(self.inputs.in_file)
+        out = os.path.join(runtime.cwd, "pet_coverage.nii.gz")
+        nib.Nifti1Image(pet_coverage(img).astype(np.uint8), img.affine).to_filename(out)
+        self._results["out_file"] = out
+        return runtime

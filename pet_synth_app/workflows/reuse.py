@@ -16,7 +16,7 @@ from niworkflows.engine.workflows import LiterateWorkflow as Workflow
 
 from ..interfaces.anat import ApplyTransforms
 from ..interfaces.bids import DerivativesDataSink
-from ..interfaces.pet import AntsAffine
+from ..interfaces.pet import AntsAffine, PETCoverage
 from ..reuse import ReusedAnat, ReusedPET
 
 REUSED_METHOD = "reused"
@@ -152,7 +152,11 @@ def apply_pet_reuse(pet_wf: Workflow, found: ReusedPET) -> None:
     )
     avg = pet_wf.get_node("frame_average")
     _substitute(pet_wf, avg, {"out_file": ref})  # its motion estimates are not written
-    pet_wf._graph.remove_node(avg)
+    # the field of view of the raw series (on the reference's grid, checked by reuse.py),
+    # without per-frame motion: PETPrep's frame transforms are not reused
+    coverage = pe.Node(PETCoverage(), name="reused_pet_coverage")
+    pet_wf.connect(pet_wf.get_node("inputnode"), "pet_file", coverage, "in_file")
+    _rewire(pet_wf, avg, {"coverage_file": (coverage, "out_file")})
     _rewire(
         pet_wf,
         pet_wf.get_node("coregister"),
