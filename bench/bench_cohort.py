@@ -49,29 +49,11 @@ PAGE = os.sysconf("SC_PAGE_SIZE")
 TICK = os.sysconf("SC_CLK_TCK")
 
 
-def _children_map() -> dict[int, list[int]]:
-    kids: dict[int, list[int]] = defaultdict(list)
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{d}/stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        kids[ppid].append(int(d))
-    return kids
-
-
 def tree(root: int) -> list[int]:
     """``root`` and all its live descendants (pids)."""
-    kids = _children_map()
-    out, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        out.append(pid)
-        todo.extend(kids.get(pid, []))
-    return out
+    from pet_synth_app.interrupt import descendants
+
+    return [root, *descendants(root)]
 
 
 def _rss_and_ticks(pid: int) -> tuple[int, int]:
