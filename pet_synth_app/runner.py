@@ -39,7 +39,26 @@ def run_participant(settings: Settings) -> int:
             "participant reports are rewritten by rerunning with the same -w"
         )
     check_writable(settings)
+    from . import uptodate
+
+    fresh = uptodate.up_to_date(settings, uptodate.requested_subjects(settings))
+    for subject in fresh:
+        LOGGER.info(
+            "sub-%s: finished, and no input, option, model or output changed since: not "
+            "rerun (remove sub-%s.html or use a new work folder to run it again)",
+            subject,
+            subject,
+        )
+    if fresh and set(fresh) == set(uptodate.requested_subjects(settings)):
+        return summarize_run(settings, [], [], [], 0, fresh, up_to_date=fresh)
     good, errors, n_units, warnings = collect_units(settings)
+    if fresh:
+        n_units -= sum(u.subject in fresh for u in good)
+        good = [u for u in good if u.subject not in fresh]
+        if not good:  # the others could not be run at all
+            for err in errors:
+                print_error(err)
+            return summarize_run(settings, [], [], errors, n_units, [], up_to_date=fresh)
     official = []
     if not settings.skip_bids_validation:
         from .inputcheck import skip_invalid_sidecars
@@ -68,6 +87,7 @@ def run_participant(settings: Settings) -> int:
     errors.extend(reuse_errors)
     if not good:
         raise PetSynthError("no participant has usable inputs; nothing was written")
+    uptodate.forget(settings, sorted({u.subject for u in good}))
     run_id = new_run_id()
     log_dir = settings.output_dir / "logs"
     settings.output_dir.mkdir(parents=True, exist_ok=True)
@@ -125,8 +145,11 @@ def run_participant(settings: Settings) -> int:
         if unit.name in failed_names:
             done_subjects.discard(unit.subject)
     annotate_outputs(settings, [u for u in good if u.subject not in done_subjects], warnings)
-    reports.finish(sorted(done_subjects))
-    return summarize_run(settings, good, failed, errors, n_units, sorted(done_subjects))
+    reported = reports.finish(sorted(done_subjects))
+    uptodate.record_finished(settings, [s for s in reported if s in done_subjects])
+    return summarize_run(
+        settings, good, failed, errors, n_units, sorted(done_subjects), up_to_date=fresh
+    )
 
 
 QC_FAIL_EXIT = 3
@@ -281,29 +304,32 @@ def summarize_run(
     errors: list[PetSynthError],
     n_units: int,
     done_subjects: list[str],
+    up_to_date: list[str] = (),
 ) -> int:
     """Log the final summary (units finished of those asked for, the QC checks each
-    finished unit failed) and return the exit code."""
+    finished unit failed, participants ``up_to_date`` that were not rerun) and return the
+    exit code."""
     from .analysis import qc
 
     n_ok = len(units) - len({name for name, _ in failed if name != "workflow"})
     if any(name == "workflow" for name, _ in failed):
         n_ok = 0
     qc_failed = {}
-    for subject in done_subjects:
+    for subject in [*done_subjects, *up_to_date]:
         for unit, checks in qc.failed_checks(settings.output_dir, subject).items():
             qc_failed[unit] = checks
     for unit, checks in qc_failed.items():
         LOGGER.warning("QC failed for %s: %s", unit, "; ".join(checks))
     LOGGER.info(
-        "finished: %d of %d unit(s) succeeded; %d skipped, %d failed; QC: %s",
+        "finished: %d of %d unit(s) succeeded; %d skipped, %d failed%s; QC: %s",
         n_ok,
         n_units,
         n_units - len(units),
         len(units) - n_ok,
+        f"; {len(up_to_date)} participant(s) up to date, not rerun" if up_to_date else "",
         f"{len(qc_failed)} unit(s) with failed checks (listed above)"
         if qc_failed
-        else f"all checks passed ({len(done_subjects)} participant(s))",
+        else f"all checks passed ({len(done_subjects) + len(up_to_date)} participant(s))",
     )
     if failed or errors:
         return 1

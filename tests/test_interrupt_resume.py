@@ -133,6 +133,17 @@ def reference(bids3, tmp_path_factory) -> Path:
     return base / "out"
 
 
+def started_since(node_dir: Path, t_start: float) -> bool:
+    """Whether a node's run began after ``t_start`` (its unfinished marker is newer)."""
+    for marker in node_dir.glob("_0x*_unfinished.json"):
+        try:
+            if marker.stat().st_mtime > t_start:
+                return True
+        except FileNotFoundError:  # the rerun clears the killed run's marker meanwhile
+            continue
+    return False
+
+
 def test_sigint_then_sigkills_then_resume(bids3, reference, tmp_path):
     out, work = tmp_path / "out", tmp_path / "work"
     reg_dir = work / "petsynth_wf" / "single_subject_c01_wf" / "anat_preproc_wf" / "tpl_reg"
@@ -155,11 +166,7 @@ def test_sigint_then_sigkills_then_resume(bids3, reference, tmp_path):
     # 2. SIGKILL during the registration of the rerun
     t_start = time.time()
     proc = start(bids3, out, work, "c01", tmp_path / "log2.txt")
-    wait_for(
-        lambda: [p for p in reg_dir.glob("_0x*_unfinished.json") if p.stat().st_mtime > t_start],
-        proc,
-        poll=0.5,
-    )
+    wait_for(lambda: started_since(reg_dir, t_start), proc, poll=0.5)
     time.sleep(2)
     os.killpg(proc.pid, signal.SIGKILL)
     finish(proc, timeout=60)

@@ -175,6 +175,19 @@ def test_rerun_reuses_finished_nodes(first_run):
     assert (first_run["out"] / "sub-c01.html").is_file()
 
 
+def test_finished_participant_is_not_rerun(first_run):
+    """A rerun of finished participants whose inputs, options and outputs are unchanged
+    builds no workflow (what invalidates it: tests/test_uptodate.py)."""
+    logs = first_run["out"] / "logs"
+    configs = set(logs.glob("config-*.toml"))
+    cmd = [sys.executable, "-m", "pet_synth_app.cli.run", *first_run["args"]]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "sub-c01: finished, and no input, option, model or output changed" in res.stderr
+    assert "2 participant(s) up to date, not rerun" in res.stderr
+    assert set(logs.glob("config-*.toml")) == configs  # no run was started
+
+
 def test_one_bad_subject_others_finish(phantom, tmp_path, capsys):
     bids = tmp_path / "bids"
     shutil.copytree(phantom, bids)
