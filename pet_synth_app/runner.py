@@ -49,8 +49,9 @@ def run_participant(settings: Settings) -> int:
             subject,
             subject,
         )
+    fresh_qc = uptodate.recorded_qc(settings, fresh)
     if fresh and set(fresh) == set(uptodate.requested_subjects(settings)):
-        return summarize_run(settings, [], [], [], 0, fresh, up_to_date=fresh)
+        return summarize_run(settings, [], [], [], 0, [], fresh_qc, up_to_date=fresh)
     good, errors, n_units, warnings = collect_units(settings)
     if fresh:
         n_units -= sum(u.subject in fresh for u in good)
@@ -58,7 +59,7 @@ def run_participant(settings: Settings) -> int:
         if not good:  # the others could not be run at all
             for err in errors:
                 print_error(err)
-            return summarize_run(settings, [], [], errors, n_units, [], up_to_date=fresh)
+            return summarize_run(settings, [], [], errors, n_units, [], fresh_qc, up_to_date=fresh)
     official = []
     if not settings.skip_bids_validation:
         from .inputcheck import skip_invalid_sidecars
@@ -146,9 +147,24 @@ def run_participant(settings: Settings) -> int:
             done_subjects.discard(unit.subject)
     annotate_outputs(settings, [u for u in good if u.subject not in done_subjects], warnings)
     reported = reports.finish(sorted(done_subjects))
-    uptodate.record_finished(settings, [s for s in reported if s in done_subjects])
+    from .analysis import qc
+
+    qc_failed = {  # computed by the report workers, except for reports kept as they were
+        s: reports.qc_failed[s]
+        if s in reports.qc_failed
+        else qc.failed_checks(settings.output_dir, s)
+        for s in sorted(done_subjects)
+    }
+    uptodate.record_finished(settings, [s for s in reported if s in done_subjects], qc_failed)
     return summarize_run(
-        settings, good, failed, errors, n_units, sorted(done_subjects), up_to_date=fresh
+        settings,
+        good,
+        failed,
+        errors,
+        n_units,
+        sorted(done_subjects),
+        {**qc_failed, **fresh_qc},
+        up_to_date=fresh,
     )
 
 
@@ -304,20 +320,16 @@ def summarize_run(
     errors: list[PetSynthError],
     n_units: int,
     done_subjects: list[str],
+    qc_of: dict[str, dict[str, list[str]]],
     up_to_date: list[str] = (),
 ) -> int:
     """Log the final summary (units finished of those asked for, the QC checks each
-    finished unit failed, participants ``up_to_date`` that were not rerun) and return the
-    exit code."""
-    from .analysis import qc
-
+    finished unit failed, ``qc_of`` by subject as ``qc.failed_checks`` gives them,
+    participants ``up_to_date`` that were not rerun) and return the exit code."""
     n_ok = len(units) - len({name for name, _ in failed if name != "workflow"})
     if any(name == "workflow" for name, _ in failed):
         n_ok = 0
-    qc_failed = {}
-    for subject in [*done_subjects, *up_to_date]:
-        for unit, checks in qc.failed_checks(settings.output_dir, subject).items():
-            qc_failed[unit] = checks
+    qc_failed = {unit: checks for by_unit in qc_of.values() for unit, checks in by_unit.items()}
     for unit, checks in qc_failed.items():
         LOGGER.warning("QC failed for %s: %s", unit, "; ".join(checks))
     LOGGER.info(

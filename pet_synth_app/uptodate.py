@@ -106,9 +106,12 @@ def record_file(settings: Settings, subject: str) -> Path:
     return Path(settings.work_dir) / RECORD_DIR / f"sub-{subject}.json"
 
 
-def record_finished(settings: Settings, subjects: list[str]) -> None:
-    """Record ``subjects`` as finished (called once their reports are written); a subject
-    without a report is not recorded."""
+def record_finished(
+    settings: Settings, subjects: list[str], qc_failed: dict[str, dict] | None = None
+) -> None:
+    """Record ``subjects`` as finished (called once their reports are written) with the
+    QC checks their units failed (``qc_failed`` by subject, as ``analysis.qc.
+    failed_checks`` gives them); a subject without a report is not recorded."""
     from . import atomicio
 
     for subject in subjects:
@@ -117,7 +120,11 @@ def record_finished(settings: Settings, subjects: list[str]) -> None:
             path.unlink(missing_ok=True)
             continue
         path.parent.mkdir(parents=True, exist_ok=True)
-        record = {"subject": subject, "fingerprint": fingerprint(settings, subject)}
+        record = {
+            "subject": subject,
+            "fingerprint": fingerprint(settings, subject),
+            "qc_failed": (qc_failed or {}).get(subject, {}),
+        }
         atomicio.write_text(path, json.dumps(record, indent=1) + "\n")
 
 
@@ -147,6 +154,17 @@ def up_to_date(settings: Settings, subjects: list[str]) -> list[str]:
     return fresh
 
 
+def recorded_qc(settings: Settings, subjects: list[str]) -> dict[str, dict[str, list[str]]]:
+    """The failed QC checks recorded when ``subjects`` finished (by subject)."""
+    out = {}
+    for subject in subjects:
+        try:
+            out[subject] = json.loads(record_file(settings, subject).read_text())["qc_failed"]
+        except (OSError, ValueError, KeyError):
+            out[subject] = {}
+    return out
+
+
 def forget(settings: Settings, subjects: list[str]) -> None:
     """Remove the records of ``subjects`` (their run starts: until it finishes again,
     they are not finished)."""
@@ -160,6 +178,7 @@ __all__ = [
     "forget",
     "record_file",
     "record_finished",
+    "recorded_qc",
     "requested_subjects",
     "up_to_date",
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import nibabel as nib
@@ -186,4 +187,9 @@ def fake_run(monkeypatch):
     monkeypatch.setattr("pet_synth_app.workflows.base.init_petsynth_wf", init_wf)
     monkeypatch.setattr("pet_synth_app.workflows.base.run_workflow", run_wf)
     monkeypatch.setattr(qc, "failed_checks", lambda out, sub: {})
+    # reports in threads of this process, so that they see the patched QC checks
+    monkeypatch.setattr(
+        "pet_synth_app.reports.background.ProcessPoolExecutor",
+        lambda workers, mp_context=None: ThreadPoolExecutor(workers),
+    )
     return seen

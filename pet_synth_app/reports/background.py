@@ -25,18 +25,22 @@ LOGGER = logging.getLogger("petsynth")
 
 def write_one(
     output_dir: Path, subject: str, warnings: list, run_id: str, settings_file: Path
-) -> str:
+) -> tuple[str, dict[str, list[str]]]:
     """Annotate ``sub-<subject>``'s sidecars with its input ``warnings`` and write its
-    report; the log line (run in a worker process, logged by the parent)."""
+    report; returns the log line (run in a worker process, logged by the parent) and the
+    QC checks its units failed (``analysis.qc.failed_checks``), so that the run's summary
+    does not compute them again in the main process."""
     import time
 
     from .. import inputcheck
+    from ..analysis import qc
     from .subject import write_subject_report
 
     t0 = time.perf_counter()
     inputcheck.annotate_sidecars(Path(output_dir) / f"sub-{subject}", warnings)
     path = write_subject_report(Path(output_dir), subject, run_id, Path(settings_file))
-    return f"report {path.name} written in {time.perf_counter() - t0:.1f} s"
+    failed = qc.failed_checks(Path(output_dir), subject)
+    return f"report {path.name} written in {time.perf_counter() - t0:.1f} s", failed
 
 
 class SubjectReports:
@@ -61,6 +65,8 @@ class SubjectReports:
         self.workers = max(1, workers)
         self.futures: dict[str, Future] = {}
         self.unchanged: set[str] = set()
+        self.qc_failed: dict[str, dict[str, list[str]]] = {}
+        """Failed QC checks of the subjects whose report was written (``finish``)."""
         self._pool: ProcessPoolExecutor | None = None
 
     def _submit(self, subject: str) -> None:
@@ -105,7 +111,7 @@ class SubjectReports:
         written = []
         for subject, future in self.futures.items():
             try:
-                future.result()
+                self.qc_failed[subject] = future.result()[1]
                 written.append(subject)
             except Exception as exc:  # a report must never fail the run
                 LOGGER.warning("report of sub-%s not written: %s", subject, exc)
@@ -121,7 +127,7 @@ class SubjectReports:
 
 def _log_result(future: Future) -> None:
     if not future.cancelled() and future.exception() is None:
-        LOGGER.info("%s", future.result())
+        LOGGER.info("%s", future.result()[0])
 
 
 __all__ = ["SubjectReports", "write_one"]
