@@ -63,6 +63,19 @@ def available_cpus() -> int:
         return os.cpu_count() or 1
 
 
+def default_omp_nthreads(nprocs: int, analysis_level: str = "participant") -> int:
+    """Threads per process when ``--omp-nthreads`` is not given.
+
+    Participant level: ``nprocs - 1`` (at least 1, at most 8), fMRIPrep's rule. Nipype's
+    MultiProc runs a step only when its declared threads fit in ``--nprocs``, so with
+    2 CPUs and 2 threads per step one step ran at a time and, most steps scaling poorly
+    to 2 threads, half the CPU sat idle: 4 participants at 1 mm took 683 s with 2 threads
+    and 474 s with 1 (docs/benchmarks.md, "Cohort scale"). Group level (one process):
+    ``min(nprocs, 8)``."""
+    n = int(nprocs) if analysis_level == "group" else int(nprocs) - 1
+    return max(1, min(n, 8))
+
+
 def default_work_dir(output_dir: Path) -> Path:
     """``<temp>/petsynth-work-<hash of the output folder>``: outside the current folder
     and the derivatives, the same for every run into one output folder (reruns resume
@@ -88,7 +101,7 @@ class Settings:
     session_label: list[str] = field(default_factory=list)
     bids_filters: dict = field(default_factory=dict)
     nprocs: int = field(default_factory=lambda: available_cpus())
-    omp_nthreads: int = 0  # 0: min(nprocs, 8)
+    omp_nthreads: int = 0  # 0: default_omp_nthreads(nprocs, analysis_level)
     mem_mb: int = 0  # 0: no limit
     use_plugin: Path | None = None
     skip_bids_validation: bool = False
@@ -128,7 +141,9 @@ class Settings:
         if self.work_dir is None:
             object.__setattr__(self, "work_dir", default_work_dir(Path(self.output_dir)))
         if not self.omp_nthreads:
-            object.__setattr__(self, "omp_nthreads", min(self.nprocs, 8))
+            object.__setattr__(
+                self, "omp_nthreads", default_omp_nthreads(self.nprocs, self.analysis_level)
+            )
         if self.sloppy and self.registration_preset == "default":
             object.__setattr__(self, "registration_preset", "sloppy")
 
@@ -278,6 +293,7 @@ def _plain(value):
 
 __all__ = [
     "DEVICES",
+    "default_omp_nthreads",
     "GM_THRESHOLD",
     "MIN_BRAIN_COVERAGE",
     "OUTPUT_SPACES",

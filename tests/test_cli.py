@@ -149,9 +149,22 @@ def test_bids_examples_give_clear_errors(realdata, tmp_path, name):
     assert not (tmp_path / "out").exists()
 
 
+def test_default_threads_leave_room_for_two_steps(tmp_path):
+    """Participant level: nprocs - 1 threads per step (two steps at a time on 2 CPUs);
+    group level, one process: all of them; always 1 to 8."""
+    from pet_synth_app.config import default_omp_nthreads
+
+    assert [default_omp_nthreads(n) for n in (1, 2, 3, 8, 16)] == [1, 1, 2, 7, 8]
+    assert [default_omp_nthreads(n, "group") for n in (1, 2, 3, 16)] == [1, 2, 3, 8]
+    common = dict(bids_dir=tmp_path / "b", output_dir=tmp_path / "o", nprocs=2)
+    assert Settings(**common).omp_nthreads == 1
+    assert Settings(**common, analysis_level="group").omp_nthreads == 2
+    assert Settings(**common, omp_nthreads=2).omp_nthreads == 2  # given: kept
+
+
 def test_settings_toml_roundtrip(tmp_path):
     s = Settings(bids_dir=tmp_path / "b", output_dir=tmp_path / "o", nprocs=3, sloppy=True)
-    assert s.omp_nthreads == 3 and s.registration_preset == "sloppy"
+    assert s.omp_nthreads == 2 and s.registration_preset == "sloppy"
     path = s.to_toml(tmp_path / "logs" / "config.toml")
     data = tomllib.loads(path.read_text())["petsynth"]
     assert data["bids_dir"] == str(tmp_path / "b")

@@ -37,7 +37,11 @@ SHARED_OPTIONS: dict[str, tuple[tuple[str, ...], dict]] = {
     ),
     "omp_nthreads": (
         ("--omp-nthreads", "--omp_nthreads"),
-        dict(type=int, help="threads per process (0: min(nprocs, 8))"),
+        dict(
+            type=int,
+            help="threads per process (0: participant level nprocs - 1, group level "
+            "nprocs; at least 1, at most 8)",
+        ),
     ),
     "device": (
         ("--device",),
