@@ -82,7 +82,7 @@ def run_group_level(settings: Settings) -> int:
         )
     t0 = time.time()
     ref = nib.load(str(next(iter(found.values()))["pet"]))
-    maps = _control_maps(out, found, ref.shape[:3], settings.histogram_matching)
+    maps = _control_maps(found, ref.shape[:3])
     rows = []
     for i, (subject, files) in enumerate(found.items()):
         pet = np.asanyarray(nib.load(str(files["pet"])).dataobj, dtype=np.float64)
@@ -98,7 +98,12 @@ def run_group_level(settings: Settings) -> int:
                 f"cannot compare pseudo and real PET: {exc}", str(files["pet"])
             ) from None
         rows.append({"participant_id": f"sub-{subject}", **quality})
-        normative.put_control(maps, i, pet, pseudo, mask, view, settings.histogram_matching)
+        try:
+            normative.put_control(maps, i, pet, pseudo, mask, view, settings.histogram_matching)
+        except ValueError as exc:
+            raise PetSynthError(
+                f"cannot fit the normative model: {exc}", str(files["pet"])
+            ) from None
         del pet, pseudo, mask, view  # one control's full volumes at a time
     LOGGER.info(
         "group: %d controls read (%d voxels each, %.2f GB) in %.0f s",
@@ -160,7 +165,7 @@ def coverage_of(out: Path, subject: str, shape: tuple[int, ...]) -> np.ndarray:
 
 
 def _control_maps(
-    out: Path, found: dict[str, dict[str, Path]], shape: tuple[int, ...], hm: bool
+    found: dict[str, dict[str, Path]], shape: tuple[int, ...]
 ) -> normative.ControlMaps:
     """Empty ``normative.ControlMaps`` for the controls ``found``: the union and
     intersection of their MNI brain masks, read one at a time."""
