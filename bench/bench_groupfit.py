@@ -4,6 +4,7 @@ Usage:
   python bench/bench_groupfit.py make CACHE --resolution 2 [--n-real 35 --n-synthetic 40]
   python bench/bench_groupfit.py fit CACHE --resolution 2 [--threads 2] [--json out.json]
   python bench/bench_groupfit.py group CACHE --resolution 2 --work DIR [--threads 2]
+                                       [--detector-only]
 
 Input: SIMULATED arrays already in MNI space (no preprocessing; preprocessing 75
 subjects would take hours here). ``make`` draws each control with the project's
@@ -309,9 +310,23 @@ def write_outputs(cache: Path, resolution: int, work: Path) -> tuple[Path, Path]
     return bids, out
 
 
-def group(cache: Path, resolution: int, threads: int, work: Path) -> dict:
+_DETECTOR_ONLY = """
+import sys
+import pet_synth_app.group as g
+g.image_metrics = lambda *a, **k: dict.fromkeys(("ssim", "ssim_2d", "psnr", "rmse", "mae"), 0.0)
+g._write_cluster_null = lambda *a, **k: None
+from pet_synth_app.cli.run import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def group(
+    cache: Path, resolution: int, threads: int, work: Path, detector_only: bool = False
+) -> dict:
     """Run ``petsynth BIDS OUT group`` on the fake outputs of ``write_outputs`` and
-    measure it (module docstring)."""
+    measure it (module docstring). ``detector_only``: the same run with the quality
+    metrics and the cluster null replaced by no-ops (to reach the OC-SVM phase, the
+    memory peak, sooner on a slow machine; a partial measurement)."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from bench_cohort import TICK, Monitor
 
@@ -320,7 +335,8 @@ def group(cache: Path, resolution: int, threads: int, work: Path) -> dict:
     t_write = time.time() - t0
     shutil.rmtree(out / "group", ignore_errors=True)
     log = work / "group.log"
-    cmd = [sys.executable, "-m", "pet_synth_app.cli.run", str(bids), str(out), "group"]
+    run = ["-c", _DETECTOR_ONLY] if detector_only else ["-m", "pet_synth_app.cli.run"]
+    cmd = [sys.executable, *run, str(bids), str(out), "group"]
     cmd += ["--mni-resolution", str(resolution), "--omp-nthreads", str(threads)]
     cmd += ["--skip-bids-validation", "-v"]
     load_before = os.getloadavg()
@@ -344,6 +360,7 @@ def group(cache: Path, resolution: int, threads: int, work: Path) -> dict:
         "resolution_mm": resolution,
         "n_controls": len(json.loads((cache / "names.json").read_text())["train"]),
         "threads": threads,
+        "detector_only": detector_only,
         "exit_code": code,
         "write_outputs_s": round(t_write, 1),
         "wall_s": round(wall, 1),
@@ -354,7 +371,7 @@ def group(cache: Path, resolution: int, threads: int, work: Path) -> dict:
         "loadavg_before": [round(x, 2) for x in load_before],
         "loadavg_after": [round(x, 2) for x in os.getloadavg()],
         "phases": phases,
-        "command": " ".join(cmd),
+        "command": " ".join(c if c != _DETECTOR_ONLY else "<detector-only stub>" for c in cmd),
     }
     print(json.dumps(row, indent=1), flush=True)
     return row
@@ -379,6 +396,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--work", type=Path, default=None, help="group: fake BIDS + outputs here")
+    p.add_argument(
+        "--detector-only",
+        action="store_true",
+        help="group: no quality metrics and no cluster null (reach the OC-SVM phase sooner)",
+    )
     o = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if o.command == "make":
@@ -387,7 +409,7 @@ def main(argv: list[str] | None = None) -> int:
     if o.command == "group":
         if o.work is None:
             p.error("group needs --work DIR")
-        res = group(o.cache, o.resolution, o.threads, o.work)
+        res = group(o.cache, o.resolution, o.threads, o.work, o.detector_only)
         if o.json:
             o.json.write_text(json.dumps(res, indent=1))
         return 0 if res["exit_code"] == 0 else 1
