@@ -3,6 +3,8 @@
 Usage:
   python bench/bench_groupfit.py make CACHE --resolution 2 [--n-real 35 --n-synthetic 40]
   python bench/bench_groupfit.py fit CACHE --resolution 2 [--threads 2] [--json out.json]
+  python bench/bench_groupfit.py group CACHE --resolution 2 --work DIR [--threads 2]
+                                       [--detector-only]
 
 Input: SIMULATED arrays already in MNI space (no preprocessing; preprocessing 75
 subjects would take hours here). ``make`` draws each control with the project's
@@ -24,6 +26,16 @@ random model voxels, scikit-learn's ``OneClassSVM`` is fitted on the same latent
 (re-encoded with the saved autoencoder) and its decision values on the held-out
 control and on 3 training controls are compared with the saved model's (Pearson r,
 max |difference|).
+
+``group`` runs the whole group level end to end (``petsynth BIDS OUT group``: quality
+table, normative model, leave-one-out cluster null, OC-SVM detector) in a subprocess on
+the 75 training arrays written as a fake participant-level output in ``--work``
+(``write_outputs``: per control the MNI SUVR PET, a pseudo-normal PET, brain mask,
+template GM probability and full coverage mask under their BIDS derivative names; the
+pseudo-normal PET is the PET smoothed and scaled, a stand-in: only sizes matter here).
+It reports wall time, CPU seconds (children's user + system after the run, and sampled
+ticks), peak RSS of the process tree (sampled from /proc every 0.25 s, and the child's
+``ru_maxrss``), per-phase times from the log and the load average.
 """
 
 from __future__ import annotations
@@ -32,7 +44,10 @@ import argparse
 import json
 import logging
 import os
+import re
 import resource
+import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -245,9 +260,126 @@ def fit(cache: Path, resolution: int, threads: int, check_voxels: int, out: Path
     return {**row, "agreement": agree}
 
 
+# ------------------------------------------------------------------ group level
+def write_outputs(cache: Path, resolution: int, work: Path) -> tuple[Path, Path]:
+    """The cached training arrays as a BIDS folder (``work/bids``: participants.tsv, all
+    controls) and a finished participant-level output (``work/out``); returns both."""
+    import nibabel as nib
+    from scipy import ndimage
+
+    from pet_synth_app.config import TEMPLATE_SPACE
+    from pet_synth_app.layout import path, sidecar
+    from pet_synth_app.preproc.templates import get_template
+
+    names = json.loads((cache / "names.json").read_text())["train"]
+    bids, out = work / "bids", work / "out"
+    gm = get_template("GM", resolution)
+    affine = gm.affine
+    gm_data = np.asanyarray(gm.dataobj, dtype=np.float32)
+    for folder in (bids, out):
+        folder.mkdir(parents=True, exist_ok=True)
+        desc = {"Name": "bench_groupfit", "BIDSVersion": "1.9.0"}
+        if folder == out:
+            desc["DatasetType"] = "derivative"
+        (folder / "dataset_description.json").write_text(json.dumps(desc))
+    rows = ["participant_id\tgroup"] + [f"sub-{n}\tcontrol" for n in names]
+    (bids / "participants.tsv").write_text("\n".join(rows) + "\n")
+
+    def save(data: np.ndarray, file: Path, side: dict | None = None) -> None:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        img = nib.Nifti1Image(data, affine)
+        img.header.set_xyzt_units("mm", "sec")
+        img.to_filename(str(file))
+        if side is not None:
+            sidecar(file).write_text(json.dumps(side))
+
+    for name in names:
+        unit, stem = out / f"sub-{name}", f"sub-{name}"
+        if (out / f"{stem}.html").is_file():
+            continue
+        pet = np.load(cache / f"{name}_pet.npy").astype(np.float32)
+        mask = np.load(cache / f"{name}_mask.npy")
+        pseudo = np.where(mask, 0.97 * ndimage.gaussian_filter(pet, 1.5), 0).astype(np.float32)
+        series = f"{stem}_trc-FDG"
+        save(mask.astype(np.uint8), path(unit, stem, "mask", TEMPLATE_SPACE))
+        save(gm_data, path(unit, stem, "gm", TEMPLATE_SPACE))
+        save(pet, path(unit, series, "pet", TEMPLATE_SPACE), {"Units": "SUVR"})
+        save(pseudo, path(unit, stem, "pseudo", TEMPLATE_SPACE), {"ModelWeightsSha256": "b"})
+        save(np.ones(mask.shape, np.uint8), path(unit, series, "coverage", TEMPLATE_SPACE))
+        (out / f"{stem}.html").write_text("<html></html>\n")
+    return bids, out
+
+
+_DETECTOR_ONLY = """
+import sys
+import pet_synth_app.group as g
+g.image_metrics = lambda *a, **k: dict.fromkeys(("ssim", "ssim_2d", "psnr", "rmse", "mae"), 0.0)
+g._write_cluster_null = lambda *a, **k: None
+from pet_synth_app.cli.run import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def group(
+    cache: Path, resolution: int, threads: int, work: Path, detector_only: bool = False
+) -> dict:
+    """Run ``petsynth BIDS OUT group`` on the fake outputs of ``write_outputs`` and
+    measure it (module docstring). ``detector_only``: the same run with the quality
+    metrics and the cluster null replaced by no-ops (to reach the OC-SVM phase, the
+    memory peak, sooner on a slow machine; a partial measurement)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_cohort import TICK, Monitor
+
+    t0 = time.time()
+    bids, out = write_outputs(cache, resolution, work)
+    t_write = time.time() - t0
+    shutil.rmtree(out / "group", ignore_errors=True)
+    log = work / "group.log"
+    run = ["-c", _DETECTOR_ONLY] if detector_only else ["-m", "pet_synth_app.cli.run"]
+    cmd = [sys.executable, *run, str(bids), str(out), "group"]
+    cmd += ["--mni-resolution", str(resolution), "--omp-nthreads", str(threads)]
+    cmd += ["--skip-bids-validation", "-v"]
+    load_before = os.getloadavg()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.time()
+    with open(log, "w") as fh:
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)
+        mon = Monitor(proc.pid)
+        mon.start()
+        code = proc.wait()
+        mon.stop.set()
+        mon.join()
+    wall = time.time() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    phases = [
+        line.strip()
+        for line in log.read_text().splitlines()
+        if re.search(r"group: |OC-SVM fit: |group report", line)
+    ]
+    row = {
+        "resolution_mm": resolution,
+        "n_controls": len(json.loads((cache / "names.json").read_text())["train"]),
+        "threads": threads,
+        "detector_only": detector_only,
+        "exit_code": code,
+        "write_outputs_s": round(t_write, 1),
+        "wall_s": round(wall, 1),
+        "cpu_s": round((after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), 1),
+        "cpu_s_sampled": round(mon.ticks / TICK, 1),
+        "peak_rss_gb_sampled": round(mon.peak_rss / 2**30, 2),
+        "peak_rss_gb_child_maxrss": round(after.ru_maxrss / 2**20, 2),
+        "loadavg_before": [round(x, 2) for x in load_before],
+        "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+        "phases": phases,
+        "command": " ".join(c if c != _DETECTOR_ONLY else "<detector-only stub>" for c in cmd),
+    }
+    print(json.dumps(row, indent=1), flush=True)
+    return row
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("command", choices=("make", "fit"))
+    p.add_argument("command", choices=("make", "fit", "group"))
     p.add_argument("cache", type=Path)
     p.add_argument("--resolution", type=int, choices=(1, 2), default=2)
     p.add_argument("--n-real", type=int, default=35)
@@ -263,11 +395,24 @@ def main(argv: list[str] | None = None) -> int:
         help="make: take the synthetic controls from this 2 mm cache, resampled",
     )
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--work", type=Path, default=None, help="group: fake BIDS + outputs here")
+    p.add_argument(
+        "--detector-only",
+        action="store_true",
+        help="group: no quality metrics and no cluster null (reach the OC-SVM phase sooner)",
+    )
     o = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if o.command == "make":
         make(o.cache, o.resolution, o.n_real, o.n_synthetic, o.seed, o.synthetic_from)
         return 0
+    if o.command == "group":
+        if o.work is None:
+            p.error("group needs --work DIR")
+        res = group(o.cache, o.resolution, o.threads, o.work, o.detector_only)
+        if o.json:
+            o.json.write_text(json.dumps(res, indent=1))
+        return 0 if res["exit_code"] == 0 else 1
     res = fit(o.cache, o.resolution, o.threads, o.check_voxels, o.out or o.cache / "fit")
     if o.json:
         o.json.write_text(json.dumps(res, indent=1))

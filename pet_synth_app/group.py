@@ -82,18 +82,15 @@ def run_group_level(settings: Settings) -> int:
         )
     t0 = time.time()
     ref = nib.load(str(next(iter(found.values()))["pet"]))
-    pets, pseudos, masks, views, rows = [], [], [], [], []
-    for subject, files in found.items():
+    maps = _control_maps(found, ref.shape[:3])
+    rows = []
+    for i, (subject, files) in enumerate(found.items()):
         pet = np.asanyarray(nib.load(str(files["pet"])).dataobj, dtype=np.float64)
         pseudo = np.asanyarray(nib.load(str(files["pseudo"])).dataobj, dtype=np.float64)
         mask = np.asanyarray(nib.load(str(files["mask"])).dataobj) > 0
-        if pet.shape != ref.shape[:3]:
+        if pet.shape != ref.shape[:3] or pseudo.shape != ref.shape[:3]:
             raise PetSynthError("MNI grids differ between controls", str(files["pet"]))
         view = coverage_of(out, subject, mask.shape)
-        pets.append(pet)
-        pseudos.append(pseudo)
-        masks.append(mask)
-        views.append(view)
         try:
             quality = image_metrics(pseudo, pet, mask & view)
         except ValueError as exc:
@@ -101,6 +98,20 @@ def run_group_level(settings: Settings) -> int:
                 f"cannot compare pseudo and real PET: {exc}", str(files["pet"])
             ) from None
         rows.append({"participant_id": f"sub-{subject}", **quality})
+        try:
+            normative.put_control(maps, i, pet, pseudo, mask, view, settings.histogram_matching)
+        except ValueError as exc:
+            raise PetSynthError(
+                f"cannot fit the normative model: {exc}", str(files["pet"])
+            ) from None
+        del pet, pseudo, mask, view  # one control's full volumes at a time
+    LOGGER.info(
+        "group: %d controls read (%d voxels each, %.2f GB) in %.0f s",
+        len(found),
+        maps.pet.shape[1],
+        (maps.pet.nbytes + maps.residual.nbytes + maps.brain.nbytes + maps.view.nbytes) / 2**30,
+        time.time() - t0,
+    )
     meta = {
         "participants": [f"sub-{s}" for s in found],
         "model_sha256": next(iter(shas.values())),
@@ -109,17 +120,16 @@ def run_group_level(settings: Settings) -> int:
         "space": TEMPLATE_SPACE,
     }
     try:
-        model = normative.fit_from_controls(
-            pets, pseudos, masks, ref.affine, meta, settings.histogram_matching, views
-        )
+        model = normative.fit_from_maps(maps, ref.affine, meta, settings.histogram_matching)
     except ValueError as exc:
         raise PetSynthError(f"cannot fit the normative model: {exc}", str(out)) from None
     folder = out / "group" / "normative"
     staging = normative.save(model, folder.with_name("normative.new"))
-    _write_cluster_null(settings, found, pets, pseudos, masks, views, ref.affine, staging)
-    n_synthetic = fit_anomaly_detector(
-        settings, controls, found, pets, masks, ref, staging, views=views
-    )
+    del model
+    LOGGER.info("group: normative model in %.0f s", time.time() - t0)
+    _write_cluster_null(settings, found, maps, ref.affine, staging)
+    maps.residual = np.zeros((0, 0), np.float32)  # not needed by the detector: free it
+    n_synthetic = fit_anomaly_detector(settings, controls, found, maps, ref, staging)
     shutil.rmtree(folder, ignore_errors=True)  # never a mix of old and new models
     staging.rename(folder)
     write_tsv(rows, out / "group" / "synthesis_quality.tsv", QUALITY_COLUMNS)
@@ -154,13 +164,34 @@ def coverage_of(out: Path, subject: str, shape: tuple[int, ...]) -> np.ndarray:
     return view
 
 
+def _control_maps(
+    found: dict[str, dict[str, Path]], shape: tuple[int, ...]
+) -> normative.ControlMaps:
+    """Empty ``normative.ControlMaps`` for the controls ``found``: the union and
+    intersection of their MNI brain masks, read one at a time."""
+    union = np.zeros(shape, bool)
+    inter = np.ones(shape, bool)
+    for files in found.values():
+        mask = np.asanyarray(nib.load(str(files["mask"])).dataobj) > 0
+        if mask.shape != tuple(shape):
+            raise PetSynthError("MNI grids differ between controls", str(files["mask"]))
+        union |= mask
+        inter &= mask
+    return normative.empty_controls(union, inter, len(found), with_view=True)
+
+
 def _write_cluster_null(
-    settings, found, pets, pseudos, masks, views, affine, folder: Path
+    settings: Settings,
+    found: dict[str, dict[str, Path]],
+    maps: normative.ControlMaps,
+    affine: np.ndarray,
+    folder: Path,
 ) -> None:
     """The leave-one-out cluster null of the control-referenced maps
     (``analysis.calibration``) into the staged normative ``folder``; with fewer than 3
     controls none (the maps are then reported as uncalibrated)."""
     from .analysis import calibration
+    from .config import GM_THRESHOLD
 
     if len(found) < 3:
         LOGGER.warning(
@@ -169,23 +200,22 @@ def _write_cluster_null(
         )
         return
     t0 = time.time()
-    gms = []
-    for subject in found:
-        gm = find_mni(Path(settings.output_dir), subject)["gm"]
-        if gm is None:
+    gm = np.zeros(maps.brain.shape, bool)  # each control's GM at the controls' voxels
+    for i, subject in enumerate(found):
+        path = find_mni(Path(settings.output_dir), subject)["gm"]
+        if path is None:
             LOGGER.warning("group: sub-%s has no MNI GM map: no cluster null", subject)
             return
-        gms.append(_load(gm, np.float64))
-    null = calibration.loo_cluster_null(
-        pets,
-        pseudos,
-        masks,
-        gms,
+        prob = _load(path, np.float64)
+        if prob.shape != maps.voxels.shape:
+            raise PetSynthError("MNI grids differ between controls", str(path))
+        gm[i] = (prob > GM_THRESHOLD)[maps.voxels]
+    null = calibration.loo_cluster_null_maps(
+        maps,
+        gm,
         affine,
-        histogram_matching=settings.histogram_matching,
         threshold=settings.z_threshold,
         min_volume_mm3=settings.min_cluster_mm3,
-        coverages=views,
     )
     calibration.save_null(null, folder)
     LOGGER.info(
@@ -201,30 +231,32 @@ def fit_anomaly_detector(
     settings: Settings,
     controls: list[str],
     found: dict[str, dict[str, Path]],
-    pets: list[np.ndarray],
-    masks: list[np.ndarray],
+    maps: normative.ControlMaps,
     ref: nib.Nifti1Image,
     folder: Path,
-    views: list[np.ndarray] | None = None,
 ) -> int:
-    """Fit the OC-SVM detector into ``folder`` on the controls' real PET, plus (with
-    ``--augment-synthetic``) the pseudo-normal PET of finished controls without a PET;
-    returns the number of synthetic PETs used.
+    """Fit the OC-SVM detector into ``folder`` on the controls' real PET (``maps``, rows
+    in the order of ``found``), plus (with ``--augment-synthetic``) the pseudo-normal PET
+    of finished controls without a PET; returns the number of synthetic PETs used.
 
-    ``views``: the controls' PET fields of view (MNI). Every OC-SVM needs every training
-    PET at its voxel, so the detector covers only what all of them cover: controls whose
-    field of view misses more than ``config.MIN_BRAIN_COVERAGE`` of their brain are left
-    out of it (while 2 others remain), the others count only inside their view."""
+    Every OC-SVM needs every training PET at its voxel, so the detector covers only what
+    all of them cover (``maps.view``, the PET fields of view): controls whose field of
+    view misses more than ``config.MIN_BRAIN_COVERAGE`` of their brain are left out of
+    it (while 2 others remain), the others count only inside their view. The training
+    volumes are rebuilt one at a time (``compact.Volumes``)."""
+    from .analysis.compact import Volumes
     from .config import MIN_BRAIN_COVERAGE
     from .preproc.pet import coverage_fraction
     from .preproc.templates import get_template
 
     out = Path(settings.output_dir)
-    if views is not None:
-        fractions = [coverage_fraction(v, m) for m, v in zip(masks, views, strict=True)]
-        masks = [m & v for m, v in zip(masks, views, strict=True)]
+    rows = list(range(len(found)))
+    brains = [maps.brain[i] for i in rows]
+    if maps.view is not None:
+        fractions = [coverage_fraction(maps.view[i], maps.brain[i]) for i in rows]
+        brains = [maps.brain[i] & maps.view[i] for i in rows]
         keep = [i for i, f in enumerate(fractions) if round(f, 3) >= MIN_BRAIN_COVERAGE]
-        if len(keep) >= 2 and len(keep) < len(pets):
+        if len(keep) >= 2 and len(keep) < len(rows):
             left = [s for i, s in enumerate(found) if i not in keep]
             LOGGER.warning(
                 "group: the PET field of view of %s covers < %g %% of the brain: left out "
@@ -233,8 +265,8 @@ def fit_anomaly_detector(
                 100 * MIN_BRAIN_COVERAGE,
             )
             found = {s: f for i, (s, f) in enumerate(found.items()) if i in keep}
-            pets = [pets[i] for i in keep]
-            masks = [masks[i] for i in keep]
+            rows = keep
+            brains = [brains[i] for i in keep]
     synthetic: dict[str, Path] = {}
     if settings.augment_synthetic:
         for s in controls:
@@ -248,13 +280,11 @@ def fit_anomaly_detector(
                 "--augment-synthetic: no finished control without PET has a "
                 "pseudo-normal PET; the detector uses real PET only"
             )
-    train = [p.astype(np.float32) for p in pets]
-    train_masks = list(masks)
-    for files in synthetic.values():
-        train.append(_load(files["pseudo"]))
-        train_masks.append(_load(files["mask"], np.uint8) > 0)
-        if train[-1].shape != ref.shape[:3]:
-            raise PetSynthError("MNI grids differ between controls", str(files["pseudo"]))
+    syn_voxels, syn_pets, syn_masks = _synthetic_rows(synthetic, ref.shape[:3])
+    train = Volumes(
+        (maps.voxels, [maps.pet[i] for i in rows]), (syn_voxels, syn_pets), dtype=np.float32
+    )
+    train_masks = Volumes((maps.voxels, brains), (syn_voxels, syn_masks), dtype=bool)
     gm = get_template("GM", settings.mni_resolution)
     if gm.shape[:3] != ref.shape[:3] or not np.allclose(gm.affine, ref.affine, atol=1e-3):
         raise PetSynthError(
@@ -293,6 +323,28 @@ def fit_anomaly_detector(
         result.seconds_ocsvm,
     )
     return len(synthetic)
+
+
+def _synthetic_rows(
+    synthetic: dict[str, dict[str, Path]], shape: tuple[int, ...]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The pseudo-normal PETs (float32 SUVR) and brain masks of the synthetic controls
+    as rows at the union of their brain masks (bool grid), read one at a time."""
+    voxels = np.zeros(shape, bool)
+    for files in synthetic.values():
+        mask = _load(files["mask"], np.uint8) > 0
+        if mask.shape != tuple(shape):
+            raise PetSynthError("MNI grids differ between controls", str(files["mask"]))
+        voxels |= mask
+    pets = np.zeros((len(synthetic), int(voxels.sum())), np.float32)
+    masks = np.zeros(pets.shape, bool)
+    for i, files in enumerate(synthetic.values()):
+        pet = _load(files["pseudo"])
+        if pet.shape != tuple(shape):
+            raise PetSynthError("MNI grids differ between controls", str(files["pseudo"]))
+        pets[i] = pet[voxels]
+        masks[i] = (_load(files["mask"], np.uint8) > 0)[voxels]
+    return voxels, pets, masks
 
 
 def _write_group_citation(settings: Settings, n_real: int, n_syn: int) -> None:

@@ -72,12 +72,16 @@ _SAFETENSORS_DTYPES = {
 }
 
 
-def _save_numpy(tensors: dict[str, np.ndarray], path: Path, metadata: dict[str, str]) -> None:
+def _save_numpy(tensors: dict[str, Any], path: Path, metadata: dict[str, str]) -> None:
     """Write numpy arrays as a ``.safetensors`` file, streamed from the arrays' memory
     (``safetensors.numpy.save_file`` first copies every array into one bytes object,
-    which doubles the peak memory of a multi-GB OC-SVM model). Tensors are laid out by
-    decreasing item size, then name; same arrays -> same bytes."""
-    arrays = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
+    which doubles the peak memory of a multi-GB OC-SVM model). A tensor may also be a
+    source of C-order row blocks (``shape``, ``dtype`` and ``chunks()``, e.g.
+    ``ocsvm.BlockRows``), written block by block. Tensors are laid out by decreasing
+    item size, then name; same arrays -> same bytes."""
+    arrays = {
+        k: v if hasattr(v, "chunks") else np.ascontiguousarray(v) for k, v in tensors.items()
+    }
     for k, a in arrays.items():
         if a.dtype.newbyteorder("<") != a.dtype or a.dtype not in _SAFETENSORS_DTYPES:
             raise ValueError(f"{path}: tensor {k} has an unsupported dtype {a.dtype}")
@@ -86,20 +90,24 @@ def _save_numpy(tensors: dict[str, np.ndarray], path: Path, metadata: dict[str, 
     offset = 0
     for k in order:
         a = arrays[k]
+        nbytes = int(np.prod(a.shape)) * a.dtype.itemsize
         header[k] = {
             "dtype": _SAFETENSORS_DTYPES[a.dtype],
             "shape": list(a.shape),
-            "data_offsets": [offset, offset + a.nbytes],
+            "data_offsets": [offset, offset + nbytes],
         }
-        offset += a.nbytes
+        offset += nbytes
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)
     with open(path, "wb") as fh:
         fh.write(len(raw).to_bytes(8, "little"))
         fh.write(raw)
         for k in order:
-            if arrays[k].nbytes:
-                fh.write(memoryview(arrays[k].reshape(-1)).cast("B"))
+            a = arrays[k]
+            for block in a.chunks() if hasattr(a, "chunks") else [a]:
+                block = np.ascontiguousarray(block, dtype=a.dtype)
+                if block.nbytes:
+                    fh.write(memoryview(block.reshape(-1)).cast("B"))
 
 
 def save_weights(
@@ -118,7 +126,7 @@ def save_weights(
     if path.suffix != ".safetensors":
         raise ValueError(f"{path}: weights must be saved as .safetensors")
     path.parent.mkdir(parents=True, exist_ok=True)
-    if all(isinstance(t, np.ndarray) for t in tensors.values()):
+    if all(isinstance(t, np.ndarray) or hasattr(t, "chunks") for t in tensors.values()):
         _save_numpy(tensors, path, {"format": fmt})
     else:
         from safetensors.torch import save_file

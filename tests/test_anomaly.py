@@ -171,3 +171,33 @@ def test_concat_models_pads_support_vectors():
     z = rng.normal(size=(64, 8)).astype(np.float32)
     parts = np.concatenate([ocsvm.score(a, z[:20]), ocsvm.score(b, z[20:])])
     assert np.allclose(ocsvm.score(whole, z), parts, atol=1e-6)
+
+
+def test_spilled_blocks_save_the_same_model(tmp_path):
+    """Support vectors spilled to disk block by block (``ocsvm.spill``, as ``fit`` does)
+    are saved to the same bytes as the blocks concatenated in memory."""
+    from pet_synth_app.analysis import ocsvm
+
+    rng = np.random.default_rng(1)
+    shape, aff = (4, 4, 4), np.eye(4)
+    ijk = np.argwhere(np.ones(shape, bool)).astype(np.int32)
+    lat = rng.normal(size=(6, 64, 8)).astype(np.float32)
+    blocks = [(0, 20, 0.5), (20, 50, 0.9), (50, 64, 0.3)]
+
+    def parts():
+        return [ocsvm.fit_model(lat[:, a:b], ijk[a:b], shape, aff, nu=nu) for a, b, nu in blocks]
+
+    dense = ocsvm.concat_models(parts())
+    spilled = [ocsvm.spill(p, tmp_path / f"sv{i}.npy") for i, p in enumerate(parts())]
+    assert isinstance(spilled[0].sv, ocsvm.BlockRows)
+    lazy = ocsvm.concat_models(spilled)
+    assert isinstance(lazy.sv, ocsvm.BlockRows) and lazy.sv.shape == dense.sv.shape
+    np.testing.assert_array_equal(lazy.sv[13:57], dense.sv[13:57])
+    ocsvm.save_model(dense, tmp_path / "dense")
+    ocsvm.save_model(lazy, tmp_path / "lazy")
+    for name in (ocsvm.TENSORS, ocsvm.CARD):
+        want = (tmp_path / "dense" / name).read_bytes()
+        assert (tmp_path / "lazy" / name).read_bytes() == want
+    z = rng.normal(size=(64, 8)).astype(np.float32)
+    loaded = ocsvm.load_model(tmp_path / "lazy")
+    assert np.allclose(ocsvm.score(loaded, z), ocsvm.score(dense, z), atol=1e-6)

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -136,15 +138,18 @@ def fit(
     block = int(block_voxels or block_size(len(pets), ae.latent_dim))
     latents = np.empty((len(pets), min(block, len(ijk)), ae.latent_dim), np.float32)
     parts = []
-    for start in range(0, len(ijk), block):
-        stop = min(len(ijk), start + block)
-        with thread_limits(threads or None, env=False):
-            codes = siamese.encode_stack(
-                ae, stack, slice(start, stop), out=latents[:, : stop - start]
-            )
-        clock.lap("encode")
-        parts.append(
-            ocsvm.fit_model(
+    # each block's support vectors wait on disk until the model is saved, streamed from
+    # there (~0.07 GB a block at 1 mm / 75 controls, ~2 GB in all)
+    spilled = Path(tempfile.mkdtemp(prefix=".ocsvm-blocks-", dir=folder))
+    try:
+        for start in range(0, len(ijk), block):
+            stop = min(len(ijk), start + block)
+            with thread_limits(threads or None, env=False):
+                codes = siamese.encode_stack(
+                    ae, stack, slice(start, stop), out=latents[:, : stop - start]
+                )
+            clock.lap("encode")
+            part = ocsvm.fit_model(
                 codes,
                 ijk[start:stop],
                 voxels.shape,
@@ -154,21 +159,25 @@ def fit(
                 meta=dict(meta or {}),
                 threads=threads or None,
             )
-        )
-        clock.lap("ocsvm")
-        LOGGER.info(
-            "OC-SVM fit: %d/%d voxels (encode %.0f s, OC-SVMs %.0f s wall; %.0f / %.0f s CPU)",
-            stop,
-            len(ijk),
-            clock.wall["encode"],
-            clock.wall["ocsvm"],
-            clock.cpu["encode"],
-            clock.cpu["ocsvm"],
-        )
-    del latents, stack
-    model = ocsvm.concat_models(parts)  # empties ``parts`` as it copies (bounded memory)
-    ae_card = siamese.save_autoencoder(ae, folder / AE_FILE, {"seed": seed, "log": log})
-    ocsvm.save_model(model, folder)
+            parts.append(ocsvm.spill(part, spilled / f"sv-{len(parts):05d}.npy"))
+            del part
+            clock.lap("ocsvm")
+            LOGGER.info(
+                "OC-SVM fit: %d/%d voxels (encode %.0f s, OC-SVMs %.0f s wall; %.0f / %.0f s CPU)",
+                stop,
+                len(ijk),
+                clock.wall["encode"],
+                clock.wall["ocsvm"],
+                clock.cpu["encode"],
+                clock.cpu["ocsvm"],
+            )
+        del latents, stack
+        model = ocsvm.concat_models(parts)  # support vectors stay in ``spilled``
+        ae_card = siamese.save_autoencoder(ae, folder / AE_FILE, {"seed": seed, "log": log})
+        ocsvm.save_model(model, folder)
+        del model
+    finally:
+        shutil.rmtree(spilled, ignore_errors=True)
     svm_card = json.loads((folder / ocsvm.CARD).read_text())
     clock.lap("save")
     info = {

@@ -31,11 +31,15 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..config import GM_THRESHOLD, MIN_CLUSTER_MM3, Z_THRESHOLD
 from .clusters import CONNECTIVITY, find_clusters
+
+if TYPE_CHECKING:
+    from .normative import ControlMaps
 
 NULL_FILE = "cluster_null.json"
 MAX_EXPECTED_FP = 0.25
@@ -61,43 +65,72 @@ def loo_cluster_null(
     connectivity: int = CONNECTIVITY,
     coverages: Sequence[np.ndarray] | None = None,
 ) -> dict:
-    """Leave-one-out cluster null of the two control-referenced maps (SUVR, MNI).
+    """Leave-one-out cluster null of the two control-referenced maps (SUVR, MNI), the
+    controls given as lists of full volumes (GM probability maps ``gms``):
+    ``loo_cluster_null_maps`` of their ``normative.control_maps``."""
+    from .normative import control_maps
+
+    views = None if coverages is None else list(coverages)
+    maps = control_maps(list(pets), list(pseudos), list(masks), views, histogram_matching)
+    gm = np.stack([(np.asarray(g) > GM_THRESHOLD)[maps.voxels] for g in gms])
+    return loo_cluster_null_maps(
+        maps,
+        gm,
+        affine,
+        threshold=threshold,
+        min_volume_mm3=min_volume_mm3,
+        connectivity=connectivity,
+    )
+
+
+def loo_cluster_null_maps(
+    maps: ControlMaps,
+    gm: np.ndarray,
+    affine: np.ndarray,
+    *,
+    threshold: float = Z_THRESHOLD,
+    min_volume_mm3: float = MIN_CLUSTER_MM3,
+    connectivity: int = CONNECTIVITY,
+) -> dict:
+    """Leave-one-out cluster null of the two control-referenced maps (SUVR, MNI grid of
+    ``affine``) from the controls' ``normative.ControlMaps``; ``gm`` (n, N) bool: each
+    control's GM (probability > ``GM_THRESHOLD``) at ``maps.voxels``.
 
     For each control: the control-referenced Z of its residual (``hypometabolism``) and
     of its PET (``controlpet``) against normative models fitted on the other controls
-    (``zscore.fit_normative``, as ``normative.fit_from_controls``), clustered in its GM
-    (probability > ``GM_THRESHOLD``) with the given rule. ``coverages``: each control's
-    PET field of view (None: full); a control enters the others' models only inside it
-    and its own map is clustered only inside it and their model's support, as the
-    participant workflow does. Returns the JSON-ready null: per map the list of cluster
-    masses of every scan, plus the rule.
+    (``zscore.fit_normative_voxels``, as ``normative.fit_from_maps``), clustered in its
+    GM with the given rule. With fields of view (``maps.view``) a control enters the
+    others' models only inside its own and its own map is clustered only inside it and
+    their model's support, as the participant workflow does. One control's volumes are
+    rebuilt at a time. Returns the JSON-ready null: per map the list of cluster masses
+    of every scan, plus the rule.
     """
-    from .zscore import control_referenced_z, fit_normative, normative_support, residual
+    from .compact import to_volume
+    from .zscore import control_referenced_z, fit_normative_voxels, support_columns
 
-    n = len(pets)
+    n = len(maps.pet)
     if n < 3:
         raise ValueError(f"a leave-one-out null needs at least 3 controls, got {n}")
-    mask = np.all([m > 0 for m in masks], axis=0)
-    views = None if coverages is None else [np.asarray(c) > 0 for c in coverages]
-    own = [mask if views is None else mask & views[i] for i in range(n)]
+    vox = maps.voxels
+    grid_mask = maps.grid_mask()
     zooms = np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(0))
-    res = [
-        residual(p, s, own[i], histogram_matching)
-        for i, (p, s) in enumerate(zip(pets, pseudos, strict=True))
-    ]
-    pet_in = [np.where(mask, p, 0.0) for p in pets]
     scans: dict[str, list[list[float]]] = {k: [] for k in CALIBRATED_MAPS}
     for i in range(n):
         others = [j for j in range(n) if j != i]
-        valid = None if views is None else [views[j] for j in others]
-        inside = own[i] & normative_support(valid, mask, mask.shape)
-        gm = (np.asarray(gms[i]) > GM_THRESHOLD) & inside
-        for key, data in (("hypometabolism", res), ("controlpet", pet_in)):
-            mean, sd = fit_normative([data[j] for j in others], mask, zooms=zooms, valid=valid)
-            z = control_referenced_z(data[i], mean, sd, inside)
+        inside = maps.mask
+        if maps.view is not None:
+            inside = inside & maps.view[i] & support_columns(maps.view, others)
+        gm_i = to_volume(np.asarray(gm[i]) & inside, vox, bool)
+        inside_grid = to_volume(inside, vox, bool)
+        for key, data in (("hypometabolism", maps.residual), ("controlpet", maps.pet)):
+            mean, sd = fit_normative_voxels(
+                data, vox, grid_mask, zooms=zooms, valid=maps.view, rows=others
+            )
+            z = control_referenced_z(to_volume(data[i], vox, np.float64), mean, sd, inside_grid)
+            del mean, sd
             _, clusters = find_clusters(
                 z,
-                gm,
+                gm_i,
                 affine,
                 threshold=threshold,
                 min_volume_mm3=min_volume_mm3,
@@ -181,5 +214,6 @@ __all__ = [
     "describe",
     "load_null",
     "loo_cluster_null",
+    "loo_cluster_null_maps",
     "save_null",
 ]

@@ -24,7 +24,7 @@ import numpy as np
 
 from ..errors import PetSynthError
 from ..layout import NORMATIVE_FILES, normative_file
-from .zscore import fit_normative
+from .compact import to_volume
 
 _KEYS = NORMATIVE_FILES
 META = "normative.json"
@@ -47,6 +47,93 @@ class NormativeModel:
     meta: dict
 
 
+@dataclass
+class ControlMaps:
+    """The controls' MNI maps held only at the voxels of ``voxels`` (bool grid: the union
+    of their brain masks), one row per control, columns in C order (``analysis.compact``).
+
+    ``mask`` (N,) bool: inside every control's brain mask (the normative mask); ``pet``
+    (n, N) float32 real PET (SUVR); ``residual`` (n, N) float32 real - pseudo-normal PET
+    (SUVR, ``zscore.residual``) inside the mask and the control's view, 0 elsewhere;
+    ``brain`` (n, N) bool brain masks; ``view`` (n, N) bool PET fields of view (None:
+    full). Built by ``empty_controls`` + ``put_control`` one control at a time, or by
+    ``control_maps`` from lists of volumes.
+    """
+
+    voxels: np.ndarray
+    mask: np.ndarray
+    pet: np.ndarray
+    residual: np.ndarray
+    brain: np.ndarray
+    view: np.ndarray | None
+
+    def grid_mask(self) -> np.ndarray:
+        """The normative mask on the grid (bool)."""
+        return to_volume(self.mask, self.voxels, bool)
+
+
+def empty_controls(
+    union: np.ndarray, intersection: np.ndarray, n: int, with_view: bool = True
+) -> ControlMaps:
+    """``ControlMaps`` of ``n`` controls to fill with ``put_control``: ``union`` and
+    ``intersection`` (bool grids) of their brain masks."""
+    voxels = np.asarray(union) > 0
+    mask = (np.asarray(intersection) > 0)[voxels]
+    if not mask.any():
+        raise PetSynthError("the controls' MNI brain masks do not overlap")
+    size = (n, int(voxels.sum()))
+    view = np.zeros(size, bool) if with_view else None
+    return ControlMaps(
+        voxels,
+        mask,
+        np.zeros(size, np.float32),
+        np.zeros(size, np.float32),
+        np.zeros(size, bool),
+        view,
+    )
+
+
+def put_control(
+    maps: ControlMaps,
+    i: int,
+    pet: np.ndarray,
+    pseudo: np.ndarray,
+    brain: np.ndarray,
+    view: np.ndarray | None = None,
+    histogram_matching: bool = False,
+) -> None:
+    """Row ``i`` of ``maps``: a control's real and pseudo-normal PET (SUVR), brain mask
+    and field of view (None: full), full volumes on the grid of ``maps.voxels``."""
+    from .zscore import residual
+
+    vox = maps.voxels
+    maps.brain[i] = (np.asarray(brain) > 0)[vox]
+    own = maps.mask
+    if maps.view is not None:
+        maps.view[i] = True if view is None else (np.asarray(view) > 0)[vox]
+        own = own & maps.view[i]
+    real = np.asarray(pet)[vox]
+    maps.pet[i] = real
+    maps.residual[i] = residual(real, np.asarray(pseudo)[vox], own, histogram_matching)
+
+
+def control_maps(
+    pets: list[np.ndarray],
+    pseudos: list[np.ndarray],
+    masks: list[np.ndarray],
+    coverages: list[np.ndarray] | None = None,
+    histogram_matching: bool = False,
+) -> ControlMaps:
+    """``ControlMaps`` of controls given as lists of full volumes (SUVR, MNI)."""
+    union = np.any([np.asarray(m) > 0 for m in masks], axis=0)
+    intersection = np.all([np.asarray(m) > 0 for m in masks], axis=0)
+    maps = empty_controls(union, intersection, len(masks), coverages is not None)
+    for i, (p, s, m) in enumerate(zip(pets, pseudos, masks, strict=True)):
+        view = None if coverages is None else coverages[i]
+        put_control(maps, i, p, s, m, view, histogram_matching)
+    return maps
+
+
 def fit_from_controls(
     pets: list[np.ndarray],
     pseudos: list[np.ndarray],
@@ -56,31 +143,37 @@ def fit_from_controls(
     histogram_matching: bool = False,
     coverages: list[np.ndarray] | None = None,
 ) -> NormativeModel:
-    """Fit both normative models from controls' real and pseudo-normal PET (SUVR, MNI).
+    """Fit both normative models from controls' real and pseudo-normal PET (SUVR, MNI),
+    given as lists of full volumes: ``fit_from_maps`` of their ``control_maps``."""
+    maps = control_maps(pets, pseudos, masks, coverages, histogram_matching)
+    return fit_from_maps(maps, affine, meta, histogram_matching)
+
+
+def fit_from_maps(
+    maps: ControlMaps, affine: np.ndarray, meta: dict, histogram_matching: bool = False
+) -> NormativeModel:
+    """Fit both normative models from the controls' ``ControlMaps`` (SUVR, MNI grid of
+    ``affine``; ``histogram_matching`` as their residuals were made, for the record).
 
     The model mask is the intersection of the controls' brain masks, so every fitted
     voxel has a residual from every control (a pseudo PET is 0 outside its own mask, so
     a union would put whole SUVR values into the residual statistics at the brain edge).
-    ``coverages``: each control's PET field of view (MNI; None: full); a control
-    contributes only inside it, and the model keeps the voxels enough controls cover
-    (``zscore.normative_support``).
+    With fields of view (``maps.view``) a control contributes only inside its own, and
+    the model keeps the voxels enough controls cover (``zscore.normative_support``).
     """
-    from .zscore import normative_support, residual
+    from .zscore import fit_normative_voxels, support_columns
 
-    mask = np.all([m > 0 for m in masks], axis=0)
-    if not mask.any():
-        raise PetSynthError("the controls' MNI brain masks do not overlap")
-    views = None if coverages is None else [np.asarray(c) > 0 for c in coverages]
     zooms = np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(0))
-    residuals = [
-        residual(p, s, mask if views is None else mask & views[i], histogram_matching)
-        for i, (p, s) in enumerate(zip(pets, pseudos, strict=True))
-    ]
-    r_mean, r_sd = fit_normative(residuals, mask, zooms=zooms, valid=views)
-    pet_in = [np.where(mask, p, 0.0) for p in pets]
-    p_mean, p_sd = fit_normative(pet_in, mask, zooms=zooms, valid=views)
-    mask = normative_support(views, mask, mask.shape)
-    meta = {**meta, "n_controls": len(pets), "histogram_matching": histogram_matching}
+    grid_mask = maps.grid_mask()
+    r_mean, r_sd = fit_normative_voxels(
+        maps.residual, maps.voxels, grid_mask, zooms=zooms, valid=maps.view
+    )
+    p_mean, p_sd = fit_normative_voxels(
+        maps.pet, maps.voxels, grid_mask, zooms=zooms, valid=maps.view
+    )
+    support = maps.mask if maps.view is None else maps.mask & support_columns(maps.view)
+    mask = to_volume(support, maps.voxels, bool)
+    meta = {**meta, "n_controls": len(maps.pet), "histogram_matching": histogram_matching}
     return NormativeModel(r_mean, r_sd, p_mean, p_sd, mask, np.asarray(affine), meta)
 
 
@@ -173,11 +266,16 @@ def preflight(
 
 __all__ = [
     "META",
+    "ControlMaps",
     "NormativeModel",
     "check_compatible",
+    "control_maps",
+    "empty_controls",
     "fit_from_controls",
+    "fit_from_maps",
     "load",
     "meta_sha256",
     "preflight",
+    "put_control",
     "save",
 ]

@@ -400,24 +400,78 @@ def fit_model(
     )
 
 
+class BlockRows:
+    """A (V, m, d) tensor held as consecutive row blocks, each an array or a ``.npy``
+    file (read when needed) of shape (V_b, m_b, d) with m_b <= m, zero-padded to m
+    columns: the support vectors of a model fitted block by block (``spill``,
+    ``concat_models``), which ``save_model`` streams to disk one block at a time."""
+
+    def __init__(self, blocks: list[np.ndarray | Path], shape: tuple[int, ...], dtype) -> None:
+        self.blocks, self.shape, self.dtype = list(blocks), tuple(shape), np.dtype(dtype)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def chunks(self):
+        """The padded blocks in order, (V_b, m, d) arrays of ``dtype``."""
+        for block in self.blocks:
+            data = np.load(block) if isinstance(block, (str, Path)) else np.asarray(block)
+            out = np.zeros((len(data), *self.shape[1:]), self.dtype)
+            out[:, : data.shape[1]] = data
+            yield out
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        if not isinstance(rows, slice):
+            raise TypeError("block rows can only be sliced by rows")
+        start, stop, step = rows.indices(self.shape[0])
+        out, at = [], 0
+        for chunk in self.chunks():  # only blocks overlapping the rows are kept
+            lo, hi = max(start, at), min(stop, at + len(chunk))
+            if lo < hi:
+                out.append(chunk[lo - at : hi - at])
+            at += len(chunk)
+        empty = np.zeros((0, *self.shape[1:]), self.dtype)
+        return np.concatenate([empty, *out])[::step]
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        data = self[:]
+        return data if dtype is None else data.astype(dtype)
+
+
+def spill(model: OCSVMModel, path: str | Path) -> OCSVMModel:
+    """``model`` with its support vectors moved to the ``.npy`` file ``path`` (``sv``
+    becomes a :class:`BlockRows`), so that the models of many voxel blocks can be kept
+    until they are saved without their support vectors in memory."""
+    path = Path(path)
+    np.save(path, np.asarray(model.sv))
+    sv = BlockRows([path], np.shape(model.sv), np.float16)
+    return OCSVMModel(
+        model.ijk, model.shape, model.affine, sv, model.alpha, model.rho, model.gamma, model.meta
+    )
+
+
 def concat_models(models: list[OCSVMModel]) -> OCSVMModel:
     """One model from models of disjoint voxel blocks on the same grid (``fit_model``
     called block by block to bound memory); support vectors padded to the largest m.
 
     The list is emptied as its models are copied into the result, so that the blocks'
-    arrays are freed one by one (memory ~ the result plus one block)."""
+    arrays are freed one by one (memory ~ the result plus one block). When a block's
+    support vectors were spilled to disk (``spill``) they stay there: the result's
+    ``sv`` is then a :class:`BlockRows` of all blocks (nothing copied)."""
     if not models:
         raise ValueError("no models to concatenate")
     first = models[0]
     if len(models) == 1:
         return models.pop()
     m = max(int(np.asarray(x.alpha).shape[1]) for x in models)
-    d = int(np.asarray(first.sv).shape[2])
+    d = int(first.sv.shape[2])
     V = sum(x.n_voxels for x in models)
     ijk = np.concatenate([x.ijk for x in models])
     rho = np.concatenate([x.rho for x in models])
     gamma = np.concatenate([x.gamma for x in models])
-    sv = np.zeros((V, m, d), dtype=np.float16)
+    spilled = any(isinstance(x.sv, BlockRows) for x in models)
+    blocks = [] if spilled else None
+    sv = None if spilled else np.zeros((V, m, d), dtype=np.float16)
     alpha = np.zeros((V, m), dtype=np.float32)
     shape, affine, meta = first.shape, first.affine, dict(first.meta)
     del first
@@ -427,9 +481,16 @@ def concat_models(models: list[OCSVMModel]) -> OCSVMModel:
         a = np.asarray(part.alpha)
         stop = start + a.shape[0]
         alpha[start:stop, : a.shape[1]] = a
-        sv[start:stop, : a.shape[1]] = np.asarray(part.sv)
+        if blocks is None:
+            sv[start:stop, : a.shape[1]] = np.asarray(part.sv)
+        elif isinstance(part.sv, BlockRows):
+            blocks.extend(part.sv.blocks)
+        else:
+            blocks.append(np.asarray(part.sv))
         start = stop
         del part, a
+    if blocks is not None:
+        sv = BlockRows(blocks, (V, m, d), np.float16)
     return OCSVMModel(ijk, shape, affine, sv, alpha, rho, gamma, meta)
 
 
@@ -444,7 +505,9 @@ def save_model(model: OCSVMModel, folder: str | Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {
         "ijk": np.ascontiguousarray(model.ijk, dtype=np.int32),
-        "sv": np.ascontiguousarray(np.asarray(model.sv), dtype=np.float16),
+        "sv": model.sv  # streamed block by block
+        if isinstance(model.sv, BlockRows)
+        else np.ascontiguousarray(np.asarray(model.sv), dtype=np.float16),
         "alpha": np.ascontiguousarray(np.asarray(model.alpha), dtype=np.float32),
         "rho": np.ascontiguousarray(model.rho, dtype=np.float32),
         "gamma": np.ascontiguousarray(model.gamma, dtype=np.float32),
@@ -584,6 +647,7 @@ def standardize(scores: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 
 __all__ = [
+    "BlockRows",
     "CARD",
     "CHUNK_MB",
     "GAMMA",
@@ -600,5 +664,6 @@ __all__ = [
     "save_model",
     "score",
     "score_volume",
+    "spill",
     "standardize",
 ]

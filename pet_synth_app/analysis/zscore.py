@@ -181,6 +181,12 @@ def _smooth_in_mask(data: np.ndarray, mask: np.ndarray, sigma_vox: np.ndarray) -
     return out
 
 
+def _min_covered(n_controls: int) -> int:
+    """Fewest of ``n_controls`` controls whose field of view must cover a voxel for it to
+    enter a normative model (at least 2 and ``MIN_COVERED_FRACTION`` of them)."""
+    return max(2, int(np.ceil(MIN_COVERED_FRACTION * n_controls)))
+
+
 def normative_support(
     valid: Sequence[Any] | None, mask: Any, shape: tuple[int, ...]
 ) -> np.ndarray:
@@ -190,12 +196,26 @@ def normative_support(
     inside = _as_mask(mask, shape)
     if valid is None:
         return inside
-    masks = [np.asarray(v) != 0 for v in valid]
-    if any(m.shape != shape for m in masks):
-        raise ValueError(f"a control's coverage mask does not match the image shape {shape}")
-    count = np.sum(masks, axis=0)
-    need = max(2, int(np.ceil(MIN_COVERED_FRACTION * len(masks))))
-    return inside & (count >= need)
+    valid = list(valid)
+    count = np.zeros(shape, np.int32)
+    for v in valid:  # one mask at a time: no (n, *shape) stack
+        m = np.asarray(v) != 0
+        if m.shape != shape:
+            raise ValueError(f"a control's coverage mask does not match the image shape {shape}")
+        count += m
+    return inside & (count >= _min_covered(len(valid)))
+
+
+def support_columns(valid: np.ndarray, rows: Sequence[int] | None = None) -> np.ndarray:
+    """``normative_support`` on compact data: which columns (voxels) of ``valid`` (n, N)
+    bool, the controls' fields of view at N voxels, are covered by enough of the
+    controls ``rows`` (None: all). Bool (N,)."""
+    valid = np.asarray(valid)
+    rows = range(len(valid)) if rows is None else rows
+    count = np.zeros(valid.shape[1], np.int32)
+    for r in rows:
+        count += valid[r] != 0
+    return count >= _min_covered(len(rows))
 
 
 def fit_normative(
@@ -224,6 +244,9 @@ def fit_normative(
     view); each voxel's statistics then use only the controls covering it (robust where
     at least ``ROBUST_MIN_CONTROLS`` do), and the model covers ``normative_support``
     only (mean and SD 0 elsewhere in the mask).
+
+    This stacks the maps at the fitted voxels (float64) and calls
+    ``fit_normative_voxels``, which takes the controls already in that compact form.
     """
     items = list(residuals)
     if len(items) < 2:
@@ -243,20 +266,95 @@ def fit_normative(
         if data.shape != shape:
             raise ValueError(f"control {n} has shape {data.shape}, expected {shape}")
         stack[n] = data[inside]
+    views = None if valid is None else np.stack([np.asarray(v)[inside] != 0 for v in valid])
+    return fit_normative_voxels(
+        stack,
+        inside,
+        fwhm_mm=fwhm_mm,
+        zooms=zooms,
+        sd_floor=sd_floor,
+        sd_floor_fraction=sd_floor_fraction,
+        robust=robust,
+        valid=views,
+    )
+
+
+NORMATIVE_BLOCK_VOXELS = 65536
+"""Voxels whose statistics ``fit_normative_voxels`` computes at a time: the float64
+copies of the median and MAD then take ~0.5 MB per control, not the whole brain's."""
+
+
+def fit_normative_voxels(
+    values: np.ndarray,
+    voxels: Any,
+    mask: Any = None,
+    *,
+    fwhm_mm: float = NORMATIVE_FWHM_MM,
+    zooms: Sequence[float] | None = None,
+    sd_floor: float = SD_FLOOR_SUVR,
+    sd_floor_fraction: float = SD_FLOOR_FRACTION,
+    robust: bool = True,
+    valid: np.ndarray | None = None,
+    rows: Sequence[int] | None = None,
+    block: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``fit_normative`` on controls held compactly: ``values`` (n, N) (SUVR, any float
+    dtype), one row per control at the N voxels of the bool grid ``voxels`` (C order,
+    as ``volume[voxels]``); the model is fitted inside ``mask`` (a bool grid within
+    ``voxels``; None: all of them) from the controls ``rows`` (None: all; e.g. all but
+    one for a leave-one-out fit). ``valid`` (n, N) bool: each control's field of view at
+    those voxels (None: everywhere). Statistics are computed ``block`` voxels at a time
+    (None: ``NORMATIVE_BLOCK_VOXELS``) in float64. Returns ``(mean, sd)`` on the grid of
+    ``voxels`` (float64 SUVR, 0 outside the fitted support); same rules as
+    ``fit_normative``.
+    """
+    vox = np.asarray(voxels) != 0
+    shape = vox.shape
+    values = np.asarray(values)
+    if values.ndim != 2 or values.shape[1] != int(vox.sum()):
+        raise ValueError(f"values {values.shape} do not match the {int(vox.sum())} voxels")
+    rows = np.arange(len(values)) if rows is None else np.asarray(rows, dtype=np.intp)
+    if len(rows) < 2:
+        raise ValueError(f"need at least 2 controls for a normative model, got {len(rows)}")
+    if mask is None:
+        cols_in = np.ones(vox.sum(), bool)
+    else:
+        fit_mask = _as_mask(mask, shape)
+        if (fit_mask & ~vox).any():
+            raise ValueError("the mask has voxels outside those the controls are held at")
+        cols_in = fit_mask[vox]
+    if valid is not None:
+        valid = np.asarray(valid)
+        if valid.shape != values.shape:
+            raise ValueError(f"{valid.shape} coverage masks for values {values.shape}")
+        cols_in &= support_columns(valid, rows)
+    inside = np.zeros(shape, bool)
+    inside[vox] = cols_in
+    if not inside.any():
+        raise ValueError("no voxel of the mask is covered by enough controls' PET")
+    cols = np.flatnonzero(cols_in)
+    centre = np.empty(len(cols))
+    spread = np.empty(len(cols))
+    use_robust = robust and len(rows) >= ROBUST_MIN_CONTROLS
+    step = max(1, int(block or NORMATIVE_BLOCK_VOXELS))
+    for start in range(0, len(cols), step):
+        part = np.ix_(rows, cols[start : start + step])
+        stack = values[part].astype(np.float64)
         if valid is not None:
-            stack[n][~(np.asarray(valid[n]) != 0)[inside]] = np.nan  # outside its view
-        elif not np.all(np.isfinite(stack[n])):
+            stack[~(valid[part] != 0)] = np.nan  # outside its view
+        elif not np.all(np.isfinite(stack)):
             raise ValueError("control maps have non-finite values inside the mask")
-    covered = np.isfinite(stack)
-    if covered.all():
-        centre, spread = _centre_spread(stack, robust and len(items) >= ROBUST_MIN_CONTROLS)
-    else:  # fields of view differ: each voxel from the controls covering it
-        centre, spread = _centre_spread(stack, False)
-        if robust:
-            r_centre, r_spread = _centre_spread(stack, True)
-            use = covered.sum(axis=0) >= ROBUST_MIN_CONTROLS
-            centre = np.where(use, r_centre, centre)
-            spread = np.where(use, r_spread, spread)
+        out = slice(start, start + stack.shape[1])
+        covered = np.isfinite(stack)
+        if covered.all():
+            centre[out], spread[out] = _centre_spread(stack, use_robust)
+        else:  # fields of view differ: each voxel from the controls covering it
+            c, s = _centre_spread(stack, False)
+            if robust:
+                r_c, r_s = _centre_spread(stack, True)
+                use = covered.sum(axis=0) >= ROBUST_MIN_CONTROLS
+                c, s = np.where(use, r_c, c), np.where(use, r_s, s)
+            centre[out], spread[out] = c, s
     mean = np.zeros(shape)
     sd = np.zeros(shape)
     mean[inside] = centre
@@ -311,6 +409,7 @@ def control_pet_z(pet: Any, control_mean: Any, control_sd: Any, mask: Any) -> np
 __all__ = [
     "MAD_TO_SD",
     "MIN_COVERED_FRACTION",
+    "NORMATIVE_BLOCK_VOXELS",
     "NORMATIVE_FWHM_MM",
     "ROBUST_MIN_CONTROLS",
     "SD_FLOOR_FRACTION",
@@ -318,8 +417,10 @@ __all__ = [
     "control_pet_z",
     "control_referenced_z",
     "fit_normative",
+    "fit_normative_voxels",
     "histogram_match",
     "normative_support",
     "residual",
     "self_referenced_z",
+    "support_columns",
 ]
