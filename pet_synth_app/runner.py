@@ -41,7 +41,8 @@ def run_participant(settings: Settings) -> int:
     check_writable(settings)
     from . import uptodate
 
-    fresh = uptodate.up_to_date(settings, uptodate.requested_subjects(settings))
+    requested = uptodate.requested_subjects(settings)
+    fresh = uptodate.up_to_date(settings, requested)
     for subject in fresh:
         LOGGER.info(
             "sub-%s: finished, and no input, option, model or output changed since: not "
@@ -50,7 +51,7 @@ def run_participant(settings: Settings) -> int:
             subject,
         )
     fresh_qc = uptodate.recorded_qc(settings, fresh)
-    if fresh and set(fresh) == set(uptodate.requested_subjects(settings)):
+    if fresh and set(fresh) == set(requested):
         return summarize_run(settings, [], [], [], 0, [], fresh_qc, up_to_date=fresh)
     good, errors, n_units, warnings = collect_units(settings)
     if fresh:

@@ -75,26 +75,33 @@ def _weights_state(settings: Settings) -> list | None:
     return _states(Path(__file__).parent / "data")
 
 
-def fingerprint(settings: Settings, subject: str) -> str:
-    """SHA-256 over what ``sub-<subject>``'s outputs depend on (see the module docstring)."""
+def run_state(settings: Settings) -> dict:
+    """What every participant's outputs depend on alike: version, result-changing
+    options, weights, group model folder, the dataset's and derivatives' top-level files
+    (read once per run, not once per participant)."""
     from .plan import normative_folder
 
     options = {
         k: v for k, v in settings.to_dict().items() if k not in EXECUTION_ONLY and v is not None
     }
-    bids = Path(settings.bids_dir)
-    out = Path(settings.output_dir)
-    state = {
+    return {
         "version": __version__,
         "options": options,
         "weights": _weights_state(settings),
         "normative": _states(normative_folder(settings)),
-        "raw": _states(bids / f"sub-{subject}"),
-        "raw_top": _states(bids, recursive=False),
-        "derivatives": [
-            (_states(Path(d) / f"sub-{subject}"), _states(Path(d), recursive=False))
-            for d in settings.derivatives
-        ],
+        "raw_top": _states(Path(settings.bids_dir), recursive=False),
+        "derivatives_top": [_states(Path(d), recursive=False) for d in settings.derivatives],
+    }
+
+
+def fingerprint(settings: Settings, subject: str, shared: dict | None = None) -> str:
+    """SHA-256 over what ``sub-<subject>``'s outputs depend on (see the module docstring);
+    ``shared``: ``run_state(settings)`` when already read."""
+    out = Path(settings.output_dir)
+    state = {
+        **(shared if shared is not None else run_state(settings)),
+        "raw": _states(Path(settings.bids_dir) / f"sub-{subject}"),
+        "derivatives": [_states(Path(d) / f"sub-{subject}") for d in settings.derivatives],
         "outputs": _states(out / f"sub-{subject}"),
         "report": _states(out / f"sub-{subject}.html"),
     }
@@ -114,6 +121,7 @@ def record_finished(
     failed_checks`` gives them); a subject without a report is not recorded."""
     from . import atomicio
 
+    shared = run_state(settings)
     for subject in subjects:
         path = record_file(settings, subject)
         if not (Path(settings.output_dir) / f"sub-{subject}.html").is_file():
@@ -122,7 +130,7 @@ def record_finished(
         path.parent.mkdir(parents=True, exist_ok=True)
         record = {
             "subject": subject,
-            "fingerprint": fingerprint(settings, subject),
+            "fingerprint": fingerprint(settings, subject, shared),
             "qc_failed": (qc_failed or {}).get(subject, {}),
         }
         atomicio.write_text(path, json.dumps(record, indent=1) + "\n")
@@ -143,13 +151,13 @@ def requested_subjects(settings: Settings) -> list[str]:
 
 def up_to_date(settings: Settings, subjects: list[str]) -> list[str]:
     """The ``subjects`` whose finished record matches their current fingerprint."""
-    fresh = []
+    fresh, shared = [], run_state(settings) if subjects else None
     for subject in subjects:
         try:
             record = json.loads(record_file(settings, subject).read_text())
         except (OSError, ValueError):
             continue
-        if record.get("fingerprint") == fingerprint(settings, subject):
+        if record.get("fingerprint") == fingerprint(settings, subject, shared):
             fresh.append(subject)
     return fresh
 
@@ -180,5 +188,6 @@ __all__ = [
     "record_finished",
     "recorded_qc",
     "requested_subjects",
+    "run_state",
     "up_to_date",
 ]
