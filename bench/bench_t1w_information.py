@@ -34,9 +34,11 @@ and, with ``--noise-free``, the noise-free PET's deviation). Rows:
 - *shared multi-scale*: one set of 6 slopes for the whole brain on the channel deviation
   smoothed at 1, 2 and 4 voxels, alone and times the mean PET (least squares over the
   voxels inside every training mask);
-- with several channels (``mni-jacobian``), a *joint voxelwise ridge* on all of them (one
-  slope per channel per voxel, channels standardized, ridge grid ``JOINT_RIDGE``): the
-  bound of the combined input;
+- with several channels (``mni-jacobian``, ``mni-pv``), a *joint voxelwise ridge* on all
+  of them (one slope per channel per voxel, channels standardized, ridge grid
+  ``JOINT_RIDGE``): the bound of the combined input; and a *pooled ridge* on the channels
+  beyond the T1w, whose normal equations are summed over a Gaussian neighbourhood of
+  ``POOL_VOX`` voxels (smooth slopes from many more samples than controls);
 - for the MNI-space representations, the same single-feature rows on the participant's MNI
   GM probability map (which the models do not see) for comparison.
 
@@ -69,6 +71,8 @@ METRICS = ("ssim", "ssim_2d", "psnr", "rmse", "mae")
 RIDGE = (0.0, 1e-4, 1e-3, 1e-2)
 JOINT_RIDGE = (0.0, 0.1, 1.0, 10.0)  # standardized features: larger penalties
 SCALES_VOX = (1.0, 2.0, 4.0)
+POOLED_RIDGE = (0.01, 0.1, 1.0)  # standardized features, normal equations pooled
+POOL_VOX = 2.0  # SD of the Gaussian neighbourhood the pooled ridge sums over (voxels)
 
 
 def load(deriv: Path, subject: str, representation: str) -> dict:
@@ -136,6 +140,31 @@ def joint_ridge(
     sxx = sxx + (lam * len(train) + 1e-9) * np.eye(len(keys))
     slope = np.linalg.solve(sxx, sxy[..., None])[..., 0]
     return [mean_pet + (slope * (feats(t) - mean_f) / scale).sum(-1) for t in test]
+
+
+def pooled_ridge(
+    train: list[dict],
+    test: list[dict],
+    keys: list[str],
+    mean_pet: np.ndarray,
+    pool: float,
+    lam: float,
+) -> list[np.ndarray]:
+    """:func:`joint_ridge` with the per-voxel normal equations summed over a Gaussian
+    neighbourhood (``pool`` voxels SD) before solving: slopes that vary smoothly in space,
+    estimated from many more samples than there are training controls."""
+    tr = [np.stack([s[k] for k in keys], -1) for s in train]
+    mean_f = np.mean(tr, 0)
+    scale = np.sqrt(np.mean([(x - mean_f) ** 2 for x in tr], 0).mean((0, 1, 2))) + 1e-12
+    dev = [(x - mean_f) / scale for x in tr]
+    sxx = sum(d[..., :, None] * d[..., None, :] for d in dev)
+    sxy = sum(d * (s["pet"] - mean_pet)[..., None] for d, s in zip(dev, train, strict=True))
+    sxx = ndi.gaussian_filter(sxx, (pool,) * 3 + (0, 0))
+    sxy = ndi.gaussian_filter(sxy, (pool,) * 3 + (0,))
+    sxx = sxx + (lam * len(train) + 1e-9) * np.eye(len(keys))
+    slope = np.linalg.solve(sxx, sxy[..., None])[..., 0]
+    feats = [(np.stack([t[k] for k in keys], -1) - mean_f) / scale for t in test]
+    return [mean_pet + (slope * f).sum(-1) for f in feats]
 
 
 def shared_multiscale(
@@ -206,6 +235,12 @@ def evaluate_representation(
             add(
                 f"joint voxelwise ridge on {' + '.join(keys)}, lam {lam:g}",
                 joint_ridge(train, test, keys, mean_pet, 1.0, lam),
+            )
+        extra = keys[1:]  # the channels beyond the T1w, alone
+        for lam in POOLED_RIDGE:
+            add(
+                f"pooled ridge ({POOL_VOX:g} voxels) on {' + '.join(extra)}, lam {lam:g}",
+                pooled_ridge(train, test, extra, mean_pet, POOL_VOX, lam),
             )
     if pending:  # affine space -> MNI, one warp per test participant for all rows
         labels = list(pending)

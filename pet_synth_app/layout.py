@@ -269,6 +269,9 @@ def find_inputs(deriv: Path, subject: str) -> dict[str, Path | None]:
         "log_jacobian_std": None,
         "pet_t1w": find(deriv, subject, "pet", "T1w"),
         "pet_std": mni["pet"],
+        "gm": find(deriv, subject, "gm"),
+        "wm": find(deriv, subject, "wm"),
+        "csf": find(deriv, subject, "csf"),
     }
 
 

@@ -182,10 +182,11 @@ def _phantom_bids(root: Path, subjects: tuple[str, ...]) -> Path:
 
 def test_swapped_or_pet_as_t1w_skips_that_participant_only(tmp_path, fake_run, capsys):
     """T1w and PET swapped, and a resampled PET given as the T1w (issue 16, item 7): one
-    line each, those participants skipped, the third one runs."""
+    line each, those participants skipped, the other two run. Four participants and two
+    processes: the checks run in worker processes (``runner.MODALITY_POOL_MIN_UNITS``)."""
     from nibabel.processing import resample_to_output
 
-    bids = _phantom_bids(tmp_path / "bids", ("01", "02", "03"))
+    bids = _phantom_bids(tmp_path / "bids", ("01", "02", "03", "04"))
     t1w1, pet1 = (
         bids / "sub-01/anat/sub-01_T1w.nii.gz",
         bids / "sub-01/pet/sub-01_trc-FDG_pet.nii.gz",
@@ -196,9 +197,9 @@ def test_swapped_or_pet_as_t1w_skips_that_participant_only(tmp_path, fake_run, c
         resample_to_output(template_head("pet"), 1.5), bids / "sub-02/anat/sub-02_T1w.nii.gz"
     )
     out = tmp_path / "out"
-    code = _run(bids, out)
+    code = _run(bids, out, "--nprocs", "2")
     lines = [ln for ln in _err_lines(capsys) if ln.startswith("petsynth: error")]
-    assert code == 1 and fake_run == ["sub-03"]
+    assert code == 1 and sorted(fake_run) == ["sub-03", "sub-04"]
     assert len(lines) == 2, lines
     assert lines[0].startswith(
         f"petsynth: error: {t1w1}: sub-01 skipped: does not look like a T1w"
@@ -208,7 +209,7 @@ def test_swapped_or_pet_as_t1w_skips_that_participant_only(tmp_path, fake_run, c
         f"petsynth: error: {t1w2}: sub-02 skipped: does not look like a T1w"
     )
     assert not lines[1].endswith("swapped?")
-    assert (out / "sub-03.html").is_file()
+    assert (out / "sub-03.html").is_file() and (out / "sub-04.html").is_file()
     assert not (out / "sub-01.html").exists() and not (out / "sub-02.html").exists()
 
 

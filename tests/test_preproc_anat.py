@@ -20,6 +20,7 @@ from pet_synth_app.preproc.anat import (
     brain_extract,
     n4_bias_correct,
     normalize_t1_intensity,
+    partial_volume_fractions,
     register_to_template,
     segment_tissues,
 )
@@ -236,6 +237,30 @@ def test_segment_tissues(phantom: dict) -> None:
     assert mean_t1(wm) > mean_t1(gm) > mean_t1(csf)
     # agreement with the truth that generated the phantom (measured 0.90)
     assert _dice(gm.get_fdata() > 0.5, phantom["gm"].get_fdata() > 0.5) > 0.8
+
+
+def test_partial_volume_fractions_recover_the_mix() -> None:
+    """A T1w that is an exact mix of WM/GM/CSF intensities (900/500/150) with smooth
+    boundaries: the fractions come back exactly where two adjacent tissues mix, although
+    the posteriors given are hard labels; a T1w without T1 contrast is refused."""
+    x = np.linspace(0, 4, 81)[:, None, None] * np.ones((1, 8, 8))
+    gm = np.clip(2 * np.minimum(x - 1, 3 - x), 0, 1)  # CSF, ramp, GM, ramp, WM
+    csf = np.where(x < 2, 1 - gm, 0.0)
+    wm = np.where(x >= 2, 1 - gm, 0.0)
+    t1 = 900 * wm + 500 * gm + 150 * csf
+    affine = np.eye(4)
+    hard = [
+        (a >= np.maximum(b, c)).astype(np.float32)
+        for a, b, c in ((gm, wm, csf), (wm, gm, csf), (csf, gm, wm))
+    ]
+    mask = _img(np.ones_like(t1), affine)
+    fr = partial_volume_fractions(_img(t1, affine), mask, tuple(_img(h, affine) for h in hard))
+    for got, truth in zip(fr, (gm, wm, csf), strict=True):
+        np.testing.assert_allclose(got.get_fdata(), truth, atol=1e-5)
+    with pytest.raises(ValueError, match="CSF < GM < WM"):
+        partial_volume_fractions(
+            _img(1000 - t1, affine), mask, tuple(_img(h, affine) for h in hard)
+        )
 
 
 def test_normalize_t1_intensity(phantom: dict) -> None:

@@ -113,6 +113,10 @@ def toy_participant(folder: Path, name: str, thickness: float, gain: float) -> I
         t1w=_save(folder / f"{name}_t1w.nii.gz", toy_t1w(tissues) * 800),
         t1w_mask=_save(folder / f"{name}_mask.nii.gz", tissues["mask"], np.uint8),
         affine=_identity_mat(folder / f"{name}_affine.mat"),
+        warp=_identity_mat(folder / f"{name}_warp.mat"),
+        gm=_save(folder / f"{name}_gm.nii.gz", tissues["gm"]),
+        wm=_save(folder / f"{name}_wm.nii.gz", tissues["wm"]),
+        csf=_save(folder / f"{name}_csf.nii.gz", tissues["csf"]),
         pet_t1w=_save(folder / f"{name}_pet_t1w.nii.gz", pet),
         pet_std=_save(folder / f"{name}_pet_std.nii.gz", pet),
     )
@@ -176,7 +180,7 @@ def test_affine_input_follows_anatomy_that_syn_space_hides(tmp_path):
     n_train = len(train_t)
     built = {
         rep: [build_model_input(rep, s, with_pet=True) for s in people]
-        for rep in ("mni", "affine", "mni-jacobian")
+        for rep in ("mni", "affine", "mni-jacobian", "mni-pv")
     }
     # the SyN-space input is the same for everyone, the affine one is not
     assert np.ptp([mi.channels[0].sum() for mi in built["mni"]]) == 0
@@ -190,6 +194,8 @@ def test_affine_input_follows_anatomy_that_syn_space_hides(tmp_path):
     assert err["affine"] < 0.5 * err["mni"], msg
     assert err["affine"] < 0.5 * base, msg
     assert err["mni-jacobian"] < 0.5 * err["mni"], msg
+    assert err["mni-pv"] < 0.5 * err["mni"], msg
+    assert err["mni-pv"] < 0.5 * base, msg
 
 
 # ------------------------------------------------------------------ build_model_input
@@ -198,7 +204,9 @@ def toy(tmp_path) -> InputSources:
     return toy_participant(tmp_path / "toy", "toy", 1.5, 1.0)
 
 
-@pytest.mark.parametrize(("rep", "n"), [("mni", 1), ("affine", 1), ("mni-jacobian", 3)])
+@pytest.mark.parametrize(
+    ("rep", "n"), [("mni", 1), ("affine", 1), ("mni-jacobian", 3), ("mni-pv", 3)]
+)
 def test_channel_counts_and_ranges(toy, rep, n):
     mi = build_model_input(rep, toy, with_pet=True)
     assert inputs.n_channels(rep) == n == mi.channels.shape[0] == len(mi.names)
@@ -239,6 +247,27 @@ def test_mni_jacobian_channels(toy):
     assert mi.names == ["t1w_mni", "log_jacobian", "gm_modulated"]
 
 
+def test_mni_pv_channels_are_blurred_fractions(toy):
+    """The toy T1w is an exact WM/GM/CSF mix (1.0/0.6/0.2): the pv channels are its GM
+    and CSF fractions blurred by PV_FWHM_MM in T1w space (identity transforms here)."""
+    mi = build_model_input("mni-pv", toy)
+    assert mi.names == ["t1w_mni", "pv_gm", "pv_csf"]
+    sigma = inputs.PV_FWHM_MM / 2.3548 / 2.0  # toy voxels are 2 mm
+    tissues = toy_tissues(1.5)
+    inside = ndimage.binary_erosion(mi.mask, iterations=1)
+    brain = tissues["mask"].astype(np.float32)
+    # inside the brain mask whatever is neither GM nor WM is CSF (darkest tissue)
+    fractions = {"gm": tissues["gm"] * brain, "csf": brain - tissues["gm"] - tissues["wm"]}
+    for channel, key in ((1, "gm"), (2, "csf")):
+        expected = ndimage.gaussian_filter(fractions[key], sigma)
+        np.testing.assert_allclose(mi.channels[channel][inside], expected[inside], atol=2e-3)
+    # a thinner cortex has less GM at PET resolution although SyN gives the same MNI T1w
+    thin = toy_participant(toy.t1w.parent / "thin", "thin", 1.0, 1.0)
+    thin_mi = build_model_input("mni-pv", thin)
+    assert thin_mi.channels[1].sum() < 0.75 * mi.channels[1].sum()
+    np.testing.assert_array_equal(thin_mi.channels[0], mi.channels[0])
+
+
 def test_missing_files_are_named(toy):
     toy.t1w = None
     with pytest.raises(PetSynthError, match="t1w"):
@@ -246,6 +275,9 @@ def test_missing_files_are_named(toy):
     toy.gm_std = None
     with pytest.raises(PetSynthError, match="gm_std"):
         build_model_input("mni-jacobian", toy)
+    toy.csf = None
+    with pytest.raises(PetSynthError, match="csf"):
+        build_model_input("mni-pv", toy)
     with pytest.raises(PetSynthError, match="unknown input representation"):
         build_model_input("talairach", toy)
 

@@ -141,7 +141,9 @@ def get_parser() -> argparse.ArgumentParser:
         help="what the model sees of the T1w (synthesis/inputs.py): 'mni' the T1w after "
         "SyN to MNI (as before issue 14), 'affine' the T1w after the affine stage only "
         "(keeps the individual anatomy; the target PET is taken to the same space), "
-        "'mni-jacobian' the MNI T1w plus the log-Jacobian and Jacobian-modulated GM",
+        "'mni-jacobian' the MNI T1w plus the log-Jacobian and Jacobian-modulated GM, "
+        "'mni-pv' the MNI T1w plus the GM and CSF volume fractions blurred to PET "
+        "resolution before the warp to MNI",
     )
     g_hp.add_argument(
         "--patience",

@@ -21,9 +21,13 @@ class _SynthesizeInputSpec(BaseInterfaceInputSpec):
     t1w_std = File(exists=True, desc="N4 T1w in MNI (mni, mni-jacobian)")
     gm_std = File(exists=True, desc="GM probability in MNI (mni-jacobian)")
     logjac_std = File(exists=True, desc="log det Jacobian of the warp in MNI (mni-jacobian)")
-    t1w = File(exists=True, desc="N4 T1w in T1w space (affine)")
-    t1w_mask = File(exists=True, desc="brain mask in T1w space (affine)")
-    t1w2affine_xfm = File(exists=True, desc="affine stage T1w -> MNI grid, .mat (affine)")
+    t1w = File(exists=True, desc="N4 T1w in T1w space (affine, mni-pv)")
+    t1w_mask = File(exists=True, desc="brain mask in T1w space (affine, mni-pv)")
+    t1w2affine_xfm = File(exists=True, desc="affine stage T1w -> MNI grid, .mat (affine, mni-pv)")
+    affine2std_warp = File(exists=True, desc="nonlinear part affine space -> MNI (mni-pv)")
+    gm = File(exists=True, desc="GM posterior in T1w space (mni-pv)")
+    wm = File(exists=True, desc="WM posterior in T1w space (mni-pv)")
+    csf = File(exists=True, desc="CSF posterior in T1w space (mni-pv)")
     weights = File(exists=True, mandatory=True, desc="model weights (.safetensors + card)")
     device = traits.Enum("cpu", "cuda", usedefault=True)
     nthreads = traits.Int(1, usedefault=True, desc="torch CPU threads")
@@ -62,6 +66,10 @@ class SynthesizePET(SimpleInterface):
             t1w=opt("t1w"),
             t1w_mask=opt("t1w_mask"),
             affine=opt("t1w2affine_xfm"),
+            warp=opt("affine2std_warp"),
+            gm=opt("gm"),
+            wm=opt("wm"),
+            csf=opt("csf"),
         )
         img, sd, meta = synthesize_samples(
             sources,

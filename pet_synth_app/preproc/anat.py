@@ -938,6 +938,61 @@ def segment_tissues(
     return _like(gm, t1), _like(wm, t1), _like(csf, t1)
 
 
+PV_CORE = 0.9
+"""A voxel is a pure ("core") voxel of a tissue where its posterior exceeds this; the
+median T1w intensity of those voxels is the tissue's intensity in the mixing model."""
+
+
+def partial_volume_fractions(
+    t1: nib.Nifti1Image,
+    mask: nib.Nifti1Image,
+    posteriors: tuple[nib.Nifti1Image, nib.Nifti1Image, nib.Nifti1Image],
+    core: float = PV_CORE,
+) -> tuple[nib.Nifti1Image, nib.Nifti1Image, nib.Nifti1Image]:
+    """GM/WM/CSF *volume fractions* of each T1w voxel (partial-volume "mixel" model).
+
+    :func:`segment_tissues` gives class posteriors (how likely a voxel is *all* GM), which
+    put a boundary voxel into one class; PET partial-volume effects depend on how much of
+    the voxel each tissue fills. Here every voxel is a mix of the two tissues adjacent in
+    T1w intensity: with the pure intensities ``mu_csf < mu_gm < mu_wm`` (medians of the
+    voxels whose posterior > ``core``), a voxel of intensity y below ``mu_gm`` is
+    ``(y - mu_csf) / (mu_gm - mu_csf)`` GM and the rest CSF, above it
+    ``(mu_wm - y) / (mu_wm - mu_gm)`` GM and the rest WM (clipped to [0, 1]). Noise makes
+    single voxels unreliable; the fractions are meant to be blurred to PET resolution
+    (``synthesis.inputs``, "mni-pv"). ``t1``: N4 T1w; ``mask``, ``posteriors`` (GM, WM,
+    CSF) on its grid. Returns float32 (GM, WM, CSF) fractions in T1w space, summing to 1
+    inside the mask, 0 outside.
+    """
+    t1 = _as3d(t1, "T1w")
+    m = np.asanyarray(_as3d(mask, "mask").dataobj) > 0
+    post = [np.asanyarray(_as3d(p, "posterior").dataobj, dtype=np.float32) for p in posteriors]
+    if any(p.shape != m.shape for p in post) or m.shape != t1.shape[:3]:
+        raise ValueError("T1w, mask and posteriors must share a grid")
+    y = np.nan_to_num(np.asanyarray(t1.dataobj, dtype=np.float32))[m]
+    mu = []
+    for p in post:
+        pure = p[m] > core
+        if pure.sum() < 10:  # no pure voxels (tiny or odd input): the posterior-weighted mean
+            w = p[m]
+            mu.append(float((w * y).sum() / max(float(w.sum()), 1e-6)))
+        else:
+            mu.append(float(np.median(y[pure])))
+    mu_gm, mu_wm, mu_csf = mu
+    if not mu_csf < mu_gm < mu_wm:
+        raise ValueError(
+            f"tissue intensities are not CSF < GM < WM (T1w contrast): {mu_csf:.4g}, "
+            f"{mu_gm:.4g}, {mu_wm:.4g}"
+        )
+    low = y <= mu_gm
+    gm_low = np.clip((y - mu_csf) / (mu_gm - mu_csf), 0.0, 1.0)
+    wm_high = np.clip((y - mu_gm) / (mu_wm - mu_gm), 0.0, 1.0)
+    fractions = np.zeros((3,) + m.shape, np.float32)
+    fractions[0][m] = np.where(low, gm_low, 1.0 - wm_high)
+    fractions[1][m] = np.where(low, 0.0, wm_high)
+    fractions[2][m] = np.where(low, 1.0 - gm_low, 0.0)
+    return tuple(_like(f, t1) for f in fractions)
+
+
 def normalize_t1_intensity(
     t1: nib.Nifti1Image,
     mask: nib.Nifti1Image,

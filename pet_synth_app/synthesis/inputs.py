@@ -20,6 +20,12 @@ Representations (``REPRESENTATIONS``):
 - ``"mni-jacobian"``: the MNI T1w plus two channels that keep volume information as in
   VBM: the log-Jacobian determinant of the T1w -> MNI warp (``0.5 + log J``, clipped to
   [0, 1]) and the Jacobian-modulated GM (``GM_mni * J / 2``, clipped to [0, 1]).
+- ``"mni-pv"``: the MNI T1w plus the participant's own GM and CSF *volume fractions*
+  (``preproc.anat.partial_volume_fractions``), blurred in T1w space by a Gaussian of
+  ``PV_FWHM_MM`` (a PET-like resolution) and only then taken to MNI by the T1w -> MNI
+  transforms: the same order of blur and warp as the real PET's, so the partial-volume
+  loss of a thin or atrophied cortex (which SyN stretches back to template thickness)
+  stays visible. Measured in docs/benchmarks.md ("Anatomy-aware synthesis inputs").
 
 All channels are float32 in [0, 1], 0 outside the brain mask, on the MNI grid.
 Interpolation: linear for images and the PET, nearest neighbour for the brain mask.
@@ -57,7 +63,17 @@ REPRESENTATIONS: dict[str, dict] = {
         "description": "MNI T1w [0, 1]; 0.5 + log det Jacobian of the T1w->MNI warp, "
         "clipped to [0, 1]; Jacobian-modulated MNI GM / 2, clipped to [0, 1]",
     },
+    "mni-pv": {
+        "channels": ["t1w_mni", "pv_gm", "pv_csf"],
+        "space": "mni",
+        "description": "MNI T1w [0, 1]; GM and CSF volume fractions of the T1w voxels "
+        "(partial-volume mixing model), blurred in T1w space by a 6 mm FWHM Gaussian, "
+        "then taken to MNI by the T1w->MNI transforms, [0, 1]",
+    },
 }
+PV_FWHM_MM = 6.0
+"""Blur of the tissue fractions of ``"mni-pv"`` in T1w space (mm FWHM): a typical FDG PET
+resolution after reconstruction (the phantoms' PSF is 5-6 mm)."""
 
 
 def check_representation(name: str) -> str:
@@ -125,6 +141,9 @@ class InputSources:
     log_jacobian_std: str | Path | nib.Nifti1Image | None = None
     pet_t1w: str | Path | nib.Nifti1Image | None = None
     pet_std: str | Path | nib.Nifti1Image | None = None
+    gm: str | Path | nib.Nifti1Image | None = None
+    wm: str | Path | nib.Nifti1Image | None = None
+    csf: str | Path | nib.Nifti1Image | None = None
 
     def need(self, *names: str, why: str) -> None:
         missing = [n for n in names if getattr(self, n) is None]
@@ -189,6 +208,33 @@ def log_jacobian_std(sources: InputSources, reference: nib.Nifti1Image) -> np.nd
     return _array(img)
 
 
+def pv_fractions_std(
+    sources: InputSources, reference: nib.Nifti1Image, fwhm_mm: float = PV_FWHM_MM
+) -> tuple[np.ndarray, np.ndarray]:
+    """GM and CSF volume fractions of the T1w (``preproc.anat.partial_volume_fractions``),
+    blurred by ``fwhm_mm`` in T1w space, then resampled onto the ``reference`` (MNI) grid
+    through ``[warp, affine]`` (T1w -> affine -> MNI, the transforms of the real PET).
+    Float32 arrays in [0, 1]."""
+    from scipy import ndimage as ndi
+
+    from ..preproc.anat import apply_transforms, partial_volume_fractions
+
+    sources.need(
+        "t1w", "t1w_mask", "gm", "wm", "csf", "affine", "warp", why="the mni-pv representation"
+    )
+    t1 = _img(sources.t1w)
+    fractions = partial_volume_fractions(
+        t1, _img(sources.t1w_mask), (_img(sources.gm), _img(sources.wm), _img(sources.csf))
+    )
+    zooms = np.asarray(t1.header.get_zooms()[:3], float)
+    sigma = fwhm_mm / (2.0 * np.sqrt(2.0 * np.log(2.0))) / zooms
+    blurred = [ndi.gaussian_filter(_array(fractions[i]), sigma) for i in (0, 2)]
+    stack = nib.Nifti1Image(np.stack(blurred, -1), t1.affine)
+    out = _array(apply_transforms(stack, reference, [str(sources.warp), str(sources.affine)]))
+    out = np.clip(out.reshape(reference.shape[:3] + (2,)), 0.0, 1.0)
+    return np.ascontiguousarray(out[..., 0]), np.ascontiguousarray(out[..., 1])
+
+
 def to_affine_space(
     img: str | Path | nib.Nifti1Image,
     reference: nib.Nifti1Image,
@@ -251,6 +297,8 @@ def build_model_input(
             gm = np.clip(_array(_img(sources.gm_std)), 0, 1)
             channels.append(np.clip(0.5 + logj, 0.0, 1.0))
             channels.append(np.clip(gm * np.exp(np.clip(logj, -3, 3)) / 2.0, 0.0, 1.0))
+        if representation == "mni-pv":
+            channels.extend(pv_fractions_std(sources, mask_std))
         if with_pet and sources.pet_std is not None:
             pet = _array(_img(sources.pet_std))
     stack = np.stack(channels).astype(np.float32) * mask[None]
@@ -279,6 +327,7 @@ __all__ = [
     "input_space",
     "log_jacobian_std",
     "n_channels",
+    "pv_fractions_std",
     "sources_from_derivatives",
     "to_affine_space",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import re
@@ -363,6 +364,13 @@ def run_workflow(
 
         units = [n.name for n in workflow._graph.nodes() if n.name.startswith("single_subject_")]
         runner = ParticipantOrderMultiProcPlugin(plugin_args={**args, "unit_order": units})
+    # MultiProc calls gc.collect() every time it submits steps. A full collection walks
+    # every object of this process (the graph, pybids' index, ...): 0.3-0.5 s each, which
+    # the scheduler spends instead of starting the next step (~0.5 s per step over a
+    # 16-participant run, docs/benchmarks.md "Cohort scale"). Objects that exist before
+    # the run are moved out of the collector's reach; later garbage is still collected.
+    gc.collect()
+    gc.freeze()
     try:
         workflow.run(plugin=runner, plugin_args=args)
     except RuntimeError as exc:
@@ -370,6 +378,8 @@ def run_workflow(
         if not failed:
             return [("workflow", " ".join(str(exc).split()))]
         return failed
+    finally:
+        gc.unfreeze()
     return []
 
 

@@ -24,7 +24,10 @@ SYNTHESIS_INPUTS = [
     "t1w_mask",  # (affine)
     "t1w2affine_xfm",  # affine stage (affine)
     "affine2t1w_xfm",  # its inverse: affine space -> T1w (affine)
-    "affine2std_warp",  # nonlinear part: affine space -> MNI (affine)
+    "affine2std_warp",  # nonlinear part: affine space -> MNI (affine, mni-pv)
+    "gm",  # T1w-space tissue posteriors (mni-pv)
+    "wm",
+    "csf",
 ]
 """Fields of ``init_synthesis_wf``'s inputnode (outputs of ``anat_preproc_wf``)."""
 
@@ -149,6 +152,10 @@ smoothed with a {fwhm:g} mm FWHM Gaussian, and the result was {back}.
             workflow.connect(
                 [(inputnode, synth, [("gm_std", "gm_std"), ("logjac_std", "logjac_std")])]
             )
+        if representation == "mni-pv":
+            pv_inputs = [("t1w_preproc", "t1w"), ("t1w_mask", "t1w_mask")]
+            pv_inputs += [(f, f) for f in ("t1w2affine_xfm", "affine2std_warp", "gm", "wm", "csf")]
+            workflow.connect([(inputnode, synth, pv_inputs)])
     return workflow
 
 
