@@ -12,8 +12,8 @@ class PetSynthError(Exception):
 
     def __init__(self, message: str, path: str | None = None) -> None:
         self.path = path
-        msg = " ".join(str(message).split())  # always a single line
-        super().__init__(f"{path}: {msg}" if path else msg)
+        self.message = " ".join(str(message).split())  # always a single line
+        super().__init__(f"{path}: {self.message}" if path else self.message)
 
 
 class UsageError(PetSynthError):

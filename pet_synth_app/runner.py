@@ -220,7 +220,9 @@ def collect_units(settings: Settings) -> tuple[list, list[PetSynthError], int, l
     for unit in units:
         problems = pbids.validate_inputs(unit)
         if problems:
-            errors.extend(PetSynthError(f"{unit.name} skipped: {p}") for p in problems)
+            errors.extend(  # "<file>: sub-01 skipped: <problem>", as every skip
+                PetSynthError(f"{unit.name} skipped: {p.message}", p.path) for p in problems
+            )
         else:
             valid.append(unit)
     for unit, checked in zip(valid, _modality_checks_all(valid, settings.nprocs), strict=True):

@@ -63,18 +63,33 @@ def test_output_folder_not_writable_is_one_line(tmp_path, fake_run, capsys):
     assert str(blocker) in lines[0] and "not a directory" in lines[0]
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes to read-only folders")
-def test_read_only_output_folder_is_one_line(tmp_path, fake_run, capsys):
+def test_read_only_output_folder_is_one_line(tmp_path, fake_run, monkeypatch, capsys):
+    import tempfile
+
     bids = make_bids(tmp_path / "bids")
     ro = tmp_path / "ro"
     ro.mkdir()
     ro.chmod(0o500)
+    if os.geteuid() == 0:  # root writes to read-only folders: refuse as a read-only mount
+        real = tempfile.NamedTemporaryFile
+
+        def refuse(*args, dir=None, **kwargs):
+            if Path(dir) == ro:
+                raise PermissionError(13, "Permission denied", str(ro))
+            return real(*args, dir=dir, **kwargs)
+
+        monkeypatch.setattr(tempfile, "NamedTemporaryFile", refuse)
     try:
         code = _run(bids, ro / "out")
     finally:
         ro.chmod(0o700)
     lines = _err_lines(capsys)
-    assert code == 1 and len(lines) == 1 and "not writable" in lines[0] and fake_run == []
+    assert code == 1 and len(lines) == 1 and fake_run == [], lines
+    assert lines[0] == (
+        f"petsynth: error: {ro}: the output folder is not writable (Permission denied); "
+        f"cannot create {ro / 'out'}"
+    )
+    assert not (ro / "out").exists()
 
 
 def test_summary_counts_two_participants_with_one_skipped(tmp_path, fake_run, capsys):
@@ -83,6 +98,62 @@ def test_summary_counts_two_participants_with_one_skipped(tmp_path, fake_run, ca
     code = _run(bids, tmp_path / "out")
     assert code == 1 and fake_run == ["sub-02"]
     assert "finished: 1 of 2 unit(s) succeeded; 1 skipped, 0 failed" in capsys.readouterr().err
+
+
+def _broken_case(bids: Path, case: str) -> tuple[Path | None, str, tuple[str, ...]]:
+    """Break sub-01's input as in issue 16 item 7; the file named by the error (None:
+    none), the expected problem and extra command-line arguments."""
+    t1w = bids / "sub-01" / "anat" / "sub-01_T1w.nii.gz"
+    pet = bids / "sub-01" / "pet" / "sub-01_trc-FDG_pet.nii.gz"
+    if case == "nan_pet":
+        data = head_like((32, 32, 24), seed=9)
+        data[10:14, 10:14, 10:14] = np.nan
+        write_nifti(pet, data, (3, 3, 3))
+        return pet, "sub-01 skipped: contains 64 NaN/Inf voxels", ()
+    if case == "frame_list":
+        side = pet.with_name("sub-01_trc-FDG_pet.json")
+        meta = json.loads(side.read_text())
+        side.write_text(
+            json.dumps({**meta, "FrameTimesStart": [0, 600, 1200], "FrameDuration": [600] * 3})
+        )
+        return pet, "image has 1 frame(s), sidecar lists 3", ()
+    if case == "frame_lengths":
+        side = pet.with_name("sub-01_trc-FDG_pet.json")
+        meta = json.loads(side.read_text())
+        side.write_text(json.dumps({**meta, "FrameDuration": [600, 600]}))
+        return pet, "1 FrameTimesStart vs 2 FrameDuration", ()
+    if case == "t1w_4d":
+        write_nifti(t1w, np.stack([head_like(seed=3)] * 2, axis=-1))
+        return t1w, "T1w must be a 3D image, got shape (40, 48, 40, 2)", ()
+    if case == "t1w_2d":
+        write_nifti(t1w, head_like(seed=3)[:, :, 20])
+        return t1w, "T1w must be a 3D image, got shape (40, 48)", ()
+    assert case == "unknown_label"
+    return None, "participant sub-99 not found in the dataset", ("--participant-label", "99", "02")
+
+
+@pytest.mark.parametrize(
+    "case", ["nan_pet", "frame_list", "frame_lengths", "t1w_4d", "t1w_2d", "unknown_label"]
+)
+def test_broken_input_is_one_line_and_the_other_participant_runs(tmp_path, fake_run, capsys, case):
+    """The clearly broken inputs of issue 16 item 7 (NaN PET, frame lists of the wrong
+    length, 4D or 2D T1w, an unknown label): exit 1, one error line naming the file and
+    the problem, no traceback, the other participant runs and the summary counts both."""
+    bids = make_bids(tmp_path / "bids", subjects=("01", "02"))
+    path, problem, extra = _broken_case(bids, case)
+    out = tmp_path / "out"
+    code = _run(bids, out, *extra)
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.startswith("petsynth: error")]
+    assert code == 1 and fake_run == ["sub-02"]
+    assert len(lines) == 1, lines
+    assert problem in lines[0] and "\n" not in lines[0]
+    if path is not None:
+        assert lines[0].startswith(f"petsynth: error: {path}: sub-01 skipped: ")
+    assert "Traceback" not in err
+    assert "finished: 1 of 2 unit(s) succeeded; 1 skipped, 0 failed" in err
+    assert (out / "sub-02.html").is_file() and not (out / "sub-01.html").exists()
+    assert not (out / "sub-01").exists()
 
 
 def _affine_case(bids: Path, kind: str) -> Path:
@@ -138,11 +209,28 @@ def test_missing_pet_sidecar_negative_and_non_quantitative_values(tmp_path, fake
     out = tmp_path / "out"
     code = _run(bids, out)
     assert code == 0 and fake_run == ["sub-01", "sub-02", "sub-03"]
-    assert any("no JSON sidecar" in w for w in _saved(out, "01"))
+    err = capsys.readouterr().err.splitlines()
+    expected = {
+        "01": "no JSON sidecar",
+        "02": "negative values in",
+        "03": "Units 'counts' is not an activity concentration",
+    }
+    for sub, text in expected.items():
+        pet = bids / f"sub-{sub}" / "pet" / f"sub-{sub}_trc-FDG_pet.nii.gz"
+        # terminal (naming the file), saved warnings, report and the outputs' sidecars
+        assert any(text in ln and str(pet.parent) in ln for ln in err), (sub, text)
+        assert any(text in w for w in _saved(out, sub))
+        assert text in (out / f"sub-{sub}.html").read_text().replace("&#x27;", "'")
+        side = json.loads(next((out / f"sub-{sub}").rglob("*statmap.json")).read_text())
+        assert any(text in w for w in side["InputWarnings"])
+        others = [w for o in expected if o != sub for w in _saved(out, o)]
+        assert not any(text in w for w in others)
     assert any("negative values in" in w and pet2.name in w for w in _saved(out, "02"))
-    assert any("Units 'counts' is not an activity concentration" in w for w in _saved(out, "03"))
-    err = capsys.readouterr().err
-    assert any("negative values in" in ln and str(pet2) in ln for ln in err.splitlines())
+    # the hand-made sidecars of sub-02 and sub-03 lack the BIDS-required PET fields: named
+    (missing,) = [w for w in _saved(out, "02") if "BIDS-required PET field" in w]
+    assert "InjectedRadioactivity" in missing and "TracerName" not in missing
+    assert any("BIDS-required PET field" in ln and "InjectedRadioactivity" in ln for ln in err)
+    assert "InjectedRadioactivity" in (out / "sub-02.html").read_text()
 
 
 def _put(img: nib.Nifti1Image, path: Path) -> Path:

@@ -248,6 +248,44 @@ def test_flicker_svg_is_self_contained(full_report):
     assert not re.search(r"(?:href|src)=['\"]https?://", svg)
 
 
+def test_printed_normalization_figure_shows_the_participant(full_report):
+    """The flicker figure shows its foreground unless hovered (and in print): that layer
+    is the participant's T1w, the template is the hover layer (issue 16 item 8)."""
+    out, _ = full_report
+    svg = (out / "sub-01" / "figures" / "sub-01_desc-normalization_T1w.svg").read_text()
+    assert re.search(r"@keyframes \S+ \{ 0% \{opacity: 1;\}", svg)  # shown until hovered
+    assert re.search(r"\.foreground-svg \{ animation: [^}]* paused", svg)
+    background, foreground = svg.split('class="foreground-svg"')
+    assert "participant T1w" in foreground and "MNI template" not in foreground
+    assert "MNI template" in background and "participant T1w" not in background
+
+
+def test_calibration_is_said_in_the_summary_and_above_each_table(tmp_path):
+    """Issue 16 item 1: an uncalibrated map says so in plain words in the summary (the
+    report header) and above its clusters; a calibrated one gives its significant count."""
+    from pet_synth_app.analysis.calibration import UNCALIBRATED, describe
+
+    settings = make_outputs(tmp_path)
+    unit = make_tree(tmp_path, "06")
+    pet = unit / "pet"
+    sides = {
+        "hypometabolism": {"Calibration": UNCALIBRATED, "NumberSignificant": None},
+        "controlpet": {"Calibration": describe([[5.0], [], [], []]), "NumberSignificant": 1},
+    }
+    for desc, meta in sides.items():
+        (pet / f"sub-06_trc-FDG_desc-{desc}_clusters.json").write_text(json.dumps(meta))
+    text = write_subject_report(tmp_path, "06", "run1", settings).read_text()
+    summary = _section(text, "summary")
+    rows = re.findall(r"<tr>(.*?)</tr>", summary.split("Thresholds and reference")[1])
+    cells = {re.findall(r"<td>(.*?)</td>", r)[1]: r for r in rows if r.count("<td") > 3}  # by map
+    assert "uncalibrated: healthy scans show clusters too" in cells["Z"]
+    assert "1 (vs healthy controls)" in cells["control-PET Z"]
+    assert "<td>n/a</td>" in cells["OC-SVM score"]  # no cluster-table sidecar
+    hypo = _section(text, "hypometabolism")
+    assert "Uncalibrated map:" in hypo and "not findings by themselves" in hypo
+    assert "<b>1 cluster significant</b> against healthy controls" in text
+
+
 def test_missing_inputs_give_not_available(tmp_path):
     settings = make_outputs(tmp_path)
     make_tree(tmp_path, "02", ocsvm=False, pseudo=False, n_clusters=0)

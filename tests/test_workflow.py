@@ -188,11 +188,29 @@ def test_finished_participant_is_not_rerun(first_run):
     assert set(logs.glob("config-*.toml")) == configs  # no run was started
 
 
+def _keep_top_half(pet_path: Path) -> None:
+    """Zero the PET below the middle of the head (world z): a scan covering only the
+    top half of the brain (issue 16 item 7)."""
+    img = nib.load(pet_path)
+    data = np.asanyarray(img.dataobj).astype(np.float32)
+    mean = data if data.ndim == 3 else data.mean(axis=3)
+    z = nib.affines.apply_affine(img.affine, np.indices(mean.shape).reshape(3, -1).T)[:, 2]
+    z = z.reshape(mean.shape)
+    head = mean > 0.2 * np.percentile(mean, 99)
+    below = z < np.median(z[head])
+    data[below] = 0.0
+    nib.Nifti1Image(data, img.affine, img.header).to_filename(pet_path)
+
+
 def test_one_bad_subject_others_finish(phantom, tmp_path, capsys):
+    """sub-c01's T1w is unusable: one line, skipped. sub-p01's PET covers only the top
+    half of the brain: processed, with the coverage named on the terminal, in the
+    report and the Z map's sidecar, and no cluster outside its field of view."""
     bids = tmp_path / "bids"
     shutil.copytree(phantom, bids)
     bad = bids / "sub-c01" / "anat" / "sub-c01_T1w.nii.gz"
     bad.write_text("<!DOCTYPE html><html>not an image</html>" + " " * 400)
+    _keep_top_half(next((bids / "sub-p01" / "pet").glob("*_pet.nii.gz")))
     out = tmp_path / "out"
     code = run.main(
         [
@@ -213,7 +231,20 @@ def test_one_bad_subject_others_finish(phantom, tmp_path, capsys):
     assert "sub-c01 skipped" in err and "HTML" in err and "Traceback" not in err
     assert (out / "sub-p01.html").is_file() and not (out / "sub-c01.html").exists()
     assert not (out / "sub-c01").exists()
-    assert not list((out / "sub-p01" / "pet").glob("*space-T1w*"))  # only MNI requested
+    pet = out / "sub-p01" / "pet"
+    assert not list(pet.glob("*space-T1w*"))  # only MNI requested
+    assert "finished: 1 of 2 unit(s) succeeded; 1 skipped, 0 failed" in err
+    qc_line = next(ln for ln in err.splitlines() if "QC failed for sub-p01 (trc-FDG)" in ln)
+    coverage = float(qc_line.split("pet_brain_coverage ")[1].split()[0])
+    assert 0.2 < coverage < 0.8, qc_line
+    assert "the PET field of view misses part of the brain" in (out / "sub-p01.html").read_text()
+    zside = json.loads(_one(pet, "*desc-hypometabolism_stat-z_statmap.json").read_text())
+    assert "field of view covers only" in zside["BrainCoverageWarning"]
+    view = np.asanyarray(nib.load(_one(pet, "*desc-coverage_mask.nii.gz")).dataobj) > 0
+    dseg = np.asanyarray(nib.load(_one(pet, "*desc-hypometabolism_dseg.nii.gz")).dataobj)
+    zmap = np.asanyarray(nib.load(_one(pet, "*desc-hypometabolism_stat-z_statmap.nii.gz")).dataobj)
+    assert view.shape == dseg.shape and not view.all()
+    assert not dseg[~view].any() and not zmap[~view].any()
 
 
 def test_train_then_use_the_model(phantom, first_run, tmp_path):

@@ -638,6 +638,7 @@ class _Report:
                     if stat is None:
                         continue
                     m = sidecar(stat)
+                    tsv = files[f"{desc_name}_tsv"]
                     rows.append(
                         [
                             series,
@@ -649,6 +650,7 @@ class _Report:
                             m.get("ClusterMask", ""),
                             m.get("ZReference", ""),
                             m.get("NumberOfClusters", "n/a"),
+                            significance(sidecar(tsv) if tsv is not None else {}),
                             f"{pet_meta.get('IntensityNormalization', '')} "
                             f"{pet_meta.get('ReferenceRegion', 'n/a')}".strip(),
                         ]
@@ -665,6 +667,7 @@ class _Report:
                     "cluster mask",
                     "reference",
                     "clusters",
+                    "significant",
                     "intensity normalization",
                 ],
                 rows,
@@ -807,13 +810,28 @@ def calibration_note(meta: dict) -> str:
             else ""
         )
         return f"<p>{head}Clusters are {esc(text)}.</p>"
+    if not text:
+        return ""
+    plain = text.removeprefix("uncalibrated: ")  # calibration.UNCALIBRATED says it all
+    if plain != text:
+        plain = plain[:1].upper() + plain[1:]
+        return f"<p class='warn'><b>Uncalibrated map:</b> {esc(plain)}.</p>"
     return (
         "<p class='warn'><b>Uncalibrated map:</b> a healthy scan also shows clusters at "
-        "this threshold, so a cluster here is not a finding by itself. "
-        f"{esc(text)}</p>"
-        if text
-        else ""
+        f"this threshold, so a cluster here is not a finding by itself. {esc(text)}</p>"
     )
+
+
+def significance(meta: dict) -> str:
+    """The summary table's short form of :func:`calibration_note`: how many clusters are
+    significant against healthy controls, or that the map is uncalibrated."""
+    text = str(meta.get("Calibration") or "")
+    if text.startswith("calibrated"):
+        n = meta.get("NumberSignificant")
+        return f"{n if isinstance(n, int) else 'n/a'} (vs healthy controls)"
+    if text:
+        return "uncalibrated: healthy scans show clusters too"
+    return "n/a"
 
 
 def favoured_map(evaluation_dir: Path) -> str:
