@@ -182,7 +182,8 @@ def _read_and_score(
         for subject, files in items:
             yield subject, _read_one(out, subject, files, shape)
         return
-    with ThreadPoolExecutor(workers, thread_name_prefix="group-read") as pool:
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="group-read")
+    try:
         pending = deque()
         for subject, files in items:
             pending.append((subject, pool.submit(_read_one, out, subject, files, shape)))
@@ -192,6 +193,8 @@ def _read_and_score(
         while pending:
             subject0, future = pending.popleft()
             yield subject0, future.result()
+    finally:  # on an error or an interrupt, drop the queued controls and do not wait
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def coverage_of(out: Path, subject: str, shape: tuple[int, ...]) -> np.ndarray:

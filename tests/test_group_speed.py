@@ -121,3 +121,43 @@ def test_centre_spread_matches_numpy_medians():
     c = np.median(stack, axis=0)
     np.testing.assert_array_equal(centre, c)
     np.testing.assert_array_equal(spread, zscore.MAD_TO_SD * np.median(np.abs(stack - c), axis=0))
+
+
+def test_image_metrics_of_fortran_ordered_volumes():
+    """NIfTI data are Fortran-ordered; the metrics must not depend on the layout."""
+    rng = np.random.default_rng(8)
+    shape = (20, 22, 18)
+    mask = _blob(shape, rng)
+    ref = ndimage.gaussian_filter(rng.gamma(2.0, 1.0, shape), 1.0)
+    pred = 0.9 * ref + rng.normal(0, 0.05, shape)
+    c_order = metrics.image_metrics(pred, ref, mask)
+    f_order = metrics.image_metrics(
+        np.asfortranarray(pred), np.asfortranarray(ref), np.asfortranarray(mask)
+    )
+    assert c_order == f_order == _old_image_metrics(pred, ref, mask)
+    for axis in (0, 1, 2):
+        assert metrics.ssim_slicewise(pred, ref, mask, axis=axis) == metrics.ssim_slicewise(
+            np.asfortranarray(pred), np.asfortranarray(ref), mask, axis=axis
+        )
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_read_and_score_keeps_order_and_raises(monkeypatch, workers):
+    import time
+
+    from pet_synth_app import group
+    from pet_synth_app.errors import PetSynthError
+
+    def fake(out, subject, files, shape):
+        time.sleep(0.01 * (int(subject) % 3))  # finish out of order
+        if subject == "07":
+            raise PetSynthError("MNI grids differ between controls", subject)
+        return subject
+
+    monkeypatch.setattr(group, "_read_one", fake)
+    found = {f"{i:02d}": {} for i in range(6)}
+    got = list(group._read_and_score(None, found, (1,), workers))
+    assert got == [(s, s) for s in found]
+    found["07"] = {}
+    with pytest.raises(PetSynthError, match="MNI grids differ"):
+        list(group._read_and_score(None, found, (1,), workers))

@@ -133,14 +133,13 @@ def ssim_slicewise(
         raise ValueError(f"ssim_slicewise needs 3D images, got shape {pred_a.shape}")
     values = []
     for index in range(pred_a.shape[axis]):
-        slice_mask = None if mask_b is None else np.take(mask_b, index, axis=axis)
+        # a view, not ``np.take`` (which copies a whole Fortran-ordered volume, as
+        # NIfTI data are, for every slice)
+        at = (slice(None),) * axis + (index,)
+        slice_mask = None if mask_b is None else mask_b[at]
         if slice_mask is not None and not slice_mask.any():
             continue
-        smap = ssim_map(
-            np.take(pred_a, index, axis=axis),
-            np.take(ref_a, index, axis=axis),
-            data_range=data_range,
-        )
+        smap = ssim_map(pred_a[at], ref_a[at], data_range=data_range)
         values.append(_masked(smap, slice_mask).mean())
     return float(np.mean(values))
 
