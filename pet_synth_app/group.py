@@ -16,6 +16,8 @@ import json
 import logging
 import shutil
 import time
+from collections import deque
+from collections.abc import Iterator
 from pathlib import Path
 
 import nibabel as nib
@@ -80,38 +82,30 @@ def run_group_level(settings: Settings) -> int:
             "participant level with one --model-weights",
             str(out),
         )
-    t0 = time.time()
+    t0, c0 = time.time(), time.process_time()
     ref = nib.load(str(next(iter(found.values()))["pet"]))
     maps = _control_maps(found, ref.shape[:3])
     rows = []
-    for i, (subject, files) in enumerate(found.items()):
-        pet = np.asanyarray(nib.load(str(files["pet"])).dataobj, dtype=np.float64)
-        pseudo = np.asanyarray(nib.load(str(files["pseudo"])).dataobj, dtype=np.float64)
-        mask = np.asanyarray(nib.load(str(files["mask"])).dataobj) > 0
-        if pet.shape != ref.shape[:3] or pseudo.shape != ref.shape[:3]:
-            raise PetSynthError("MNI grids differ between controls", str(files["pet"]))
-        view = coverage_of(out, subject, mask.shape)
-        try:
-            quality = image_metrics(pseudo, pet, mask & view)
-        except ValueError as exc:
-            raise PetSynthError(
-                f"cannot compare pseudo and real PET: {exc}", str(files["pet"])
-            ) from None
+    for i, (subject, (pet, pseudo, mask, view, quality)) in enumerate(
+        _read_and_score(out, found, ref.shape[:3], settings.omp_nthreads)
+    ):
         rows.append({"participant_id": f"sub-{subject}", **quality})
         try:
             normative.put_control(maps, i, pet, pseudo, mask, view, settings.histogram_matching)
         except ValueError as exc:
             raise PetSynthError(
-                f"cannot fit the normative model: {exc}", str(files["pet"])
+                f"cannot fit the normative model: {exc}", str(found[subject]["pet"])
             ) from None
-        del pet, pseudo, mask, view  # one control's full volumes at a time
+        del pet, pseudo, mask, view  # a few controls' full volumes at a time
     LOGGER.info(
-        "group: %d controls read (%d voxels each, %.2f GB) in %.0f s",
+        "group: %d controls read and scored (%d voxels each, %.2f GB) in %.0f s (CPU %.0f s)",
         len(found),
         maps.pet.shape[1],
         (maps.pet.nbytes + maps.residual.nbytes + maps.brain.nbytes + maps.view.nbytes) / 2**30,
         time.time() - t0,
+        time.process_time() - c0,
     )
+    t1, c1 = time.time(), time.process_time()
     meta = {
         "participants": [f"sub-{s}" for s in found],
         "model_sha256": next(iter(shas.values())),
@@ -126,7 +120,9 @@ def run_group_level(settings: Settings) -> int:
     folder = out / "group" / "normative"
     staging = normative.save(model, folder.with_name("normative.new"))
     del model
-    LOGGER.info("group: normative model in %.0f s", time.time() - t0)
+    LOGGER.info(
+        "group: normative model in %.0f s (CPU %.0f s)", time.time() - t1, time.process_time() - c1
+    )
     _write_cluster_null(settings, found, maps, ref.affine, staging)
     maps.residual = np.zeros((0, 0), np.float32)  # not needed by the detector: free it
     n_synthetic = fit_anomaly_detector(settings, controls, found, maps, ref, staging)
@@ -150,6 +146,55 @@ def run_group_level(settings: Settings) -> int:
     )
     _write_group_citation(settings, len(found), n_synthetic)
     return 0
+
+
+def _read_one(
+    out: Path, subject: str, files: dict[str, Path], shape: tuple[int, ...]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, float]]:
+    """A control's MNI PET and pseudo-normal PET (float64 SUVR), brain mask, field of
+    view and the synthesis quality of its pseudo-normal PET (``image_metrics`` in both)."""
+    pet = np.asanyarray(nib.load(str(files["pet"])).dataobj, dtype=np.float64)
+    pseudo = np.asanyarray(nib.load(str(files["pseudo"])).dataobj, dtype=np.float64)
+    mask = np.asanyarray(nib.load(str(files["mask"])).dataobj) > 0
+    if pet.shape != tuple(shape) or pseudo.shape != tuple(shape):
+        raise PetSynthError("MNI grids differ between controls", str(files["pet"]))
+    view = coverage_of(out, subject, mask.shape)
+    try:
+        quality = image_metrics(pseudo, pet, mask & view)
+    except ValueError as exc:
+        raise PetSynthError(
+            f"cannot compare pseudo and real PET: {exc}", str(files["pet"])
+        ) from None
+    return pet, pseudo, mask, view, quality
+
+
+def _read_and_score(
+    out: Path, found: dict[str, dict[str, Path]], shape: tuple[int, ...], workers: int
+) -> Iterator[tuple[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]]]:
+    """``(subject, _read_one(...))`` of each control of ``found``, in order, read and
+    scored by ``workers`` threads (decompression and the SSIM filters release the GIL),
+    at most ``workers + 1`` controls ahead of the caller (bounded memory)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    items = list(found.items())
+    workers = max(1, int(workers))
+    if workers == 1:
+        for subject, files in items:
+            yield subject, _read_one(out, subject, files, shape)
+        return
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="group-read")
+    try:
+        pending = deque()
+        for subject, files in items:
+            pending.append((subject, pool.submit(_read_one, out, subject, files, shape)))
+            if len(pending) > workers:
+                subject0, future = pending.popleft()
+                yield subject0, future.result()
+        while pending:
+            subject0, future = pending.popleft()
+            yield subject0, future.result()
+    finally:  # on an error or an interrupt, drop the queued controls and do not wait
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def coverage_of(out: Path, subject: str, shape: tuple[int, ...]) -> np.ndarray:
@@ -199,17 +244,25 @@ def _write_cluster_null(
             len(found),
         )
         return
-    t0 = time.time()
-    gm = np.zeros(maps.brain.shape, bool)  # each control's GM at the controls' voxels
-    for i, subject in enumerate(found):
-        path = find_mni(Path(settings.output_dir), subject)["gm"]
+    t0, c0 = time.time(), time.process_time()
+    paths = {s: find_mni(Path(settings.output_dir), s)["gm"] for s in found}
+    for subject, path in paths.items():
         if path is None:
             LOGGER.warning("group: sub-%s has no MNI GM map: no cluster null", subject)
             return
+
+    def gm_row(path: Path) -> np.ndarray:  # a control's GM at the controls' voxels
         prob = _load(path, np.float64)
         if prob.shape != maps.voxels.shape:
             raise PetSynthError("MNI grids differ between controls", str(path))
-        gm[i] = (prob > GM_THRESHOLD)[maps.voxels]
+        return (prob > GM_THRESHOLD)[maps.voxels]
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    gm = np.zeros(maps.brain.shape, bool)
+    with ThreadPoolExecutor(max(1, settings.omp_nthreads)) as pool:  # decompression
+        for i, row in enumerate(pool.map(gm_row, paths.values())):
+            gm[i] = row
     null = calibration.loo_cluster_null_maps(
         maps,
         gm,
@@ -219,10 +272,11 @@ def _write_cluster_null(
     )
     calibration.save_null(null, folder)
     LOGGER.info(
-        "group: cluster null from %d controls (leave-one-out) in %.0f s: clusters per control "
-        "%.2f (synthesis-based Z), %.2f (control-PET Z)",
+        "group: cluster null from %d controls (leave-one-out) in %.0f s (CPU %.0f s): clusters "
+        "per control %.2f (synthesis-based Z), %.2f (control-PET Z)",
         len(found),
         time.time() - t0,
+        time.process_time() - c0,
         *(np.mean([len(s) for s in null["scans"][k]]) for k in ("hypometabolism", "controlpet")),
     )
 
@@ -315,12 +369,13 @@ def fit_anomaly_detector(
         raise PetSynthError(f"cannot fit the OC-SVM anomaly detector: {exc}", str(out)) from None
     LOGGER.info(
         "group: OC-SVM anomaly detector on %d real + %d synthetic control PET, %d voxels "
-        "(autoencoder %.0f s, OC-SVMs %.0f s)",
+        "(autoencoder %.0f s, OC-SVMs %.0f s; CPU s per phase: %s)",
         len(found),
         len(synthetic),
         result.n_voxels,
         result.seconds_autoencoder,
         result.seconds_ocsvm,
+        ", ".join(f"{k} {v:.0f}" for k, v in result.cpu_seconds.items()),
     )
     return len(synthetic)
 

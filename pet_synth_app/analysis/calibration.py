@@ -45,6 +45,9 @@ NULL_FILE = "cluster_null.json"
 MAX_EXPECTED_FP = 0.25
 """A cluster is significant when healthy scans show fewer clusters this massive per scan."""
 CALIBRATED_MAPS = ("hypometabolism", "controlpet")
+LOO_GROUP = 16
+"""Controls whose leave-one-out models are fitted together (``zscore.loo_normative_voxels``:
+one sort of the controls' values per group; (16, N) float64 statistics x 2 held)."""
 UNCALIBRATED = (
     "uncalibrated: no null distribution of cluster sizes from healthy controls was "
     "available, so these clusters are not findings by themselves (a healthy scan also "
@@ -98,15 +101,16 @@ def loo_cluster_null_maps(
 
     For each control: the control-referenced Z of its residual (``hypometabolism``) and
     of its PET (``controlpet``) against normative models fitted on the other controls
-    (``zscore.fit_normative_voxels``, as ``normative.fit_from_maps``), clustered in its
+    (``zscore.loo_normative_voxels``: ``fit_normative_voxels`` without it, as
+    ``normative.fit_from_maps``, from one sort per voxel), clustered in its
     GM with the given rule. With fields of view (``maps.view``) a control enters the
     others' models only inside its own and its own map is clustered only inside it and
     their model's support, as the participant workflow does. One control's volumes are
     rebuilt at a time. Returns the JSON-ready null: per map the list of cluster masses
-    of every scan, plus the rule.
+    of every scan (control order), plus the rule.
     """
     from .compact import to_volume
-    from .zscore import control_referenced_z, fit_normative_voxels, support_columns
+    from .zscore import _min_covered, control_referenced_z, loo_normative_voxels
 
     n = len(maps.pet)
     if n < 3:
@@ -114,29 +118,35 @@ def loo_cluster_null_maps(
     vox = maps.voxels
     grid_mask = maps.grid_mask()
     zooms = np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(0))
+    count = None if maps.view is None else maps.view.sum(axis=0)
     scans: dict[str, list[list[float]]] = {k: [] for k in CALIBRATED_MAPS}
-    for i in range(n):
-        others = [j for j in range(n) if j != i]
-        inside = maps.mask
-        if maps.view is not None:
-            inside = inside & maps.view[i] & support_columns(maps.view, others)
-        gm_i = to_volume(np.asarray(gm[i]) & inside, vox, bool)
-        inside_grid = to_volume(inside, vox, bool)
-        for key, data in (("hypometabolism", maps.residual), ("controlpet", maps.pet)):
-            mean, sd = fit_normative_voxels(
-                data, vox, grid_mask, zooms=zooms, valid=maps.view, rows=others
+    for key, data in (("hypometabolism", maps.residual), ("controlpet", maps.pet)):
+        for first in range(0, n, LOO_GROUP):
+            group = range(first, min(n, first + LOO_GROUP))
+            fits = loo_normative_voxels(
+                data, vox, grid_mask, list(group), zooms=zooms, valid=maps.view
             )
-            z = control_referenced_z(to_volume(data[i], vox, np.float64), mean, sd, inside_grid)
-            del mean, sd
-            _, clusters = find_clusters(
-                z,
-                gm_i,
-                affine,
-                threshold=threshold,
-                min_volume_mm3=min_volume_mm3,
-                connectivity=connectivity,
-            )
-            scans[key].append(sorted((round(c.mass, 4) for c in clusters), reverse=True))
+            for i, mean, sd in fits:
+                inside = maps.mask
+                if maps.view is not None:
+                    inside = (
+                        inside & maps.view[i] & ((count - maps.view[i]) >= _min_covered(n - 1))
+                    )
+                gm_i = to_volume(np.asarray(gm[i]) & inside, vox, bool)
+                inside_grid = to_volume(inside, vox, bool)
+                z = control_referenced_z(
+                    to_volume(data[i], vox, np.float64), mean, sd, inside_grid
+                )
+                del mean, sd
+                _, clusters = find_clusters(
+                    z,
+                    gm_i,
+                    affine,
+                    threshold=threshold,
+                    min_volume_mm3=min_volume_mm3,
+                    connectivity=connectivity,
+                )
+                scans[key].append(sorted((round(c.mass, 4) for c in clusters), reverse=True))
     return {
         "Description": "Leave-one-out cluster masses of healthy controls (each control "
         "against the normative model of the others), per map; analysis/calibration.py",

@@ -133,14 +133,13 @@ def ssim_slicewise(
         raise ValueError(f"ssim_slicewise needs 3D images, got shape {pred_a.shape}")
     values = []
     for index in range(pred_a.shape[axis]):
-        slice_mask = None if mask_b is None else np.take(mask_b, index, axis=axis)
+        # a view, not ``np.take`` (which copies a whole Fortran-ordered volume, as
+        # NIfTI data are, for every slice)
+        at = (slice(None),) * axis + (index,)
+        slice_mask = None if mask_b is None else mask_b[at]
         if slice_mask is not None and not slice_mask.any():
             continue
-        smap = ssim_map(
-            np.take(pred_a, index, axis=axis),
-            np.take(ref_a, index, axis=axis),
-            data_range=data_range,
-        )
+        smap = ssim_map(pred_a[at], ref_a[at], data_range=data_range)
         values.append(_masked(smap, slice_mask).mean())
     return float(np.mean(values))
 
@@ -174,12 +173,33 @@ def psnr(pred: Any, ref: Any, mask: Any = None, data_range: float = 1.0) -> floa
     return float(10.0 * np.log10(data_range**2 / error))
 
 
+def _crop_to_mask(pred: Any, ref: Any, mask: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``pred``, ``ref`` and ``mask`` on the mask's bounding box grown by the SSIM window's
+    radius (clipped to the volume). Every voxel the masked metrics read lies in it and the
+    window of a masked voxel reaches the box's edge only where that is the volume's edge
+    (reflected there as before), so 3D and slicewise SSIM, PSNR, RMSE and MAE are exactly
+    those of the whole volumes."""
+    from .zscore import mask_box
+
+    pred_r = np.asanyarray(pred.dataobj) if hasattr(pred, "dataobj") else np.asarray(pred)
+    ref_r = np.asanyarray(ref.dataobj) if hasattr(ref, "dataobj") else np.asarray(ref)
+    if pred_r.shape != ref_r.shape:
+        raise ValueError(f"shape mismatch: pred {pred_r.shape} vs ref {ref_r.shape}")
+    mask_b = _as_mask(mask, ref_r.shape)
+    box = mask_box(mask_b, int(SSIM_TRUNCATE * SSIM_SIGMA + 0.5))
+    return pred_r[box], ref_r[box], mask_b[box]
+
+
 def image_metrics(pred: Any, ref: Any, mask: Any = None) -> dict[str, float]:
     """All metrics on the pair scaled to [0, 1] by ``scale_pair`` (``data_range`` = 1).
 
     Returns ``{"ssim", "ssim_2d", "psnr", "rmse", "mae"}``: 3D SSIM, axial slicewise SSIM
     (axis 2), PSNR (dB) and RMSE/MAE (fraction of the reference's range in the mask).
+    With a mask they are computed on its bounding box grown by the SSIM window's radius
+    (``_crop_to_mask``), which gives exactly the values of the whole volumes.
     """
+    if mask is not None:  # the metrics only see the mask and SSIM's window around it
+        pred, ref, mask = _crop_to_mask(pred, ref, mask)
     pred01, ref01 = scale_pair(pred, ref, mask)
     mask_b = _as_mask(mask, ref01.shape)
     return {

@@ -18,7 +18,7 @@ Three ways to get a Z map (Z is dimensionless, negative = hypometabolic):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -157,9 +157,10 @@ def _centre_spread(stack: np.ndarray, robust: bool) -> tuple[np.ndarray, np.ndar
     """Per column of ``stack`` (controls x voxels; NaN = not covered): median and
     1.4826 x MAD when ``robust``, else mean and SD (ddof=1)."""
     if np.isfinite(stack).all():
-        if robust:
-            centre = np.median(stack, axis=0)
-            return centre, MAD_TO_SD * np.median(np.abs(stack - centre), axis=0)
+        if robust:  # each voxel's values contiguous: the same medians, ~1.7x faster
+            columns = np.ascontiguousarray(stack.T)
+            centre = np.median(columns, axis=1)
+            return centre, MAD_TO_SD * np.median(np.abs(columns - centre[:, None]), axis=1)
         return stack.mean(axis=0), stack.std(axis=0, ddof=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         import warnings
@@ -172,13 +173,53 @@ def _centre_spread(stack: np.ndarray, robust: bool) -> tuple[np.ndarray, np.ndar
             return np.nanmean(stack, axis=0), np.nanstd(stack, axis=0, ddof=1)
 
 
-def _smooth_in_mask(data: np.ndarray, mask: np.ndarray, sigma_vox: np.ndarray) -> np.ndarray:
-    """Gaussian smoothing restricted to the mask (normalized convolution), 0 outside."""
-    weight = ndimage.gaussian_filter(mask.astype(np.float64), sigma_vox, mode="constant")
-    smooth = ndimage.gaussian_filter(np.where(mask, data, 0.0), sigma_vox, mode="constant")
+def mask_box(mask: np.ndarray, margin: int | Sequence[int] = 0) -> tuple[slice, ...]:
+    """The bounding box of the nonzero voxels of ``mask`` grown by ``margin`` voxels per
+    axis and clipped to the array (slices; the whole array when ``mask`` is empty)."""
+    mask = np.asarray(mask)
+    margins = np.broadcast_to(np.asarray(margin, dtype=np.intp), (mask.ndim,))
+    box = []
+    for axis in range(mask.ndim):
+        other = tuple(a for a in range(mask.ndim) if a != axis)
+        hit = np.flatnonzero(mask.any(axis=other))
+        if not hit.size:
+            return tuple(slice(0, n) for n in mask.shape)
+        lo = max(0, int(hit[0]) - int(margins[axis]))
+        box.append(slice(lo, min(mask.shape[axis], int(hit[-1]) + 1 + int(margins[axis]))))
+    return tuple(box)
+
+
+def _gaussian_radius(sigma_vox: Any, truncate: float = 4.0) -> np.ndarray:
+    """Per-axis kernel radius (voxels) of ``ndimage.gaussian_filter`` for ``sigma_vox``."""
+    return np.array([int(truncate * float(s) + 0.5) for s in np.atleast_1d(sigma_vox)])
+
+
+def _smooth_in_mask(
+    data: np.ndarray,
+    mask: np.ndarray,
+    sigma_vox: np.ndarray,
+    weight: np.ndarray | None = None,
+) -> np.ndarray:
+    """Gaussian smoothing restricted to the mask (normalized convolution), 0 outside.
+
+    Computed on the mask's bounding box grown by the kernel radius: outside it the
+    zero-filled input is 0 as the filter's constant padding is, so the values in the mask
+    are exactly those of the whole-volume filter. ``weight``: the smoothed mask on that
+    box (``_mask_weight``), when the caller reuses it across maps of one mask."""
+    box = mask_box(mask, _gaussian_radius(np.broadcast_to(sigma_vox, (mask.ndim,))))
+    inner = mask[box]
+    if weight is None:
+        weight = _mask_weight(mask, sigma_vox)
+    smooth = ndimage.gaussian_filter(np.where(inner, data[box], 0.0), sigma_vox, mode="constant")
     out = np.zeros_like(data)
-    out[mask] = smooth[mask] / weight[mask]
+    out[box][inner] = smooth[inner] / weight[inner]
     return out
+
+
+def _mask_weight(mask: np.ndarray, sigma_vox: np.ndarray) -> np.ndarray:
+    """The Gaussian-smoothed ``mask`` (float64) on its box of ``_smooth_in_mask``."""
+    box = mask_box(mask, _gaussian_radius(np.broadcast_to(sigma_vox, (mask.ndim,))))
+    return ndimage.gaussian_filter(mask[box].astype(np.float64), sigma_vox, mode="constant")
 
 
 def _min_covered(n_controls: int) -> int:
@@ -355,6 +396,26 @@ def fit_normative_voxels(
                 use = covered.sum(axis=0) >= ROBUST_MIN_CONTROLS
                 c, s = np.where(use, r_c, c), np.where(use, r_s, s)
             centre[out], spread[out] = c, s
+    return _finish_normative(
+        centre, spread, inside, fwhm_mm, zooms, sd_floor, sd_floor_fraction, None
+    )[:2]
+
+
+def _finish_normative(
+    centre: np.ndarray,
+    spread: np.ndarray,
+    inside: np.ndarray,
+    fwhm_mm: float,
+    zooms: Sequence[float] | None,
+    sd_floor: float,
+    sd_floor_fraction: float,
+    weight: np.ndarray | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """The normative ``(mean, sd)`` grids (float64 SUVR) from the voxel statistics
+    ``centre`` and ``spread`` at the voxels of ``inside`` (bool grid, C order): smoothed
+    within ``inside`` by ``fwhm_mm``, SD floored; also returns the smoothed mask
+    (``_mask_weight``; ``weight`` when given) for reuse with the same ``inside``."""
+    shape = inside.shape
     mean = np.zeros(shape)
     sd = np.zeros(shape)
     mean[inside] = centre
@@ -363,13 +424,165 @@ def fit_normative_voxels(
         if zooms is None:
             raise ValueError("zooms (voxel size in mm) are needed to smooth by fwhm_mm")
         sigma = fwhm_mm * FWHM_TO_SIGMA / np.abs(np.asarray(zooms, dtype=np.float64)[:3])
-        mean = _smooth_in_mask(mean, inside, sigma)
-        sd = _smooth_in_mask(sd, inside, sigma)
+        if weight is None:
+            weight = _mask_weight(inside, sigma)
+        mean = _smooth_in_mask(mean, inside, sigma, weight)
+        sd = _smooth_in_mask(sd, inside, sigma, weight)
     floor = max(float(sd_floor), float(sd_floor_fraction) * float(np.median(sd[inside])))
     if not floor > 0:
         raise ValueError("the SD floor must be positive (sd_floor or sd_floor_fraction)")
     sd[inside] = np.maximum(sd[inside], floor)
-    return mean, sd
+    return mean, sd, weight
+
+
+LOO_BLOCK_VOXELS = 8192
+"""Voxels whose leave-one-out statistics ``loo_normative_voxels`` computes at a time."""
+
+
+def _loo_median_mad(stack: np.ndarray, left_out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each row ``i`` of ``left_out``: the median and MAD (not scaled) per column of
+    ``stack`` (n, B; finite float64) without row ``i``; (len(left_out), B) each.
+
+    Exactly ``np.median`` of the other rows and ``np.median`` of their absolute
+    deviations from it: the column is sorted once; the median of the others is read at
+    shifted ranks, and the k-th smallest deviation is the smaller end deviation of the
+    window of k consecutive sorted values found by bisection (deviations from the median
+    fall then rise along the sorted values)."""
+    n, width = stack.shape
+    order = np.argsort(stack, axis=0, kind="stable")
+    s = np.take_along_axis(stack, order, axis=0)
+    rank_all = np.empty_like(order)
+    np.put_along_axis(rank_all, order, np.broadcast_to(np.arange(n)[:, None], order.shape), 0)
+    rank = rank_all[left_out]  # (g, B): where the left-out value sits in the sorted column
+    m = n - 1  # values left per column
+
+    def value(k: np.ndarray) -> np.ndarray:  # k-th smallest of the others (0-based)
+        return np.take_along_axis(s, k + (k >= rank), axis=0)
+
+    def kth(k: int) -> np.ndarray:
+        return value(np.full(rank.shape, k - 1, np.intp))
+
+    half = m // 2
+    centre = kth(half + 1) if m % 2 else (kth(half) + kth(half + 1)) / 2
+
+    def kth_deviation(k: int) -> np.ndarray:  # 1-based
+        last = m - k  # window starts 0..last
+        lo = np.zeros(rank.shape, np.intp)
+        hi = np.full(rank.shape, last + 1, np.intp)
+        for _ in range(int(np.ceil(np.log2(last + 2))) + 1):
+            mid = (lo + hi) // 2
+            at = np.minimum(mid, last)
+            right_ge = (value(at + k - 1) - centre) >= (centre - value(at))
+            right_ge &= mid <= last
+            hi = np.where(right_ge, mid, hi)
+            lo = np.where(right_ge, lo, np.minimum(mid + 1, hi))
+        start = lo
+        right = np.where(start <= last, value(np.minimum(start, last) + k - 1) - centre, np.inf)
+        left = np.where(start >= 1, centre - value(np.maximum(start - 1, 0)), np.inf)
+        return np.minimum(right, left)
+
+    if m % 2:
+        mad = kth_deviation(half + 1)
+    else:
+        mad = (kth_deviation(half) + kth_deviation(half + 1)) / 2
+    return centre, mad
+
+
+def loo_normative_voxels(
+    values: np.ndarray,
+    voxels: Any,
+    mask: Any,
+    left_out: Sequence[int],
+    *,
+    fwhm_mm: float = NORMATIVE_FWHM_MM,
+    zooms: Sequence[float] | None = None,
+    sd_floor: float = SD_FLOOR_SUVR,
+    sd_floor_fraction: float = SD_FLOOR_FRACTION,
+    robust: bool = True,
+    valid: np.ndarray | None = None,
+    block: int | None = None,
+) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """Leave-one-out ``fit_normative_voxels``: for each control ``i`` of ``left_out``,
+    yields ``(i, mean, sd)``, the model of all other rows of ``values`` (same arguments
+    and results as ``fit_normative_voxels(..., rows=others)``).
+
+    Where every control covers a voxel and the robust estimates apply, the voxel's
+    median and MAD without each ``i`` come from one sort of its values
+    (``_loo_median_mad``), not one selection per control; the other voxels take the
+    per-control path. The statistics of ``left_out`` are held at once ((g, N) float64
+    x 2): pass the controls in groups to bound memory."""
+    vox = np.asarray(voxels) != 0
+    shape = vox.shape
+    values = np.asarray(values)
+    n = len(values)
+    left_out = np.asarray(left_out, dtype=np.intp)
+    if values.ndim != 2 or values.shape[1] != int(vox.sum()):
+        raise ValueError(f"values {values.shape} do not match the {int(vox.sum())} voxels")
+    if n - 1 < 2:
+        raise ValueError(f"need at least 2 controls for a normative model, got {n - 1}")
+    fit_cols = _as_mask(mask, shape)[vox] if mask is not None else np.ones(vox.sum(), bool)
+    full = np.ones(values.shape[1], bool) if valid is None else np.all(valid != 0, axis=0)
+    count = None if valid is None else (np.asarray(valid) != 0).sum(axis=0)
+    cand = np.flatnonzero(fit_cols)  # every column a model may use
+    g = len(left_out)
+    centre = np.zeros((g, len(cand)))
+    spread = np.zeros((g, len(cand)))
+    fast = full[cand] & (robust and n - 1 >= ROBUST_MIN_CONTROLS)
+    step = max(1, int(block or LOO_BLOCK_VOXELS))
+    fast_cols = np.flatnonzero(fast)
+    for start in range(0, len(fast_cols), step):
+        where = fast_cols[start : start + step]
+        stack = values[:, cand[where]].astype(np.float64)
+        if not np.all(np.isfinite(stack)):
+            raise ValueError("control maps have non-finite values inside the mask")
+        c, mad = _loo_median_mad(stack, left_out)
+        centre[:, where] = c
+        spread[:, where] = MAD_TO_SD * mad
+    slow = np.flatnonzero(~fast)
+    weight_for: tuple[np.ndarray, np.ndarray] | None = None
+    for j, i in enumerate(left_out):
+        rows = np.array([r for r in range(n) if r != i], dtype=np.intp)
+        cols_in = fit_cols.copy()
+        if count is not None:
+            cols_in &= (count - (np.asarray(valid[i]) != 0)) >= _min_covered(len(rows))
+        for start in range(0, len(slow), step):
+            where = slow[start : start + step]
+            part = np.ix_(rows, cand[where])
+            stack = values[part].astype(np.float64)
+            if valid is not None:
+                stack[~(valid[part] != 0)] = np.nan
+            elif not np.all(np.isfinite(stack)):
+                raise ValueError("control maps have non-finite values inside the mask")
+            use_robust = robust and len(rows) >= ROBUST_MIN_CONTROLS
+            if np.isfinite(stack).all():
+                c, s = _centre_spread(stack, use_robust)
+            else:
+                c, s = _centre_spread(stack, False)
+                if robust:
+                    r_c, r_s = _centre_spread(stack, True)
+                    use = np.isfinite(stack).sum(axis=0) >= ROBUST_MIN_CONTROLS
+                    c, s = np.where(use, r_c, c), np.where(use, r_s, s)
+            centre[j, where], spread[j, where] = c, s
+        inside = np.zeros(shape, bool)
+        inside[vox] = cols_in
+        if not inside.any():
+            raise ValueError("no voxel of the mask is covered by enough controls' PET")
+        keep = cols_in[cand]
+        weight = None
+        if weight_for is not None and np.array_equal(weight_for[0], inside):
+            weight = weight_for[1]
+        mean, sd, weight = _finish_normative(
+            centre[j, keep],
+            spread[j, keep],
+            inside,
+            fwhm_mm,
+            zooms,
+            sd_floor,
+            sd_floor_fraction,
+            weight,
+        )
+        weight_for = (inside, weight) if weight is not None else None
+        yield int(i), mean, sd
 
 
 def control_referenced_z(
