@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import re
 from pathlib import Path
@@ -19,13 +21,15 @@ SPACE = "MNI152NLin2009aSym"
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
-    code = demo.main(
-        [
-            *(str(out), "--n-controls", "4", "--n-t1w-only", "1", "--n-held-out", "1"),
-            *("--n-patients", "1", "--seed", "2"),
-        ]
-    )
-    return code, out / "derivatives"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = demo.main(
+            [
+                *(str(out), "--n-controls", "4", "--n-t1w-only", "1", "--n-held-out", "1"),
+                *("--n-patients", "1", "--seed", "2"),
+            ]
+        )
+    return code, out / "derivatives", printed.getvalue()
 
 
 def _section(text: str, anchor: str) -> str:
@@ -42,7 +46,7 @@ def _check_links(html: Path) -> None:
 
 
 def test_demo_finishes_and_prints_results(demo_run, capsys):
-    code, deriv = demo_run
+    code, deriv, printed = demo_run
     assert code == 0
     assert (deriv / "group" / "evaluation" / "desc-ocsvm_summary.json").is_file()
     summary = json.loads(
@@ -56,17 +60,23 @@ def test_demo_finishes_and_prints_results(demo_run, capsys):
         (deriv / "group" / "evaluation" / "desc-controlpet_summary.json").read_text()
     )
     assert control["n_patients"] == 1 and control["fp_per_control_held_out"] is not None
+    # what the user reads: the held-out figure printed first and labelled, the in-sample
+    # one labelled as such, both as in the evaluation summary (issue 16, item 3)
+    line = next(ln for ln in printed.splitlines() if ln.strip().startswith("hypometabolism"))
+    held = f"{summary['fp_per_control_held_out']:.1f} (held-out, n=1)"
+    assert f"false-positive clusters per control {held}; " in line, line
+    assert "(in-sample, n=2)" in line, line
 
 
 def test_group_models_record_real_and_synthetic_controls(demo_run):
-    _, deriv = demo_run
+    _, deriv, _ = demo_run
     meta = json.loads((deriv / "group" / "normative" / "anomaly.json").read_text())
     assert len(meta["participants_real"]) == 2 and len(meta["participants_synthetic"]) == 1
     assert not set(meta["participants_real"]) & set(meta["participants_synthetic"])
 
 
 def test_patient_has_control_referenced_z_and_ocsvm_maps(demo_run):
-    _, deriv = demo_run
+    _, deriv, _ = demo_run
     pet = deriv / "sub-p01" / "pet"
     z = json.loads(
         next(pet.glob(f"*space-{SPACE}_desc-hypometabolism_stat-z_statmap.json")).read_text()
@@ -90,7 +100,7 @@ def test_patient_has_control_referenced_z_and_ocsvm_maps(demo_run):
 
 
 def test_reports_have_every_section_and_only_existing_links(demo_run):
-    _, deriv = demo_run
+    _, deriv, _ = demo_run
     patient = deriv / "sub-p01.html"
     text = patient.read_text()
     for anchor, _ in SECTIONS:
@@ -104,7 +114,7 @@ def test_reports_have_every_section_and_only_existing_links(demo_run):
 
 
 def test_citation_covers_both_levels(demo_run):
-    _, deriv = demo_run
+    _, deriv, _ = demo_run
     text = (deriv / "logs" / "CITATION.md").read_text()
     assert "## Participant level" in text and "## Group level" in text
     assert text.count("Results included in this manuscript") == 1
