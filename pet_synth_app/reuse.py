@@ -23,9 +23,10 @@ Rules (docs/usage.md, "Chaining with fMRIPrep"):
 - with the transforms, the template-space T1w, brain mask and GM probseg
   (``space-MNI152NLin2009aSym_desc-preproc_T1w``, ``_desc-brain_mask``,
   ``_label-GM_probseg``, as sMRIPrep writes them for that output space) are reused as a
-  set of three when all lie on the run's template grid (``--mni-resolution``) and come
-  from the folder of the reused transforms, so that they agree with them; otherwise they
-  are resampled from the T1w-space images as usual.
+  set of three when all lie on the run's template grid (``--mni-resolution``), come
+  from the folder of the reused transforms and the T1w, mask and GM they are made from
+  are reused too, so that they agree with them; otherwise they are resampled from the
+  T1w-space images as usual.
 
 PET (PETPrep derivatives, names as nipreps/petprep writes them at commit f2b49ca of
 2025-06-12: ``data/io_spec.json`` and ``workflows/pet/outputs.py``, ``layout.PETPREP_FILES``):
@@ -315,7 +316,9 @@ def find_anat(
     else:
         if layouts:
             found.notes.append(f"{unit}: no {TEMPLATE_SPACE} transforms found")
-    if mni_resolution is not None and "t1w2std_xfm" in found.files:
+    # the template-space images are resampled from these: reused only along with them
+    sources = ("t1w2std_xfm", "t1w", "mask", "gm")
+    if mni_resolution is not None and all(r in found.files for r in sources):
         _find_std(layouts, found, subject, session, mni_resolution)
     return found
 

@@ -190,6 +190,11 @@ def test_template_space_images_are_reused_with_the_transforms(raw, tmp_path):
     # without the transforms (or with refused ones) they are never reused
     found = reuse.find_anat(layouts, "01", None, t1w, transforms=False, mni_resolution=2)
     assert "t1w_std" not in found.files
+    # nor without the T1w-space images they are made from (here the segmentation)
+    files = {k: v for k, v in files.items() if k not in ("gm", "wm", "csf")}
+    nogm = write_smriprep(tmp_path / "nogm", "01", files)
+    found = reuse.find_anat(reuse.load_derivatives([nogm]), "01", None, t1w, mni_resolution=2)
+    assert "registration" in found.skipped_steps and "gm_std" not in found.files
 
 
 def test_template_space_images_off_grid_or_partial_are_resampled(raw, tmp_path):
