@@ -19,7 +19,14 @@ Rules (docs/usage.md, "Chaining with fMRIPrep"):
   directions, and only when the model input needs no registration stage (input
   representation ``mni``); fMRIPrep's default ``MNI152NLin2009cAsym`` transforms are
   refused (one line) and PetSynth registers the reused T1w itself;
-- the probability maps are reused as a set of three; anything not found is computed.
+- the probability maps are reused as a set of three; anything not found is computed;
+- with the transforms, the template-space T1w, brain mask and GM probseg
+  (``space-MNI152NLin2009aSym_desc-preproc_T1w``, ``_desc-brain_mask``,
+  ``_label-GM_probseg``, as sMRIPrep writes them for that output space) are reused as a
+  set of three when all lie on the run's template grid (``--mni-resolution``), come
+  from the folder of the reused transforms and the T1w, mask and GM they are made from
+  are reused too, so that they agree with them; otherwise they are resampled from the
+  T1w-space images as usual.
 
 PET (PETPrep derivatives, names as nipreps/petprep writes them at commit f2b49ca of
 2025-06-12: ``data/io_spec.json`` and ``workflows/pet/outputs.py``, ``layout.PETPREP_FILES``):
@@ -57,14 +64,22 @@ IMAGE_ROLES = ("t1w", "mask", "gm", "wm", "csf")
 """Native-space images that can be reused (``layout.OUTPUTS`` keys)."""
 XFM_ROLES = ("t1w2std_xfm", "std2t1w_xfm")
 """The T1w <-> template transforms (``layout.OUTPUTS`` keys)."""
-ROLES = IMAGE_ROLES + XFM_ROLES
+STD_ROLES = ("t1w_std", "mask_std", "gm_std")
+"""The preprocessed T1w, brain mask and GM probseg resampled to the template
+(``space-MNI152NLin2009aSym``, any ``res``), reused as a set with the transforms."""
+_STD_KEYS = {"t1w_std": "t1w", "mask_std": "mask", "gm_std": "gm"}
+ROLES = IMAGE_ROLES + XFM_ROLES + STD_ROLES
 STEPS = {
     "skull stripping": ("mask",),
     "N4": ("t1w",),
     "segmentation": ("gm", "wm", "csf"),
     "registration": XFM_ROLES,
+    "template resampling": STD_ROLES,
 }
 """The steps of the anatomical workflow that reused files replace."""
+OPTIONAL_STEPS = ("template resampling",)
+"""Steps named in the log only when reused (a cheap resampling, not a preprocessing step
+the derivatives are expected to provide)."""
 PET_ROLES = ("pet_ref", "pet2t1w_xfm")
 """PETPrep's PET reference and PET reference -> T1w transform (``layout.PETPREP_FILES``)."""
 PET_STEPS = ("frame average", "coregistration")
@@ -94,7 +109,7 @@ class ReusedAnat:
     @property
     def computed_steps(self) -> list[str]:
         """Steps that run as usual."""
-        return [s for s in STEPS if s not in self.skipped_steps]
+        return [s for s in STEPS if s not in self.skipped_steps and s not in OPTIONAL_STEPS]
 
     def summary(self) -> str:
         """One log line: what is reused, what is computed."""
@@ -154,11 +169,24 @@ def load_derivatives(paths: list[Path]) -> list:
 
 
 def _query(layout, subject: str, session: str | None, role: str, to: str | None = None):
+    """The first (sorted) file of ``role`` for the unit, or None (``_query_all``)."""
+    hits = _query_all(layout, subject, session, role, to)
+    return hits[0] if hits else None
+
+
+def _query_all(
+    layout, subject: str, session: str | None, role: str, to: str | None = None
+) -> list[str]:
+    """The files of ``role`` (``ROLES``; transforms ``to`` a template) of the unit,
+    sorted: the session's if it has any, else the subject-level ones."""
     from bids.layout import Query
 
-    ents = dict(L.entities(role))
+    ents = dict(L.entities(_STD_KEYS.get(role, role)))
     ext = ents.pop("extension")
-    if role in XFM_ROLES:
+    if role in STD_ROLES:
+        ents["extension"] = _NIFTI
+        ents["space"] = TEMPLATE_SPACE
+    elif role in XFM_ROLES:
         ents["from" if role == "std2t1w_xfm" else "to"] = to
         ents["extension"] = ext
     else:
@@ -169,8 +197,8 @@ def _query(layout, subject: str, session: str | None, role: str, to: str | None 
             subject=subject, session=ses if ses else Query.NONE, return_type="file", **ents
         )
         if hits:
-            return sorted(hits)[0]
-    return None
+            return sorted(hits)
+    return []
 
 
 def _canonical(img: nib.Nifti1Image) -> tuple[tuple[int, ...], np.ndarray]:
@@ -213,12 +241,19 @@ def check_match(path: str, raw_t1w: str) -> None:
 
 
 def find_anat(
-    layouts: list, subject: str, session: str | None, raw_t1w: str, transforms: bool = True
+    layouts: list,
+    subject: str,
+    session: str | None,
+    raw_t1w: str,
+    transforms: bool = True,
+    mni_resolution: int | None = None,
 ) -> ReusedAnat:
     """The reusable anatomical files of one unit in the derivatives ``layouts`` (first
     folder that has a piece wins). ``transforms=False``: the model input needs the
-    registration stages, so the registration runs. Raises PetSynthError (one line per
-    problem, joined) when a found image does not match ``raw_t1w``."""
+    registration stages, so the registration runs. ``mni_resolution``: the run's template
+    grid (mm), on which template-space images are reused (None: they are not). Raises
+    PetSynthError (one line per problem, joined) when a found image does not match
+    ``raw_t1w``."""
     unit = f"sub-{subject}" + (f"_ses-{session}" if session else "")
     found = ReusedAnat(unit)
     for role in IMAGE_ROLES:
@@ -281,7 +316,50 @@ def find_anat(
     else:
         if layouts:
             found.notes.append(f"{unit}: no {TEMPLATE_SPACE} transforms found")
+    # the template-space images are resampled from these: reused only along with them
+    sources = ("t1w2std_xfm", "t1w", "mask", "gm")
+    if mni_resolution is not None and all(r in found.files for r in sources):
+        _find_std(layouts, found, subject, session, mni_resolution)
     return found
+
+
+def _find_std(layouts: list, found: ReusedAnat, subject: str, session, resolution: int) -> None:
+    """Add the template-space images (``STD_ROLES``) of the reused transforms' folder to
+    ``found`` when all three are there and on the template grid at ``resolution`` mm;
+    a note says why not when some are there but cannot be used."""
+    from .preproc.templates import template_grid
+
+    root = found.datasets["t1w2std_xfm"]
+    lay = next(lay for lay in layouts if str(lay.root) == root)
+    candidates = {r: _query_all(lay, subject, session, r) for r in STD_ROLES}
+    if not any(candidates.values()):
+        return
+    shape, affine = template_grid(resolution)
+    hits, problems = {}, []
+    for role, paths in candidates.items():  # e.g. res-1 and res-2: the one on our grid
+        hits[role] = next((p for p in paths if _on_grid(p, shape, affine)), None)
+        if not paths:
+            problems.append(f"no {role}")
+        elif hits[role] is None:
+            names = ", ".join(Path(p).name for p in paths)
+            problems.append(f"{names} not on the {resolution} mm template grid")
+    if problems:
+        found.notes.append(
+            f"{found.unit}: {TEMPLATE_SPACE} images not reused ({'; '.join(problems)}); "
+            "resampled from the T1w space"
+        )
+        return
+    found.files.update(hits)
+    found.datasets.update(dict.fromkeys(STD_ROLES, root))
+
+
+def _on_grid(path: str, shape: tuple[int, ...], affine: np.ndarray) -> bool:
+    """Is the image ``path`` readable and exactly on the grid ``shape``/``affine``?"""
+    try:
+        img = nib.load(path)
+    except Exception:  # noqa: BLE001 - nibabel raises many types for broken files
+        return False
+    return img.shape[:3] == shape and np.allclose(img.affine, affine, atol=_GRID_ATOL_MM)
 
 
 def _series_query(pet_path: str) -> dict:
@@ -450,6 +528,7 @@ __all__ = [
     "PET_ROLES",
     "PET_STEPS",
     "ROLES",
+    "STD_ROLES",
     "STEPS",
     "XFM_ROLES",
     "ReusedAnat",

@@ -402,7 +402,9 @@ def resolve_reuse(settings: Settings, units: list, plan: RunPlan) -> tuple[RunPl
     found, kept, errors = {}, [], []
     for unit in units:
         try:
-            reused = reuse.find_anat(layouts, unit.subject, unit.session, unit.t1w, transforms)
+            reused = reuse.find_anat(
+                layouts, unit.subject, unit.session, unit.t1w, transforms, plan.mni_resolution
+            )
         except PetSynthError as exc:
             errors.append(PetSynthError(f"{unit.name} skipped: {exc}"))
             continue

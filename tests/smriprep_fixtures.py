@@ -3,7 +3,9 @@
 Names follow sMRIPrep's documented outputs (and its CI list ``ds054_outputs.txt``):
 ``sub-X[_ses-Y]_desc-preproc_T1w.nii.gz``, ``_desc-brain_mask.nii.gz``,
 ``_label-{GM,WM,CSF}_probseg.nii.gz``, ``_from-T1w_to-<space>_mode-image_xfm.h5`` and
-``_from-<space>_to-T1w_mode-image_xfm.h5``; the files themselves are copies of a PetSynth
+``_from-<space>_to-T1w_mode-image_xfm.h5``, and for the template output space
+``_space-<space>_desc-preproc_T1w.nii.gz``, ``_space-<space>_desc-brain_mask.nii.gz`` and
+``_space-<space>_label-GM_probseg.nii.gz``; the files themselves are copies of a PetSynth
 run's (or of the raw T1w, for tests that do not run a workflow).
 
 ``write_petprep`` adds the PET derivatives PETPrep writes per PET series (nipreps/petprep
@@ -23,6 +25,8 @@ from pet_synth_app import layout as L
 
 IMAGES = ("t1w", "mask", "gm", "wm", "csf")
 XFMS = ("t1w2std_xfm", "std2t1w_xfm")
+STD_IMAGES = {"t1w_std": "t1w", "mask_std": "mask", "gm_std": "gm"}
+"""Template-space images (``reuse.STD_ROLES``) by their ``layout.OUTPUTS`` key."""
 
 
 def _xfm_name(stem: str, key: str, space: str) -> str:
@@ -41,11 +45,13 @@ def write_smriprep(
     raw_sources: list[str] | None = None,
     name: str = "sMRIPrep",
 ) -> Path:
-    """Copy ``files`` (keys ``IMAGES`` + ``XFMS``) into an sMRIPrep-shaped folder ``root``.
+    """Copy ``files`` (keys ``IMAGES`` + ``XFMS`` + ``STD_IMAGES``) into an sMRIPrep-shaped
+    folder ``root``.
 
-    ``space``: template named in the transform files (``MNI152NLin2009cAsym`` for
-    fMRIPrep's default); ``transforms=False`` leaves them out; ``raw_sources`` go into the
-    preprocessed T1w's sidecar (``Sources``, as BIDS URIs).
+    ``space``: template named in the transform and template-space files
+    (``MNI152NLin2009cAsym`` for fMRIPrep's default); ``transforms=False`` leaves the
+    transforms out; ``raw_sources`` go into the preprocessed T1w's sidecar (``Sources``, as
+    BIDS URIs).
     """
     root.mkdir(parents=True, exist_ok=True)
     (root / "dataset_description.json").write_text(
@@ -68,6 +74,9 @@ def write_smriprep(
         for key in XFMS:
             if key in files:
                 shutil.copyfile(files[key], anat / _xfm_name(stem, key, space))
+    for role, key in STD_IMAGES.items():
+        if role in files:
+            shutil.copyfile(files[role], anat / L.filename(stem, key, space))
     if raw_sources is not None:
         side = L.sidecar(anat / L.filename(stem, "t1w"))
         side.write_text(json.dumps({"Sources": [f"bids:raw:{s}" for s in raw_sources]}))
@@ -75,8 +84,10 @@ def write_smriprep(
 
 
 def petsynth_files(out: Path, subject: str) -> dict[str, Path]:
-    """A PetSynth run's anatomical outputs of ``subject`` (keys ``IMAGES`` + ``XFMS``)."""
+    """A PetSynth run's anatomical outputs of ``subject`` (keys ``IMAGES`` + ``XFMS`` +
+    ``STD_IMAGES``)."""
     found = {key: L.find(out, subject, key) for key in (*IMAGES, *XFMS)}
+    found.update({r: L.find(out, subject, k, L.TEMPLATE_SPACE) for r, k in STD_IMAGES.items()})
     missing = [k for k, v in found.items() if v is None]
     assert not missing, missing
     return found

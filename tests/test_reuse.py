@@ -10,6 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 from conftest import make_bids, write_nifti
+from nipype.interfaces.base import isdefined
 from smriprep_fixtures import petsynth_files, write_petprep, write_smriprep
 
 from pet_synth_app import bids as pbids
@@ -46,7 +47,7 @@ def _find(deriv, raw, subject="01", session=None, transforms=True):
 def test_finds_everything_by_entities(raw, tmp_path):
     deriv = write_smriprep(tmp_path / "smriprep", "01", _raw_files(raw, tmp_path))
     found = _find(deriv, raw)
-    assert sorted(found.files) == sorted(reuse.ROLES)
+    assert sorted(found.files) == sorted(reuse.IMAGE_ROLES + reuse.XFM_ROLES)
     assert found.files["gm"].endswith("sub-01_label-GM_probseg.nii.gz")
     assert found.files["t1w2std_xfm"].endswith(
         f"sub-01_from-T1w_to-{TEMPLATE_SPACE}_mode-image_xfm.h5"
@@ -142,6 +143,108 @@ def test_sources_naming_another_t1w_is_an_error(raw, tmp_path):
     )
     with pytest.raises(PetSynthError, match="made from sub-01_run-2_T1w.nii.gz, not from"):
         _find(bad, raw)
+
+
+def _std_files(tmp: Path, resolution: int = 2, shift: float = 0.0) -> dict[str, Path]:
+    """Template-space stand-ins on the template grid (``shift`` mm off it in x)."""
+    from pet_synth_app.preproc.templates import template_grid
+
+    shape, affine = template_grid(resolution)
+    affine = affine.copy()
+    affine[0, 3] += shift
+    out = {}
+    for role in reuse.STD_ROLES:
+        out[role] = tmp / f"{role}.nii.gz"
+        nib.Nifti1Image(np.zeros(shape, np.float32), affine).to_filename(out[role])
+    return out
+
+
+def test_template_space_images_are_reused_with_the_transforms(raw, tmp_path):
+    files = {**_raw_files(raw, tmp_path), **_std_files(tmp_path)}
+    deriv = write_smriprep(tmp_path / "smriprep", "01", files)
+    layouts = reuse.load_derivatives([deriv])
+    t1w = str(raw / "sub-01/anat/sub-01_T1w.nii.gz")
+    found = reuse.find_anat(layouts, "01", None, t1w, mni_resolution=2)
+    assert sorted(found.files) == sorted(reuse.ROLES) and found.notes == []
+    assert found.files["t1w_std"].endswith(
+        f"sub-01_space-{TEMPLATE_SPACE}_desc-preproc_T1w.nii.gz"
+    )
+    assert found.skipped_steps[-1] == "template resampling"
+    assert len(reuse.source_uris(found)) == 10
+    # another run grid (1 mm), or no resolution given: resampled as usual
+    other = reuse.find_anat(layouts, "01", None, t1w, mni_resolution=1)
+    assert "t1w_std" not in other.files and other.computed_steps == []
+    assert "not on the 1 mm template grid; " in other.notes[0]
+    assert "t1w_std" not in reuse.find_anat(layouts, "01", None, t1w).files
+    # with images at two resolutions (res-1, res-2), the one on the run's grid is taken
+    (tmp_path / "one").mkdir()
+    for role, f in _std_files(tmp_path / "one", resolution=1).items():
+        space = f"space-{TEMPLATE_SPACE}_"
+        name = Path(found.files[role]).name.replace(space, f"{space}res-1_")
+        shutil.copyfile(f, deriv / "sub-01" / "anat" / name)
+    layouts = reuse.load_derivatives([deriv])
+    both = reuse.find_anat(layouts, "01", None, t1w, mni_resolution=1)
+    assert "_res-1_desc-preproc_T1w" in both.files["t1w_std"] and both.notes == []
+    two = reuse.find_anat(layouts, "01", None, t1w, mni_resolution=2)
+    assert "res-1" not in two.files["gm_std"] and two.notes == []
+    # without the transforms (or with refused ones) they are never reused
+    found = reuse.find_anat(layouts, "01", None, t1w, transforms=False, mni_resolution=2)
+    assert "t1w_std" not in found.files
+    # nor without the T1w-space images they are made from (here the segmentation)
+    files = {k: v for k, v in files.items() if k not in ("gm", "wm", "csf")}
+    nogm = write_smriprep(tmp_path / "nogm", "01", files)
+    found = reuse.find_anat(reuse.load_derivatives([nogm]), "01", None, t1w, mni_resolution=2)
+    assert "registration" in found.skipped_steps and "gm_std" not in found.files
+
+
+def test_template_space_images_off_grid_or_partial_are_resampled(raw, tmp_path):
+    files = {**_raw_files(raw, tmp_path), **_std_files(tmp_path, shift=0.5)}
+    write_smriprep(tmp_path / "a", "01", files)
+    t1w = str(raw / "sub-01/anat/sub-01_T1w.nii.gz")
+    found = reuse.find_anat(
+        reuse.load_derivatives([tmp_path / "a"]), "01", None, t1w, mni_resolution=2
+    )
+    assert not set(reuse.STD_ROLES) & set(found.files)
+    assert len(found.notes) == 1 and "not on the 2 mm template grid" in found.notes[0]
+    files = {**_raw_files(raw, tmp_path), **_std_files(tmp_path)}
+    del files["gm_std"]
+    deriv = write_smriprep(tmp_path / "b", "01", files)
+    found = reuse.find_anat(reuse.load_derivatives([deriv]), "01", None, t1w, mni_resolution=2)
+    assert not set(reuse.STD_ROLES) & set(found.files)
+    assert "(no gm_std)" in found.notes[0] and "resampled from the T1w space" in found.notes[0]
+
+
+def test_graph_takes_the_template_space_images_and_writes_one_template(raw, tmp_path):
+    files = {**_raw_files(raw, tmp_path), **_std_files(tmp_path)}
+    deriv = write_smriprep(tmp_path / "smriprep", "01", files)
+    plan, units, errors, wf = _plan_and_wf(raw, tmp_path, deriv)
+    assert errors == [] and "t1w_std" in plan.reused["sub-01"].files
+    names = set(wf.list_node_names())
+    anat = "single_subject_{}_wf.anat_preproc_wf.{}"
+    for step in ("t1w_to_std", "mask_to_std", "gm_to_std", "tpl_reg"):
+        assert anat.format("01", step) not in names, step
+        assert anat.format("02", step) in names, step
+    norm = wf.get_node(anat.format("01", "normalize_t1w"))
+    assert norm.inputs.in_file == plan.reused["sub-01"].files["t1w_std"]
+    assert norm.inputs.mask == plan.reused["sub-01"].files["mask_std"]
+    outputs = wf.get_node(anat.format("01", "outputnode")).inputs
+    assert outputs.gm_std == plan.reused["sub-01"].files["gm_std"]  # to the PET, the sinks
+    # the template node writes only the grid the graph still reads; sub-02's all five
+    assert wf.get_node(anat.format("01", "tpl_out")).inputs.kinds == ["t1w"]
+    assert not isdefined(wf.get_node(anat.format("02", "tpl_out")).inputs.kinds)
+
+
+def test_template_files_writes_the_kinds_asked_for(tmp_path):
+    from pet_synth_app.interfaces.anat import TemplateFiles
+    from pet_synth_app.preproc.templates import GRIDS, get_template, template_grid
+
+    res = TemplateFiles(resolution=2, kinds=["t1w"]).run(cwd=str(tmp_path)).outputs
+    assert Path(res.t1w).is_file() and not isdefined(res.gm)
+    assert [p.name for p in tmp_path.glob("*.nii.gz")] == [Path(res.t1w).name]
+    for r in GRIDS:  # the grid known without nilearn is the template's
+        shape, affine = template_grid(r)
+        img = get_template("T1w", r)
+        assert img.shape == shape and np.array_equal(img.affine, affine)
 
 
 def test_not_a_derivatives_folder(tmp_path):
@@ -264,18 +367,22 @@ def test_dataset_links(tmp_path):
 def test_fixture_helper_copies_a_petsynth_run(tmp_path):
     out = tmp_path / "out"
     names = {}
-    for key in ("t1w", "mask", "gm", "wm", "csf", "t1w2std_xfm", "std2t1w_xfm"):
-        from pet_synth_app import layout as L
+    from pet_synth_app import layout as L
 
-        p = L.path(out / "sub-01", "sub-01", key)
+    keys = {k: (k, None) for k in ("t1w", "mask", "gm", "wm", "csf", "t1w2std_xfm")}
+    keys["std2t1w_xfm"] = ("std2t1w_xfm", None)
+    keys.update({f"{k}_std": (k, TEMPLATE_SPACE) for k in ("t1w", "mask", "gm")})
+    for role, (key, space) in keys.items():
+        p = L.path(out / "sub-01", "sub-01", key, space)
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_bytes(b"x")
-        names[key] = p
+        names[role] = p
     files = petsynth_files(out, "01")
     assert files == names
     deriv = write_smriprep(tmp_path / "d", "01", files, space=reuse.FMRIPREP_TEMPLATE)
     got = sorted(p.name for p in (deriv / "sub-01" / "anat").iterdir())
     assert "sub-01_from-MNI152NLin2009cAsym_to-T1w_mode-image_xfm.h5" in got
+    assert "sub-01_space-MNI152NLin2009cAsym_label-GM_probseg.nii.gz" in got
     shutil.rmtree(deriv)
 
 

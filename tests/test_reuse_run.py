@@ -75,7 +75,11 @@ def test_reuse_skips_the_steps_and_gives_the_same_clusters(runs):
     for step in ("skullstrip", "n4", "register", "segment"):
         assert (w0 / anat / step).is_dir()
         assert not (w1 / anat / step).exists(), step
-    assert (w1 / anat / "t1w_to_std").is_dir()
+    # the template-space T1w, mask and GM come with the transforms: not resampled again
+    for step in ("t1w_to_std", "mask_to_std", "gm_to_std"):
+        assert (w0 / anat / step).is_dir()
+        assert not (w1 / anat / step).exists(), step
+    assert (w1 / anat / "normalize_t1w").is_dir()
     assert _clusters(o1) == _clusters(o0)
     stat = L.find(o1, "p01", "statmap", L.TEMPLATE_SPACE, "hypometabolism")
     side = json.loads(L.sidecar(stat).read_text())

@@ -12,6 +12,7 @@ from nipype.interfaces.base import (
     InputMultiObject,
     SimpleInterface,
     TraitedSpec,
+    isdefined,
     traits,
 )
 
@@ -22,6 +23,10 @@ def _out(runtime, name: str) -> str:
 
 class _TemplateInputSpec(BaseInterfaceInputSpec):
     resolution = traits.Enum(2, 1, usedefault=True, desc="voxel size in mm")
+    kinds = traits.List(
+        traits.Enum("t1w", "mask", "gm", "wm", "csf"),
+        desc="outputs to write (default: all); a graph that reads only some sets it",
+    )
 
 
 class _TemplateOutputSpec(TraitedSpec):
@@ -41,6 +46,7 @@ class TemplateFiles(SimpleInterface):
     def _run_interface(self, runtime):
         from ..preproc.templates import write_template
 
+        wanted = self.inputs.kinds if isdefined(self.inputs.kinds) else None
         for kind, key in (
             ("T1w", "t1w"),
             ("mask", "mask"),
@@ -48,7 +54,8 @@ class TemplateFiles(SimpleInterface):
             ("WM", "wm"),
             ("CSF", "csf"),
         ):
-            self._results[key] = write_template(kind, self.inputs.resolution, runtime.cwd)
+            if wanted is None or key in wanted:
+                self._results[key] = write_template(kind, self.inputs.resolution, runtime.cwd)
         return runtime
 
 

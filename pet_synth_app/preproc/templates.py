@@ -21,6 +21,21 @@ KINDS = ("T1w", "mask", "GM", "WM", "CSF", "head")
 RESOLUTIONS = (1, 2)
 
 
+GRIDS = {1: (197, 233, 189), 2: (99, 117, 95)}
+"""Shape of the template images at each resolution (mm), as ``get_template`` makes them
+(a test checks they agree): known without importing nilearn. Their affine is diagonal
+(the resolution) with the origin at ``GRID_ORIGIN_MM``."""
+GRID_ORIGIN_MM = (-98.0, -134.0, -72.0)
+
+
+def template_grid(resolution: int) -> tuple[tuple[int, int, int], np.ndarray]:
+    """Shape and 4x4 affine (RAS mm) of the template grid at ``resolution`` mm (1 or 2)."""
+    _check("T1w", resolution)
+    affine = np.diag([float(resolution)] * 3 + [1.0])
+    affine[:3, 3] = GRID_ORIGIN_MM
+    return GRIDS[int(resolution)], affine
+
+
 def _check(kind: str, resolution: int) -> None:
     if kind not in KINDS:
         raise ValueError(f"Unknown template kind {kind!r}; expected one of {KINDS}")

@@ -14,7 +14,7 @@ from __future__ import annotations
 from nipype.pipeline import engine as pe
 from niworkflows.engine.workflows import LiterateWorkflow as Workflow
 
-from ..interfaces.anat import ApplyTransforms
+from ..interfaces.anat import ApplyTransforms, TemplateFiles
 from ..interfaces.bids import DerivativesDataSink
 from ..interfaces.pet import AntsAffine, PETCoverage
 from ..reuse import ReusedAnat, ReusedPET
@@ -35,14 +35,20 @@ STAGE_FIELDS = (
 """Outputs of the anatomical workflow that only the registration node makes (absent when
 the transforms are reused)."""
 _STEP_NODES = {
-    "N4": ("n4", {"out_file": "t1w"}),
-    "skull stripping": ("skullstrip", {"out_mask": "mask"}),
-    "segmentation": ("segment", {"gm": "gm", "wm": "wm", "csf": "csf"}),
-    "registration": (
-        "register",
-        {"composite": "t1w2std_xfm", "inverse_composite": "std2t1w_xfm"},
-    ),
+    "N4": [("n4", {"out_file": "t1w"})],
+    "skull stripping": [("skullstrip", {"out_mask": "mask"})],
+    "segmentation": [("segment", {"gm": "gm", "wm": "wm", "csf": "csf"})],
+    "registration": [
+        ("register", {"composite": "t1w2std_xfm", "inverse_composite": "std2t1w_xfm"})
+    ],
+    "template resampling": [
+        ("t1w_to_std", {"out_file": "t1w_std"}),
+        ("mask_to_std", {"out_file": "mask_std"}),
+        ("gm_to_std", {"out_file": "gm_std"}),
+    ],
 }
+"""Per reused step, the nodes it takes out and, per node, which output field is which
+reused file (``reuse.ROLES``)."""
 _KEEP = ("inputnode", "outputnode")
 
 
@@ -99,23 +105,41 @@ def apply_anat_reuse(anat_wf: Workflow, found: ReusedAnat) -> list[str]:
     are reused, else none)."""
     missing: list[str] = []
     for step in found.skipped_steps:
-        name, fields = _STEP_NODES[step]
-        node = anat_wf.get_node(name)
-        values = {out: found.files[role] for out, role in fields.items()}
-        if step == "skull stripping":
-            values["method"] = REUSED_METHOD
-        _substitute(anat_wf, node, values)
-        if step == "registration":
-            _remove_downstream(anat_wf, node)
-            missing = list(STAGE_FIELDS)
-        elif node in anat_wf._graph:
-            anat_wf._graph.remove_node(node)
+        for name, fields in _STEP_NODES[step]:
+            node = anat_wf.get_node(name)
+            values = {out: found.files[role] for out, role in fields.items()}
+            if step == "skull stripping":
+                values["method"] = REUSED_METHOD
+            _substitute(anat_wf, node, values)
+            if step == "registration":
+                _remove_downstream(anat_wf, node)
+                missing = list(STAGE_FIELDS)
+            elif node in anat_wf._graph:
+                anat_wf._graph.remove_node(node)
     _prune(anat_wf)
+    _write_used_templates(anat_wf)
     anat_wf.__desc__ = (anat_wf.__desc__ or "") + (
         f"\nThe {', '.join(found.skipped_steps)} outputs were not computed but reused from "
         "earlier derivatives (`--derivatives`, e.g. sMRIPrep/fMRIPrep).\n"
     )
     return missing
+
+
+def _write_used_templates(wf: Workflow) -> None:
+    """Let each template node left in ``wf`` write only the images something still reads
+    (all five take seconds at 1 mm; e.g. only the T1w grid is read once the
+    segmentation priors and the brain mask are reused)."""
+    graph = wf._graph
+    for node in list(graph.nodes):
+        if not isinstance(getattr(node, "interface", None), TemplateFiles):
+            continue
+        used = {
+            src
+            for _, _, data in graph.out_edges(node, data=True)
+            for src, _ in data["connect"]
+            if isinstance(src, str)
+        }
+        node.inputs.kinds = [k for k in ("t1w", "mask", "gm", "wm", "csf") if k in used]
 
 
 def _rewire(wf: Workflow, node: pe.Node, sources: dict[str, tuple[pe.Node, str]]) -> None:
