@@ -269,6 +269,7 @@ def _write_cluster_null(
         affine,
         threshold=settings.z_threshold,
         min_volume_mm3=settings.min_cluster_mm3,
+        workers=settings.omp_nthreads,
     )
     calibration.save_null(null, folder)
     LOGGER.info(

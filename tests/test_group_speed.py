@@ -161,3 +161,27 @@ def test_read_and_score_keeps_order_and_raises(monkeypatch, workers):
     found["07"] = {}
     with pytest.raises(PetSynthError, match="MNI grids differ"):
         list(group._read_and_score(None, found, (1,), workers))
+
+
+def test_cluster_null_same_with_two_workers():
+    from pet_synth_app.analysis import calibration, normative
+
+    rng = np.random.default_rng(5)
+    shape = (18, 20, 16)
+    brain = _blob(shape, rng)
+    base = ndimage.gaussian_filter(rng.gamma(3.0, 0.4, shape), 1.0)
+    pets, pseudos, masks = [], [], []
+    for _ in range(10):
+        pet = base * rng.uniform(0.95, 1.05) + ndimage.gaussian_filter(
+            rng.normal(0, 0.2, shape), 1.5
+        )
+        pets.append(pet)
+        pseudos.append(ndimage.gaussian_filter(pet, 1.0))
+        masks.append(brain)
+    maps = normative.control_maps(pets, pseudos, masks)
+    gm = np.ones((10, int(maps.voxels.sum())), bool)
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    one = calibration.loo_cluster_null_maps(maps, gm, affine, min_volume_mm3=16, workers=1)
+    two = calibration.loo_cluster_null_maps(maps, gm, affine, min_volume_mm3=16, workers=2)
+    assert one == two
+    assert sum(len(s) for s in one["scans"]["controlpet"]) > 0
