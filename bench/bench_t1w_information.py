@@ -117,6 +117,31 @@ def voxelwise_ridge(
     return [mean_pet + slope * (ndi.gaussian_filter(t[key], sigma) - mean_f) for t in test]
 
 
+def _ridge(
+    tr: list[np.ndarray],
+    te: list[np.ndarray],
+    train: list[dict],
+    mean_pet: np.ndarray,
+    lam: float,
+    pool: float = 0.0,
+) -> list[np.ndarray]:
+    """Per-voxel ridge of the PET deviation on feature deviations (``tr``/``te``: (x, y, z,
+    k) features of the training and test participants; each feature standardized over
+    the training set); with ``pool`` > 0 the normal equations are summed over a Gaussian
+    neighbourhood of that SD (voxels) before solving."""
+    mean_f = np.mean(tr, 0)
+    scale = np.sqrt(np.mean([(x - mean_f) ** 2 for x in tr], 0).mean((0, 1, 2))) + 1e-12
+    dev = [(x - mean_f) / scale for x in tr]
+    sxx = sum(d[..., :, None] * d[..., None, :] for d in dev)
+    sxy = sum(d * (s["pet"] - mean_pet)[..., None] for d, s in zip(dev, train, strict=True))
+    if pool > 0:
+        sxx = ndi.gaussian_filter(sxx, (pool,) * 3 + (0, 0))
+        sxy = ndi.gaussian_filter(sxy, (pool,) * 3 + (0,))
+    sxx = sxx + (lam * len(train) + 1e-9) * np.eye(tr[0].shape[-1])
+    slope = np.linalg.solve(sxx, sxy[..., None])[..., 0]
+    return [mean_pet + (slope * (x - mean_f) / scale).sum(-1) for x in te]
+
+
 def joint_ridge(
     train: list[dict],
     test: list[dict],
@@ -131,15 +156,7 @@ def joint_ridge(
     def feats(s: dict) -> np.ndarray:
         return np.stack([ndi.gaussian_filter(s[k], sigma) for k in keys], -1)
 
-    tr = [feats(s) for s in train]
-    mean_f = np.mean(tr, 0)
-    scale = np.sqrt(np.mean([(x - mean_f) ** 2 for x in tr], 0).mean((0, 1, 2))) + 1e-12
-    dev = [(x - mean_f) / scale for x in tr]
-    sxx = sum(d[..., :, None] * d[..., None, :] for d in dev)
-    sxy = sum(d * (s["pet"] - mean_pet)[..., None] for d, s in zip(dev, train, strict=True))
-    sxx = sxx + (lam * len(train) + 1e-9) * np.eye(len(keys))
-    slope = np.linalg.solve(sxx, sxy[..., None])[..., 0]
-    return [mean_pet + (slope * (feats(t) - mean_f) / scale).sum(-1) for t in test]
+    return _ridge([feats(s) for s in train], [feats(t) for t in test], train, mean_pet, lam)
 
 
 def pooled_ridge(
@@ -153,18 +170,12 @@ def pooled_ridge(
     """:func:`joint_ridge` with the per-voxel normal equations summed over a Gaussian
     neighbourhood (``pool`` voxels SD) before solving: slopes that vary smoothly in space,
     estimated from many more samples than there are training controls."""
-    tr = [np.stack([s[k] for k in keys], -1) for s in train]
-    mean_f = np.mean(tr, 0)
-    scale = np.sqrt(np.mean([(x - mean_f) ** 2 for x in tr], 0).mean((0, 1, 2))) + 1e-12
-    dev = [(x - mean_f) / scale for x in tr]
-    sxx = sum(d[..., :, None] * d[..., None, :] for d in dev)
-    sxy = sum(d * (s["pet"] - mean_pet)[..., None] for d, s in zip(dev, train, strict=True))
-    sxx = ndi.gaussian_filter(sxx, (pool,) * 3 + (0, 0))
-    sxy = ndi.gaussian_filter(sxy, (pool,) * 3 + (0,))
-    sxx = sxx + (lam * len(train) + 1e-9) * np.eye(len(keys))
-    slope = np.linalg.solve(sxx, sxy[..., None])[..., 0]
-    feats = [(np.stack([t[k] for k in keys], -1) - mean_f) / scale for t in test]
-    return [mean_pet + (slope * f).sum(-1) for f in feats]
+
+    def feats(s: dict) -> np.ndarray:
+        return np.stack([s[k] for k in keys], -1)
+
+    tr, te = [feats(s) for s in train], [feats(t) for t in test]
+    return _ridge(tr, te, train, mean_pet, lam, pool)
 
 
 def shared_multiscale(

@@ -90,6 +90,17 @@ def ignore_sigint_in_workers() -> None:
         signal.signal(signal.SIGINT, before)
 
 
+def worker_pool(workers: int):
+    """A ``ProcessPoolExecutor`` of ``workers`` forkserver processes that ignore SIGINT
+    (:func:`ignore_sigint_in_workers`): the main process handles a Ctrl-C, as for
+    Nipype's workers."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    ignore_sigint_in_workers()
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver"))
+
+
 @contextlib.contextmanager
 def handle_interrupts() -> Iterator[None]:
     """Inside the block, SIGINT/SIGTERM kill the child processes and raise

@@ -268,14 +268,9 @@ def _modality_checks_all(units: list, nprocs: int) -> list:
     workers = min(int(nprocs), len(units))
     if workers < 2 or len(units) < MODALITY_POOL_MIN_UNITS:
         return [_checked(u) for u in units]
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+    from .interrupt import worker_pool
 
-    from .interrupt import ignore_sigint_in_workers
-
-    ignore_sigint_in_workers()  # the main process handles a Ctrl-C, as for Nipype's workers
-    context = multiprocessing.get_context("forkserver")
-    with ProcessPoolExecutor(workers, mp_context=context) as pool:
+    with worker_pool(workers) as pool:
         return list(pool.map(_checked, units))
 
 

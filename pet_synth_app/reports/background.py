@@ -16,7 +16,6 @@ kept: every derivative write removes its participant's report first
 from __future__ import annotations
 
 import logging
-import multiprocessing
 from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 
@@ -77,13 +76,10 @@ class SubjectReports:
             self.unchanged.add(subject)
             LOGGER.info("report sub-%s.html kept: no output of this participant changed", subject)
             return
-        if self._pool is None:
-            from ..interrupt import ignore_sigint_in_workers
+        if self._pool is None:  # the report workers ignore a Ctrl-C, as Nipype's do
+            from ..interrupt import worker_pool
 
-            ignore_sigint_in_workers()  # the report workers ignore a Ctrl-C, as Nipype's do
-            self._pool = ProcessPoolExecutor(
-                self.workers, mp_context=multiprocessing.get_context("forkserver")
-            )
+            self._pool = worker_pool(self.workers)
         self.futures[subject] = self._pool.submit(
             write_one,
             self.output_dir,

@@ -44,6 +44,9 @@ import numpy as np
 from ..errors import PetSynthError
 
 DEFAULT_REPRESENTATION = "mni"
+PV_FWHM_MM = 6.0
+"""Blur of the tissue fractions of ``"mni-pv"`` in T1w space (mm FWHM): a typical FDG PET
+resolution after reconstruction (the phantoms' PSF is 5-6 mm)."""
 REPRESENTATIONS: dict[str, dict] = {
     "mni": {
         "channels": ["t1w_mni"],
@@ -67,13 +70,11 @@ REPRESENTATIONS: dict[str, dict] = {
         "channels": ["t1w_mni", "pv_gm", "pv_csf"],
         "space": "mni",
         "description": "MNI T1w [0, 1]; GM and CSF volume fractions of the T1w voxels "
-        "(partial-volume mixing model), blurred in T1w space by a 6 mm FWHM Gaussian, "
+        f"(partial-volume mixing model), blurred in T1w space by a {PV_FWHM_MM:g} mm FWHM "
+        "Gaussian, "
         "then taken to MNI by the T1w->MNI transforms, [0, 1]",
     },
 }
-PV_FWHM_MM = 6.0
-"""Blur of the tissue fractions of ``"mni-pv"`` in T1w space (mm FWHM): a typical FDG PET
-resolution after reconstruction (the phantoms' PSF is 5-6 mm)."""
 
 
 def check_representation(name: str) -> str:
@@ -217,6 +218,7 @@ def pv_fractions_std(
     Float32 arrays in [0, 1]."""
     from scipy import ndimage as ndi
 
+    from ..analysis.zscore import FWHM_TO_SIGMA
     from ..preproc.anat import apply_transforms, partial_volume_fractions
 
     sources.need(
@@ -227,7 +229,7 @@ def pv_fractions_std(
         t1, _img(sources.t1w_mask), (_img(sources.gm), _img(sources.wm), _img(sources.csf))
     )
     zooms = np.asarray(t1.header.get_zooms()[:3], float)
-    sigma = fwhm_mm / (2.0 * np.sqrt(2.0 * np.log(2.0))) / zooms
+    sigma = fwhm_mm * FWHM_TO_SIGMA / zooms
     blurred = [ndi.gaussian_filter(_array(fractions[i]), sigma) for i in (0, 2)]
     stack = nib.Nifti1Image(np.stack(blurred, -1), t1.affine)
     out = _array(apply_transforms(stack, reference, [str(sources.warp), str(sources.affine)]))
