@@ -188,8 +188,5 @@ def fake_run(monkeypatch):
     monkeypatch.setattr("pet_synth_app.workflows.base.run_workflow", run_wf)
     monkeypatch.setattr(qc, "failed_checks", lambda out, sub: {})
     # reports in threads of this process, so that they see the patched QC checks
-    monkeypatch.setattr(
-        "pet_synth_app.reports.background.ProcessPoolExecutor",
-        lambda workers, mp_context=None: ThreadPoolExecutor(workers),
-    )
+    monkeypatch.setattr("pet_synth_app.interrupt.worker_pool", ThreadPoolExecutor)
     return seen
