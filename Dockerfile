@@ -7,7 +7,7 @@
 #   run:            docker run --rm -u $(id -u):$(id -g) -v /data/bids:/bids:ro \
 #                     -v /data/out:/out -v /scratch/work:/work petsynth /bids /out participant
 # Everything the app needs at run time (templates, atlases, deepbet weights, default model,
-# TemplateFlow's skeleton) is installed in the image: it runs with --network none, as any
+# TemplateFlow's template names) is installed in the image: it runs with --network none, as any
 # UID, and with a read-only root file system (--read-only --tmpfs /tmp): it writes only to
 # the output folder, the work dir (default /work/work) and /tmp.
 # Versions: every dependency at the version of requirements.lock (scripts/lock.sh).
@@ -27,9 +27,7 @@ ENV DEBIAN_FRONTEND=noninteractive \
     PETSYNTH_LOCK_FILE=/opt/petsynth/requirements.lock \
     HOME=/home/petsynth \
     MPLCONFIGDIR=/tmp/.petsynth-matplotlib \
-    XDG_CACHE_HOME=/tmp/.cache \
-    TEMPLATEFLOW_HOME=/opt/templateflow \
-    TEMPLATEFLOW_AUTOUPDATE=0
+    XDG_CACHE_HOME=/tmp/.cache
 
 # node + the official BIDS validator (npm), run on the input dataset (pet_synth_app/validator.py);
 # npm trusts the system CA bundle too (TLS-inspecting proxies, as pip does)
@@ -56,16 +54,17 @@ RUN pip install --no-deps /src/petsynth \
     && pip check \
     && rm -rf /src/petsynth
 
-# Caches that libraries fill on first use are filled here, read-only at run time:
-# TemplateFlow (imported by niworkflows) unpacks its skeleton into TEMPLATEFLOW_HOME.
-# The home directory is not needed at run time (the root file system may be read-only).
+# Nothing is filled on first use at run time: niworkflows reads TemplateFlow's template
+# names from the package (docs/architecture.md, "Templates"); this import checks that it
+# writes nothing. The home directory is not needed at run time (the root file system may
+# be read-only).
 RUN useradd --create-home --uid 1000 --shell /bin/bash petsynth \
-    && mkdir -p "$TEMPLATEFLOW_HOME" /work \
-    && python -c "import templateflow.api, niworkflows.interfaces.bids" \
+    && mkdir -p /work \
+    && python -c "import pet_synth_app.interfaces.bids" \
     && python -c "from pet_synth_app.preproc.templates import get_template; \
 [get_template(k, r) for k in ('T1w', 'mask', 'GM', 'WM', 'CSF') for r in (1, 2)]" \
     && rm -rf /tmp/.cache /tmp/.petsynth-matplotlib \
-    && chmod -R a+rX "$TEMPLATEFLOW_HOME" /opt/petsynth \
+    && chmod -R a+rX /opt/petsynth \
     && chmod 1777 /work
 
 USER petsynth

@@ -39,6 +39,7 @@ def run_participant(settings: Settings) -> int:
             "participant reports are rewritten by rerunning with the same -w"
         )
     check_writable(settings)
+    use_template_cache(settings)
     from . import uptodate
 
     requested = uptodate.requested_subjects(settings)
@@ -194,6 +195,14 @@ def check_writable(settings: Settings) -> None:
                 + ("" if probe == Path(folder) else f"; cannot create {folder}"),
                 str(probe),
             ) from None
+
+
+def use_template_cache(settings: Settings) -> None:
+    """Keep the templates made from nilearn's files in ``<work dir>/templates`` for this
+    process and the workers it starts (``preproc.templates.CACHE_DIR_ENV``)."""
+    from .preproc.templates import CACHE_DIR_ENV
+
+    os.environ[CACHE_DIR_ENV] = str(Path(settings.work_dir) / "templates")
 
 
 def collect_units(settings: Settings) -> tuple[list, list[PetSynthError], int, list]:
@@ -451,6 +460,7 @@ def run_group(settings: Settings) -> int:
     from .group import run_group_level
 
     settings.to_toml(out / "logs" / f"config-group-{new_run_id()}.toml")
+    use_template_cache(settings)
     with thread_limits(settings.omp_nthreads):
         code = run_group_level(settings)
     write_group_report(settings)
@@ -489,6 +499,7 @@ def _container_info() -> dict | None:
 __all__ = [
     "QC_FAIL_EXIT",
     "check_writable",
+    "use_template_cache",
     "collect_units",
     "modality_checks",
     "new_run_id",

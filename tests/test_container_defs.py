@@ -136,8 +136,9 @@ def test_same_install_steps(docker, sif):
         "npm install -g bids-validator@1.15.0"
     )
     assert npm in steps  # input validation in the image (npm also trusts the system CAs)
-    # the template pre-load: TemplateFlow's skeleton and the nilearn-based MNI templates
-    assert any("import templateflow.api" in s for s in steps)
+    # the import check (niworkflows reads the shipped template names, writes nothing) and
+    # the nilearn-based MNI templates
+    assert any('python -c "import pet_synth_app.interfaces.bids"' in s for s in steps)
     assert any("get_template" in s for s in steps)
 
 
@@ -159,7 +160,8 @@ def test_same_environment(docker, sif):
     # nothing written under the (read-only) image at run time
     for key in ("MPLCONFIGDIR", "XDG_CACHE_HOME"):
         assert docker["env"][key].startswith("/tmp/")
-    assert docker["env"]["TEMPLATEFLOW_HOME"].startswith("/opt/")
+    # no TemplateFlow folder: interfaces/bids.py points niworkflows at the shipped names
+    assert not any(k.startswith("TEMPLATEFLOW") for k in [*docker["env"], *sif["env"]])
 
 
 def test_lock_pins_every_dependency_within_setup_cfg_ranges():

@@ -65,9 +65,9 @@ def test_container_recipes_in_step_with_install():
     }
     assert torch_pins == {"2.13.0"}
     assert 'ENTRYPOINT ["petsynth"]' in docker
-    # runs as any UID on a read-only root: templates unpacked at build time, /work writable
+    # runs as any UID on a read-only root: nothing unpacked at run time, /work writable
     assert "USER petsynth" in docker and "chmod 1777 /work" in docker
-    assert "TEMPLATEFLOW_AUTOUPDATE=0" in docker and "TEMPLATEFLOW_AUTOUPDATE=0" in sing
+    assert "TEMPLATEFLOW" not in docker and "TEMPLATEFLOW" not in sing
     assert "exec petsynth" in sing
     for recipe in (docker, sing):
         assert "NO_ET=1" in recipe and "MPLCONFIGDIR" in recipe
@@ -95,3 +95,30 @@ def test_cli_as_unprivileged_home(tmp_path):
     )
     assert res.returncode == 0 and "petsynth" in res.stdout
     assert list(Path(home).iterdir()) == []
+
+
+def test_template_names_are_templateflows_and_the_import_writes_nothing(tmp_path):
+    """niworkflows lists TemplateFlow's templates at import: PetSynth ships their names
+    (interfaces/bids.TEMPLATE_NAMES), the same as the installed templateflow's skeleton,
+    and importing the DataSink neither reads a user's TEMPLATEFLOW_HOME nor writes one."""
+    import zipfile
+
+    import templateflow
+
+    skeleton = Path(templateflow.__file__).parent / "conf" / "templateflow-skel.zip"
+    with zipfile.ZipFile(skeleton) as z:
+        names = {n.split("/")[0] for n in z.namelist() if n.startswith("tpl-")}
+    shipped = ROOT / "pet_synth_app" / "data" / "templateflow"
+    assert {p.name for p in shipped.iterdir()} == names
+    code = (
+        "import time; t = time.perf_counter(); import pet_synth_app.interfaces.bids; "
+        "from niworkflows.interfaces.bids import STANDARD_SPACES as s; "
+        "print(len(s), 'MNI152NLin2009aSym' in s, time.perf_counter() - t)"
+    )
+    home = tmp_path / "home"  # what templateflow would fill
+    env = {**os.environ, "TEMPLATEFLOW_HOME": str(home), "HOME": str(tmp_path)}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert out[:2] == [str(len(names)), "True"]
+    assert not home.exists() and not (tmp_path / ".cache").exists()

@@ -99,6 +99,34 @@ def test_templates_offline_and_consistent(tmp_path: Path) -> None:
         templates.get_template("GM", 3)
 
 
+def test_template_disk_cache_gives_the_same_images(tmp_path: Path, monkeypatch) -> None:
+    """With ``CACHE_DIR_ENV`` set, a template made once is read back from disk (no nilearn)
+    by the next process, with the same voxels, dtype, affine and sform code."""
+    monkeypatch.setenv(templates.CACHE_DIR_ENV, str(tmp_path))
+    made = {}
+    for kind in ("T1w", "mask"):
+        templates.get_template.cache_clear()
+        made[kind] = templates.get_template(kind, 2)
+    files = sorted(p.name for p in tmp_path.rglob("*.nii.gz"))
+    assert files == [
+        "tpl-MNI152NLin2009aSym_res-02_desc-brain_T1w.nii.gz",
+        "tpl-MNI152NLin2009aSym_res-02_desc-brain_mask.nii.gz",
+    ]
+
+    def no_nilearn(kind, res):
+        raise AssertionError("made again")
+
+    monkeypatch.setattr(templates, "_make", no_nilearn)
+    for kind, fresh in made.items():
+        templates.get_template.cache_clear()
+        cached = templates.get_template(kind, 2)
+        assert cached.get_data_dtype() == fresh.get_data_dtype()
+        np.testing.assert_array_equal(np.asanyarray(cached.dataobj), np.asanyarray(fresh.dataobj))
+        np.testing.assert_array_equal(cached.affine, fresh.affine)
+        assert int(cached.header["sform_code"]) == int(fresh.header["sform_code"]) == 4
+    templates.get_template.cache_clear()
+
+
 @pytest.mark.skipif(not FDG.exists(), reason="shared/realdata not available")
 def test_nib_ants_conversion_matches_ants_reader() -> None:
     import ants

@@ -185,7 +185,12 @@ def test_save_load_round_trip_and_tampering(tmp_path) -> None:
     model = S.SiameseAutoencoder()
     path = tmp_path / "ae" / "siamese.safetensors"
     card = S.save_autoencoder(model, path, {"training": {"participants": ["sub-01"]}})
-    assert card["architecture"] == {"latent_dim": 64, "patch_size": 15, "channels": [16, 32, 64]}
+    assert card["architecture"] == {
+        "latent_dim": 64,
+        "patch_size": 15,
+        "channels": [16, 32, 64],
+        "encode_precision": "float32",
+    }
     assert card["n_parameters"] == sum(p.numel() for p in model.parameters())
     first = path.read_bytes()
     S.save_autoencoder(model, path, {"training": {"participants": ["sub-01"]}})
@@ -213,3 +218,36 @@ def test_save_load_round_trip_and_tampering(tmp_path) -> None:
     card_file.unlink()
     with pytest.raises(ValueError, match="missing"):
         S.load_autoencoder(path)
+
+
+def test_bfloat16_encoding_is_close_to_float32_and_recorded(tmp_path, monkeypatch) -> None:
+    """In eval mode a bfloat16 encoder's codes are float32 and within 1 % (relative norm)
+    of the float32 codes; training mode always runs float32; the precision survives the
+    card, and a card without it (detectors fitted before it) loads as float32."""
+    vols, mask = _cohort(2)
+    torch.manual_seed(0)
+    model = S.SiameseAutoencoder()
+    ref = S.encode_volume(model.eval(), vols[0], mask)
+    model.encode_precision = "bfloat16"
+    low = S.encode_volume(model, vols[0], mask)
+    assert low.dtype == np.float32
+    err = np.linalg.norm(low - ref) / np.linalg.norm(ref)
+    if S.native_bfloat16():
+        assert 0 < err < 0.01
+    monkeypatch.setattr(S, "native_bfloat16", lambda: False)
+    # emulated bfloat16 would be slower than float32: float32 is used
+    np.testing.assert_array_equal(S.encode_volume(model, vols[0], mask), ref)
+    monkeypatch.undo()
+    x = torch.from_numpy(S.extract_patches(vols[0], np.argwhere(mask)[:8]))[:, None]
+    with torch.no_grad():
+        torch.testing.assert_close(model.train().encode(x), model.encoder(x))
+    path = tmp_path / "siamese.safetensors"
+    S.save_autoencoder(model, path, {})
+    assert S.load_autoencoder(path)[0].encode_precision == "bfloat16"
+    card_file = path.with_suffix(".json")
+    old = json.loads(card_file.read_text())
+    del old["architecture"]["encode_precision"]
+    card_file.write_text(json.dumps(old))
+    assert S.load_autoencoder(path)[0].encode_precision == "float32"
+    with pytest.raises(ValueError, match="encode_precision"):
+        S.SiameseAutoencoder(encode_precision="float16")

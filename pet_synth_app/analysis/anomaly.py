@@ -100,6 +100,7 @@ def fit(
     threads: int | None = None,
     meta: dict | None = None,
     block_voxels: int | None = None,
+    encode_precision: str | None = None,
 ) -> FitResult:
     """Fit the detector on control PETs (SUVR, MNI, each with its brain mask) and save it.
 
@@ -110,7 +111,9 @@ def fit(
     block of voxels at a time (the codes of all controls for all voxels would not fit in
     memory at 1 mm with tens of controls): ``block_voxels``, by default
     :func:`block_size` (codes of one block <= ``OCSVM_CODES_MB``). Encoding and fitting
-    use ``threads`` torch threads.
+    use ``threads`` torch threads; the encoder's convolutions run in ``encode_precision``
+    (default ``siamese.ENCODE_PRECISION`` where the CPU has native bfloat16, else
+    float32), recorded in its card for the participants.
     """
     from . import ocsvm, siamese
 
@@ -134,6 +137,10 @@ def fit(
         stack, epochs=epochs, seed=seed, threads=threads, pairs_per_epoch=pairs_per_epoch
     )
     clock.lap("autoencoder")
+    native = siamese.ENCODE_PRECISION if siamese.native_bfloat16() else "float32"
+    ae.encode_precision = encode_precision or native
+    if ae.encode_precision not in siamese.ENCODE_PRECISIONS:
+        raise ValueError(f"encode_precision must be one of {siamese.ENCODE_PRECISIONS}")
     ijk = np.argwhere(voxels).astype(np.int32)  # C order, as np.nonzero and stack.ijk
     block = int(block_voxels or block_size(len(pets), ae.latent_dim))
     latents = np.empty((len(pets), min(block, len(ijk)), ae.latent_dim), np.float32)
@@ -187,6 +194,7 @@ def fit(
         "nu": nu,
         "gamma": gamma,
         "autoencoder_epochs": epochs,
+        "encode_precision": ae.encode_precision,
         "autoencoder_sha256": ae_card["sha256"],
         "ocsvm_sha256": svm_card["sha256"],
         "random_seed": seed,

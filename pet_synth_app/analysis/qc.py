@@ -104,6 +104,8 @@ def _array(image: Any) -> np.ndarray:
     data = np.asarray(data, dtype=np.float64)
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
+    if np.isfinite(data).all():  # one pass; nan_to_num copies and scans three times
+        return data
     return np.nan_to_num(data, nan=0.0, posinf=0.0, neginf=0.0)
 
 
@@ -353,12 +355,47 @@ def pet_series(unit: Path) -> list[str]:
     return sorted(prefixes)
 
 
+def anat_of(unit: Path, subject: str) -> tuple[Path, str]:
+    """Folder and filename prefix of the anatomy of a unit from ``unit_dirs``: its own, or
+    the participant's when its sessions share a T1w outside any session."""
+    prefix = unit_prefix(unit, subject)
+    sub_dir = unit.parent if unit.name.startswith("ses-") else unit
+    if not L.existing(unit, prefix, "t1w") and L.existing(sub_dir, f"sub-{subject}", "t1w"):
+        return sub_dir, f"sub-{subject}"
+    return unit, prefix
+
+
+_MEMO: dict[tuple, dict[str, float]] = {}
+"""Metrics already computed in this process, keyed by their input files' identities (the
+report and the run summary ask for the same ones: computed once)."""
+
+
+def _memo(kind: str, paths: tuple[Path | None, ...], compute) -> dict[str, float]:
+    key: tuple = (kind,)
+    for p in paths:
+        if p is None or not Path(p).is_file():
+            key += (None,)
+            continue
+        st = Path(p).stat()
+        key += (str(Path(p).resolve()), st.st_ino, st.st_size, st.st_mtime_ns)
+    if key not in _MEMO:
+        if len(_MEMO) >= 64:
+            _MEMO.clear()
+        _MEMO[key] = compute()
+    return dict(_MEMO[key])
+
+
 def unit_registration_qc(unit: Path, prefix: str) -> dict[str, float]:
     """Registration metrics of one unit's MNI-space T1w (empty dict if absent)."""
-    t1w = _load(L.path(unit, prefix, "t1w", _SPACE))
+    t1w_path, mask_path = (L.path(unit, prefix, k, _SPACE) for k in ("t1w", "mask"))
+    return _memo("registration", (t1w_path, mask_path), lambda: _registration(t1w_path, mask_path))
+
+
+def _registration(t1w_path: Path, mask_path: Path) -> dict[str, float]:
+    t1w = _load(t1w_path)
     if t1w is None:
         return {}
-    mask = _load(L.path(unit, prefix, "mask", _SPACE))
+    mask = _load(mask_path)
     tpl, tmask = template_on(t1w)
     mask_a = None if mask is None else _on_grid(mask, t1w, "nearest")
     zoom = float(np.mean(t1w.header.get_zooms()[:3]))
@@ -379,14 +416,24 @@ def tissues_on(ref: nib.Nifti1Image) -> tuple[np.ndarray, np.ndarray]:
     )
 
 
-def series_coregistration_qc(unit: Path, anat_prefix: str, series: str) -> dict[str, float]:
-    """Coregistration metrics of one PET series (empty dict if the inputs are absent)."""
-    pet = _load(L.path(unit, series, "pet", "T1w"))
-    gm = _load(L.path(unit, anat_prefix, "gm"))
+def series_coregistration_qc(
+    unit: Path, anat_prefix: str, series: str, anat_unit: Path | None = None
+) -> dict[str, float]:
+    """Coregistration metrics of one PET series of ``unit`` against the anatomy with
+    ``anat_prefix`` in ``anat_unit`` (default: ``unit``; see ``anat_of``); empty dict if the
+    inputs are absent."""
+    anat_unit = unit if anat_unit is None else anat_unit
+    paths = (L.path(unit, series, "pet", "T1w"),) + tuple(
+        L.path(anat_unit, anat_prefix, k) for k in ("gm", "mask", "wm")
+    )
+    return _memo("coregistration", paths, lambda: _coregistration(*paths))
+
+
+def _coregistration(pet_path: Path, gm_path: Path, mask_path: Path, wm_path: Path):
+    pet, gm = _load(pet_path), _load(gm_path)
     if pet is None or gm is None:
         return {}
-    mask = _load(L.path(unit, anat_prefix, "mask"))
-    wm = _load(L.path(unit, anat_prefix, "wm"))
+    mask, wm = _load(mask_path), _load(wm_path)
     gm_a = _on_grid(gm, pet, "continuous")
     mask_a = None if mask is None else _on_grid(mask, pet, "nearest")
     wm_a = None if wm is None else _on_grid(wm, pet, "continuous")
@@ -417,9 +464,10 @@ def participant_qc(output_dir: Path, subject: str) -> list[dict[str, Any]]:
     rows = []
     for unit in unit_dirs(Path(output_dir), subject):
         prefix = unit_prefix(unit, subject)
+        anat_unit, anat_prefix = anat_of(unit, subject)
         session = unit.name[4:] if unit.name.startswith("ses-") else ""
         try:
-            reg = unit_registration_qc(unit, prefix)
+            reg = unit_registration_qc(anat_unit, anat_prefix)
         except Exception as exc:  # noqa: BLE001 - QC must never fail a report
             LOGGER.warning("QC of %s registration failed: %s", prefix, exc)
             reg = {}
@@ -428,7 +476,7 @@ def participant_qc(output_dir: Path, subject: str) -> list[dict[str, Any]]:
             coreg = {}
             if series:
                 try:
-                    coreg = series_coregistration_qc(unit, prefix, series)
+                    coreg = series_coregistration_qc(unit, anat_prefix, series, anat_unit)
                 except Exception as exc:  # noqa: BLE001
                     LOGGER.warning("QC of %s coregistration failed: %s", series, exc)
                 coreg.update(series_coverage_qc(unit, series))
@@ -456,6 +504,7 @@ def write_qc_json(rows: list[dict[str, Any]], path: Path) -> Path:
 __all__ = [
     "QC_DESCRIPTIONS",
     "THRESHOLDS",
+    "anat_of",
     "below",
     "check",
     "coregistration_quality",

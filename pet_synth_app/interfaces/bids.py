@@ -11,9 +11,20 @@ from importlib import resources
 from pathlib import Path
 
 from nipype.interfaces.base import isdefined
-from niworkflows.interfaces.bids import DerivativesDataSink as _NiwDataSink
 
-from ..atomicio import temp_name
+TEMPLATE_NAMES = Path(__file__).resolve().parents[1] / "data" / "templateflow"
+"""A TemplateFlow home holding only the names of TemplateFlow's templates (one
+``tpl-<name>/template_description.json`` each, those of the pinned templateflow's
+skeleton). niworkflows lists them at import (``STANDARD_SPACES``: the spaces whose
+outputs get the MNI sform code); PetSynth uses no TemplateFlow file, so its own process
+and workers read this folder instead of indexing the 2 540-file skeleton (4 s per
+import) or unpacking it into a writable home (docs/architecture.md, "Templates")."""
+os.environ["TEMPLATEFLOW_HOME"] = str(TEMPLATE_NAMES)
+os.environ["TEMPLATEFLOW_AUTOUPDATE"] = "0"
+
+from niworkflows.interfaces.bids import DerivativesDataSink as _NiwDataSink  # noqa: E402
+
+from ..atomicio import temp_name  # noqa: E402
 
 _spec = json.loads(resources.files("pet_synth_app").joinpath("data/bids_spec.json").read_text())
 _ENTITIES = list(_NiwDataSink._config_entities_dict) + [

@@ -51,9 +51,36 @@ def _new(data: np.ndarray, ref: nib.Nifti1Image, dtype: type = np.float32) -> ni
     return img
 
 
+CACHE_DIR_ENV = "PETSYNTH_TEMPLATE_CACHE"
+"""Environment variable naming a folder where made templates are kept between processes
+(the participant and group runs set it to ``<work dir>/templates``: making them from
+nilearn's files takes ~0.5-1.2 s per image and process). Unset: no disk cache."""
+
+
+@lru_cache(maxsize=1)
+def _cache_key() -> str:
+    """Changes with nilearn's version and with this module's code (what makes the maps)."""
+    import hashlib
+
+    import nilearn
+
+    digest = hashlib.sha256(nilearn.__version__.encode())
+    with open(__file__, "rb") as f:
+        digest.update(f.read())
+    return digest.hexdigest()[:12]
+
+
+def _cache_file(kind: str, resolution: int) -> str | None:
+    folder = os.environ.get(CACHE_DIR_ENV)
+    if not folder:
+        return None
+    return os.path.join(folder, _cache_key(), template_filename(kind, resolution))
+
+
 @lru_cache(maxsize=16)
 def get_template(kind: str = "T1w", resolution: int = 2) -> nib.Nifti1Image:
-    """Return a MNI152NLin2009aSym template image (cached; treat it as read-only).
+    """Return a MNI152NLin2009aSym template image (cached in the process and, with
+    ``CACHE_DIR_ENV`` set, on disk; treat it as read-only).
 
     Parameters
     ----------
@@ -67,10 +94,30 @@ def get_template(kind: str = "T1w", resolution: int = 2) -> nib.Nifti1Image:
     resolution
         Isotropic voxel size in mm, 1 or 2.
     """
-    from nilearn import datasets
-
     _check(kind, resolution)
     res = int(resolution)
+    path = _cache_file(kind, res)
+    if path is not None and os.path.isfile(path):
+        try:
+            img = nib.load(path)
+            return nib.Nifti1Image(np.asanyarray(img.dataobj), img.affine, img.header)
+        except Exception:  # noqa: BLE001 - a damaged cache file is made again
+            pass
+    img = _make(kind, res)
+    if path is not None:
+        try:  # atomic: processes of one run may write the same file at once
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            tmp = f"{path}.tmp{os.getpid()}.nii.gz"
+            nib.save(img, tmp)
+            os.replace(tmp, path)
+        except OSError:  # a read-only or full work dir: no disk cache
+            pass
+    return img
+
+
+def _make(kind: str, res: int) -> nib.Nifti1Image:
+    from nilearn import datasets
+
     if kind == "T1w":
         ref = datasets.load_mni152_template(resolution=res)
         return _new(np.clip(ref.get_fdata(), 0, None), ref)

@@ -99,14 +99,10 @@ def _exists(path: Path) -> Path | None:
 
 def _find_units(output_dir: Path, subject: str) -> list[Unit]:
     units = []
-    sub_dir = output_dir / f"sub-{subject}"
     for folder in qc.unit_dirs(output_dir, subject):
         prefix = qc.unit_prefix(folder, subject)
-        anat_dir, anat_prefix = folder / "anat", prefix
-        if not L.existing(folder, prefix, "t1w") and L.existing(sub_dir, f"sub-{subject}", "t1w"):
-            # sessions sharing a T1w outside any session
-            anat_dir, anat_prefix = sub_dir / "anat", f"sub-{subject}"
-        anat_unit = anat_dir.parent
+        anat_unit, anat_prefix = qc.anat_of(folder, subject)
+        anat_dir = anat_unit / "anat"
         anat = {
             role: L.existing(anat_unit, anat_prefix, key, space)
             for role, key, space in (
@@ -516,25 +512,15 @@ class _Report:
         key = (unit.prefix, series)
         if key not in self.qc:
             try:
-                inputs = self._coreg_inputs(unit, series)
-                self.qc[key] = {} if inputs is None else qc.coregistration_quality(*inputs)
+                a = unit.anat
+                self.qc[key] = qc.series_coregistration_qc(
+                    unit.folder, a["anat_prefix"], series, a["anat_dir"].parent
+                )
                 self.qc[key].update(qc.series_coverage_qc(unit.folder, series))
             except Exception as exc:  # noqa: BLE001
                 LOGGER.warning("coregistration QC failed for %s: %s", series, exc)
                 self.qc[key] = {}
         return self.qc[key]
-
-    def _coreg_inputs(self, unit: Unit, series: str):
-        files, a = _series_files(unit, series), unit.anat
-        if files["pet_t1w"] is None or a["gm"] is None:
-            return None
-        pet = F.load3d(files["pet_t1w"])
-        return (
-            pet.get_fdata(),
-            F.on_grid(a["gm"], pet),
-            None if a["mask"] is None else F.on_grid(a["mask"], pet, nearest=True),
-            None if a["wm"] is None else F.on_grid(a["wm"], pet),
-        )
 
     def _qc_line(self, metrics: dict[str, float], keys: tuple[str, ...]) -> str:
         if not metrics:
