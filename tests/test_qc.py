@@ -127,3 +127,20 @@ def test_participant_qc_from_derivatives(tmp_path, tissues):
     saved = json.loads(qc.write_qc_json(rows, tmp_path / "qc.json").read_text())
     assert saved["thresholds"] == qc.THRESHOLDS and len(saved["rows"]) == 2
     assert qc.participant_qc(tmp_path, "missing") == []
+    # sessions sharing the participant's T1w (outside any session): their QC reads it
+    import shutil
+
+    (tmp_path / "sub-02" / "ses-a" / "pet").mkdir(parents=True)
+    shutil.copytree(anat, tmp_path / "sub-02" / "anat")
+    for f in (tmp_path / "sub-02" / "anat").iterdir():
+        f.rename(f.with_name(f.name.replace("sub-01", "sub-02")))
+    save(brain, tmp_path / "sub-02" / "anat" / "sub-02_desc-preproc_T1w.nii.gz")
+    shutil.copy(
+        pet_dir / "sub-01_trc-FDG_space-T1w_desc-preproc_pet.nii.gz",
+        tmp_path / "sub-02/ses-a/pet/sub-02_ses-a_trc-FDG_space-T1w_desc-preproc_pet.nii.gz",
+    )
+    (row,) = qc.participant_qc(tmp_path, "02")
+    assert (row["session"], row["series"]) == ("a", "trc-FDG")
+    for key in ("mni_ncc", "mni_dice", "coreg_gm_corr", "coreg_gm_wm_ratio"):
+        assert row[key] == pytest.approx(good[key]), key
+    assert qc.anat_of(tmp_path / "sub-02" / "ses-a", "02") == (tmp_path / "sub-02", "sub-02")
