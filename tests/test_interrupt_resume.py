@@ -146,7 +146,7 @@ def started_since(node_dir: Path, t_start: float) -> bool:
 
 def test_sigint_then_sigkills_then_resume(bids3, reference, tmp_path):
     out, work = tmp_path / "out", tmp_path / "work"
-    reg_dir = work / "petsynth_wf" / "single_subject_c01_wf" / "anat_preproc_wf" / "tpl_reg"
+    reg_dir = work / "petsynth_wf" / "single_subject_c01_wf" / "anat_preproc_wf" / "register"
     report = out / "sub-c01.html"
 
     # 1. Ctrl-C (SIGINT to the process group) during the registration

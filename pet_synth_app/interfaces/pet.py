@@ -25,6 +25,7 @@ class _FrameAverageInputSpec(BaseInterfaceInputSpec):
     )
     motion_correct = traits.Bool(True, usedefault=True)
     seed = traits.Int(0, usedefault=True)
+    num_threads = traits.Int(1, usedefault=True, desc="ITK threads (1: bit-reproducible)")
 
 
 class _FrameAverageOutputSpec(TraitedSpec):
@@ -49,6 +50,7 @@ class FrameAverage(SimpleInterface):
             frame_durations=self.inputs.frame_durations,
             motion_correct=self.inputs.motion_correct,
             seed=self.inputs.seed,
+            n_threads=self.inputs.num_threads,
             return_coverage=True,
         )
         self._results["out_file"] = os.path.join(runtime.cwd, "pet_mean.nii.gz")
@@ -66,6 +68,7 @@ class _CoregInputSpec(BaseInterfaceInputSpec):
     in_file = File(exists=True, mandatory=True, desc="mean PET")
     t1w_brain = File(exists=True, mandatory=True, desc="skull-stripped T1w")
     seed = traits.Int(0, usedefault=True)
+    num_threads = traits.Int(1, usedefault=True, desc="ITK threads (1: bit-reproducible)")
 
 
 class _CoregOutputSpec(TraitedSpec):
@@ -87,6 +90,7 @@ class CoregisterPET(SimpleInterface):
             nib.load(self.inputs.t1w_brain),
             out_dir=runtime.cwd,
             seed=self.inputs.seed,
+            n_threads=self.inputs.num_threads,
         )
         self._results["out_xfm"] = xfm
         self._results["out_file"] = os.path.join(runtime.cwd, "pet_space-T1w.nii.gz")

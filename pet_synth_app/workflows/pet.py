@@ -73,12 +73,18 @@ excluded from the reference region and from all subsequent statistics.
         FrameAverage(
             frame_durations=[float(d) for d in frame_durations] if frame_durations else None,
             seed=random_seed,
+            num_threads=nthreads,
         ),
         name="frame_average",
         n_procs=nthreads,
         mem_gb=1.0,
     )
-    coreg = pe.Node(CoregisterPET(seed=random_seed), name="coregister", n_procs=nthreads, mem_gb=1)
+    coreg = pe.Node(
+        CoregisterPET(seed=random_seed, num_threads=nthreads),
+        name="coregister",
+        n_procs=nthreads,
+        mem_gb=1,
+    )
     chain = pe.Node(niu.Merge(2), name="xfm_chain")  # ANTs order: last is applied first
     to_std = pe.Node(ApplyTransforms(out_name="pet_std.nii.gz"), name="pet_to_std")
     refmask = pe.Node(ReferenceMask(region=reference_region), name="reference_mask")
