@@ -31,7 +31,7 @@ def _check_args(opts: argparse.Namespace) -> None:
         raise UsageError(f"--unpaired: {opts.model} needs paired T1w/PET (use cyclegan)")
     if opts.prior and not supports_prior(opts.model):
         raise UsageError(
-            f"--prior: {opts.model} does not take a prior ({' and '.join(prior_models())} do)"
+            f"--prior: {opts.model} does not take a prior ({', '.join(prior_models())} do)"
         )
     if opts.prior and n_channels(opts.input_representation) > 1:
         raise UsageError(
@@ -181,6 +181,7 @@ def _train(opts: argparse.Namespace, device: str) -> int:
             "n_blocks",
             "lambda_mse",
             "lambda_cycle",
+            "lambda_l1",
             "lambda_lap",
             "sample_steps",
             "pretrain_steps",

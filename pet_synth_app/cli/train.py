@@ -110,6 +110,7 @@ def get_parser() -> argparse.ArgumentParser:
         ("--n-blocks", int),
         ("--lambda-mse", float),
         ("--lambda-cycle", float),
+        ("--lambda-l1", float),  # syndiff: paired L1 of the predicted clean image
         ("--lambda-lap", float),  # ddpm3d
         ("--sample-steps", int),  # ddpm3d: DDIM steps at inference
         ("--pretrain-steps", int),  # ddpm3d: steps on tissue-class PET-like T1w first
@@ -131,8 +132,9 @@ def get_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="the generators also see the mean training images of both "
         "domains and predict a residual to the mean of their output domain "
-        "(shipped with the weights; cyclegan-mse and cyclegan only; not in "
-        "the papers: see docs/models.md)",
+        "(shipped with the weights; cyclegan-mse, cyclegan, and the diffusion models "
+        "ddpm3d and syndiff, which sample the residual on 3D patches; single-channel "
+        "input only; not in the papers: see docs/models.md)",
     )
     g_hp.add_argument(
         "--input-representation",

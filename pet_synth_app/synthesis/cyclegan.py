@@ -67,6 +67,17 @@ class CycleGAN(SynthesisModel):
     def uses_prior(self) -> bool:
         return self.G_B.residual
 
+    def set_priors(self, t1_prior: torch.Tensor, pet_prior: torch.Tensor) -> None:
+        with torch.no_grad():
+            self.G_A.prior.copy_(t1_prior)
+            self.G_B.prior.copy_(pet_prior)
+            if self.G_B.input_prior_channels:
+                self.G_A.input_prior.copy_(pet_prior)
+                self.G_B.input_prior.copy_(t1_prior)
+
+    def prior_volumes(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.G_A.prior, self.G_B.prior
+
     def forward(self, t1: torch.Tensor) -> torch.Tensor:
         if self.uses_prior:
             raise ValueError(

@@ -88,7 +88,13 @@ def pet_like_t1w(t1: torch.Tensor, smooth_sigma_vox: float = 1.0) -> torch.Tenso
 class DDPMSampler(SeededSampler):
     """The generator of ``ddpm3d``: ``forward(condition)`` runs DDIM sampling.
 
-    ``condition`` (b, c, x, y, z) in [-1, 1] -> PET (b, 1, x, y, z) in [-1, 1]."""
+    ``condition`` (b, c, x, y, z) in [-1, 1] -> PET (b, 1, x, y, z) in [-1, 1]. With
+    ``prior_shape`` (``--prior``) the condition ends with the prior channels (mean
+    training T1w, then PET, at the patch position) and DDIM samples the residual
+    PET - prior (clipped to [-1, 1] like any DDIM sample), which is added to the prior.
+    The last layer starts at 0: with ``prediction_type="sample"`` an untrained model's
+    sample is the prior exactly (the last DDIM step returns the predicted clean residual,
+    0); with ``"epsilon"`` it is the prior plus the clipped implied x0 of pure noise."""
 
     def __init__(
         self,
@@ -96,11 +102,17 @@ class DDPMSampler(SeededSampler):
         channels: list[int],
         sample_steps: int,
         prediction_type: str = "epsilon",
+        prior_shape: tuple[int, ...] | list[int] | None = None,
+        input_prior: bool = False,
     ) -> None:
         super().__init__()
         if prediction_type not in ("epsilon", "sample"):
             raise ValueError(f"prediction_type must be epsilon or sample, got {prediction_type!r}")
+        self.n_out = 1
+        n_cond += self._register_prior(prior_shape, input_prior, n_cond)
         self.unet = TimeUNet3D(1 + n_cond, 1, channels)
+        if self.residual:
+            self._zero_last_layer()
         self.sample_steps = int(sample_steps)
         self.prediction_type = prediction_type
         self.size_multiple = self.unet.size_multiple
@@ -114,7 +126,7 @@ class DDPMSampler(SeededSampler):
             steps = torch.full((b,), int(t), dtype=torch.long, device=condition.device)
             eps = self.unet(torch.cat([x, condition], 1), steps)
             x, _ = scheduler.step(eps, int(t), x)
-        return x.clamp(-1, 1)
+        return self.add_prior(x, condition)
 
 
 class DDPM3D(SynthesisModel):
@@ -131,6 +143,8 @@ class DDPM3D(SynthesisModel):
             list(c["unet_channels"]),
             int(c["sample_steps"]),
             str(c.get("prediction_type") or "epsilon"),
+            c.get("prior_shape"),
+            c.get("prior_shape") is not None and bool(c.get("prior_input")),
         )
         self.scheduler = make_ddpm_scheduler()
         self.steps_done = 0
@@ -142,14 +156,42 @@ class DDPM3D(SynthesisModel):
     def parameter_groups(self) -> dict:
         return {"G": list(self.G.parameters())}
 
-    def losses(self, t1: torch.Tensor, pet: torch.Tensor) -> dict[str, torch.Tensor]:
+    @property
+    def uses_prior(self) -> bool:
+        return self.G.residual
+
+    def set_priors(self, t1_prior: torch.Tensor, pet_prior: torch.Tensor) -> None:
+        with torch.no_grad():
+            self.G.prior.copy_(pet_prior)
+            if self.G.input_prior_channels:
+                self.G.input_prior.copy_(t1_prior)
+
+    def prior_volumes(self) -> tuple[torch.Tensor | None, torch.Tensor]:
+        return getattr(self.G, "input_prior", None), self.G.prior
+
+    def condition(self, t1: torch.Tensor, priors=None) -> torch.Tensor:
+        """The sampler's condition of a batch: the input channels, then (residual model)
+        the prior patches ``priors[0]`` = (T1w prior, PET prior) at the batch's
+        positions (as ``train_step`` gets them)."""
+        if not self.uses_prior:
+            return t1
+        if priors is None:
+            raise ValueError("this model needs the prior patches of the batch")
+        pa, pb = priors[0]
+        return torch.cat([t1, pa, pb] if self.G.input_prior_channels else [t1, pb], 1)
+
+    def losses(self, t1: torch.Tensor, pet: torch.Tensor, priors=None) -> dict[str, torch.Tensor]:
         """Noise MSE and lambda_lap * Laplacian-pyramid loss of one batch (t, noise from
-        the torch global RNG, which the trainer seeds)."""
+        the torch global RNG, which the trainer seeds). A residual model diffuses
+        ``pet`` minus the PET prior patch (``priors``: see :meth:`condition`)."""
+        cond = self.condition(t1, priors)
+        if self.uses_prior:
+            pet = pet - cond[:, -1:]
         b = pet.shape[0]
         t = torch.randint(0, self.scheduler.num_train_timesteps, (b,), device=pet.device)
         noise = torch.randn_like(pet)
         x_t = self.scheduler.add_noise(pet, noise, t)
-        out = self.G.unet(torch.cat([x_t, t1], 1), t)
+        out = self.G.unet(torch.cat([x_t, cond], 1), t)
         if self.G.prediction_type == "sample":  # the network predicts the clean image
             terms = {"x0_mse": F.mse_loss(out, pet)}
             x0 = out.clamp(-1, 1)
@@ -164,7 +206,7 @@ class DDPM3D(SynthesisModel):
     def train_step(self, t1, pet, optimizers, paired=True, priors=None):
         pretraining = self.steps_done < int(self.config.get("pretrain_steps") or 0)
         target = pet_like_t1w(t1) if pretraining else pet
-        terms = self.losses(t1, target)
+        terms = self.losses(t1, target, priors)
         loss = sum(terms.values())
         optimizers["G"].zero_grad(set_to_none=True)
         loss.backward()

@@ -167,12 +167,16 @@ class SeededSampler(nn.Module):
     ``sample_seed`` seeds a ``torch.Generator`` that is reset whenever the module is put
     in eval mode (``.eval()``, as inference and validation do), so the same seed and the
     same input give the same sample; each forward call draws the next noise from it.
+
+    Residual option (``_register_prior``): the diffusion runs on the difference to the
+    prior patch, which is added back to the sample (:meth:`add_prior`).
     """
 
     def __init__(self) -> None:
         super().__init__()
         self.sample_seed = 0
         self._rng: torch.Generator | None = None
+        self.residual = False
 
     def reset_rng(self, seed: int | None = None) -> None:
         if seed is not None:
@@ -183,6 +187,47 @@ class SeededSampler(nn.Module):
         if not mode:
             self.reset_rng()
         return super().train(mode)
+
+    def _register_prior(
+        self, prior_shape: tuple[int, ...] | list[int] | None, input_prior: bool, n_in: int
+    ) -> int:
+        """Buffers of the residual option (``--prior``; as ``networks.ResnetGenerator``):
+        ``prior`` (the mean training image of the output domain, [-1, 1], on the model
+        grid) and, with ``input_prior``, ``input_prior`` (the mean of the input domain).
+        The condition is then the image channels, the input prior's ``n_in`` channels
+        and the prior's channels (last) at the same patch position. Returns the number
+        of condition channels this adds."""
+        self.residual = prior_shape is not None
+        if not self.residual:
+            if input_prior:
+                raise ValueError("input_prior needs prior_shape")
+            return 0
+        if len(prior_shape) != 3:
+            raise ValueError("prior_shape must be an (x, y, z) grid shape")
+        grid = tuple(int(n) for n in prior_shape)
+        self.register_buffer("prior", -torch.ones(grid))
+        if input_prior:
+            self.register_buffer("input_prior", -torch.ones(grid))
+        return (n_in if input_prior else 0) + self.n_out
+
+    @property
+    def input_prior_channels(self) -> bool:
+        """Whether the condition includes the input-domain mean (``input_prior``)."""
+        return hasattr(self, "input_prior")
+
+    def _zero_last_layer(self) -> None:
+        """Residual models: the network's last convolution starts at 0, so an untrained
+        model predicts a zero residual (its sample is the prior, exactly)."""
+        last = self.unet.out[-1]
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+
+    def add_prior(self, residual: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+        """The sampled image: ``residual`` plus the prior patch (the last ``n_out``
+        condition channels) for a residual model, clamped to [-1, 1]."""
+        if self.residual:
+            residual = condition[:, -self.n_out :] + residual
+        return residual.clamp(-1, 1)
 
     def randn(self, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
         """Standard normal noise of ``shape`` from the seeded generator (drawn on the CPU

@@ -190,9 +190,9 @@ def predict_volume(
     normalization sees the same field of view as in training) when it contains all
     nonzero input, else to the input's bounding box, and zero-padded to
     ``size_multiple``. Memory is bounded by ``batch_size`` samples on the device.
-    A generator with a prior (``ResnetGenerator(prior_shape=...)``) gets the prior's
-    slices at the same positions as extra channels (after those of its input-domain mean,
-    if it has one).
+    A generator with a prior (``ResnetGenerator(prior_shape=...)``, the diffusion
+    samplers with ``prior_shape``) gets the prior's slices or patches at the same
+    positions as extra channels (after those of its input-domain mean, if it has one).
     """
     chans = _as_channels(t1w)
     grid = chans.shape[1:]
@@ -229,13 +229,15 @@ def predict_volume(
         pred_vol[:, :, ~zs] = 0.0
         out[zbox] = pred_vol
     elif kind == "patches":
-        if prior is not None:
-            raise ValueError("3D-patch models do not take a prior")
         patches = channel_patches(sub, patch, keep)
         run = patches.reshape(len(patches), -1).max(1) > 0
+        prior_patches = None
+        if prior is not None:  # the same patch grid on the same box
+            priors = [p[box] for p in (input_prior, prior) if p is not None]
+            prior_patches = channel_patches(np.stack(priors), patch, keep)[run]
         pred = np.zeros_like(patches[:, :1])
         if run.any():
-            pred[run] = _batched(generator, patches[run], batch_size, device)
+            pred[run] = _batched(generator, patches[run], batch_size, device, prior_patches)
         out[box] = patches_to_volume(pred, sub.shape[1:], patch, keep)
     else:
         raise ValueError(f"unknown model kind {kind!r}")

@@ -36,6 +36,16 @@ class SynthesisModel(nn.Module):
         """Whether the generators take prior slices (``prior_shape`` in the config)."""
         return False
 
+    def set_priors(self, t1_prior: torch.Tensor, pet_prior: torch.Tensor) -> None:
+        """Residual models: copy the mean training T1w and PET ((x, y, z), [-1, 1], on
+        the model grid) into every generator's prior buffers."""
+        raise ValueError(f"{type(self).__name__} has no prior")
+
+    def prior_volumes(self) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """Residual models: the (T1w, PET) prior buffers ([-1, 1]; the T1w one None when
+        the generators do not see it), as restored from a checkpoint."""
+        raise ValueError(f"{type(self).__name__} has no prior")
+
     @property
     def size_multiple(self) -> int:
         """Spatial sizes fed to the generator must be multiples of this."""
@@ -63,8 +73,8 @@ class SynthesisModel(nn.Module):
     ) -> dict[str, float]:
         """One optimisation step on a batch; returns each loss term as a float.
 
-        ``priors``: for models with a prior, its (T1w, PET) slices at the T1w samples'
-        positions and at the PET samples' positions (``CycleGAN``)."""
+        ``priors``: for models with a prior, its (T1w, PET) slices or patches at the T1w
+        samples' positions and at the PET samples' positions."""
         raise NotImplementedError
 
     def forward(self, t1: torch.Tensor) -> torch.Tensor:

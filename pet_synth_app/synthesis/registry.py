@@ -46,6 +46,8 @@ _DIFFUSION = {
     "patch_keep": 32,
     "unet_channels": [8, 16, 32],
     "input_channels": None,
+    "prior_shape": None,
+    "prior_input": None,
 }
 # prior_shape: grid of the mean-training-image prior (PetSynth's residual option; None in
 # the papers): set by ``petsynth-train --prior`` from the training data; prior_input: the

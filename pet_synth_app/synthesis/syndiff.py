@@ -91,13 +91,30 @@ class VPSchedule(nn.Module):
 
 class SynDiffSampler(SeededSampler):
     """The T1w -> PET diffusive generator of SynDiff: ``forward(condition)`` runs the
-    ``n_steps`` large reverse steps from seeded noise. ``unet(x_t ++ y, t)`` predicts x0."""
+    ``n_steps`` large reverse steps from seeded noise. ``unet(x_t ++ y, t)`` predicts x0.
 
-    def __init__(self, n_cond: int, n_out: int, channels: list[int], n_steps: int) -> None:
+    With ``prior_shape`` (``--prior``) ``y`` ends with the prior channels (the input
+    domain's mean, then the output domain's mean, at the patch position), the chain runs
+    on the residual to the output prior and the sample is prior + residual, clamped to
+    [-1, 1]. The last layer starts at 0, so an untrained model's sample is the prior
+    exactly (x0 = tanh(0) = 0, and the last posterior step, at abar_0 = 1, returns x0)."""
+
+    def __init__(
+        self,
+        n_cond: int,
+        n_out: int,
+        channels: list[int],
+        n_steps: int,
+        prior_shape: tuple[int, ...] | list[int] | None = None,
+        input_prior: bool = False,
+    ) -> None:
         super().__init__()
-        self.unet = TimeUNet3D(n_out + n_cond, n_out, channels)
-        self.schedule = VPSchedule(n_steps)
         self.n_out = n_out
+        n_cond += self._register_prior(prior_shape, input_prior, n_cond)
+        self.unet = TimeUNet3D(n_out + n_cond, n_out, channels)
+        if self.residual:
+            self._zero_last_layer()
+        self.schedule = VPSchedule(n_steps)
         self.size_multiple = self.unet.size_multiple
 
     @property
@@ -122,7 +139,7 @@ class SynDiffSampler(SeededSampler):
             t = torch.full((b,), step, dtype=torch.long, device=condition.device)
             x0 = self.predict_x0(x, condition, t)
             x = self.schedule.posterior(x0, x, t, self.randn(shape, condition.device))
-        return x.clamp(-1, 1)
+        return self.add_prior(x, condition)
 
 
 class StepDiscriminator(nn.Module):
@@ -152,9 +169,16 @@ class SynDiff(SynthesisModel):
         self.kind = kind_from_config(c)
         n_a, n_steps = input_channels(c), int(c["n_steps"])
         chans, ngf, ndf = list(c["unet_channels"]), int(c["ngf"]), int(c["ndf"])
-        self.G_B = SynDiffSampler(n_a, 1, chans, n_steps)
-        self.G_A = SynDiffSampler(1, n_a, chans, n_steps)
-        gen = dict(spatial_dims=3, ngf=ngf, n_blocks=int(c["n_blocks"]))
+        prior_shape = c.get("prior_shape")
+        if prior_shape is not None and n_a != 1:
+            raise ValueError("a prior is only supported with single-channel input")
+        priors = dict(
+            prior_shape=prior_shape,
+            input_prior=prior_shape is not None and bool(c.get("prior_input")),
+        )
+        self.G_B = SynDiffSampler(n_a, 1, chans, n_steps, **priors)
+        self.G_A = SynDiffSampler(1, n_a, chans, n_steps, **priors)
+        gen = dict(spatial_dims=3, ngf=ngf, n_blocks=int(c["n_blocks"]), **priors)
         self.N_B = ResnetGenerator(in_channels=n_a, out_channels=1, **gen)
         self.N_A = ResnetGenerator(in_channels=1, out_channels=n_a, **gen)
         self.Dd_B = StepDiscriminator(1, ndf, n_steps)
@@ -165,6 +189,30 @@ class SynDiff(SynthesisModel):
     @property
     def generator(self) -> SynDiffSampler:
         return self.G_B
+
+    @property
+    def uses_prior(self) -> bool:
+        return self.G_B.residual
+
+    def set_priors(self, t1_prior: torch.Tensor, pet_prior: torch.Tensor) -> None:
+        with torch.no_grad():
+            for g_b, g_a in ((self.G_B, self.G_A), (self.N_B, self.N_A)):
+                g_b.prior.copy_(pet_prior)
+                g_a.prior.copy_(t1_prior)
+                if g_b.input_prior_channels:
+                    g_b.input_prior.copy_(t1_prior)
+                    g_a.input_prior.copy_(pet_prior)
+
+    def prior_volumes(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.G_A.prior, self.G_B.prior
+
+    def _with_prior(self, x: torch.Tensor, input_prior, prior) -> torch.Tensor:
+        """``x`` followed by the prior patches its generator takes (input-domain mean if
+        the model has it, then the output-domain mean); ``x`` without a prior."""
+        if not self.uses_prior:
+            return x
+        extra = [input_prior, prior] if self.G_B.input_prior_channels else [prior]
+        return torch.cat([x, *extra], 1)
 
     def parameter_groups(self) -> dict:
         gens = [self.G_B, self.G_A, self.N_B, self.N_A]
@@ -183,7 +231,11 @@ class SynDiff(SynthesisModel):
         return x_prev, x_t, t
 
     def _diffusive(self, g: SynDiffSampler, d: StepDiscriminator, x0, y, lam_rec):
-        """Generator terms of one diffusive direction and what its discriminator needs."""
+        """Generator terms of one diffusive direction and what its discriminator needs
+        (a residual generator's chain runs on ``x0`` minus the prior, the last channels
+        of ``y``)."""
+        if g.residual:
+            x0 = x0 - y[:, -g.n_out :].detach()  # a constant (cat keeps y's graph)
         x_prev, x_t, t = self._diffusion_pair(x0, g)
         x0_pred = g.predict_x0(x_t, y, t)
         fake_prev = g.schedule.posterior(x0_pred, x_t, t, torch.randn_like(x0))
@@ -204,14 +256,22 @@ class SynDiff(SynthesisModel):
         set_requires_grad(discs, False)
         optimizers["G"].zero_grad(set_to_none=True)
         out: dict[str, float] = {}
+        if self.uses_prior and priors is None:
+            raise ValueError("this model needs the prior patches of the batch")
+        # (T1w prior, PET prior) at the T1w samples' and at the PET samples' positions
+        (pa_a, pb_a), (pa_b, pb_b) = priors if priors is not None else ((None,) * 2,) * 2
         if paired:
-            tb, pair_b = self._diffusive(self.G_B, self.Dd_B, b, a, lam_l1)
+            cond = self._with_prior(a, pa_a, pb_a)
+            tb, pair_b = self._diffusive(self.G_B, self.Dd_B, b, cond, lam_l1)
             terms = {"G_B_adv": tb["adv"], "G_B_l1": tb["rec"]}
             pair_a = None
-        else:
-            fake_a, fake_b = self.N_A(b), self.N_B(a)  # estimated sources
-            tb, pair_b = self._diffusive(self.G_B, self.Dd_B, b, fake_a, lam_cyc)
-            ta, pair_a = self._diffusive(self.G_A, self.Dd_A, a, fake_b, lam_cyc)
+        else:  # estimated sources
+            fake_a = self.N_A(self._with_prior(b, pb_b, pa_b))
+            fake_b = self.N_B(self._with_prior(a, pa_a, pb_a))
+            cond_b = self._with_prior(fake_a, pa_b, pb_b)
+            cond_a = self._with_prior(fake_b, pb_a, pa_a)
+            tb, pair_b = self._diffusive(self.G_B, self.Dd_B, b, cond_b, lam_cyc)
+            ta, pair_a = self._diffusive(self.G_A, self.Dd_A, a, cond_a, lam_cyc)
             terms = {
                 "G_B_adv": tb["adv"],
                 "G_A_adv": ta["adv"],

@@ -135,6 +135,7 @@ class SampleSet:
     sources: list[str] = field(default_factory=list)
     z_t1w: np.ndarray | None = None  # axial index of each T1w sample (slices only)
     z_pet: np.ndarray | None = None  # axial index of each PET sample (slices only)
+    corners: np.ndarray | None = None  # (n, 3) first voxel of each patch (patches only)
 
 
 def slice_samples(
@@ -193,7 +194,7 @@ def patch_samples(
 ) -> SampleSet:
     """3D samples (n, 1, p, p, p) on a ``stride`` grid whose centre voxel is in the brain."""
     rng = np.random.default_rng(seed)
-    t1s, pets, src = [], [], []
+    t1s, pets, src, corners = [], [], [], []
     half = patch // 2
     for v in volumes:
         if v.pet is None:
@@ -211,9 +212,18 @@ def patch_samples(
             t1s.append(chans[(slice(None),) + sl])
             pets.append(v.pet[sl][None])
             src.append(f"{v.name}:{i},{j},{k}")
+            corners.append((i, j, k))
     if not t1s:
         raise PetSynthError(f"no {patch}^3 training patch is centred in a brain mask")
-    return SampleSet(np.stack(t1s), np.stack(pets), src)
+    return SampleSet(np.stack(t1s), np.stack(pets), src, corners=np.array(corners))
+
+
+def patches_at(volume: np.ndarray, corners: np.ndarray, patch: int) -> np.ndarray:
+    """(n, 1, p, p, p) patches of an (x, y, z) ``volume`` at ``corners`` (n, 3), the
+    positions ``patch_samples`` drew (``SampleSet.corners``): prior patches of a batch."""
+    return np.stack([volume[i : i + patch, j : j + patch, k : k + patch] for i, j, k in corners])[
+        :, None
+    ]
 
 
 # ------------------------------------------------------------------ checkpoints
@@ -448,7 +458,8 @@ def train(
     With ``tune_fwhm`` the best model's post-stacking smoothing is then chosen on the
     validation SSIM (``tune_smoothing``, the protocol of Zotova et al. 2021).
     ``prior``: the generators predict a residual to the mean training image
-    (``mean_images``, stored with the weights; semi-3D CycleGANs only).
+    (``mean_images``, stored with the weights; the semi-3D CycleGANs and the diffusion
+    models, whose samples are then residuals to it).
     """
     spec = get_spec(model_name)
     if spec.paired and not paired:
@@ -467,7 +478,7 @@ def train(
     if prior:
         if not supports_prior(model_name):
             raise PetSynthError(
-                f"{model_name} does not take a prior ({' and '.join(prior_models())} do)"
+                f"{model_name} does not take a prior ({', '.join(prior_models())} do)"
             )
         config = {
             **config,
@@ -486,17 +497,12 @@ def train(
     total = epochs if epochs is not None else n_epochs + n_decay
     batch = int(config["batch_size"])
 
+    if model.uses_prior:
+        prior_t1, prior_pet = mean_images(train_volumes)
+        model.set_priors(torch.from_numpy(prior_t1 * 2 - 1), torch.from_numpy(prior_pet * 2 - 1))
     if model.kind == "slices":
         box = inplane_box(train_volumes, model.size_multiple)
         samples = slice_samples(train_volumes, box, paired)
-        if model.uses_prior:
-            prior_t1, prior_pet = mean_images(train_volumes)
-            with torch.no_grad():
-                model.G_A.prior.copy_(torch.from_numpy(prior_t1 * 2 - 1))
-                model.G_B.prior.copy_(torch.from_numpy(prior_pet * 2 - 1))
-                if model.G_B.input_prior_channels:
-                    model.G_A.input_prior.copy_(model.G_B.prior)
-                    model.G_B.input_prior.copy_(model.G_A.prior)
     else:
         box = None
         samples = patch_samples(
@@ -542,12 +548,16 @@ def train(
             " (it had stopped early: nothing to do)" if stopped else "",
         )
 
-    prior_slices = None
+    prior_samples = None
     if model.uses_prior:  # from the buffers, which a resumed checkpoint has restored
-        prior_slices = tuple(
-            volume_to_slices(g.prior.detach().cpu().numpy()[box], CONTEXT_SLICES)
-            for g in (model.G_A, model.G_B)
-        )
+        # (T1w, PET) prior volumes in [-1, 1]; a model without the T1w one gets the PET's
+        # in its place, unused
+        vols = [p.detach().cpu().numpy() for p in model.prior_volumes() if p is not None]
+        vols = vols if len(vols) == 2 else vols * 2
+        if model.kind == "slices":
+            prior_samples = tuple(volume_to_slices(p[box], CONTEXT_SLICES) for p in vols)
+        else:
+            prior_samples = tuple(vols)
     card = None
     for epoch in range(start_epoch, 0 if stopped else total):
         t0 = time.time()
@@ -573,10 +583,19 @@ def train(
             t1 = torch.from_numpy(samples.t1w[idx]).to(device) * 2 - 1
             pet = torch.from_numpy(samples.pet[pidx]).to(device) * 2 - 1
             priors = None
-            if prior_slices is not None:
+            if prior_samples is not None and model.kind == "slices":
                 priors = tuple(
-                    tuple(torch.from_numpy(p[z]).to(device) for p in prior_slices)
+                    tuple(torch.from_numpy(p[z]).to(device) for p in prior_samples)
                     for z in (samples.z_t1w[idx], samples.z_pet[pidx])
+                )
+            elif prior_samples is not None:  # the patches at the samples' positions
+                patch = int(config["patch_size"])
+                priors = tuple(
+                    tuple(
+                        torch.from_numpy(patches_at(p, samples.corners[i], patch)).to(device)
+                        for p in prior_samples
+                    )
+                    for i in (idx, pidx)
                 )
             losses = model.train_step(t1, pet, optimizers, paired=paired, priors=priors)
             for k, v in losses.items():
@@ -755,6 +774,7 @@ __all__ = [
     "lr_factor",
     "mean_images",
     "patch_samples",
+    "patches_at",
     "predict_pet_suvr",
     "save_checkpoint",
     "slice_samples",
