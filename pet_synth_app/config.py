@@ -166,6 +166,8 @@ class Settings:
         unknown = set(opts) - names
         if unknown:
             raise UsageError(f"unknown option(s) {', '.join(sorted(unknown))}")
+        if "model_weights" in opts:
+            opts["model_weights"] = shipped_model(opts["model_weights"]) or opts["model_weights"]
         for key in ("bids_dir", "output_dir", "work_dir", "use_plugin", "model_weights"):
             if key in opts:
                 opts[key] = Path(opts[key]).absolute()
@@ -239,6 +241,22 @@ def _inside(child: Path, parent: Path) -> bool:
     return child == parent or parent in child.parents
 
 
+SHIPPED_MODELS = ("cyclegan-mse_phantom", "syndiff-prior_phantom")
+"""Synthesis models that ship in the package (``data/<name>.safetensors`` + card; trained
+on phantoms, docs/models.md): ``--model-weights`` takes these names as well as paths."""
+
+
+def shipped_model(value: str | Path) -> Path | None:
+    """The weights file of the shipped model named ``value`` (None if ``value`` is not
+    one of ``SHIPPED_MODELS``, or names an existing file or folder)."""
+    name = str(value)
+    if name not in SHIPPED_MODELS or Path(name).exists():
+        return None
+    from importlib import resources
+
+    return Path(str(resources.files("pet_synth_app") / "data" / f"{name}.safetensors"))
+
+
 def _check_paths(opts: dict) -> None:
     bids_dir, output_dir = opts.get("bids_dir"), opts.get("output_dir")
     if bids_dir is None or output_dir is None:
@@ -293,6 +311,8 @@ def _plain(value):
 
 __all__ = [
     "DEVICES",
+    "SHIPPED_MODELS",
+    "shipped_model",
     "default_omp_nthreads",
     "GM_THRESHOLD",
     "MIN_BRAIN_COVERAGE",

@@ -288,13 +288,15 @@ def model_warnings(
     units: list,
     mni_resolution: int,
 ) -> list[InputWarning]:
-    """Once per run: the shipped phantom-trained model used on real data, and a model card
-    whose training data differ from the input (grid voxel size, tracer)."""
+    """Once per run: a shipped phantom-trained model (any weights in the folder of
+    ``shipped``, the package's data folder) used on real data, and a model card whose
+    training data differ from the input (grid voxel size, tracer)."""
     if not card or weights is None:
         return []
     out = []
     name = Path(weights).name
-    if Path(weights).resolve() == Path(shipped).resolve() and not is_phantom_dataset(bids_dir):
+    is_shipped = Path(weights).resolve().parent == Path(shipped).resolve().parent
+    if is_shipped and not is_phantom_dataset(bids_dir):
         out.append(
             InputWarning(
                 "run",

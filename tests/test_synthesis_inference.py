@@ -494,3 +494,26 @@ def test_synthesize_pet_keeps_non_ras_input_grid(tmp_path):
     out, _ = inference.synthesize_pet(flip[0], flip[1], path, fwhm_mm=0)
     np.testing.assert_allclose(out.affine, las)
     np.testing.assert_allclose(np.asanyarray(out.dataobj), np.asanyarray(ref.dataobj)[::-1])
+
+
+def test_shipped_models_resolve_by_name_load_and_synthesize(tmp_path):
+    """Each shipped model is found by its name (``--model-weights NAME``), passes the
+    sha256 check of its card, and the syndiff one (a prior model) turns the template T1w
+    into a PET-like image in the brain: GM brighter than WM, as FDG."""
+    from pet_synth_app.config import SHIPPED_MODELS, Settings, shipped_model
+    from pet_synth_app.preproc.templates import get_template
+
+    for name in SHIPPED_MODELS:
+        path = shipped_model(name)
+        assert path is not None and path.is_file() and path.stat().st_size < 30e6, name
+        _, card = weights.load_generator(path)
+        assert card["weights_file"] == path.name
+    assert shipped_model("no-such-model") is None
+    opts = {"bids_dir": tmp_path / "b", "output_dir": tmp_path / "o"}
+    settings = Settings.from_options({**opts, "model_weights": "syndiff-prior_phantom"})
+    assert settings.model_weights == shipped_model("syndiff-prior_phantom")
+    t1, mask = get_template("T1w", 2), get_template("mask", 2)
+    out, meta = inference.synthesize_pet(t1, mask, shipped_model("syndiff-prior_phantom"))
+    pet = np.asanyarray(out.dataobj)
+    gm, wm = (get_template(k, 2).get_fdata() > 0.6 for k in ("GM", "WM"))
+    assert np.isfinite(pet).all() and pet[gm].mean() > 1.15 * pet[wm].mean()

@@ -227,8 +227,9 @@ def get_parser() -> argparse.ArgumentParser:
         dest="model_weights",
         type=Path,
         default=_default("model_weights"),
-        help="synthesis model (.safetensors with its .json card, from petsynth-train); "
-        "default: the shipped cyclegan-mse trained on phantoms",
+        help="synthesis model (.safetensors with its .json card, from petsynth-train) or "
+        "the name of a shipped one (cyclegan-mse_phantom, syndiff-prior_phantom; "
+        "docs/models.md); default: cyclegan-mse_phantom",
     )
     g_syn.add_argument(
         "--synthesis-fwhm",
