@@ -15,6 +15,8 @@ from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
 from torch import nn
 from torch.nn import functional as F
 
+from .networks import register_priors
+
 # MRI2PET: T = 1000 steps, beta linear from 0.0015 to 0.02
 N_TRAIN_TIMESTEPS = 1000
 BETA_START, BETA_END = 0.0015, 0.02
@@ -197,17 +199,9 @@ class SeededSampler(nn.Module):
         The condition is then the image channels, the input prior's ``n_in`` channels
         and the prior's channels (last) at the same patch position. Returns the number
         of condition channels this adds."""
-        self.residual = prior_shape is not None
+        self.residual = register_priors(self, prior_shape, input_prior)
         if not self.residual:
-            if input_prior:
-                raise ValueError("input_prior needs prior_shape")
             return 0
-        if len(prior_shape) != 3:
-            raise ValueError("prior_shape must be an (x, y, z) grid shape")
-        grid = tuple(int(n) for n in prior_shape)
-        self.register_buffer("prior", -torch.ones(grid))
-        if input_prior:
-            self.register_buffer("input_prior", -torch.ones(grid))
         return (n_in if input_prior else 0) + self.n_out
 
     @property

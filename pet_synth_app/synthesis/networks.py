@@ -49,6 +49,27 @@ class ResnetBlock(nn.Module):
         return x + self.block(x)
 
 
+def register_priors(
+    module: nn.Module, prior_shape: tuple[int, ...] | list[int] | None, input_prior: bool
+) -> bool:
+    """Register the buffers of the residual option (``--prior``) on ``module``: ``prior``
+    (the mean training image of the output domain) and, with ``input_prior``,
+    ``input_prior`` (the mean of the input domain), [-1, 1] on the (x, y, z) model grid
+    ``prior_shape``, -1 until training fills them. Returns whether there is a prior;
+    ValueError for a shape that is not 3D or an input prior without a prior."""
+    if prior_shape is None:
+        if input_prior:
+            raise ValueError("input_prior needs prior_shape")
+        return False
+    if len(prior_shape) != 3:
+        raise ValueError("prior_shape must be an (x, y, z) grid shape")
+    grid = tuple(int(n) for n in prior_shape)
+    module.register_buffer("prior", -torch.ones(grid))
+    if input_prior:
+        module.register_buffer("input_prior", -torch.ones(grid))
+    return True
+
+
 class ResnetGenerator(nn.Module):
     """CycleGAN ResNet generator: c7s1-ngf, 2 stride-2 downsamplings, ``n_blocks``
     residual blocks, 2 transposed-conv upsamplings, c7s1-out, tanh.
@@ -83,18 +104,11 @@ class ResnetGenerator(nn.Module):
         conv, convt = _CONV[spatial_dims], _CONVT[spatial_dims]
         norm, pad = _NORM[spatial_dims], _PAD[spatial_dims]
         self.out_channels = out_channels
-        self.residual = prior_shape is not None
+        self.residual = register_priors(self, prior_shape, input_prior)
         if self.residual:
-            if len(prior_shape) != 3:
-                raise ValueError("prior_shape must be an (x, y, z) grid shape")
-            grid = tuple(int(n) for n in prior_shape)
-            self.register_buffer("prior", -torch.ones(grid))
             if input_prior:
-                self.register_buffer("input_prior", -torch.ones(grid))
                 in_channels *= 2
             in_channels += out_channels
-        elif input_prior:
-            raise ValueError("input_prior needs prior_shape")
         layers: list[nn.Module] = [pad(3), conv(in_channels, ngf, 7), norm(ngf), nn.ReLU(True)]
         ch = ngf
         for _ in range(2):
@@ -183,4 +197,11 @@ def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 
-__all__ = ["PatchGAN", "ResnetBlock", "ResnetGenerator", "UnetGenerator", "count_parameters"]
+__all__ = [
+    "PatchGAN",
+    "ResnetBlock",
+    "ResnetGenerator",
+    "UnetGenerator",
+    "count_parameters",
+    "register_priors",
+]
