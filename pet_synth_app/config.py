@@ -246,15 +246,20 @@ SHIPPED_MODELS = ("cyclegan-mse_phantom", "syndiff-prior_phantom")
 on phantoms, docs/models.md): ``--model-weights`` takes these names as well as paths."""
 
 
+def shipped_weights_file(name: str) -> Path:
+    """Where the weights of the shipped model ``name`` (one of ``SHIPPED_MODELS``) live."""
+    from importlib import resources
+
+    return Path(str(resources.files("pet_synth_app") / "data" / f"{name}.safetensors"))
+
+
 def shipped_model(value: str | Path) -> Path | None:
     """The weights file of the shipped model named ``value`` (None if ``value`` is not
     one of ``SHIPPED_MODELS``, or names an existing file or folder)."""
     name = str(value)
     if name not in SHIPPED_MODELS or Path(name).exists():
         return None
-    from importlib import resources
-
-    return Path(str(resources.files("pet_synth_app") / "data" / f"{name}.safetensors"))
+    return shipped_weights_file(name)
 
 
 def _check_paths(opts: dict) -> None:
@@ -313,6 +318,7 @@ __all__ = [
     "DEVICES",
     "SHIPPED_MODELS",
     "shipped_model",
+    "shipped_weights_file",
     "default_omp_nthreads",
     "GM_THRESHOLD",
     "MIN_BRAIN_COVERAGE",

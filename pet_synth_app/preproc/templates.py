@@ -105,14 +105,20 @@ def get_template(kind: str = "T1w", resolution: int = 2) -> nib.Nifti1Image:
             pass
     img = _make(kind, res)
     if path is not None:
-        try:  # atomic: processes of one run may write the same file at once
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            tmp = f"{path}.tmp{os.getpid()}.nii.gz"
-            nib.save(img, tmp)
-            os.replace(tmp, path)
+        try:
+            _save_atomic(img, path)
         except OSError:  # a read-only or full work dir: no disk cache
             pass
     return img
+
+
+def _save_atomic(img: nib.Nifti1Image, path: str) -> None:
+    """Write ``img`` to ``path`` through a temporary file and ``os.replace`` (processes of
+    one run may write the same template at once)."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}.nii.gz"
+    nib.save(img, tmp)
+    os.replace(tmp, path)
 
 
 def _make(kind: str, res: int) -> nib.Nifti1Image:
@@ -169,10 +175,7 @@ def write_template(kind: str, resolution: int, out_dir: str) -> str:
     An existing file with the same name is reused (templates are immutable).
     """
     _check(kind, resolution)
-    os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, template_filename(kind, resolution))
     if not os.path.exists(path):
-        tmp = path + f".tmp{os.getpid()}.nii.gz"
-        nib.save(get_template(kind, resolution), tmp)
-        os.replace(tmp, path)
+        _save_atomic(get_template(kind, resolution), path)
     return path

@@ -9,14 +9,13 @@ refuses weights whose sha256 or tensor names do not match their card.
 from __future__ import annotations
 
 import json
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from safetensors import SafetensorError
 from torch import nn
 
-from ..config import SYNTHESIS_FWHM_MM, TEMPLATE_SPACE
+from ..config import SYNTHESIS_FWHM_MM, TEMPLATE_SPACE, shipped_weights_file
 from ..errors import PetSynthError
 from ..weightfiles import card_path, library_versions, load_tensors, save_weights, sha256_file
 from .inputs import card_representation, card_space
@@ -33,7 +32,7 @@ PRIOR_BUFFERS = frozenset({"prior", "input_prior"})
 
 def default_weights() -> Path:
     """The shipped default model (trained on phantoms; see its card)."""
-    return Path(str(resources.files("pet_synth_app") / "data" / DEFAULT_WEIGHTS))
+    return shipped_weights_file(Path(DEFAULT_WEIGHTS).stem)
 
 
 def save_generator(generator: nn.Module, path: str | Path, card: dict) -> dict:
