@@ -2,6 +2,7 @@
 
 Usage: python bench/bench_synthesis.py DERIV [--weights W] [--test c13 c14 ...]
        [--baseline c01 c02 ...] [--loo-pool c01 c02 ...] [--noise-free TWIN_DERIV]
+       [--oracle ANATOMY_TWIN_DERIV]
        [--threads 2] [--json out.json]
 
 DERIV is a PetSynth output folder (participant level: the files of every listed
@@ -27,7 +28,10 @@ Deviation from the mean (issue 14): the voxelwise Pearson correlation, inside th
 (pseudo - LOO mean) and (true noise-free PET - LOO mean), the noise-free PET being the
 subject's twin in ``--noise-free`` (``bench/noise_free_twin.py``); also against the real
 (noisy) PET's deviation. Ceiling (``--noise-free``): the twin's PET scored like a
-prediction (a perfect prediction of everything but the PET noise).
+prediction (a perfect prediction of everything but the PET noise). Anatomy ceiling
+(``--oracle``): the subject's anatomy-only twin (``noise_free_twin.py --anatomy-only``:
+every metabolic parameter no T1w shows at its population mean, noise-free) scored like a
+prediction: about the best any T1w (+ age) model can do.
 
 Throughput: the generator on the first test participant's model input (all channels of
 the representation), wall time, and the FLOPs of that whole prediction counted with
@@ -161,6 +165,14 @@ def synthesize_mni(
 
 
 # ------------------------------------------------------------------ scoring
+def twin_pet(deriv: Path, subject: str) -> np.ndarray:
+    """The MNI SUVR PET of ``subject`` in a twin cohort's derivatives."""
+    path = find_mni(deriv, subject)["pet"]
+    if path is None:
+        raise SystemExit(f"{subject}: no MNI-space PET in {deriv}")
+    return _array(path)
+
+
 def score_subject(
     pred: np.ndarray,
     real: dict,
@@ -290,6 +302,13 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="derivatives of the cohort's noise-free twin (deviation r, ceiling column)",
     )
+    p.add_argument(
+        "--oracle",
+        type=Path,
+        default=None,
+        help="derivatives of the anatomy-only twin (noise_free_twin.py --anatomy-only): "
+        "scored like a prediction (anatomy ceiling column)",
+    )
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--no-throughput", action="store_true")
     p.add_argument("--json", type=Path, default=None)
@@ -326,12 +345,7 @@ def main(argv: list[str] | None = None) -> int:
         sources = sources_from_derivatives(opts.deriv, s)
         pseudo, meta, secs = synthesize_mni(sources, weights, opts.threads)
         loo = loo_mean(pool_pets, s)
-        clean = None
-        if opts.noise_free:
-            twin = find_mni(opts.noise_free, s)["pet"]
-            if twin is None:
-                raise SystemExit(f"{s}: no MNI-space PET in {opts.noise_free}")
-            clean = _array(twin)
+        clean = twin_pet(opts.noise_free, s) if opts.noise_free else None
         row = {
             "subject": s,
             "seconds": secs,
@@ -343,6 +357,8 @@ def main(argv: list[str] | None = None) -> int:
             row["training_mean"] = score_subject(train_mean, real, loo, clean)
         if clean is not None:
             row["noise_free"] = score_subject(clean, real, loo, clean)
+        if opts.oracle:
+            row["oracle"] = score_subject(twin_pet(opts.oracle, s), real, loo, clean)
         rows.append(row)
         print(
             f"{s}: {secs:.1f} s; model "
@@ -358,6 +374,7 @@ def main(argv: list[str] | None = None) -> int:
         "loo_mean": "LOO mean control PET",
         "training_mean": f"training mean ({len(base)} controls)",
         "noise_free": "noise-free twin (ceiling)",
+        "oracle": "anatomy-only twin (T1w ceiling)",
     }
     res = {
         "weights": str(weights),

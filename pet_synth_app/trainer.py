@@ -33,10 +33,11 @@ def _check_args(opts: argparse.Namespace) -> None:
         raise UsageError(
             f"--prior: {opts.model} does not take a prior ({', '.join(prior_models())} do)"
         )
-    if opts.prior and n_channels(opts.input_representation) > 1:
+    n_in = n_channels(opts.input_representation)
+    if opts.prior and not supports_prior(opts.model, n_in):
         raise UsageError(
-            f"--prior is not supported with the {opts.input_representation} input "
-            "(several channels) yet"
+            f"--prior: {opts.model} takes a prior only with a single-channel input, not "
+            f"{opts.input_representation} ({', '.join(prior_models(n_in))} do)"
         )
     if not 0 < opts.val_fraction < 1:
         raise UsageError("--val-fraction must be between 0 and 1")

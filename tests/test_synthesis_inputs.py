@@ -353,10 +353,17 @@ def test_training_records_the_representation(toy, tmp_path):
     assert inputs.card_representation(card) == "mni-jacobian"
     out, meta = synthesize_from_sources(toy, res.weights)
     assert out.shape == TOY_SHAPE and meta["InputRepresentation"] == "mni-jacobian"
-    with pytest.raises(PetSynthError, match="prior"):
-        training.train(
-            "cyclegan-mse", config, vols[:1], vols[1:], tmp_path / "p", epochs=1, prior=True
-        )
+    # --prior with the multi-channel input: one T1w-domain mean per channel, and the
+    # synthesis path from the participant's files takes it
+    res = training.train(
+        "cyclegan-mse", config, vols[:1], vols[1:], tmp_path / "p", epochs=1, prior=True
+    )
+    card = json.loads(res.weights.with_suffix(".json").read_text())
+    assert card["config"]["prior_shape"] == list(TOY_SHAPE) and "3 x grid" in str(card["input"])
+    out, _ = synthesize_from_sources(toy, res.weights)
+    mask = np.asanyarray(nib.load(str(toy.mask_std)).dataobj) > 0
+    arr = np.asanyarray(out.dataobj)
+    assert arr.shape == TOY_SHAPE and np.isfinite(arr).all() and arr[mask].max() > 0
 
 
 def test_affine_model_card_is_readable(toy, tmp_path):

@@ -14,6 +14,7 @@ from pet_synth_app.synthesis.inference import (
     generator_input_prior,
     generator_prior,
     predict_volume,
+    prior_slices,
     volume_to_slices,
 )
 from pet_synth_app.synthesis.networks import ResnetGenerator
@@ -302,3 +303,82 @@ def test_fingerprint_leaves_out_unset_options():
     assert config["prior_shape"] is None
     fp = training.run_fingerprint("cyclegan-mse", config, [], [], True, 2.5)
     assert "prior_shape" not in fp["config"] and "ngf" in fp["config"]
+
+
+# ------------------------------------------------------------------ multi-channel input
+def pv_slab(name: str, seed: int) -> training.Volumes:
+    """A 3-channel input (as ``mni-pv``): the T1w and two extra channels; the PET also
+    depends on the second channel, which the T1w does not show."""
+    v = slab(name, seed)
+    rng = np.random.default_rng(100 + seed)
+    extra = (rng.random((2, *SHAPE)) * v.mask).astype(np.float32)
+    pet = (np.clip(v.pet - 0.3 * (extra[0] - 0.5), 0, 1) * v.mask).astype(np.float32)
+    return training.Volumes(
+        name, v.t1w, pet, v.mask, v.affine, pet * 2.5, extra, representation="mni-pv"
+    )
+
+
+def test_multichannel_prior_has_one_mean_per_input_channel(tmp_path):
+    """``--prior`` with a 3-channel input: the T1w-domain priors are (3, x, y, z) means of
+    each channel, the generator is fed image, input means and PET prior slices
+    channel-major, an untrained model predicts the mean PET, and the weights round-trip."""
+    vols = [pv_slab("a", 0), pv_slab("b", 1)]
+    mean_in, mean_pet = training.mean_images(vols)
+    assert mean_in.shape == (3, *SHAPE)
+    both = vols[0].mask & vols[1].mask
+    np.testing.assert_allclose(
+        mean_in[2][both], ((vols[0].extra[1] + vols[1].extra[1]) / 2)[both], atol=1e-6
+    )
+    res = training.train(
+        "cyclegan-mse",
+        tiny_config("cyclegan-mse", n_epochs=1),
+        vols,
+        [pv_slab("v", 2)],
+        tmp_path,
+        epochs=1,
+        seed=0,
+        resume=False,
+        prior=True,
+        tune_fwhm=False,
+    )
+    gen, card = load_generator(res.weights)
+    assert card["config"]["input_channels"] == 3
+    assert tuple(gen.input_prior.shape) == (3, *SHAPE) and tuple(gen.prior.shape) == SHAPE
+    assert gen.model[1].in_channels == 3 * 3 * 2 + 3  # image, input means, PET prior
+    np.testing.assert_allclose(generator_input_prior(gen, SHAPE), mean_in, atol=3e-4)
+    np.testing.assert_allclose(generator_prior(gen, SHAPE), mean_pet, atol=3e-4)
+    assert np.isfinite(res.history[0]["loss_mse_B"])
+
+    model = build_model("cyclegan-mse", dict(card["config"]))  # untrained: returns the prior
+    model.set_priors(torch.from_numpy(mean_in * 2 - 1), torch.from_numpy(mean_pet * 2 - 1))
+    assert tuple(model.G_A.prior.shape) == (3, *SHAPE)
+    out = predict_volume(vols[0].masked_channels, model.generator.eval(), size_multiple=4)
+    z = slice(14, 20)
+    np.testing.assert_allclose(out[:, :, z], mean_pet[:, :, z], atol=1e-5)
+
+
+def test_prior_slices_are_channel_major_like_the_images():
+    rng = np.random.default_rng(0)
+    prior = rng.random((2, 8, 8, 5)).astype(np.float32)
+    box = (slice(1, 7), slice(0, 8))
+    got = prior_slices(prior, box)
+    assert got.shape == (5, 6, 6, 8)
+    np.testing.assert_array_equal(got[:, :3], volume_to_slices(prior[0][box]))
+    np.testing.assert_array_equal(got[:, 3:], volume_to_slices(prior[1][box]))
+    np.testing.assert_array_equal(prior_slices(prior[0], box), got[:, :3])
+
+
+@pytest.mark.parametrize("name", ["ddpm3d", "syndiff"])
+def test_diffusion_models_refuse_a_multichannel_prior(tmp_path, name):
+    with pytest.raises(PetSynthError, match="single-channel"):
+        training.train(
+            name,
+            tiny_config(name, n_epochs=1),
+            [pv_slab("a", 0), pv_slab("b", 1)],
+            [pv_slab("v", 2)],
+            tmp_path,
+            epochs=1,
+            resume=False,
+            prior=True,
+            tune_fwhm=False,
+        )

@@ -28,6 +28,9 @@ def test_train_usage_errors(tmp_path, capsys):
         [str(root), str(tmp_path / "m"), "--folds", "2", "--fold", "3"],
         [str(root), str(tmp_path / "m"), "--val-fraction", "1.5"],
         [str(root), str(tmp_path / "m"), "--model", "pix2pix", "--prior"],
+        # the diffusion models' prior takes a single-channel input only
+        [str(root), str(tmp_path / "m"), "--model", "syndiff", "--prior"]
+        + ["--input-representation", "mni-pv"],
     ]
     for argv in cases:
         assert train.main(argv) == 2, argv

@@ -10,7 +10,8 @@ G_A: B -> A the reverse one; D_A and D_B are PatchGANs. Generator loss::
 With ``prior_shape`` (semi-3D only) each generator also sees the slices of its output
 domain's prior (the mean training image at the same slice position) and predicts a
 residual to it (``ResnetGenerator``); with ``prior_input`` it sees the mean image of its
-input domain too; ``train_step`` then takes the prior slices of the
+input domain too (a multi-channel input representation: one mean per channel, its
+slices channel-major like the images'); ``train_step`` then takes the prior slices of the
 batch as ``priors = ((T1w prior, PET prior) at the T1w samples' slices, (T1w prior, PET
 prior) at the PET samples' slices)`` (the same pair twice for paired batches).
 """
@@ -27,17 +28,18 @@ from .networks import PatchGAN, ResnetGenerator, input_channels
 class CycleGAN(SynthesisModel):
     """Two ResNet generators and two PatchGANs; ``lambda_mse = 0`` gives plain CycleGAN."""
 
+    multichannel_prior = True
+
     def __init__(self, config: dict) -> None:
         super().__init__(config)
         c = self.config
         dims, ch = int(c["spatial_dims"]), int(c["channels"])
-        ch_a = ch * input_channels(c)  # the T1w domain: every representation channel
+        n_rep = input_channels(c)
+        ch_a = ch * n_rep  # the T1w domain: every representation channel
         self.kind = kind_from_config(c)
         prior_shape = c.get("prior_shape")
         if prior_shape is not None and dims != 2:
             raise ValueError("a prior is only supported by the semi-3D (slice) models")
-        if prior_shape is not None and ch_a != ch:
-            raise ValueError("a prior is only supported with single-channel input")
         gen = dict(
             spatial_dims=dims,
             ngf=int(c["ngf"]),
@@ -45,8 +47,13 @@ class CycleGAN(SynthesisModel):
             prior_shape=prior_shape,
             input_prior=prior_shape is not None and bool(c.get("prior_input")),
         )
-        self.G_B = ResnetGenerator(in_channels=ch_a, out_channels=ch, **gen)  # T1w -> PET
-        self.G_A = ResnetGenerator(in_channels=ch, out_channels=ch_a, **gen)  # PET -> T1w
+        # T1w -> PET and PET -> T1w; a multi-channel T1w domain has one prior per channel
+        self.G_B = ResnetGenerator(
+            in_channels=ch_a, out_channels=ch, domain_channels=(n_rep, 1), **gen
+        )
+        self.G_A = ResnetGenerator(
+            in_channels=ch, out_channels=ch_a, domain_channels=(1, n_rep), **gen
+        )
         self.D_A = PatchGAN(dims, ch_a, int(c["ndf"]))
         self.D_B = PatchGAN(dims, ch, int(c["ndf"]))
         self._rng = torch.Generator().manual_seed(int(c.get("seed", 0)))

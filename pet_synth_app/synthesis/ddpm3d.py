@@ -137,6 +137,8 @@ class DDPM3D(SynthesisModel):
         c = self.config
         if int(c["spatial_dims"]) != 3:
             raise ValueError("ddpm3d is a 3D model (spatial_dims 3)")
+        if c.get("prior_shape") is not None and input_channels(c) != 1:
+            raise ValueError("a prior is only supported with single-channel input")
         self.kind = kind_from_config(c)
         self.G = DDPMSampler(
             input_channels(c),

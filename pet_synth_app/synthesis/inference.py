@@ -132,6 +132,16 @@ def channel_slices(channels: np.ndarray, context: int = CONTEXT_SLICES) -> np.nd
     return np.concatenate([volume_to_slices(c, context) for c in channels], 1)
 
 
+def prior_slices(prior: np.ndarray, box: tuple[slice, ...]) -> np.ndarray:
+    """Semi-3D samples of a residual model's prior volume cropped to ``box`` ((x, y) or
+    (x, y, z) slices): (z, context, x, y) for an (x, y, z) prior, channel-major
+    (z, C * context, x, y) for a (C, x, y, z) prior (one mean per input channel), as the
+    images of its domain are cut."""
+    if prior.ndim == 4:
+        return channel_slices(prior[(slice(None), *box)])
+    return volume_to_slices(prior[tuple(box)])
+
+
 def channel_patches(channels: np.ndarray, patch: int = 32, keep: int = 16) -> np.ndarray:
     """(C, x, y, z) channels -> (n, C, p, p, p) 3D patches (``volume_to_patches`` each)."""
     return np.concatenate([volume_to_patches(c, patch, keep) for c in channels], 1)
@@ -164,9 +174,10 @@ def generator_input_prior(generator: nn.Module, shape: tuple[int, ...]) -> np.nd
 def _prior_volume(prior: torch.Tensor | None, shape: tuple[int, ...]) -> np.ndarray | None:
     if prior is None:
         return None
-    if tuple(prior.shape) != tuple(shape):
+    if tuple(prior.shape[-3:]) != tuple(shape):
         raise PetSynthError(
-            f"the model's prior is on a {tuple(prior.shape)} grid, the input is {tuple(shape)}"
+            f"the model's prior is on a {tuple(prior.shape[-3:])} grid, the input is "
+            f"{tuple(shape)}"
         )
     return ((prior.detach().float().cpu().numpy() + 1.0) * 0.5).astype(np.float32)
 
@@ -220,7 +231,7 @@ def predict_volume(
         if prior is not None:
             priors = [p for p in (input_prior, prior) if p is not None]
             prior_samples = np.concatenate(
-                [_pad_inplane(volume_to_slices(p[zbox]), size_multiple)[0] for p in priors], 1
+                [_pad_inplane(prior_slices(p, zbox), size_multiple)[0] for p in priors], 1
             )
         pred = _batched(generator, samples, batch_size, device, prior_samples)[..., :nx, :ny]
         pred_vol = slices_to_volume(pred)

@@ -22,6 +22,8 @@ class SynthesisModel(nn.Module):
     """
 
     kind: str = "slices"
+    multichannel_prior: bool = False
+    """Whether ``--prior`` works with a multi-channel input representation."""
 
     def __init__(self, config: dict) -> None:
         super().__init__()

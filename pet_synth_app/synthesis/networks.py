@@ -50,13 +50,19 @@ class ResnetBlock(nn.Module):
 
 
 def register_priors(
-    module: nn.Module, prior_shape: tuple[int, ...] | list[int] | None, input_prior: bool
+    module: nn.Module,
+    prior_shape: tuple[int, ...] | list[int] | None,
+    input_prior: bool,
+    prior_channels: int = 1,
+    input_prior_channels: int = 1,
 ) -> bool:
     """Register the buffers of the residual option (``--prior``) on ``module``: ``prior``
     (the mean training image of the output domain) and, with ``input_prior``,
     ``input_prior`` (the mean of the input domain), [-1, 1] on the (x, y, z) model grid
-    ``prior_shape``, -1 until training fills them. Returns whether there is a prior;
-    ValueError for a shape that is not 3D or an input prior without a prior."""
+    ``prior_shape``, -1 until training fills them. A domain of C > 1 image channels (a
+    multi-channel input representation, ``synthesis.inputs``) gets a (C, x, y, z) buffer,
+    one mean per channel. Returns whether there is a prior; ValueError for a shape that
+    is not 3D or an input prior without a prior."""
     if prior_shape is None:
         if input_prior:
             raise ValueError("input_prior needs prior_shape")
@@ -64,9 +70,13 @@ def register_priors(
     if len(prior_shape) != 3:
         raise ValueError("prior_shape must be an (x, y, z) grid shape")
     grid = tuple(int(n) for n in prior_shape)
-    module.register_buffer("prior", -torch.ones(grid))
+
+    def shape(channels: int) -> tuple[int, ...]:
+        return grid if channels == 1 else (int(channels), *grid)
+
+    module.register_buffer("prior", -torch.ones(shape(prior_channels)))
     if input_prior:
-        module.register_buffer("input_prior", -torch.ones(grid))
+        module.register_buffer("input_prior", -torch.ones(shape(input_prior_channels)))
     return True
 
 
@@ -82,7 +92,9 @@ class ResnetGenerator(nn.Module):
     so an untrained generator returns the prior. With ``input_prior`` it also carries the
     mean image of its *input* domain (buffer ``input_prior``), whose ``in_channels`` slices
     come between the image and the prior channels, so that the first convolution can take
-    the input's deviation from its own mean.
+    the input's deviation from its own mean. ``domain_channels`` = (input, output) image
+    channels per slice position (a multi-channel input representation has C > 1): the
+    priors then hold one mean per channel.
 
     Spatial sizes must be multiples of ``size_multiple`` (4).
     """
@@ -98,13 +110,15 @@ class ResnetGenerator(nn.Module):
         n_blocks: int = 9,
         prior_shape: tuple[int, ...] | list[int] | None = None,
         input_prior: bool = False,
+        domain_channels: tuple[int, int] = (1, 1),
     ) -> None:
         super().__init__()
         _check_dims(spatial_dims)
         conv, convt = _CONV[spatial_dims], _CONVT[spatial_dims]
         norm, pad = _NORM[spatial_dims], _PAD[spatial_dims]
         self.out_channels = out_channels
-        self.residual = register_priors(self, prior_shape, input_prior)
+        n_in, n_out = domain_channels
+        self.residual = register_priors(self, prior_shape, input_prior, n_out, n_in)
         if self.residual:
             if input_prior:
                 in_channels *= 2

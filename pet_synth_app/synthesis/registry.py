@@ -205,14 +205,18 @@ def is_stochastic(name: str) -> bool:
     return get_spec(name).builder in (DDPM3D, SynDiff)
 
 
-def supports_prior(name: str) -> bool:
-    """Whether model ``name`` takes the mean-training-image prior (``--prior``)."""
-    return "prior_shape" in get_spec(name).defaults
+def supports_prior(name: str, input_channels: int = 1) -> bool:
+    """Whether model ``name`` takes the mean-training-image prior (``--prior``) with an
+    input representation of ``input_channels`` channels."""
+    spec = get_spec(name)
+    if "prior_shape" not in spec.defaults:
+        return False
+    return input_channels == 1 or spec.builder.multichannel_prior
 
 
-def prior_models() -> list[str]:
-    """Names of the models that take a prior."""
-    return [n for n in MODELS if supports_prior(n)]
+def prior_models(input_channels: int = 1) -> list[str]:
+    """Names of the models that take a prior (with ``input_channels`` input channels)."""
+    return [n for n in MODELS if supports_prior(n, input_channels)]
 
 
 def build_model(name: str, config: dict | None = None) -> SynthesisModel:

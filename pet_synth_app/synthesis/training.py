@@ -31,6 +31,7 @@ from .inference import (
     channel_slices,
     gaussian_smooth,
     predict_with_config,
+    prior_slices,
     volume_to_slices,
 )
 from .model import SynthesisModel
@@ -169,16 +170,20 @@ def slice_samples(
 def mean_images(volumes: list[Volumes]) -> tuple[np.ndarray, np.ndarray]:
     """Voxelwise mean [0, 1] T1w (all volumes) and PET (volumes with PET), each over the
     participants whose brain mask contains the voxel (0 where none does), so the brain
-    edge is not diluted by zeros: the priors of a residual model (running sums)."""
+    edge is not diluted by zeros: the priors of a residual model (running sums). With a
+    multi-channel input representation the T1w mean is (C, x, y, z), one per channel."""
     if not any(v.pet is not None for v in volumes):
         raise PetSynthError("a prior needs training participants with PET")
     shape = volumes[0].t1w.shape
-    t1, pet = np.zeros(shape, np.float64), np.zeros(shape, np.float64)
+    t1 = np.zeros(volumes[0].channels.shape, np.float64)
+    pet = np.zeros(shape, np.float64)
     n_t1, n_pet = np.zeros(shape, np.int32), np.zeros(shape, np.int32)
     for v in volumes:
         if v.t1w.shape != shape:
             raise PetSynthError(f"{v.name}: MNI grid {v.t1w.shape} differs from {shape}")
-        t1 += v.t1w * v.mask
+        if v.channels.shape != t1.shape:
+            raise PetSynthError(f"{v.name}: input channels {v.channels.shape} differ")
+        t1 += v.channels * v.mask
         n_t1 += v.mask
         if v.pet is not None:
             pet += v.pet * v.mask
@@ -470,15 +475,16 @@ def train(
     representation = reps.pop() if reps else "mni"
     n_in = 1 if train_volumes[0].extra is None else 1 + len(train_volumes[0].extra)
     if n_in > 1:
-        if prior:
-            raise PetSynthError(
-                f"--prior is not supported with the multi-channel {representation} input yet"
-            )
         config = {**config, "input_channels": n_in}
     if prior:
         if not supports_prior(model_name):
             raise PetSynthError(
                 f"{model_name} does not take a prior ({', '.join(prior_models())} do)"
+            )
+        if n_in > 1 and not supports_prior(model_name, n_in):
+            raise PetSynthError(
+                f"{model_name} takes a prior only with a single-channel input, not the "
+                f"{n_in}-channel {representation} ({', '.join(prior_models(n_in))} do)"
             )
         config = {
             **config,
@@ -555,7 +561,7 @@ def train(
         vols = [p.detach().cpu().numpy() for p in model.prior_volumes() if p is not None]
         vols = vols if len(vols) == 2 else vols * 2
         if model.kind == "slices":
-            prior_samples = tuple(volume_to_slices(p[box], CONTEXT_SLICES) for p in vols)
+            prior_samples = tuple(prior_slices(p, box) for p in vols)
         else:
             prior_samples = tuple(vols)
     card = None
@@ -719,7 +725,12 @@ def _card(
                 "voxelwise mean [0, 1] PET of the training participants (tensor "
                 "`prior` of the weights); the generator predicts a residual to it"
                 + (
-                    "; it also sees the mean [0, 1] T1w (tensor `input_prior`)"
+                    "; it also sees the mean [0, 1] T1w (tensor `input_prior`"
+                    + (
+                        f", one mean per input channel: {config['input_channels']} x grid)"
+                        if int(config.get("input_channels") or 1) > 1
+                        else ")"
+                    )
                     if config.get("prior_input")
                     else ""
                 )
