@@ -214,6 +214,8 @@ def test_main_on_fake_derivatives(tmp_path, capsys, monkeypatch):
             "c02",
             "--noise-free",
             str(clean),
+            "--oracle",  # the same twin as the anatomy ceiling: the same scores
+            str(clean),
             "--threads",
             "1",
             "--json",
@@ -236,8 +238,37 @@ def test_main_on_fake_derivatives(tmp_path, capsys, monkeypatch):
     assert 0.5 < res["noise_free"]["r_real"][0] < 1.0
     assert np.isnan(res["rows"][0]["loo_mean"]["r_clean"])
     assert res["noise_free"]["psnr"][0] > res["loo_mean"]["psnr"][0]
+    assert res["oracle"] == res["noise_free"]
     assert set(res["model"]) >= {*bs.METRICS, "r_real", "r_clean"}
     assert res["throughput"]["input_channels"] == 1
     printed = capsys.readouterr().out
     assert "| metric | cyclegan-mse (tiny.safetensors, affine) | LOO mean control PET" in printed
     assert "GM r(pred − LOO, noise-free − LOO)" in printed
+
+
+def test_anatomy_only_twin_keeps_the_random_streams_and_sets_the_population_means():
+    """noise_free_twin --anatomy-only: the uptake and pattern draws consume exactly the
+    random numbers of the originals (so anatomy, geometry and T1w stay the subject's),
+    and return the population means (no noise, gamma 1, no field, regional factors 1)."""
+    from types import SimpleNamespace
+
+    from pet_synth_app.simulate import phantom
+
+    spec = importlib.util.spec_from_file_location("twin", _BENCH / "noise_free_twin.py")
+    twin = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(twin)
+    space = SimpleNamespace(
+        shape=(6, 7, 5),
+        uptake_pattern=np.linspace(0.5, 1.5, 210).reshape(6, 7, 5),
+        region_labels=None,
+        resolution=2.0,
+    )
+    a, b = np.random.default_rng(3), np.random.default_rng(3)
+    orig = phantom.random_uptake(a)
+    mean = twin._mean_uptake(b)
+    pattern = twin._mean_pattern(b, space, mean)
+    phantom.random_pattern_field(a, space, orig)
+    assert a.random() == b.random()  # both streams at the same place
+    assert mean["noise"] == 0 and mean["pattern_gamma"] == 1 and mean["wm"] == 0.30
+    assert mean["gm_bqml"] == orig["gm_bqml"]  # the global scale is kept (SUVR removes it)
+    np.testing.assert_array_equal(pattern, space.uptake_pattern.astype(np.float32))
