@@ -24,6 +24,22 @@ from pet_synth_app.synthesis.weights import load_generator
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
+def train_one_epoch_with_prior(train, val, out, name="cyclegan-mse") -> training.TrainResult:
+    """One epoch of a tiny ``name`` with ``--prior`` (no smoothing tuning)."""
+    return training.train(
+        name,
+        tiny_config(name, n_epochs=1),
+        train,
+        val,
+        out,
+        epochs=1,
+        seed=0,
+        resume=False,
+        prior=True,
+        tune_fwhm=False,
+    )
+
+
 def residual_generator(shape=(12, 16, 10), seed=0) -> ResnetGenerator:
     torch.manual_seed(seed)
     gen = ResnetGenerator(2, 3, 3, ngf=4, n_blocks=1, prior_shape=shape)
@@ -173,18 +189,7 @@ def test_slice_samples_record_axial_positions():
 
 def test_train_with_prior_stores_mean_pet_and_starts_from_it(tmp_path):
     vols = [slab("a", 0), slab("b", 1)]
-    res = training.train(
-        "cyclegan-mse",
-        tiny_config("cyclegan-mse", n_epochs=1),
-        vols,
-        [slab("v", 2)],
-        tmp_path,
-        epochs=1,
-        seed=0,
-        resume=False,
-        prior=True,
-        tune_fwhm=False,
-    )
+    res = train_one_epoch_with_prior(vols, [slab("v", 2)], tmp_path)
     gen, card = load_generator(res.weights)
     assert card["config"]["prior_shape"] == list(SHAPE)
     assert "mean" in card["input"]["prior"]
@@ -329,18 +334,7 @@ def test_multichannel_prior_has_one_mean_per_input_channel(tmp_path):
     np.testing.assert_allclose(
         mean_in[2][both], ((vols[0].extra[1] + vols[1].extra[1]) / 2)[both], atol=1e-6
     )
-    res = training.train(
-        "cyclegan-mse",
-        tiny_config("cyclegan-mse", n_epochs=1),
-        vols,
-        [pv_slab("v", 2)],
-        tmp_path,
-        epochs=1,
-        seed=0,
-        resume=False,
-        prior=True,
-        tune_fwhm=False,
-    )
+    res = train_one_epoch_with_prior(vols, [pv_slab("v", 2)], tmp_path)
     gen, card = load_generator(res.weights)
     assert card["config"]["input_channels"] == 3
     assert tuple(gen.input_prior.shape) == (3, *SHAPE) and tuple(gen.prior.shape) == SHAPE
@@ -371,14 +365,6 @@ def test_prior_slices_are_channel_major_like_the_images():
 @pytest.mark.parametrize("name", ["ddpm3d", "syndiff"])
 def test_diffusion_models_refuse_a_multichannel_prior(tmp_path, name):
     with pytest.raises(PetSynthError, match="single-channel"):
-        training.train(
-            name,
-            tiny_config(name, n_epochs=1),
-            [pv_slab("a", 0), pv_slab("b", 1)],
-            [pv_slab("v", 2)],
-            tmp_path,
-            epochs=1,
-            resume=False,
-            prior=True,
-            tune_fwhm=False,
+        train_one_epoch_with_prior(
+            [pv_slab("a", 0), pv_slab("b", 1)], [pv_slab("v", 2)], tmp_path, name
         )
