@@ -39,6 +39,9 @@ and, with ``--noise-free``, the noise-free PET's deviation). Rows:
   ``JOINT_RIDGE``): the bound of the combined input; and a *pooled ridge* on the channels
   beyond the T1w, whose normal equations are summed over a Gaussian neighbourhood of
   ``POOL_VOX`` voxels (smooth slopes from many more samples than controls);
+- with ``--ages participants.tsv`` (issue 14 item 3), the pooled ridge again with the
+  participant's age as one more feature (a constant map: a spatially smooth age slope,
+  e.g. the frontal/cingulate decline);
 - for the MNI-space representations, the same single-feature rows on the participant's MNI
   GM probability map (which the models do not see) for comparison.
 
@@ -203,11 +206,16 @@ def evaluate_representation(
     references: list[dict],
     loos: list[np.ndarray],
     cleans: list[np.ndarray | None],
+    ages: dict[str, float] | None = None,
 ) -> dict[str, dict]:
-    """Rows (label -> per-test-subject MNI scores) of one representation's bounds."""
+    """Rows (label -> per-test-subject MNI scores) of one representation's bounds
+    (``ages``: years by participant label, for the pooled ridge with age)."""
     space = input_space(representation)
     train = [load(deriv, s, representation) for s in train_ids]
     test = [load(deriv, s, representation) for s in test_ids]
+    if ages:
+        for sub, d in zip(train_ids + test_ids, train + test, strict=True):
+            d["age"] = np.full(d["mask"].shape, ages[sub], np.float32)
     mean_pet = np.mean([s["pet"] for s in train], 0)
     rows: dict[str, list[dict]] = {}
     pending: dict[str, list[np.ndarray]] = {}
@@ -253,6 +261,12 @@ def evaluate_representation(
                 f"pooled ridge ({POOL_VOX:g} voxels) on {' + '.join(extra)}, lam {lam:g}",
                 pooled_ridge(train, test, extra, mean_pet, POOL_VOX, lam),
             )
+            if ages:
+                add(
+                    f"pooled ridge ({POOL_VOX:g} voxels) on {' + '.join(extra)} + age, "
+                    f"lam {lam:g}",
+                    pooled_ridge(train, test, [*extra, "age"], mean_pet, POOL_VOX, lam),
+                )
     if pending:  # affine space -> MNI, one warp per test participant for all rows
         labels = list(pending)
         for label in labels:
@@ -262,6 +276,17 @@ def evaluate_representation(
             for label, p in zip(labels, mni, strict=True):
                 rows[label].append(bs.score_subject(p, references[i], loos[i], cleans[i]))
     return rows
+
+
+def read_ages(tsv: Path, subjects: list[str]) -> dict[str, float]:
+    """Age (years) of each of ``subjects`` from a BIDS participants.tsv."""
+    rows = [line.split("\t") for line in tsv.read_text().splitlines() if line.strip()]
+    col = rows[0].index("age")
+    ages = {r[0].removeprefix("sub-"): r[col] for r in rows[1:]}
+    missing = [s for s in subjects if ages.get(s, "n/a") in ("", "n/a")]
+    if missing:
+        raise SystemExit(f"--ages: no age for {', '.join(missing)} in {tsv}")
+    return {s: float(ages[s]) for s in subjects}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -288,12 +313,19 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="derivatives of the noise-free twin (GM r against the true deviation)",
     )
+    p.add_argument(
+        "--ages",
+        type=Path,
+        default=None,
+        help="participants.tsv with an age column: pooled-ridge rows with age as a feature",
+    )
     p.add_argument("--fwhm", type=float, default=2.0, help="smoothing of the mean PET (mm)")
     p.add_argument("--json", type=Path, default=None)
     opts = p.parse_args(argv)
     if set(opts.train) & set(opts.test):
         raise SystemExit("--train and --test overlap")
     reps = list(dict.fromkeys(opts.representation or REPRESENTATIONS))
+    ages = read_ages(opts.ages, opts.train + opts.test) if opts.ages else None
     pool = opts.loo_pool or bs.subjects_with_pet(opts.deriv)
     pool_pets = bs.control_pets(opts.deriv, pool)
     references = [bs.load_mni(opts.deriv, s) for s in opts.test]
@@ -323,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
         per_subject["baselines"]["noise-free twin PET (ceiling)"] = baseline(cleans)
     for rep in reps:
         per_subject[rep] = evaluate_representation(
-            rep, opts.deriv, opts.train, opts.test, references, loos, cleans
+            rep, opts.deriv, opts.train, opts.test, references, loos, cleans, ages
         )
     summary = {
         group: {label: bs.summarize(r) for label, r in rows.items()}
