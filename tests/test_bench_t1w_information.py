@@ -113,3 +113,11 @@ def test_representations_on_fake_derivatives(tmp_path, capsys):
     assert s["baselines"]["noise-free twin PET (ceiling)"]["r_clean"][0] == pytest.approx(1.0)
     printed = capsys.readouterr().out
     assert "| affine | voxelwise ridge on t1w_affine, lam 0 |" in printed
+
+
+def test_read_ages_from_participants_tsv(tmp_path):
+    tsv = tmp_path / "participants.tsv"
+    tsv.write_text("participant_id\tgroup\tage\nsub-c01\tcontrol\t72\nsub-c02\tcontrol\tn/a\n")
+    assert info.read_ages(tsv, ["c01"]) == {"c01": 72.0}
+    with pytest.raises(SystemExit, match="no age for c02, c03"):
+        info.read_ages(tsv, ["c01", "c02", "c03"])
