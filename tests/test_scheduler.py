@@ -36,6 +36,27 @@ def test_ready_steps_of_earlier_participants_go_first():
     ]
 
 
+def test_the_pet_chain_head_goes_first_within_a_participant():
+    """With the anatomy reused, the PET coregistration is the longest chain: it must not
+    wait behind the anatomical derivative sinks that are ready at the same time."""
+    units = ["single_subject_c01_wf", "single_subject_c02_wf"]
+    ready = [
+        "petsynth_wf.single_subject_c01_wf.anat_derivatives_wf.ds_t1w_preproc",
+        "petsynth_wf.single_subject_c02_wf.pet_trc_FDG_wf.frame_average",
+        "petsynth_wf.single_subject_c01_wf.anat_derivatives_wf.ds_gm",
+        "petsynth_wf.single_subject_c01_wf.pet_trc_FDG_wf.coregister",
+        "petsynth_wf.single_subject_c01_wf.pet_ses_a_trc_FDG_wf.frame_average",
+    ]
+    order = [ready[i] for i in participant_order(ready, units)]
+    assert order == [
+        "petsynth_wf.single_subject_c01_wf.pet_trc_FDG_wf.coregister",
+        "petsynth_wf.single_subject_c01_wf.pet_ses_a_trc_FDG_wf.frame_average",
+        "petsynth_wf.single_subject_c01_wf.anat_derivatives_wf.ds_t1w_preproc",
+        "petsynth_wf.single_subject_c01_wf.anat_derivatives_wf.ds_gm",
+        "petsynth_wf.single_subject_c02_wf.pet_trc_FDG_wf.frame_average",
+    ]
+
+
 def test_plugin_sorts_jobs_by_participant():
     plugin = ParticipantOrderMultiProcPlugin(
         plugin_args={"n_procs": 1, "unit_order": ["single_subject_b_wf", "single_subject_a_wf"]}
@@ -106,3 +127,20 @@ def test_progress_with_a_report_pool_survives_nipypes_copies(tmp_path):
     assert copy.deepcopy({"status_callback": progress})["status_callback"] is progress
     clone = pickle.loads(pickle.dumps(progress))
     assert clone.on_unit_done is None and clone.unit_total == progress.unit_total
+
+
+def test_report_workers_are_warmed_up_once_the_graph_starts(tmp_path):
+    """``warm_up`` (``run_workflow``'s ``on_start``) starts one report worker per subject
+    (at most ``workers``) and imports the report's modules in it; nothing with one
+    worker, the only core of a ``--nprocs 1`` run."""
+    from pet_synth_app.reports.background import SubjectReports
+
+    units = {"single_subject_01_wf": "01"}
+    reports = SubjectReports(tmp_path, units, {}, "run", tmp_path / "c.toml", workers=2)
+    reports.warm_up()
+    assert len(reports.warming) == 1
+    assert reports.warming[0].result(timeout=300) is True
+    assert reports.finish([]) == [] and reports.futures == {}
+    single = SubjectReports(tmp_path, units, {}, "run", tmp_path / "c.toml", workers=1)
+    single.warm_up()
+    assert single.warming == [] and single._pool is None
