@@ -150,7 +150,12 @@ def run_participant(settings: Settings) -> int:
         with thread_limits(plan.omp_nthreads):
             wf = init_petsynth_wf(settings, good, plan)
             failed = run_workflow(
-                wf, settings, run_id, on_unit_done=reports.unit_done, on_start=reports.warm_up
+                wf,
+                settings,
+                run_id,
+                on_unit_done=reports.unit_done,
+                on_start=reports.warm_up,
+                on_step_done=reports.step_done,
             )
     except BaseException:
         reports.close()

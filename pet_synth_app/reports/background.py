@@ -13,7 +13,9 @@ kept: every derivative write removes its participant's report first
 (``interfaces/bids.py``), so it still shows the outputs on disk. ``warm_up`` starts the
 report workers and imports the report's modules (matplotlib, nilearn: ~1.5 s) while the
 graph runs, so that the last participant's report, on the run's critical path, does not
-wait for them.
+wait for them; ``step_done`` has the same worker compute a participant's registration QC
+(``prefetch_qc``, kept by ``analysis.qc``'s memo) as soon as its template-space T1w and
+mask are written, while its PET steps run.
 """
 
 from __future__ import annotations
@@ -43,6 +45,23 @@ def write_one(
     path = write_subject_report(Path(output_dir), subject, run_id, Path(settings_file))
     failed = qc.failed_checks(Path(output_dir), subject)
     return f"report {path.name} written in {time.perf_counter() - t0:.1f} s", failed
+
+
+PREFETCH_AFTER = ("ds_t1w_std", "ds_mask_std")
+"""Steps (sinks of the template-space T1w and brain mask) after which a participant's
+registration QC can be computed (``prefetch_qc``)."""
+
+
+def prefetch_qc(output_dir: Path, subject: str) -> int:
+    """Compute the registration QC of the participant's units now, in this report worker
+    (``qc.unit_registration_qc`` keeps it for the report, keyed by the files' identities);
+    returns the number of units."""
+    from ..analysis import qc
+
+    units = qc.unit_dirs(Path(output_dir), subject)
+    for unit in units:
+        qc.unit_registration_qc(*qc.anat_of(unit, subject))
+    return len(units)
 
 
 def import_report_modules() -> bool:
@@ -80,6 +99,8 @@ class SubjectReports:
         """Failed QC checks of the subjects whose report was written (``finish``)."""
         self._pool: ProcessPoolExecutor | None = None
         self.warming: list[Future] = []
+        self.prefetching: dict[str, Future] = {}
+        self._sinks: dict[str, set[str]] = {}
 
     def _get_pool(self) -> ProcessPoolExecutor:
         if self._pool is None:  # the report workers ignore a Ctrl-C, as Nipype's do
@@ -99,6 +120,22 @@ class SubjectReports:
         self.warming = [
             pool.submit(import_report_modules) for _ in range(min(self.workers, len(self.pending)))
         ]
+
+    def step_done(self, name: str) -> None:
+        """Progress callback of each ended step (``<unit workflow>.<...>.<step>``): once a
+        unit's ``PREFETCH_AFTER`` steps have ended, its participant's registration QC is
+        computed in the (warmed) report worker; not with one worker."""
+        unit, _, rest = name.partition(".")
+        subject = self.units.get(unit)
+        step = rest.rsplit(".", 1)[-1]
+        if subject is None or step not in PREFETCH_AFTER or self.workers < 2:
+            return
+        ended = self._sinks.setdefault(unit, set())
+        ended.add(step)
+        if ended >= set(PREFETCH_AFTER) and subject not in self.prefetching:
+            self.prefetching[subject] = self._get_pool().submit(
+                prefetch_qc, self.output_dir, subject
+            )
 
     def _submit(self, subject: str) -> None:
         if subject in self.futures or subject in self.unchanged:
