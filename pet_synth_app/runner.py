@@ -54,7 +54,25 @@ def run_participant(settings: Settings) -> int:
     fresh_qc = uptodate.recorded_qc(settings, fresh)
     if fresh and set(fresh) == set(requested):
         return summarize_run(settings, [], [], [], 0, [], fresh_qc, up_to_date=fresh)
-    good, errors, n_units, warnings = collect_units(settings)
+    # The modality checks run in worker processes, started (ANTs imported, templates made)
+    # while this process indexes the dataset, validates it, loads the model and looks up
+    # reusable derivatives; errors are printed and raised in the same order as before.
+    checks = ModalityChecks(settings.nprocs, len(set(requested) - set(fresh)))
+    try:
+        valid, errors, n_units = find_units(settings)
+        checks.submit(valid)
+        official, per_file = _official_validation(settings)
+        plan = plan_error = found = None
+        try:
+            plan = resolve_plan(settings)  # refuses bad models before anything is written
+        except PetSynthError as exc:
+            plan_error = exc
+        else:
+            found = lookup_reuse(settings, valid, plan)
+        good, refused, warnings = screen_units(valid, checks.results())
+    finally:
+        checks.close()
+    errors.extend(refused)
     if fresh:
         n_units -= sum(u.subject in fresh for u in good)
         good = [u for u in good if u.subject not in fresh]
@@ -62,12 +80,9 @@ def run_participant(settings: Settings) -> int:
             for err in errors:
                 print_error(err)
             return summarize_run(settings, [], [], errors, n_units, [], fresh_qc, up_to_date=fresh)
-    official = []
     if not settings.skip_bids_validation:
         from .inputcheck import skip_invalid_sidecars
-        from .validator import validate_dataset
 
-        official, per_file = validate_dataset(settings.bids_dir)
         # an error in a participant's files skips that participant only
         good, invalid = skip_invalid_sidecars(good, per_file, settings.bids_dir)
         errors.extend(invalid)
@@ -82,9 +97,9 @@ def run_participant(settings: Settings) -> int:
         )
     if not good:
         raise PetSynthError("no participant has usable inputs; nothing was written")
-
-    plan = resolve_plan(settings)  # refuses bad models before anything is written
-    plan, good, reuse_errors = resolve_reuse(settings, good, plan)
+    if plan_error is not None:
+        raise plan_error
+    plan, good, reuse_errors = resolve_reuse(settings, good, plan, found)
     for err in reuse_errors:
         print_error(err)
     errors.extend(reuse_errors)
@@ -134,7 +149,14 @@ def run_participant(settings: Settings) -> int:
     try:
         with thread_limits(plan.omp_nthreads):
             wf = init_petsynth_wf(settings, good, plan)
-            failed = run_workflow(wf, settings, run_id, on_unit_done=reports.unit_done)
+            failed = run_workflow(
+                wf,
+                settings,
+                run_id,
+                on_unit_done=reports.unit_done,
+                on_start=reports.warm_up,
+                on_step_done=reports.step_done,
+            )
     except BaseException:
         reports.close()
         raise
@@ -175,6 +197,16 @@ QC_FAIL_EXIT = 3
 ``--qc-fail-exit`` (1 stays the code of failed or skipped units)."""
 
 
+def _official_validation(settings: Settings) -> tuple[list, dict]:
+    """The official BIDS validator's run-stopping errors and its errors by participant
+    file (``validator.validate_dataset``); nothing with ``--skip-bids-validation``."""
+    if settings.skip_bids_validation:
+        return [], {}
+    from .validator import validate_dataset
+
+    return validate_dataset(settings.bids_dir)
+
+
 def check_writable(settings: Settings) -> None:
     """One-line PetSynthError when the output or work folder cannot be written (checked
     on the folder or, if it does not exist yet, on its first existing parent)."""
@@ -209,7 +241,15 @@ def collect_units(settings: Settings) -> tuple[list, list[PetSynthError], int, l
     """The units to process, the errors of those that cannot be (each names its file),
     the number of units asked for (processed + skipped) and the named input warnings of
     the usable units (``inputcheck.py``). A sidecar that is not valid JSON skips its
-    participant only."""
+    participant only. (``find_units``, then ``screen_units`` with the modality checks.)"""
+    valid, errors, n_units = find_units(settings)
+    good, refused, warnings = screen_units(valid, _modality_checks_all(valid, settings.nprocs))
+    return good, errors + refused, n_units, warnings
+
+
+def find_units(settings: Settings) -> tuple[list, list[PetSynthError], int]:
+    """The units whose files are usable (before the modality checks), the errors of those
+    that are not (each names its file) and the number of units asked for."""
     from . import bids as pbids
     from . import inputcheck
 
@@ -225,7 +265,7 @@ def collect_units(settings: Settings) -> tuple[list, list[PetSynthError], int, l
     n_units = len(units) + len(errors)  # errors so far: requested units that were not found
     units, json_errors = inputcheck.skip_invalid_sidecars(units, bad_json, settings.bids_dir)
     errors.extend(json_errors)
-    good, warnings, valid = [], [], []
+    valid = []
     for unit in units:
         problems = pbids.validate_inputs(unit)
         if problems:
@@ -234,7 +274,17 @@ def collect_units(settings: Settings) -> tuple[list, list[PetSynthError], int, l
             )
         else:
             valid.append(unit)
-    for unit, checked in zip(valid, _modality_checks_all(valid, settings.nprocs), strict=True):
+    return valid, errors, n_units
+
+
+def screen_units(valid: list, results: list) -> tuple[list, list[PetSynthError], list]:
+    """The ``valid`` units the modality checks (``results``: one result or exception per
+    unit, ``modality_checks``) did not refuse, the refusals and the named input warnings
+    of the kept units (``inputcheck.py``)."""
+    from . import inputcheck
+
+    good, errors, warnings = [], [], []
+    for unit, checked in zip(valid, results, strict=True):
         if isinstance(checked, Exception):  # a check must never stop a usable unit
             LOGGER.warning("%s: modality check failed: %s", unit.name, checked)
             refused, notes = None, []
@@ -256,7 +306,7 @@ def collect_units(settings: Settings) -> tuple[list, list[PetSynthError], int, l
             warnings += inputcheck.unit_warnings(unit)
         except Exception as exc:  # noqa: BLE001 - a check must never stop a usable unit
             LOGGER.warning("%s: input checks failed: %s", unit.name, exc)
-    return good, errors, n_units, warnings
+    return good, errors, warnings
 
 
 MODALITY_POOL_MIN_UNITS = 4
@@ -271,16 +321,81 @@ def _checked(unit):
         return exc
 
 
+def _ignore_sigint() -> None:
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+class ModalityChecks:
+    """:func:`modality_checks` of units, in ``spawn`` worker processes when ``nprocs`` >= 2
+    (one, or ``nprocs`` when ``expected`` units number ``MODALITY_POOL_MIN_UNITS`` or
+    more), else in this process when ``results`` is called. The workers start at once and
+    import ANTs and make the 4 mm templates (``modality.warm_up``) while the main process
+    goes on (indexing, validation, model weights, reuse lookup: docs/benchmarks.md,
+    issue 17); ``submit`` hands them the units.
+
+    ``spawn``, not the forkserver: a forkserver started now would keep this environment
+    for Nipype's workers, which must see the one ``run_workflow`` sets up (thread
+    counts, ``interrupt.ignore_sigint_in_workers``). The workers ignore SIGINT; a Ctrl-C
+    stops them with the run (``interrupt.handle_interrupts``)."""
+
+    def __init__(self, nprocs: int, expected: int) -> None:
+        self.units: list = []
+        self._pool = None
+        self._futures: list = []
+        if int(nprocs) < 2 or expected < 1:
+            return
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        from .preproc.modality import warm_up
+
+        workers = min(int(nprocs), expected) if expected >= MODALITY_POOL_MIN_UNITS else 1
+        self._pool = ProcessPoolExecutor(
+            workers, mp_context=multiprocessing.get_context("spawn"), initializer=_ignore_sigint
+        )
+        for _ in range(workers):  # each submission starts one more worker
+            self._pool.submit(warm_up)
+
+    def submit(self, units: list) -> None:
+        """Check ``units`` (in the workers, if any)."""
+        self.units = list(units)
+        if self._pool is not None:
+            self._futures = [self._pool.submit(_checked, u) for u in self.units]
+
+    def results(self) -> list:
+        """One result (or the exception raised) per unit, in order; waits for them."""
+        if self._pool is None:
+            return [_checked(u) for u in self.units]
+        out = []
+        for future in self._futures:
+            try:
+                out.append(future.result())
+            except Exception as exc:  # noqa: BLE001 - a broken worker: per unit
+                out.append(exc)
+        self.close()
+        return out
+
+    def close(self) -> None:
+        """Stop the workers; those still busy (the run stopped before it needed the
+        results) are terminated, so that the process does not wait for them at exit."""
+        if self._pool is None:
+            return
+        if not all(f.done() for f in self._futures) or not self._futures:
+            for proc in list((getattr(self._pool, "_processes", None) or {}).values()):
+                proc.terminate()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool = None
+
+
 def _modality_checks_all(units: list, nprocs: int) -> list:
     """:func:`modality_checks` of every unit (its result, or the exception it raised), in
-    ``nprocs`` forkserver processes for ``MODALITY_POOL_MIN_UNITS`` units or more."""
-    workers = min(int(nprocs), len(units))
-    if workers < 2 or len(units) < MODALITY_POOL_MIN_UNITS:
-        return [_checked(u) for u in units]
-    from .interrupt import worker_pool
-
-    with worker_pool(workers) as pool:
-        return list(pool.map(_checked, units))
+    ``nprocs`` processes for ``MODALITY_POOL_MIN_UNITS`` units or more."""
+    nprocs = nprocs if len(units) >= MODALITY_POOL_MIN_UNITS else 1
+    checks = ModalityChecks(nprocs, len(units))
+    checks.submit(units)
+    return checks.results()
 
 
 def modality_checks(unit) -> tuple[PetSynthError | None, list]:
@@ -388,38 +503,65 @@ def summarize_run(
     return 0
 
 
-def resolve_reuse(settings: Settings, units: list, plan: RunPlan) -> tuple[RunPlan, list, list]:
-    """Find each unit's reusable anatomical and PET derivatives (``--derivatives``,
-    ``reuse.py``); returns the plan with them, the units that can run, and one error per
-    unit whose derivatives do not match its raw T1w (that unit is skipped)."""
+def lookup_reuse(settings: Settings, units: list, plan: RunPlan) -> dict | PetSynthError:
+    """Each unit's reusable anatomical and PET derivatives (``--derivatives``,
+    ``reuse.py``) by unit name: a ``reuse.ReusedAnat``, or the PetSynthError of derivatives
+    that do not match its raw T1w; the PetSynthError of an unusable ``--derivatives``
+    folder instead of a dict. Nothing is logged (``resolve_reuse`` does)."""
     if not settings.derivatives:
-        return plan, units, []
-    import dataclasses
-    from types import MappingProxyType
-
+        return {}
     from . import reuse
     from .synthesis.inputs import card_representation
 
-    layouts = reuse.load_derivatives(settings.derivatives)
+    try:
+        layouts = reuse.load_derivatives(settings.derivatives)
+    except PetSynthError as exc:
+        return exc
     # the reused transforms give T1w <-> MNI only, not the registration stages
     transforms = not plan.synthesis or card_representation(dict(plan.card)) == "mni"
-    found, kept, errors = {}, [], []
+    found: dict = {}
     for unit in units:
         try:
             reused = reuse.find_anat(
                 layouts, unit.subject, unit.session, unit.t1w, transforms, plan.mni_resolution
             )
         except PetSynthError as exc:
-            errors.append(PetSynthError(f"{unit.name} skipped: {exc}"))
+            found[unit.name] = exc
             continue
         for pet in unit.pet:  # PETPrep's reference + PET -> T1w transform, per series
             reuse.find_pet(layouts, reused, unit.session, pet.path, unit.t1w)
+        found[unit.name] = reused
+    return found
+
+
+def resolve_reuse(
+    settings: Settings, units: list, plan: RunPlan, found: dict | PetSynthError | None = None
+) -> tuple[RunPlan, list, list]:
+    """Log what each unit reuses (``lookup_reuse``, done here unless ``found`` holds its
+    result for these units); returns the plan with the reused files, the units that can
+    run, and one error per unit whose derivatives do not match its raw T1w (that unit is
+    skipped)."""
+    if not settings.derivatives:
+        return plan, units, []
+    import dataclasses
+    from types import MappingProxyType
+
+    if found is None:
+        found = lookup_reuse(settings, units, plan)
+    if isinstance(found, PetSynthError):
+        raise found
+    reused_of, kept, errors = {}, [], []
+    for unit in units:
+        reused = found[unit.name]
+        if isinstance(reused, PetSynthError):
+            errors.append(PetSynthError(f"{unit.name} skipped: {reused}"))
+            continue
         for note in reused.notes:
             LOGGER.warning("%s", note)
         LOGGER.info("%s", reused.summary())
-        found[unit.name] = reused
+        reused_of[unit.name] = reused
         kept.append(unit)
-    return dataclasses.replace(plan, reused=MappingProxyType(found)), kept, errors
+    return dataclasses.replace(plan, reused=MappingProxyType(reused_of)), kept, errors
 
 
 def write_settings(settings: Settings, plan: RunPlan, path: Path) -> Path:
@@ -500,8 +642,12 @@ __all__ = [
     "QC_FAIL_EXIT",
     "check_writable",
     "use_template_cache",
+    "ModalityChecks",
     "collect_units",
+    "find_units",
+    "lookup_reuse",
     "modality_checks",
+    "screen_units",
     "new_run_id",
     "resolve_device",
     "run_group",

@@ -175,7 +175,7 @@ def fake_run(monkeypatch):
         seen.extend(u.name for u in units)
         return FakeWorkflow(units)
 
-    def run_wf(wf, settings, run_id, on_unit_done=None):
+    def run_wf(wf, settings, run_id, on_unit_done=None, on_start=None, on_step_done=None):
         for unit in wf.units:
             folder = settings.output_dir / f"sub-{unit.subject}"
             side = L.sidecar(L.path(folder, unit.name, "statmap", "T1w", "hypometabolism"))

@@ -534,3 +534,45 @@ def test_two_t1w_runs_outputs_and_report_agree(tmp_path):
     assert "the preprocessed T1w is missing" not in report
     assert "no pseudo-normal PET" not in report
     assert f"ignoring {sub}_run-2_T1w.nii.gz" in report
+
+
+def _check_unit(root: Path, name: str, t1w: nib.Nifti1Image, pet: nib.Nifti1Image):
+    from types import SimpleNamespace
+
+    t1w_path = _put(t1w, root / f"{name}_T1w.nii.gz")
+    pet_path = _put(pet, root / f"{name}_pet.nii.gz")
+    return SimpleNamespace(name=name, t1w=str(t1w_path), pet=[SimpleNamespace(path=pet_path)])
+
+
+def test_modality_checks_in_a_started_worker_equal_the_checks_here(tmp_path):
+    """With 2 processes the checks run in one ``spawn`` worker that was started (ANTs
+    imported, templates made) before the units were known; same verdicts as in this
+    process, in unit order. Stopped early, a busy worker is terminated at once."""
+    import time
+
+    good = _check_unit(tmp_path, "sub-01", template_head("T1w", skull=False), template_head("pet"))
+    swapped = _check_unit(
+        tmp_path, "sub-02", template_head("pet"), template_head("T1w", skull=False)
+    )
+    checks = runner.ModalityChecks(2, 2)
+    assert checks._pool is not None and checks._pool._max_workers == 1
+    checks.submit([good, swapped])
+    there = checks.results()
+    assert checks._pool is None  # shut down once the results are in
+    here = [runner.modality_checks(u) for u in (good, swapped)]
+    assert there[0] == here[0] == (None, [])
+    assert str(there[1][0]) == str(here[1][0])
+    assert "sub-02 skipped: does not look like a T1w" in str(there[1][0])
+    assert str(there[1][0]).endswith("were the T1w and PET swapped?")
+    inline = runner.ModalityChecks(1, 2)
+    assert inline._pool is None
+    inline.submit([good])
+    assert inline.results() == [(None, [])]
+    early = runner.ModalityChecks(2, 1)  # the run stops (e.g. an invalid dataset)
+    procs = list(early._pool._processes.values())
+    t0 = time.monotonic()
+    early.close()
+    for proc in procs:
+        proc.join(10)
+        assert not proc.is_alive()
+    assert time.monotonic() - t0 < 5

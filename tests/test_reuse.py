@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -572,3 +573,30 @@ def test_petprep_session_series_match_their_session(raw, tmp_path):
         got["A"].files["pet_ref"].endswith("ses-A/pet/sub-01_ses-A_trc-FDG_desc-hmc_petref.nii.gz")
     )
     assert got["B"].files == {}  # no ses-B PET derivatives; the ses-A ones are not taken
+
+
+def test_lookup_then_resolve_equals_resolve(raw, tmp_path):
+    """The run looks the derivatives up while the modality checks run (``lookup_reuse``)
+    and logs/uses them afterwards: same plan, units and errors as one ``resolve_reuse``;
+    an unusable folder is raised by ``resolve_reuse``, where the run raised it before."""
+    from pet_synth_app.runner import lookup_reuse
+
+    deriv = write_smriprep(tmp_path / "smriprep", "01", _raw_files(raw, tmp_path))
+    settings = Settings(
+        bids_dir=raw, output_dir=tmp_path / "out", work_dir=tmp_path / "w", derivatives=[deriv]
+    )
+    units, _ = pbids.collect_inputs(pbids.load_layout(raw))
+    plan = resolve_plan(settings, check=False, device="cpu")
+    found = lookup_reuse(settings, units, plan)
+    assert sorted(found) == ["sub-01", "sub-02"]
+    one = resolve_reuse(settings, units, plan)
+    two = resolve_reuse(settings, units, plan, found)
+    assert [u.name for u in one[1]] == [u.name for u in two[1]] == ["sub-01", "sub-02"]
+    assert one[2] == two[2] == []
+    assert dict(one[0].reused["sub-01"].files) == dict(two[0].reused["sub-01"].files)
+    assert "t1w2std_xfm" in two[0].reused["sub-01"].files
+    missing = dataclasses.replace(settings, derivatives=[tmp_path / "nope"])
+    error = lookup_reuse(missing, units, plan)
+    assert isinstance(error, PetSynthError) and "does not exist" in str(error)
+    with pytest.raises(PetSynthError, match="does not exist"):
+        resolve_reuse(missing, units, plan, error)

@@ -114,6 +114,13 @@ def _templates() -> dict[str, nib.Nifti1Image]:
     return out
 
 
+def warm_up() -> None:
+    """Import ANTs and make the 4 mm templates now (a process about to run checks)."""
+    import ants  # noqa: F401
+
+    _templates()
+
+
 def wm_gm_ratio(img: nib.Nifti1Image, seed: int = 1) -> float | None:
     """Mean intensity in the template's deep WM (p > 0.9) over that in its GM (p > 0.6),
     the template registered (affine, Mattes MI, 4 mm) onto ``img``; None when the
@@ -204,5 +211,6 @@ __all__ = [
     "pet_findings",
     "sharpness",
     "t1w_findings",
+    "warm_up",
     "wm_gm_ratio",
 ]

@@ -10,7 +10,12 @@ the callback did not trigger (e.g. ``--nprocs 1`` runs whose callback missed a s
 and waits for all of them. A subject with a failed unit never gets one: the report still
 marks a finished participant. A report that still exists when its subject finishes is
 kept: every derivative write removes its participant's report first
-(``interfaces/bids.py``), so it still shows the outputs on disk.
+(``interfaces/bids.py``), so it still shows the outputs on disk. ``warm_up`` starts the
+report workers and imports the report's modules (matplotlib, nilearn: ~1.5 s) while the
+graph runs, so that the last participant's report, on the run's critical path, does not
+wait for them; ``step_done`` has the same worker compute a participant's registration QC
+(``prefetch_qc``, kept by ``analysis.qc``'s memo) as soon as its template-space T1w and
+mask are written, while its PET steps run.
 """
 
 from __future__ import annotations
@@ -42,6 +47,32 @@ def write_one(
     return f"report {path.name} written in {time.perf_counter() - t0:.1f} s", failed
 
 
+PREFETCH_AFTER = ("ds_t1w_std", "ds_mask_std")
+"""Steps (sinks of the template-space T1w and brain mask) after which a participant's
+registration QC can be computed (``prefetch_qc``)."""
+
+
+def prefetch_qc(output_dir: Path, subject: str) -> int:
+    """Compute the registration QC of the participant's units now, in this report worker
+    (``qc.unit_registration_qc`` keeps it for the report, keyed by the files' identities);
+    returns the number of units."""
+    from ..analysis import qc
+
+    units = qc.unit_dirs(Path(output_dir), subject)
+    for unit in units:
+        qc.unit_registration_qc(*qc.anat_of(unit, subject))
+    return len(units)
+
+
+def import_report_modules() -> bool:
+    """Import what :func:`write_one` needs (run in a report worker by ``warm_up``)."""
+    from .. import inputcheck  # noqa: F401
+    from ..analysis import qc  # noqa: F401
+    from .subject import write_subject_report  # noqa: F401
+
+    return True
+
+
 class SubjectReports:
     """Writes each subject's report once all of its ``units`` (``{unit workflow name:
     subject}``) are done; at most ``workers`` at a time."""
@@ -67,6 +98,44 @@ class SubjectReports:
         self.qc_failed: dict[str, dict[str, list[str]]] = {}
         """Failed QC checks of the subjects whose report was written (``finish``)."""
         self._pool: ProcessPoolExecutor | None = None
+        self.warming: list[Future] = []
+        self.prefetching: dict[str, Future] = {}
+        self._sinks: dict[str, set[str]] = {}
+
+    def _get_pool(self) -> ProcessPoolExecutor:
+        if self._pool is None:  # the report workers ignore a Ctrl-C, as Nipype's do
+            from ..interrupt import worker_pool
+
+            self._pool = worker_pool(self.workers)
+        return self._pool
+
+    def warm_up(self) -> None:
+        """Start the report workers and import the report's modules in them now (call it
+        once the forkserver runs with the run's environment: ``run_workflow``'s
+        ``on_start``). One worker per subject to report, at most ``workers``; nothing
+        with one worker (``--nprocs 1``: the graph's only core)."""
+        if self.workers < 2:
+            return
+        pool = self._get_pool()
+        self.warming = [
+            pool.submit(import_report_modules) for _ in range(min(self.workers, len(self.pending)))
+        ]
+
+    def step_done(self, name: str) -> None:
+        """Progress callback of each ended step (``<unit workflow>.<...>.<step>``): once a
+        unit's ``PREFETCH_AFTER`` steps have ended, its participant's registration QC is
+        computed in the (warmed) report worker; not with one worker."""
+        unit, _, rest = name.partition(".")
+        subject = self.units.get(unit)
+        step = rest.rsplit(".", 1)[-1]
+        if subject is None or step not in PREFETCH_AFTER or self.workers < 2:
+            return
+        ended = self._sinks.setdefault(unit, set())
+        ended.add(step)
+        if ended >= set(PREFETCH_AFTER) and subject not in self.prefetching:
+            self.prefetching[subject] = self._get_pool().submit(
+                prefetch_qc, self.output_dir, subject
+            )
 
     def _submit(self, subject: str) -> None:
         if subject in self.futures or subject in self.unchanged:
@@ -76,11 +145,7 @@ class SubjectReports:
             self.unchanged.add(subject)
             LOGGER.info("report sub-%s.html kept: no output of this participant changed", subject)
             return
-        if self._pool is None:  # the report workers ignore a Ctrl-C, as Nipype's do
-            from ..interrupt import worker_pool
-
-            self._pool = worker_pool(self.workers)
-        self.futures[subject] = self._pool.submit(
+        self.futures[subject] = self._get_pool().submit(
             write_one,
             self.output_dir,
             subject,

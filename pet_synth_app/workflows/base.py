@@ -336,10 +336,17 @@ def configure_nipype(settings: Settings, crash_dir: Path) -> None:
 
 
 def run_workflow(
-    workflow: Workflow, settings: Settings, run_id: str, on_unit_done=None
+    workflow: Workflow,
+    settings: Settings,
+    run_id: str,
+    on_unit_done=None,
+    on_start=None,
+    on_step_done=None,
 ) -> list[tuple[str, str]]:
     """Run the graph; return [(unit workflow name, one-line reason)] of failed units.
-    ``on_unit_done(unit workflow name)`` is called when all steps of a unit have ended."""
+    ``on_unit_done(unit workflow name)`` is called when all steps of a unit have ended;
+    ``on_start()`` once the workers' forkserver runs with the run's environment, just
+    before the first step; ``on_step_done(name)`` as each step ends."""
     crash_dir = settings.output_dir / "logs" / f"crash-{run_id}"
     configure_nipype(settings, crash_dir)
     # The workflow copied the global config when it was built, and its copy wins over the
@@ -354,9 +361,12 @@ def run_workflow(
         from ..interrupt import ignore_sigint_in_workers
 
         ignore_sigint_in_workers()
+    if on_start is not None:
+        on_start()
     from .progress import Progress
 
-    progress = Progress(workflow, on_unit_done=on_unit_done)  # "progress: n of N steps"
+    # "progress: n of N steps" lines; the reports follow the steps
+    progress = Progress(workflow, on_unit_done=on_unit_done, on_step_done=on_step_done)
     args = {**args, "status_callback": progress}
     runner = plugin
     if plugin == "MultiProc" and not settings.use_plugin:  # participants finish in order

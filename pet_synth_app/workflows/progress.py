@@ -20,7 +20,12 @@ class Progress:
     with the Linear plugin and along a chain of steps)."""
 
     def __init__(
-        self, workflow, every_s: float = 30.0, clock=time.monotonic, on_unit_done=None
+        self,
+        workflow,
+        every_s: float = 30.0,
+        clock=time.monotonic,
+        on_unit_done=None,
+        on_step_done=None,
     ) -> None:
         nodes = workflow._get_all_nodes() if hasattr(workflow, "_get_all_nodes") else []
         self.total = sum(map(_executes, nodes))  # fullnames are not unique before the run
@@ -35,6 +40,7 @@ class Progress:
         }
         self.unit_ended: dict[str, set[str]] = {u: set() for u in self.unit_total}
         self.on_unit_done = on_unit_done
+        self.on_step_done = on_step_done  # ``on_step_done(name)`` as each step ends
         self.done: set[str] = set()
         self.running: set[str] = set()
         self.last = ""  # the step that finished last
@@ -58,6 +64,7 @@ class Progress:
                 self.last = name
                 if not name.split(".")[-1].startswith("_"):  # no MapNode parts
                     self.done.add(name)
+                    self._step_ended(name)
                     self._unit_step_ended(name)
         now = self.clock()
         finished = len(self.done) >= self.total and not self.running
@@ -73,7 +80,15 @@ class Progress:
         return self
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "on_unit_done": None}
+        return {**self.__dict__, "on_unit_done": None, "on_step_done": None}
+
+    def _step_ended(self, name: str) -> None:
+        if self.on_step_done is None:
+            return
+        try:
+            self.on_step_done(name)
+        except Exception as exc:  # never stop the scheduler
+            LOGGER.warning("step callback failed after %s: %s", _short(name), exc)
 
     def _unit_step_ended(self, name: str) -> None:
         unit = name.split(".")[0]
