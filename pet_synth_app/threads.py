@@ -17,6 +17,7 @@ import inspect
 import os
 import sys
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 ENV_VARS = (
@@ -69,6 +70,45 @@ def thread_limits(n: int | None, env: bool = True) -> Iterator[int | None]:
         if torch is not None:
             torch.set_num_threads(torch_before)
         restore_environ(saved_env)
+
+
+def _single_threaded_worker() -> None:
+    """Pool-thread initializer: torch's intra-op count of this thread (OpenMP's
+    per-thread setting, MKL) at 1 before its first operation."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(1)
+
+
+@contextmanager
+def worker_pool(n: int | None) -> Iterator[ThreadPoolExecutor | None]:
+    """``n`` Python worker threads that each run torch (and BLAS) single-threaded, for
+    steps made of many independent pieces of work (the OC-SVM detector's encoding and
+    solver: ``analysis.anomaly.fit``). Inside the block the process's torch/BLAS pools
+    are on 1 thread; yields None when ``n`` is None or 1 (run serially; with ``None``
+    the thread settings are left as they are).
+
+    Why: torch's own intra-op threads synchronise at every operation; on the group
+    fit's small operations 2 of them kept ~1.2 cores busy, and on a busy machine they
+    spent up to 5x the CPU time waiting. Independent pieces on single-threaded workers
+    keep ``n`` cores busy, and each piece is computed as a single-threaded call computes
+    it, whichever worker runs it (the group fit's results equal those of 1 and of 2
+    intra-op threads bit for bit: tests/test_anomaly.py, docs/benchmarks.md)."""
+    if n is None:
+        yield None
+        return
+    n = max(1, int(n))
+    with thread_limits(1, env=False):
+        if n == 1:
+            yield None
+            return
+        pool = ThreadPoolExecutor(
+            n, thread_name_prefix="petsynth-worker", initializer=_single_threaded_worker
+        )
+        try:
+            yield pool
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def restore_environ(saved: dict[str, str | None]) -> None:
@@ -125,4 +165,5 @@ __all__ = [
     "set_process_threads",
     "thread_limits",
     "with_thread_limits",
+    "worker_pool",
 ]

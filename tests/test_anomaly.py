@@ -201,3 +201,30 @@ def test_spilled_blocks_save_the_same_model(tmp_path):
     z = rng.normal(size=(64, 8)).astype(np.float32)
     loaded = ocsvm.load_model(tmp_path / "lazy")
     assert np.allclose(ocsvm.score(loaded, z), ocsvm.score(dense, z), atol=1e-6)
+
+
+def test_fit_in_worker_threads_saves_the_serial_model(tmp_path, monkeypatch):
+    """The group fit's encoding and OC-SVMs in 2 single-threaded workers save the same
+    detector files, byte for byte, as the serial path on 2 torch threads."""
+    import contextlib
+
+    pets, mask, gm = _cohort(6)
+    kwargs = dict(
+        nu=0.1,
+        gamma="scale",
+        epochs=1,
+        pairs_per_epoch=1000,
+        seed=0,
+        threads=2,
+        block_voxels=700,
+        meta={"created": "now"},
+    )
+    pooled = anomaly.fit(pets, [mask] * 6, gm, np.eye(4), tmp_path / "pool", **kwargs)
+    monkeypatch.setattr(anomaly, "worker_pool", lambda n: contextlib.nullcontext())
+    serial = anomaly.fit(pets, [mask] * 6, gm, np.eye(4), tmp_path / "serial", **kwargs)
+    assert pooled.n_voxels == serial.n_voxels > 1400  # several blocks
+    for name in ("ocsvm.safetensors", "autoencoder.safetensors"):
+        assert (tmp_path / "pool" / name).read_bytes() == (tmp_path / "serial" / name).read_bytes()
+    test_pet = _cohort(1, seed=42)[0][0]
+    _, decision, _ = anomaly.score(tmp_path / "pool", test_pet, mask, threads=1)
+    assert np.ptp(decision[anomaly.model_voxels(gm, [mask])]) > 0

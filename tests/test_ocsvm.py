@@ -256,3 +256,33 @@ def test_standardize_known_outlier_region() -> None:
     assert np.all(np.isfinite(zf)) and np.all(zf[lesion] < 0) and np.all(zf[healthy] == 0)
     with pytest.raises(ValueError, match="constant"):
         ocsvm.standardize(np.where(mask, 2.0, 0.0), mask)
+
+
+def test_fit_model_in_worker_threads_is_the_serial_model() -> None:
+    """Solver chunks fitted by single-threaded workers (``threads.worker_pool``, the
+    group fit) give the same model, bit for bit, as the serial fit on 1 or 2 threads,
+    and the same as ``fit_batched`` on each ``chunk`` of voxels."""
+    from pet_synth_app.threads import worker_pool
+
+    rng = np.random.default_rng(3)
+    shape = (10, 10, 10)
+    ijk = np.argwhere(rng.random(shape) < 0.6)
+    latents = rng.normal(size=(20, len(ijk), 8)).astype(np.float32)
+    latents[:, :, 0] += np.linspace(0, 5, len(ijk), dtype=np.float32)
+    kw = dict(nu=0.1, gamma="scale", chunk=250, chunk_mb=0.1)  # 4 chunks, 2-3 solver chunks each
+    assert ocsvm._chunk_size(20, 8, 4, 0.1) < 250 < len(ijk)
+    serial = [ocsvm.fit_model(latents, ijk, shape, np.eye(4), threads=t, **kw) for t in (1, 2)]
+    with worker_pool(2) as pool:
+        pooled = ocsvm.fit_model(latents, ijk, shape, np.eye(4), pool=pool, **kw)
+    for ref in serial:
+        for key in ("ijk", "sv", "alpha", "rho", "gamma"):
+            np.testing.assert_array_equal(getattr(pooled, key), getattr(ref, key))
+    X = np.ascontiguousarray(latents.transpose(1, 0, 2))
+    alpha, rho, gamma = zip(
+        *(ocsvm.fit_batched(X[s : s + 250], nu=0.1, chunk_mb=0.1) for s in range(0, len(X), 250)),
+        strict=True,
+    )
+    np.testing.assert_array_equal(pooled.rho, np.concatenate(rho))
+    np.testing.assert_array_equal(pooled.gamma, np.concatenate(gamma))
+    np.testing.assert_allclose(pooled.alpha.sum(1), 2.0, rtol=1e-5)  # nu n = 2
+    assert pooled.rho.std() > 0

@@ -251,3 +251,30 @@ def test_bfloat16_encoding_is_close_to_float32_and_recorded(tmp_path, monkeypatc
     assert S.load_autoencoder(path)[0].encode_precision == "float32"
     with pytest.raises(ValueError, match="encode_precision"):
         S.SiameseAutoencoder(encode_precision="float16")
+
+
+def test_encode_stack_in_worker_threads_gives_the_same_codes() -> None:
+    """Subjects encoded by single-threaded workers (``threads.worker_pool``, the group
+    fit) give bit-identical codes to one call on 1 or 2 torch threads, in both encode
+    precisions."""
+    from pet_synth_app.threads import thread_limits, worker_pool
+
+    vols, mask = _cohort(5)
+    stack = S.patch_stack(vols, mask)
+    torch.manual_seed(0)
+    model = S.SiameseAutoencoder()
+    for precision in S.ENCODE_PRECISIONS:
+        model.encode_precision = precision
+        with thread_limits(2, env=False):
+            two = S.encode_stack(model, stack, slice(3, None), batch_size=97)
+        with thread_limits(1, env=False):
+            one = S.encode_stack(model, stack, slice(3, None), batch_size=97)
+        with worker_pool(2) as pool:
+            assert pool is not None
+            assert pool.submit(torch.get_num_threads).result() == 1
+            pooled = S.encode_stack(model, stack, slice(3, None), batch_size=97, pool=pool)
+        assert pooled.shape == (5, int(mask.sum()) - 3, S.LATENT_DIM)
+        assert np.abs(pooled).max() > 0
+        np.testing.assert_array_equal(pooled, one)
+        np.testing.assert_array_equal(pooled, two)
+    assert model.training  # mode restored

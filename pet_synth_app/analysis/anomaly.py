@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import OCSVM_BLOCK_VOXELS, OCSVM_CODES_MB, OCSVM_GM_THRESHOLD
-from ..threads import thread_limits
+from ..threads import thread_limits, worker_pool
 
 LOGGER = logging.getLogger("petsynth")
 META = "anomaly.json"
@@ -110,8 +110,10 @@ def fit(
     encoded at every model voxel and one OC-SVM is fitted per voxel on those codes, one
     block of voxels at a time (the codes of all controls for all voxels would not fit in
     memory at 1 mm with tens of controls): ``block_voxels``, by default
-    :func:`block_size` (codes of one block <= ``OCSVM_CODES_MB``). Encoding and fitting
-    use ``threads`` torch threads; the encoder's convolutions run in ``encode_precision``
+    :func:`block_size` (codes of one block <= ``OCSVM_CODES_MB``). The autoencoder
+    trains on ``threads`` torch threads; encoding and fitting run in ``threads``
+    single-threaded workers (``threads.worker_pool``; the same detector as one thread
+    computes it, tested); the encoder's convolutions run in ``encode_precision``
     (default ``siamese.ENCODE_PRECISION`` where the CPU has native bfloat16, else
     float32), recorded in its card for the participants.
     """
@@ -149,35 +151,38 @@ def fit(
     # there (~0.07 GB a block at 1 mm / 75 controls, ~2 GB in all)
     spilled = Path(tempfile.mkdtemp(prefix=".ocsvm-blocks-", dir=folder))
     try:
-        for start in range(0, len(ijk), block):
-            stop = min(len(ijk), start + block)
-            with thread_limits(threads or None, env=False):
+        # ``threads`` single-threaded workers share each block's encoding (a subject per
+        # task) and OC-SVMs (a solver chunk per task): both cores busy, same results
+        with worker_pool(threads) as pool:
+            for start in range(0, len(ijk), block):
+                stop = min(len(ijk), start + block)
                 codes = siamese.encode_stack(
-                    ae, stack, slice(start, stop), out=latents[:, : stop - start]
+                    ae, stack, slice(start, stop), out=latents[:, : stop - start], pool=pool
                 )
-            clock.lap("encode")
-            part = ocsvm.fit_model(
-                codes,
-                ijk[start:stop],
-                voxels.shape,
-                np.asarray(affine),
-                nu=nu,
-                gamma=gamma,
-                meta=dict(meta or {}),
-                threads=threads or None,
-            )
-            parts.append(ocsvm.spill(part, spilled / f"sv-{len(parts):05d}.npy"))
-            del part
-            clock.lap("ocsvm")
-            LOGGER.info(
-                "OC-SVM fit: %d/%d voxels (encode %.0f s, OC-SVMs %.0f s wall; %.0f / %.0f s CPU)",
-                stop,
-                len(ijk),
-                clock.wall["encode"],
-                clock.wall["ocsvm"],
-                clock.cpu["encode"],
-                clock.cpu["ocsvm"],
-            )
+                clock.lap("encode")
+                part = ocsvm.fit_model(
+                    codes,
+                    ijk[start:stop],
+                    voxels.shape,
+                    np.asarray(affine),
+                    nu=nu,
+                    gamma=gamma,
+                    meta=dict(meta or {}),
+                    pool=pool,
+                )
+                parts.append(ocsvm.spill(part, spilled / f"sv-{len(parts):05d}.npy"))
+                del part
+                clock.lap("ocsvm")
+                LOGGER.info(
+                    "OC-SVM fit: %d/%d voxels (encode %.0f s, OC-SVMs %.0f s wall; "
+                    "%.0f / %.0f s CPU)",
+                    stop,
+                    len(ijk),
+                    clock.wall["encode"],
+                    clock.wall["ocsvm"],
+                    clock.cpu["encode"],
+                    clock.cpu["ocsvm"],
+                )
         del latents, stack
         model = ocsvm.concat_models(parts)  # support vectors stay in ``spilled``
         ae_card = siamese.save_autoencoder(ae, folder / AE_FILE, {"seed": seed, "log": log})

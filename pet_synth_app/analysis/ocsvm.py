@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -193,6 +194,58 @@ def _chunk_size(n: int, d: int, itemsize: int, chunk_mb: float) -> int:
     return max(1, int(chunk_mb * 2**20 // per_problem))
 
 
+def _checked(X: np.ndarray, nu: float, max_iter: int) -> np.ndarray:
+    """``X`` as an array after :func:`fit_batched`'s input checks (ValueError)."""
+    X = np.asarray(X)
+    if X.ndim != 3:
+        raise ValueError(f"X must be (V, n, d), got shape {X.shape}")
+    V, n, d = X.shape
+    if n < 1 or d < 1:
+        raise ValueError(f"X has no samples or no features: shape {X.shape}")
+    if not 0.0 < float(nu) <= 1.0:
+        raise ValueError(f"nu must be in (0, 1], got {nu}")
+    if max_iter < 1:
+        raise ValueError(f"max_iter must be at least 1, got {max_iter}")
+    if not np.all(np.isfinite(X)):
+        raise ValueError("X has non-finite values")
+    return X
+
+
+def _solve(
+    X: np.ndarray, nu: float, gamma: float | str, tol: float, max_iter: int, chunk_mb: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int, int]:
+    """:func:`fit_batched`'s work on checked ``X`` (V, n, d) with torch's current thread
+    count: ``(alpha, rho, gamma, unconverged, iterations, problems per chunk)``."""
+    V, n, d = X.shape
+    gammas = _gamma_per_problem(X, gamma)
+    alpha = np.zeros((V, n), dtype=np.float32)
+    rho = np.zeros(V, dtype=np.float32)
+    step = _chunk_size(n, d, 4, chunk_mb)
+    n_left = n_iter = 0
+    with torch.inference_mode():
+        for start in range(0, V, step):
+            stop = min(V, start + step)
+            xs = torch.from_numpy(np.ascontiguousarray(X[start:stop], dtype=np.float32))
+            K = _rbf(xs, torch.from_numpy(gammas[start:stop]))
+            a, G, left, iters = _smo_chunk(K, float(nu), tol, max_iter)
+            n_left += left
+            n_iter = max(n_iter, iters)
+            del K
+            alpha[start:stop] = a.numpy()
+            rho[start:stop] = _rho(a, G, 1.0).numpy()
+    return alpha, rho, gammas, n_left, n_iter, step
+
+
+def _warn_unconverged(n_left: int, V: int, tol: float, max_iter: int) -> None:
+    if n_left:
+        warnings.warn(
+            f"one-class SVM: {n_left} of {V} problems did not reach tol={tol} "
+            f"in {max_iter} iterations",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
+
 def fit_batched(
     X: np.ndarray,
     nu: float = NU,
@@ -222,43 +275,13 @@ def fit_batched(
     ``decision_batched(alpha, rho, gamma, X, Z)`` equals scikit-learn's
     ``OneClassSVM(kernel="rbf", nu=nu, gamma=gamma).fit(X[v]).decision_function(Z[v])``.
     """
-    X = np.asarray(X)
-    if X.ndim != 3:
-        raise ValueError(f"X must be (V, n, d), got shape {X.shape}")
-    V, n, d = X.shape
-    if n < 1 or d < 1:
-        raise ValueError(f"X has no samples or no features: shape {X.shape}")
-    if not 0.0 < float(nu) <= 1.0:
-        raise ValueError(f"nu must be in (0, 1], got {nu}")
-    if max_iter < 1:
-        raise ValueError(f"max_iter must be at least 1, got {max_iter}")
-    if not np.all(np.isfinite(X)):
-        raise ValueError("X has non-finite values")
-    gammas = _gamma_per_problem(X, gamma)
-    alpha = np.zeros((V, n), dtype=np.float32)
-    rho = np.zeros(V, dtype=np.float32)
-    step = _chunk_size(n, d, 4, chunk_mb)
-    n_left = n_iter = 0
-    with thread_limits(threads, env=False), torch.inference_mode():
-        for start in range(0, V, step):
-            stop = min(V, start + step)
-            xs = torch.from_numpy(np.ascontiguousarray(X[start:stop], dtype=np.float32))
-            K = _rbf(xs, torch.from_numpy(gammas[start:stop]))
-            a, G, left, iters = _smo_chunk(K, float(nu), tol, max_iter)
-            n_left += left
-            n_iter = max(n_iter, iters)
-            del K
-            alpha[start:stop] = a.numpy()
-            rho[start:stop] = _rho(a, G, 1.0).numpy()
+    X = _checked(X, nu, max_iter)
+    V = X.shape[0]
+    with thread_limits(threads, env=False):
+        alpha, rho, gammas, n_left, n_iter, step = _solve(X, nu, gamma, tol, max_iter, chunk_mb)
     if info is not None:
         info.update(iterations=n_iter, unconverged=n_left, chunk=step)
-    if n_left:
-        warnings.warn(
-            f"one-class SVM: {n_left} of {V} problems did not reach tol={tol} "
-            f"in {max_iter} iterations",
-            RuntimeWarning,
-            stacklevel=2,
-        )
+    _warn_unconverged(n_left, V, tol, max_iter)
     return alpha, rho, gammas
 
 
@@ -340,14 +363,20 @@ def fit_model(
     meta: dict | None = None,
     *,
     chunk: int = 16384,
-    **solver: Any,
+    tol: float = TOL,
+    max_iter: int = MAX_ITER,
+    chunk_mb: float = CHUNK_MB,
+    threads: int | None = None,
+    pool: Executor | None = None,
 ) -> OCSVMModel:
     """Fit one OC-SVM per voxel on the controls' latents (n_subjects, V, d) (same voxel
     order as ``ijk`` (V, 3), e.g. ``np.argwhere(mask)``) and keep only support vectors.
 
-    Voxels are fitted ``chunk`` at a time (bounded memory); ``solver`` goes to
-    ``fit_batched`` (tol, max_iter, chunk_mb, threads). Support vectors are stored as
-    float16 (ValueError if a latent does not fit), ordered as the subjects.
+    Voxels are fitted ``chunk`` at a time (bounded memory), each in solver chunks of
+    ``chunk_mb`` (``fit_batched``, with ``tol`` and ``max_iter``) on ``threads`` torch
+    threads, or, with a ``pool`` (``threads.worker_pool``), one solver chunk per task in
+    its threads (the same chunks: the same model). Support vectors are stored as float16
+    (ValueError if a latent does not fit), ordered as the subjects.
     """
     latents = np.asarray(latents)
     if latents.ndim != 3:
@@ -358,20 +387,35 @@ def fit_model(
         raise ValueError(f"{ijk.shape[0]} voxel indices for {V} voxels of latents")
     if n < 2:
         raise ValueError(f"need at least 2 control latents per voxel, got {n}")
-    if latents.size and (latents.max() > _FLOAT16_MAX or latents.min() < -_FLOAT16_MAX):
-        raise ValueError("latents exceed the float16 range of the stored support vectors")
     shape = tuple(int(s) for s in shape)
     if np.any(ijk < 0) or np.any(ijk >= np.asarray(shape)):
         raise ValueError(f"voxel indices outside the grid {shape}")
     alpha = np.zeros((V, n), dtype=np.float32)
     rho = np.zeros(V, dtype=np.float32)
     gammas = np.zeros(V, dtype=np.float32)
-    for start in range(0, V, chunk):
-        stop = min(V, start + chunk)
-        X = np.ascontiguousarray(latents[:, start:stop].transpose(1, 0, 2), dtype=np.float32)
-        alpha[start:stop], rho[start:stop], gammas[start:stop] = fit_batched(
-            X, nu, gamma, **solver
+    step = _chunk_size(n, d, 4, chunk_mb)
+    ranges = [
+        (a, min(start + chunk, V, a + step))
+        for start in range(0, V, chunk)
+        for a in range(start, min(start + chunk, V), step)
+    ]  # solver chunks within ``chunk``s, as fit_batched of each ``chunk`` makes them
+
+    def solve(a: int, b: int) -> tuple[int, int]:
+        X = np.ascontiguousarray(latents[:, a:b].transpose(1, 0, 2), dtype=np.float32)
+        if X.size and (X.max() > _FLOAT16_MAX or X.min() < -_FLOAT16_MAX):
+            raise ValueError("latents exceed the float16 range of the stored support vectors")
+        X = _checked(X, nu, max_iter)
+        alpha[a:b], rho[a:b], gammas[a:b], left, iters, _ = _solve(
+            X, nu, gamma, tol, max_iter, chunk_mb
         )
+        return left, iters
+
+    if pool is None:
+        with thread_limits(threads, env=False):
+            done = [solve(a, b) for a, b in ranges]
+    else:
+        done = [f.result() for f in [pool.submit(solve, a, b) for a, b in ranges]]
+    _warn_unconverged(sum(left for left, _ in done), V, tol, max_iter)
     is_sv = alpha > 0
     m = max(1, int(is_sv.sum(1).max(initial=0)))
     order = np.argsort(~is_sv, axis=1, kind="stable")[:, :m]  # support vectors first

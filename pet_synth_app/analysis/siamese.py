@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -474,11 +475,14 @@ def encode_stack(
     rows: slice,
     batch_size: int = ENCODE_BATCH,
     out: np.ndarray | None = None,
+    pool: Executor | None = None,
 ) -> np.ndarray:
     """Latent vectors (S, n_rows, latent_dim) float32 of every subject of ``stack`` at the
     mask voxels ``stack.ijk[rows]`` (same codes as :func:`encode_volume` of each scaled
     volume). Batches of ``batch_size`` patches under ``torch.inference_mode``; ``out``
-    may be a preallocated array of that shape."""
+    may be a preallocated array of that shape. With a ``pool`` (``threads.worker_pool``)
+    the subjects are encoded in its threads, one subject per task, in the same batches:
+    the same codes."""
     n_rows = len(range(*rows.indices(len(stack.ijk))))
     shape = (len(stack.data), n_rows, model.latent_dim)
     if out is None:
@@ -486,15 +490,23 @@ def encode_stack(
     elif out.shape != shape:
         raise ValueError(f"out has shape {out.shape}, expected {shape}")
     first = rows.indices(len(stack.ijk))[0]
+
+    def one(s: int) -> None:
+        with torch.inference_mode():  # thread-local: entered in the worker
+            for b in range(0, n_rows, batch_size):
+                e = min(n_rows, b + batch_size)
+                x = torch.from_numpy(stack.patches(s, slice(first + b, first + e)))
+                out[s, b:e] = model.encode(x[:, None]).numpy()
+
     was_training = model.training
     model.eval()
     try:
-        with torch.inference_mode():
+        if pool is None:
             for s in range(len(stack.data)):
-                for b in range(0, n_rows, batch_size):
-                    e = min(n_rows, b + batch_size)
-                    x = torch.from_numpy(stack.patches(s, slice(first + b, first + e)))
-                    out[s, b:e] = model.encode(x[:, None]).numpy()
+                one(s)
+        else:
+            for future in [pool.submit(one, s) for s in range(len(stack.data))]:
+                future.result()
     finally:
         model.train(was_training)
     return out
