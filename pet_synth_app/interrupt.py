@@ -101,6 +101,23 @@ def worker_pool(workers: int):
     return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver"))
 
 
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def spawn_pool(workers: int):
+    """A ``ProcessPoolExecutor`` of ``workers`` ``spawn`` processes that ignore SIGINT:
+    for work that starts before ``run_workflow`` has set up the environment that a
+    forkserver (:func:`worker_pool`) would keep for Nipype's workers (the modality checks,
+    ``runner.ModalityChecks``)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    return ProcessPoolExecutor(
+        workers, mp_context=multiprocessing.get_context("spawn"), initializer=_ignore_sigint
+    )
+
+
 @contextlib.contextmanager
 def handle_interrupts() -> Iterator[None]:
     """Inside the block, SIGINT/SIGTERM kill the child processes and raise

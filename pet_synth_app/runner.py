@@ -321,12 +321,6 @@ def _checked(unit):
         return exc
 
 
-def _ignore_sigint() -> None:
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
 class ModalityChecks:
     """:func:`modality_checks` of units, in ``spawn`` worker processes when ``nprocs`` >= 2
     (one, or ``nprocs`` when ``expected`` units number ``MODALITY_POOL_MIN_UNITS`` or
@@ -346,15 +340,11 @@ class ModalityChecks:
         self._futures: list = []
         if int(nprocs) < 2 or expected < 1:
             return
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
+        from .interrupt import spawn_pool
         from .preproc.modality import warm_up
 
         workers = min(int(nprocs), expected) if expected >= MODALITY_POOL_MIN_UNITS else 1
-        self._pool = ProcessPoolExecutor(
-            workers, mp_context=multiprocessing.get_context("spawn"), initializer=_ignore_sigint
-        )
+        self._pool = spawn_pool(workers)
         for _ in range(workers):  # each submission starts one more worker
             self._pool.submit(warm_up)
 

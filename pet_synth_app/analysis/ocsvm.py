@@ -414,7 +414,7 @@ def fit_model(
         with thread_limits(threads, env=False):
             done = [solve(a, b) for a, b in ranges]
     else:
-        done = [f.result() for f in [pool.submit(solve, a, b) for a, b in ranges]]
+        done = list(pool.map(lambda r: solve(*r), ranges))
     _warn_unconverged(sum(left for left, _ in done), V, tol, max_iter)
     is_sv = alpha > 0
     m = max(1, int(is_sv.sum(1).max(initial=0)))

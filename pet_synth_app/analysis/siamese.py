@@ -505,8 +505,7 @@ def encode_stack(
             for s in range(len(stack.data)):
                 one(s)
         else:
-            for future in [pool.submit(one, s) for s in range(len(stack.data))]:
-                future.result()
+            list(pool.map(one, range(len(stack.data))))
     finally:
         model.train(was_training)
     return out
