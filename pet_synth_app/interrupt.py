@@ -101,20 +101,25 @@ def worker_pool(workers: int):
     return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver"))
 
 
-def _ignore_sigint() -> None:
+def _start_worker(env: dict[str, str]) -> None:
+    os.environ.update(env)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def spawn_pool(workers: int):
-    """A ``ProcessPoolExecutor`` of ``workers`` ``spawn`` processes that ignore SIGINT:
-    for work that starts before ``run_workflow`` has set up the environment that a
-    forkserver (:func:`worker_pool`) would keep for Nipype's workers (the modality checks,
-    ``runner.ModalityChecks``)."""
+def spawn_pool(workers: int, env: dict[str, str] | None = None):
+    """A ``ProcessPoolExecutor`` of ``workers`` ``spawn`` processes that ignore SIGINT and
+    start with ``env`` added to their environment (e.g. ITK's thread count, read once at
+    ITK's first use): for work that starts before ``run_workflow`` has set up the
+    environment that a forkserver (:func:`worker_pool`) would keep for Nipype's workers
+    (the modality checks, ``runner.ModalityChecks``)."""
+    import functools
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
     return ProcessPoolExecutor(
-        workers, mp_context=multiprocessing.get_context("spawn"), initializer=_ignore_sigint
+        workers,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=functools.partial(_start_worker, dict(env or {})),
     )
 
 

@@ -332,7 +332,9 @@ class ModalityChecks:
     ``spawn``, not the forkserver: a forkserver started now would keep this environment
     for Nipype's workers, which must see the one ``run_workflow`` sets up (thread
     counts, ``interrupt.ignore_sigint_in_workers``). The workers ignore SIGINT; a Ctrl-C
-    stops them with the run (``interrupt.handle_interrupts``)."""
+    stops them with the run (``interrupt.handle_interrupts``). Each worker runs ITK on one
+    thread, so that a worker's features are the same run after run (ANTs on 2 threads
+    gives WM/GM ratios 0.01 apart: floating-point reduction order)."""
 
     def __init__(self, nprocs: int, expected: int) -> None:
         self.units: list = []
@@ -344,7 +346,7 @@ class ModalityChecks:
         from .preproc.modality import warm_up
 
         workers = min(int(nprocs), expected) if expected >= MODALITY_POOL_MIN_UNITS else 1
-        self._pool = spawn_pool(workers)
+        self._pool = spawn_pool(workers, {"ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS": "1"})
         for _ in range(workers):  # each submission starts one more worker
             self._pool.submit(warm_up)
 

@@ -128,8 +128,9 @@ def wm_gm_ratio(img: nib.Nifti1Image, seed: int = 1) -> float | None:
     import tempfile
 
     import ants
+    from ants.internal import get_pointer_string
 
-    from .anat import _head_center, _translation_tx, nib_to_ants
+    from .anat import _antsreg, _head_center, _translation_tx, nib_to_ants
 
     small = _regrid(img, _WORK_MM)
     data = small.get_fdata(dtype=np.float32)
@@ -141,23 +142,26 @@ def wm_gm_ratio(img: nib.Nifti1Image, seed: int = 1) -> float | None:
     shift = _head_center(data, small.affine, head) - _head_center(
         tpl_head, tpl["head"].affine, tpl_head > 0.1
     )
-    fixed = nib_to_ants(small)
+    fixed, moving = nib_to_ants(small), nib_to_ants(tpl["head"])
+    # explicit stages through _antsreg: ``ants.registration`` ignores its ``random_seed``
+    # argument (antspyx 0.6), so its sampling differed run to run (WM/GM +-0.003)
+    stages = [
+        "--transform",
+        "Affine[0.25]",
+        "--metric",
+        f"Mattes[{get_pointer_string(fixed)},{get_pointer_string(moving)},1,32,Regular,0.2]",
+        "--convergence",
+        "[200x100,1e-6,10]",
+        "--shrink-factors",
+        "2x1",
+        "--smoothing-sigmas",
+        "1x0vox",
+    ]
     with tempfile.TemporaryDirectory(prefix="petsynth-modality-") as tmp:
         init = _translation_tx(-shift, f"{tmp}/init.mat")
-        reg = ants.registration(
-            fixed,
-            nib_to_ants(tpl["head"]),
-            type_of_transform="Affine",
-            initial_transform=init,
-            aff_metric="mattes",
-            aff_iterations=(200, 100),
-            aff_shrink_factors=(2, 1),
-            aff_smoothing_sigmas=(1, 0),
-            outprefix=f"{tmp}/reg_",
-            random_seed=seed,
-        )
+        reg = _antsreg(fixed, moving, stages, f"{tmp}/reg_", init, seed)
         warped = {
-            k: ants.apply_transforms(fixed, nib_to_ants(tpl[k]), reg["fwdtransforms"]).numpy()
+            k: ants.apply_transforms(fixed, nib_to_ants(tpl[k]), reg["fwd"]).numpy()
             for k in ("GM", "WM", "mask")
         }
     brain = warped["mask"] > 0.5
