@@ -60,6 +60,8 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from pet_synth_app.analysis.metrics import image_metrics
+from pet_synth_app.config import GM_THRESHOLD
+from pet_synth_app.synthesis import pvmodel
 from pet_synth_app.synthesis.inputs import (
     REPRESENTATIONS,
     build_model_input,
@@ -198,6 +200,44 @@ def shared_multiscale(
     return [mean_pet + np.tensordot(slopes, design(t[key]), 1) for t in test]
 
 
+def pv_forward_rows(
+    train: list[dict], test: list[dict], mean_pet: np.ndarray
+) -> dict[str, list[np.ndarray]]:
+    """The partial-volume forward model (``synthesis.pvmodel``): its three numbers
+    fitted by leave-one-out on the training controls only, then the held-out controls
+    predicted from the training mean PET, with and without the reference-region
+    rescaling to the training controls' level (reference: the participant's MNI GM
+    probability > ``GM_THRESHOLD``, the
+    default ``gm-mean`` SUVR region)."""
+
+    def reference(d: dict) -> np.ndarray | None:
+        return d["gm"] > GM_THRESHOLD if "gm" in d else None
+
+    params, _ = pvmodel.fit_pv_params(
+        [s["pet"] for s in train],
+        [s["pv_gm"] for s in train],
+        [s["pv_csf"] for s in train],
+        [s["mask"] > 0 for s in train],
+        [reference(s) for s in train],
+    )
+    print(f"partial-volume model fitted on the training controls: {params}", file=sys.stderr)
+    signal = pvmodel.mean_signal([s["pv_gm"] for s in train], [s["pv_csf"] for s in train], params)
+    level = pvmodel.reference_level([s["pet"] for s in train], [reference(s) for s in train])
+    tag = f"r_WM {params.wm_ratio:g}, r_CSF {params.csf_ratio:g}, gamma {params.gamma:g}"
+    return {
+        f"partial-volume forward model ({tag}; fitted by LOO on the training controls)": [
+            pvmodel.anatomy_adjusted_pet(
+                mean_pet, signal, t["pv_gm"], t["pv_csf"], params, reference(t), level
+            )
+            for t in test
+        ],
+        f"the same without the reference-region rescaling ({tag})": [
+            pvmodel.anatomy_adjusted_pet(mean_pet, signal, t["pv_gm"], t["pv_csf"], params)
+            for t in test
+        ],
+    }
+
+
 def evaluate_representation(
     representation: str,
     deriv: Path,
@@ -267,6 +307,9 @@ def evaluate_representation(
                     f"lam {lam:g}",
                     pooled_ridge(train, test, [*extra, "age"], mean_pet, POOL_VOX, lam),
                 )
+    if {"pv_gm", "pv_csf"} <= set(keys):
+        for label, preds in pv_forward_rows(train, test, mean_pet).items():
+            add(label, preds)
     if pending:  # affine space -> MNI, one warp per test participant for all rows
         labels = list(pending)
         for label in labels:

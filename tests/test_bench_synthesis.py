@@ -68,6 +68,8 @@ def make_fake_derivatives(
             pet = (pet + noise * rng.standard_normal(pet.shape)) * tis["mask"]
         _save(anat / f"{sub}_desc-preproc_T1w.nii.gz", toy_t1w(tis) * 800)
         _save(anat / f"{sub}_desc-brain_mask.nii.gz", tis["mask"], np.uint8)
+        for label in ("GM", "WM", "CSF"):  # T1w-space tissues (the mni-pv fractions)
+            _save(anat / f"{sub}_label-{label}_probseg.nii.gz", tis[label.lower()])
         _save(anat / f"{sub}_space-{SPACE}_desc-preproc_T1w.nii.gz", toy_t1w(tpl) * 800)
         _save(anat / f"{sub}_space-{SPACE}_desc-brain_mask.nii.gz", tpl["mask"], np.uint8)
         _save(anat / f"{sub}_space-{SPACE}_label-GM_probseg.nii.gz", tpl["gm"])

@@ -85,6 +85,8 @@ def test_representations_on_fake_derivatives(tmp_path, capsys):
             "mni",
             "--representation",
             "affine",
+            "--representation",
+            "mni-pv",
             "--noise-free",
             str(clean),
             "--json",
@@ -94,7 +96,7 @@ def test_representations_on_fake_derivatives(tmp_path, capsys):
     assert rc == 0
     res = json.loads(out.read_text())
     s = res["summary"]
-    assert res["representations"] == ["mni", "affine"] and res["loo_pool"] == ids
+    assert res["representations"] == ["mni", "affine", "mni-pv"] and res["loo_pool"] == ids
     loo = s["baselines"]["LOO mean control PET"]
     train_mean = s["baselines"]["training mean PET (MNI)"]
     aff = s["affine"]["voxelwise ridge on t1w_affine, lam 0.0001"]
@@ -111,6 +113,10 @@ def test_representations_on_fake_derivatives(tmp_path, capsys):
     assert trip["psnr"][0] > 60 and trip["r_real"][0] == pytest.approx(1.0, abs=1e-4)
     assert mni["psnr"][0] < aff["psnr"][0] - 3.0
     assert s["baselines"]["noise-free twin PET (ceiling)"]["r_clean"][0] == pytest.approx(1.0)
+    # the partial-volume forward model sees the thickness in the blurred GM fractions
+    (pv_label,) = [k for k in s["mni-pv"] if k.startswith("partial-volume forward model")]
+    pv = s["mni-pv"][pv_label]
+    assert pv["psnr"][0] > loo["psnr"][0] + 1.0 and pv["r_clean"][0] > 0.5
     printed = capsys.readouterr().out
     assert "| affine | voxelwise ridge on t1w_affine, lam 0 |" in printed
 
