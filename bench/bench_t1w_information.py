@@ -221,18 +221,21 @@ def pv_forward_rows(
         [reference(s) for s in train],
     )
     print(f"partial-volume model fitted on the training controls: {params}", file=sys.stderr)
-    signal = pvmodel.mean_signal([s["pv_gm"] for s in train], [s["pv_csf"] for s in train], params)
+    mean_gm = np.mean([s["pv_gm"] for s in train], 0)
+    mean_csf = np.mean([s["pv_csf"] for s in train], 0)
     level = pvmodel.reference_level([s["pet"] for s in train], [reference(s) for s in train])
     tag = f"r_WM {params.wm_ratio:g}, r_CSF {params.csf_ratio:g}, gamma {params.gamma:g}"
     return {
         f"partial-volume forward model ({tag}; fitted by LOO on the training controls)": [
             pvmodel.anatomy_adjusted_pet(
-                mean_pet, signal, t["pv_gm"], t["pv_csf"], params, reference(t), level
+                mean_pet, mean_gm, mean_csf, t["pv_gm"], t["pv_csf"], params, reference(t), level
             )
             for t in test
         ],
         f"the same without the reference-region rescaling ({tag})": [
-            pvmodel.anatomy_adjusted_pet(mean_pet, signal, t["pv_gm"], t["pv_csf"], params)
+            pvmodel.anatomy_adjusted_pet(
+                mean_pet, mean_gm, mean_csf, t["pv_gm"], t["pv_csf"], params
+            )
             for t in test
         ],
     }

@@ -49,12 +49,13 @@ def test_fit_finds_the_uptake_ratios_and_follows_the_anatomy():
     assert params == TRUE
     assert len(errors) == 27 and errors[(0.4, 0.1, 1.0)] == min(errors.values())
     mean_pet = np.mean([t["pet"] for t in train], 0)
-    signal = pvmodel.mean_signal([t["gm"] for t in train], [t["csf"] for t in train], params)
+    mean_gm = np.mean([t["gm"] for t in train], 0)
+    mean_csf = np.mean([t["csf"] for t in train], 0)
     level = pvmodel.reference_level([t["pet"] for t in train], [t["ref"] for t in train])
     assert level == pytest.approx(1.0)  # SUVR on the reference region
     for t in test:
         pred = pvmodel.anatomy_adjusted_pet(
-            mean_pet, signal, t["gm"], t["csf"], params, t["ref"], level
+            mean_pet, mean_gm, mean_csf, t["gm"], t["csf"], params, t["ref"], level
         )
         err_model = np.sqrt(np.mean((pred - t["pet"]) ** 2))
         err_mean = np.sqrt(np.mean((mean_pet - t["pet"]) ** 2))
@@ -68,13 +69,12 @@ def test_mean_anatomy_gives_the_mean_pet_and_less_grey_matter_less_pet():
     toys = _toys(4)
     mean_pet = np.mean([t["pet"] for t in toys], 0)
     gm, csf = toys[0]["gm"], toys[0]["csf"]
-    signal = pvmodel.tissue_signal(gm, csf, TRUE)
-    same = pvmodel.anatomy_adjusted_pet(mean_pet, signal, gm, csf, TRUE)
+    same = pvmodel.anatomy_adjusted_pet(mean_pet, gm, csf, gm, csf, TRUE)
     np.testing.assert_allclose(same, mean_pet, rtol=1e-5)
-    thinner = pvmodel.anatomy_adjusted_pet(mean_pet, signal, gm * 0.8, csf, TRUE)
+    thinner = pvmodel.anatomy_adjusted_pet(mean_pet, gm, csf, gm * 0.8, csf, TRUE)
     assert (thinner <= same + 1e-6).all() and thinner.mean() < 0.95 * same.mean()
     # an empty brain (fractions 0 where the mean has tissue) is clipped, not divided by 0
-    empty = pvmodel.anatomy_adjusted_pet(mean_pet, signal, 0 * gm, 0 * csf, TRUE)
+    empty = pvmodel.anatomy_adjusted_pet(mean_pet, gm, csf, 0 * gm, 0 * csf, TRUE)
     assert np.isfinite(empty).all() and (empty >= 0).all()
 
 

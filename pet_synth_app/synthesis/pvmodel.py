@@ -62,7 +62,8 @@ def tissue_signal(pv_gm: np.ndarray, pv_csf: np.ndarray, params: PVParams) -> np
 
 def anatomy_adjusted_pet(
     mean_pet: np.ndarray,
-    mean_signal: np.ndarray,
+    mean_pv_gm: np.ndarray,
+    mean_pv_csf: np.ndarray,
     pv_gm: np.ndarray,
     pv_csf: np.ndarray,
     params: PVParams,
@@ -70,10 +71,11 @@ def anatomy_adjusted_pet(
     level: float | None = None,
 ) -> np.ndarray:
     """The expected PET (SUVR) of a participant with fractions ``pv_gm``/``pv_csf``:
-    ``mean_pet * (F / mean_signal) ** gamma`` (``mean_signal``: the controls' mean
-    :func:`tissue_signal`), rescaled so that its mean over the participant's boolean
-    ``reference`` region is ``level`` (the controls' :func:`reference_level`; None for
-    either: no rescaling)."""
+    ``mean_pet * (F / F_mean) ** gamma`` (``F_mean``: the :func:`tissue_signal` of the
+    controls' mean fractions ``mean_pv_gm``/``mean_pv_csf``), rescaled so that its mean
+    over the participant's boolean ``reference`` region is ``level`` (the controls'
+    :func:`reference_level`; None for either: no rescaling)."""
+    mean_signal = tissue_signal(mean_pv_gm, mean_pv_csf, params)
     ratio = tissue_signal(pv_gm, pv_csf, params) / np.maximum(mean_signal, 1e-3)
     pred = mean_pet * np.clip(ratio, *RATIO_CLIP) ** params.gamma
     if reference is not None and level is not None and reference.any():
@@ -92,11 +94,6 @@ def reference_level(
     return float(np.mean(values)) if values else None
 
 
-def mean_signal(pv_gms: Sequence[np.ndarray], pv_csfs: Sequence[np.ndarray], params: PVParams):
-    """The controls' mean :func:`tissue_signal` (x, y, z)."""
-    return np.mean([tissue_signal(g, c, params) for g, c in zip(pv_gms, pv_csfs, strict=True)], 0)
-
-
 def fit_pv_params(
     pets: Sequence[np.ndarray],
     pv_gms: Sequence[np.ndarray],
@@ -107,7 +104,7 @@ def fit_pv_params(
 ) -> tuple[PVParams, dict[tuple[float, float, float], float]]:
     """The :class:`PVParams` of ``grid`` (default ``DEFAULT_GRID``) with the smallest
     leave-one-out error on the training controls: each control predicted from the others'
-    mean PET and mean tissue signal, mean squared error (SUVR^2) inside its boolean
+    mean PET and mean fractions, mean squared error (SUVR^2) inside its boolean
     ``masks``. Returns the best parameters and the error of every grid point."""
     n = len(pets)
     if n < 3:
@@ -126,25 +123,29 @@ def fit_pv_params(
         None if r is None else float(p[r].mean()) for p, r in zip(pets, references, strict=True)
     ]
     errors: dict[tuple[float, float, float], float] = {}
-    for wm, csf in itertools.product(grid["wm_ratio"], grid["csf_ratio"]):
-        signals = [
-            tissue_signal(g, c, PVParams(wm, csf)) for g, c in zip(pv_gms, pv_csfs, strict=True)
-        ]
-        signal_sum = np.sum(signals, 0, dtype=np.float64)
-        for gamma in grid["gamma"]:
-            params = PVParams(wm, csf, gamma)
-            err = 0.0
-            for i in range(n):
-                mean_pet = ((pet_sum - pets[i]) / (n - 1)).astype(np.float32)
-                mean_sig = ((signal_sum - signals[i]) / (n - 1)).astype(np.float32)
-                others = [v for j, v in enumerate(levels) if j != i and v is not None]
-                level = float(np.mean(others)) if others else None
-                pred = anatomy_adjusted_pet(
-                    mean_pet, mean_sig, pv_gms[i], pv_csfs[i], params, references[i], level
-                )
-                m = masks[i]
-                err += float(np.mean((pred[m] - pets[i][m]) ** 2))
-            errors[(wm, csf, gamma)] = err / n
+    gm_sum = np.sum(pv_gms, 0, dtype=np.float64)
+    csf_sum = np.sum(pv_csfs, 0, dtype=np.float64)
+    loo = [
+        tuple(((total - own) / (n - 1)).astype(np.float32) for total, own in pairs)
+        for pairs in zip(
+            [(pet_sum, p) for p in pets],
+            [(gm_sum, g) for g in pv_gms],
+            [(csf_sum, c) for c in pv_csfs],
+            strict=True,
+        )
+    ]
+    for wm, csf, gamma in itertools.product(grid["wm_ratio"], grid["csf_ratio"], grid["gamma"]):
+        params = PVParams(wm, csf, gamma)
+        err = 0.0
+        for i, (mean_pet, mean_gm, mean_csf) in enumerate(loo):
+            others = [v for j, v in enumerate(levels) if j != i and v is not None]
+            level = float(np.mean(others)) if others else None
+            pred = anatomy_adjusted_pet(
+                mean_pet, mean_gm, mean_csf, pv_gms[i], pv_csfs[i], params, references[i], level
+            )
+            m = masks[i]
+            err += float(np.mean((pred[m] - pets[i][m]) ** 2))
+        errors[(wm, csf, gamma)] = err / n
     best = min(errors, key=errors.get)
     return PVParams(*best), errors
 
@@ -154,7 +155,6 @@ __all__ = [
     "PVParams",
     "anatomy_adjusted_pet",
     "fit_pv_params",
-    "mean_signal",
     "reference_level",
     "tissue_signal",
 ]
