@@ -39,6 +39,14 @@ def _check_args(opts: argparse.Namespace) -> None:
             f"--prior: {opts.model} takes a prior only with a single-channel input, not "
             f"{opts.input_representation} ({', '.join(prior_models(n_in))} do)"
         )
+    if opts.prior_anatomy and not opts.prior:
+        raise UsageError("--prior-anatomy adjusts the mean-image prior: add --prior")
+    if opts.prior_anatomy and opts.input_representation != "mni-pv":
+        raise UsageError(
+            "--prior-anatomy needs the GM/CSF fractions of --input-representation mni-pv"
+        )
+    if opts.prior_anatomy and get_spec(opts.model).kind != "slices":
+        raise UsageError(f"--prior-anatomy: {opts.model} is not a semi-3D CycleGAN")
     if not 0 < opts.val_fraction < 1:
         raise UsageError("--val-fraction must be between 0 and 1")
     if opts.folds == 1 or opts.folds < 0:
@@ -271,6 +279,7 @@ def _train_one(opts, config, volumes, val_names, out_dir, pet_scale, device, ext
         card_extra=extra,
         progress=bar,
         prior=opts.prior,
+        prior_anatomy=opts.prior_anatomy,
     )
     if bar is not None:
         bar.close()

@@ -6,14 +6,16 @@ import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
+from scipy import ndimage
 from test_synthesis_training import SHAPE, make_volumes, slab, tiny_config
 
 from pet_synth_app.errors import PetSynthError
-from pet_synth_app.synthesis import training
+from pet_synth_app.synthesis import pvmodel, training
 from pet_synth_app.synthesis.inference import (
     generator_input_prior,
     generator_prior,
     predict_volume,
+    predict_with_config,
     prior_slices,
     volume_to_slices,
 )
@@ -368,3 +370,76 @@ def test_diffusion_models_refuse_a_multichannel_prior(tmp_path, name):
         train_one_epoch_with_prior(
             [pv_slab("a", 0), pv_slab("b", 1)], [pv_slab("v", 2)], tmp_path, name
         )
+
+
+# ------------------------------------------------------------------ anatomy-adjusted prior
+def physics_slab(name: str, seed: int) -> training.Volumes:
+    """``mni-pv``-like volumes whose PET is the partial-volume forward model's physics:
+    uptake pattern x (GM + 0.4 WM + 0.1 CSF) of each participant's own smooth fractions."""
+    v = slab(name, seed)
+    rng = np.random.default_rng(200 + seed)
+    smooth = [ndimage.gaussian_filter(rng.normal(0, 1, SHAPE), 2) for _ in range(2)]
+    gm = np.clip(0.45 + 2.0 * smooth[0], 0.05, 0.9)
+    csf = np.minimum(np.clip(0.15 + smooth[1], 0.0, 0.3), 1 - gm)
+    x = np.linspace(0.8, 1.2, SHAPE[0])[:, None, None]
+    signal = pvmodel.tissue_signal(gm, csf, pvmodel.PVParams(0.4, 0.1, 1.0))
+    pet = (np.clip(0.6 * x * signal, 0, 1) * v.mask).astype(np.float32)
+    extra = (np.stack([gm, csf]) * v.mask).astype(np.float32)
+    return training.Volumes(
+        name, v.t1w, pet, v.mask, v.affine, pet * 2.5, extra, representation="mni-pv"
+    )
+
+
+def test_anatomy_adjusted_prior_is_fitted_validated_as_epoch_0_and_used(tmp_path):
+    """``prior_anatomy``: the config carries the fitted partial-volume model, epoch 0 (the
+    prior alone) is validated and saved first, and a model whose residual is 0 predicts
+    each participant's own anatomy-adjusted prior, which follows the PET where the mean
+    cannot."""
+    train = [physics_slab(n, i) for i, n in enumerate("abcd")]
+    val = [physics_slab("v", 9)]
+    res = training.train(
+        "cyclegan-mse",
+        tiny_config("cyclegan-mse", n_epochs=1),
+        train,
+        val,
+        tmp_path,
+        epochs=1,
+        seed=0,
+        resume=False,
+        prior=True,
+        prior_anatomy=True,
+        tune_fwhm=False,
+    )
+    spec = res.card["config"]["pv_prior"]
+    assert (spec["wm_ratio"], spec["csf_ratio"]) == (0.4, 0.1)
+    assert (spec["gm_channel"], spec["csf_channel"]) == (1, 2) and spec["level"] > 0
+    assert [row["epoch"] for row in res.history] == [0, 1]
+    assert res.best_epoch in (0, 1)
+
+    gen, card = load_generator(res.weights)
+    model = build_model("cyclegan-mse", dict(card["config"]))  # residual 0: the prior
+    mean_in, mean_pet = training.mean_images(train)
+    model.set_priors(torch.from_numpy(mean_in * 2 - 1), torch.from_numpy(mean_pet * 2 - 1))
+    test = physics_slab("t", 7)
+    out = predict_with_config(test.masked_channels, model.generator.eval(), card["config"])
+    own = pvmodel.participant_prior(test.masked_channels, mean_pet, mean_in, spec)
+    z = slice(14, 20)
+    np.testing.assert_allclose(out[:, :, z], own[:, :, z], atol=1e-5)
+    m = test.mask[:, :, z]
+    err_own = np.abs(own[:, :, z] - test.pet[:, :, z])[m].mean()
+    err_mean = np.abs(mean_pet[:, :, z] - test.pet[:, :, z])[m].mean()
+    assert err_own < 0.5 * err_mean
+    # the trained generator goes through the same prior
+    trained = predict_with_config(test.masked_channels, gen, card["config"])
+    assert np.isfinite(trained).all() and trained[:, :, z][m].mean() > 0
+
+
+def test_anatomy_adjusted_prior_needs_the_prior_and_the_fractions(tmp_path):
+    vols = [physics_slab(n, i) for i, n in enumerate("abc")]
+    kw = dict(epochs=1, seed=0, resume=False, tune_fwhm=False, prior_anatomy=True)
+    cfg = tiny_config("cyclegan-mse", n_epochs=1)
+    with pytest.raises(PetSynthError, match="needs --prior"):
+        training.train("cyclegan-mse", cfg, vols, [], tmp_path / "a", **kw)
+    single = [slab(n, i) for i, n in enumerate("abc")]
+    with pytest.raises(PetSynthError, match="fractions of the mni-pv"):
+        training.train("cyclegan-mse", cfg, single, [], tmp_path / "b", prior=True, **kw)

@@ -137,6 +137,14 @@ def get_parser() -> argparse.ArgumentParser:
         "input only; not in the papers: see docs/models.md)",
     )
     g_hp.add_argument(
+        "--prior-anatomy",
+        action="store_true",
+        help="with --prior and --input-representation mni-pv (cyclegan-mse, cyclegan): "
+        "each participant's prior is the mean PET adjusted to its own GM/CSF fractions by "
+        "a partial-volume forward model (3 numbers fitted on the training controls; "
+        "synthesis/pvmodel.py), and the prior alone is validated as epoch 0",
+    )
+    g_hp.add_argument(
         "--input-representation",
         choices=list(REPRESENTATIONS),
         default=DEFAULT_REPRESENTATION,

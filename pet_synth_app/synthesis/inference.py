@@ -192,6 +192,7 @@ def predict_volume(
     patch: int = 32,
     keep: int = 16,
     inplane_box: tuple[slice, slice] | None = None,
+    prior: np.ndarray | None = None,
 ) -> np.ndarray:
     """Translate a [0, 1] T1w volume (x, y, z), or the (C, x, y, z) channels of an input
     representation (``synthesis.inputs``), into a [0, 1] PET volume on the same grid.
@@ -203,11 +204,16 @@ def predict_volume(
     ``size_multiple``. Memory is bounded by ``batch_size`` samples on the device.
     A generator with a prior (``ResnetGenerator(prior_shape=...)``, the diffusion
     samplers with ``prior_shape``) gets the prior's slices or patches at the same
-    positions as extra channels (after those of its input-domain mean, if it has one).
+    positions as extra channels (after those of its input-domain mean, if it has one);
+    ``prior`` ([0, 1], x, y, z) replaces the generator's own (a participant's
+    anatomy-adjusted prior, :func:`model_prior`).
     """
     chans = _as_channels(t1w)
     grid = chans.shape[1:]
-    prior = generator_prior(generator, grid)
+    own = generator_prior(generator, grid)
+    if prior is not None and own is None:
+        raise ValueError("a prior volume was given for a generator without a prior")
+    prior = own if prior is None else np.asarray(prior, np.float32)
     input_prior = generator_input_prior(generator, grid)
     out = np.zeros(grid, np.float32)
     nonzero = np.argwhere((chans > 0).any(0))
@@ -269,7 +275,8 @@ def predict_with_config(
     batch_size: int = DEFAULT_BATCH_SIZE,
     inplane_box: tuple[slice, slice] | None = None,
 ) -> np.ndarray:
-    """``predict_volume`` with the slicing/patching that a model ``config`` implies."""
+    """``predict_volume`` with the slicing/patching that a model ``config`` implies and
+    the prior it describes (:func:`model_prior`)."""
     patches = kind_from_config(config) == "patches"
     return predict_volume(
         t1w,
@@ -281,7 +288,26 @@ def predict_with_config(
         patch=int(config["patch_size"]) if patches else 32,
         keep=patch_keep(config) if patches else 16,
         inplane_box=inplane_box,
+        prior=model_prior(t1w, generator, config),
     )
+
+
+def model_prior(t1w: np.ndarray, generator: nn.Module, config: dict) -> np.ndarray | None:
+    """The participant's own prior of a model trained with ``--prior-anatomy`` (config
+    ``pv_prior``): the generator's mean PET adjusted to the [0, 1] input channels ``t1w``
+    by the partial-volume forward model (``synthesis.pvmodel.participant_prior``);
+    None for every other model (the generator's own prior, if any, is used)."""
+    spec = config.get("pv_prior")
+    if not spec:
+        return None
+    from .pvmodel import participant_prior
+
+    chans = _as_channels(t1w)
+    mean_pet = generator_prior(generator, chans.shape[1:])
+    mean_channels = generator_input_prior(generator, chans.shape[1:])
+    if mean_pet is None or mean_channels is None or mean_channels.ndim != 4:
+        raise PetSynthError("a pv_prior model needs its mean PET and mean input channels")
+    return participant_prior(chans, mean_pet, mean_channels, spec)
 
 
 def gaussian_smooth(volume: np.ndarray, fwhm_mm: float, zooms: tuple[float, ...]) -> np.ndarray:

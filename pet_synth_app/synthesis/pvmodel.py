@@ -150,11 +150,68 @@ def fit_pv_params(
     return PVParams(*best), errors
 
 
+def fit_prior_spec(
+    pets: Sequence[np.ndarray],
+    channels: Sequence[np.ndarray],
+    masks: Sequence[np.ndarray],
+    channel_names: Sequence[str],
+    grid: dict[str, Sequence[float]] | None = None,
+) -> dict:
+    """The ``pv_prior`` entry of a model config (``--prior-anatomy``): the parameters
+    :func:`fit_pv_params` finds on the training controls' [0, 1] PETs and (C, x, y, z)
+    input channels (``channel_names``, which must include ``pv_gm`` and ``pv_csf``), the
+    controls' PET level over their brain masks (the rescaling region), and where the
+    fractions are among the channels."""
+    names = list(channel_names)
+    missing = [c for c in ("pv_gm", "pv_csf") if c not in names]
+    if missing:
+        raise ValueError(f"the partial-volume prior needs input channels {missing}")
+    gi, ci = names.index("pv_gm"), names.index("pv_csf")
+    brains = [np.asarray(m, bool) for m in masks]
+    params, errors = fit_pv_params(
+        pets, [c[gi] for c in channels], [c[ci] for c in channels], brains, brains, grid
+    )
+    return {
+        **params.as_dict(),
+        "level": reference_level(pets, brains),
+        "gm_channel": gi,
+        "csf_channel": ci,
+        "reference": "brain mask",
+        "loo_mse": errors[(params.wm_ratio, params.csf_ratio, params.gamma)],
+    }
+
+
+def participant_prior(
+    channels: np.ndarray, mean_pet: np.ndarray, mean_channels: np.ndarray, spec: dict
+) -> np.ndarray:
+    """A residual model's prior for one participant (``--prior-anatomy``): the model's
+    mean PET ([0, 1], x, y, z) adjusted to the participant's (C, x, y, z) [0, 1] input
+    channels (zero outside the brain, which is the rescaling region) by
+    :func:`anatomy_adjusted_pet` with the ``pv_prior`` ``spec`` of its config;
+    ``mean_channels``: the training controls' mean channels. [0, 1], (x, y, z)."""
+    gi, ci = int(spec["gm_channel"]), int(spec["csf_channel"])
+    params = PVParams(float(spec["wm_ratio"]), float(spec["csf_ratio"]), float(spec["gamma"]))
+    brain = (channels > 0).any(0)
+    pred = anatomy_adjusted_pet(
+        mean_pet,
+        mean_channels[gi],
+        mean_channels[ci],
+        channels[gi],
+        channels[ci],
+        params,
+        brain,
+        spec.get("level"),
+    )
+    return np.clip(pred * brain, 0.0, 1.0).astype(np.float32)
+
+
 __all__ = [
     "DEFAULT_GRID",
     "PVParams",
     "anatomy_adjusted_pet",
+    "fit_prior_spec",
     "fit_pv_params",
+    "participant_prior",
     "reference_level",
     "tissue_signal",
 ]

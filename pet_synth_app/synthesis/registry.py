@@ -28,6 +28,7 @@ _SEMI3D_CYCLE = {
     "pool_size": 50,
     "prior_shape": None,
     "prior_input": None,
+    "pv_prior": None,
     "input_channels": None,
 }
 # the diffusion models (docs/models.md): 3D patches of 32^3 tiling the volume without
@@ -53,7 +54,9 @@ _DIFFUSION = {
 # the papers): set by ``petsynth-train --prior`` from the training data; prior_input: the
 # generators also see the mean image of their input domain (set by --prior; None in
 # models trained before it, which see only the output-domain mean); input_channels: image
-# channels of the input representation (synthesis.inputs; None = 1, as before issue 14)
+# channels of the input representation (synthesis.inputs; None = 1, as before issue 14);
+# pv_prior: the partial-volume forward model that adjusts the prior to each participant
+# (set by --prior-anatomy from the training data, synthesis/pvmodel.py)
 
 
 @dataclass(frozen=True)

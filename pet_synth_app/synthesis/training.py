@@ -25,6 +25,7 @@ from safetensors.torch import load_file, save_file
 
 from ..analysis.metrics import image_metrics
 from ..errors import PetSynthError
+from . import pvmodel
 from .inference import (
     CONTEXT_SLICES,
     DEFAULT_FWHM_MM,
@@ -137,34 +138,92 @@ class SampleSet:
     z_t1w: np.ndarray | None = None  # axial index of each T1w sample (slices only)
     z_pet: np.ndarray | None = None  # axial index of each PET sample (slices only)
     corners: np.ndarray | None = None  # (n, 3) first voxel of each patch (patches only)
+    prior_t1w: np.ndarray | None = None  # each T1w sample's participant prior (slices)
+    prior_pet: np.ndarray | None = None  # each PET sample's participant prior (slices)
 
 
 def slice_samples(
-    volumes: list[Volumes], box: tuple[slice, slice], paired: bool = True
+    volumes: list[Volumes],
+    box: tuple[slice, slice],
+    paired: bool = True,
+    priors: list[np.ndarray] | None = None,
 ) -> SampleSet:
     """Semi-3D samples (n, 3, bx, by): every brain slice of the volumes.
 
     Paired: T1w and PET stacks of the volumes with PET, aligned sample by sample.
     Unpaired: T1w stacks of every volume (T1w-only ones too) and PET stacks of the
-    volumes with PET, of different lengths.
+    volumes with PET, of different lengths. ``priors`` (one (x, y, z) volume per
+    participant, ``--prior-anatomy``): their slices at every T1w and PET sample.
     """
-    t1s, pets, src, z_t1, z_pet = [], [], [], [], []
-    for v in volumes:
+    t1s, pets, src, z_t1, z_pet, pr_t1, pr_pet = [], [], [], [], [], [], []
+    for i, v in enumerate(volumes):
         if v.pet is None and paired:
             continue
         zs = _slice_indices(v.mask)
         chans = v.channels if v.channels.ndim == 4 else v.channels[None]
         t1s.append(channel_slices(chans[(slice(None),) + box], CONTEXT_SLICES)[zs])
         z_t1.append(zs)
+        own = None if priors is None else volume_to_slices(priors[i][box], CONTEXT_SLICES)[zs]
+        pr_t1.append(own)
         if v.pet is not None:
             pets.append(volume_to_slices(v.pet[box], CONTEXT_SLICES)[zs])
             z_pet.append(zs)
+            pr_pet.append(own)
         src += [f"{v.name}:z{z}" for z in zs]
     if not t1s or not pets:
         raise PetSynthError("no training slices (no brain voxels or no PET)")
     return SampleSet(
-        np.concatenate(t1s), np.concatenate(pets), src, np.concatenate(z_t1), np.concatenate(z_pet)
+        np.concatenate(t1s),
+        np.concatenate(pets),
+        src,
+        np.concatenate(z_t1),
+        np.concatenate(z_pet),
+        prior_t1w=None if priors is None else np.concatenate(pr_t1),
+        prior_pet=None if priors is None else np.concatenate(pr_pet),
     )
+
+
+def _fit_pv_prior(
+    model_name: str, prior: bool, representation: str, volumes: list[Volumes]
+) -> dict:
+    """The ``pv_prior`` config entry of ``--prior-anatomy`` (``pvmodel.fit_prior_spec``
+    on the training volumes with PET); PetSynthError when the model or the input
+    representation cannot take it."""
+    from .inputs import REPRESENTATIONS
+
+    names = REPRESENTATIONS[representation]["channels"]
+    if not prior:
+        raise PetSynthError("--prior-anatomy adjusts the mean-image prior: it needs --prior")
+    if (
+        get_spec(model_name).kind != "slices"
+        or not get_spec(model_name).builder.multichannel_prior
+    ):
+        raise PetSynthError(
+            f"--prior-anatomy: {model_name} does not take an anatomy-adjusted prior (the "
+            "semi-3D CycleGANs do)"
+        )
+    if not {"pv_gm", "pv_csf"} <= set(names):
+        raise PetSynthError(
+            f"--prior-anatomy needs the GM and CSF fractions of the mni-pv input "
+            f"representation, not {representation}"
+        )
+    with_pet = [v for v in volumes if v.pet is not None]
+    if len(with_pet) < 3:
+        raise PetSynthError("--prior-anatomy needs >= 3 training participants with PET")
+    spec = pvmodel.fit_prior_spec(
+        [v.pet for v in with_pet],
+        [v.masked_channels for v in with_pet],
+        [v.mask for v in with_pet],
+        names,
+    )
+    LOGGER.info(
+        "partial-volume prior fitted on %d controls: WM/GM %.2f, CSF/GM %.2f, gamma %.1f",
+        len(with_pet),
+        spec["wm_ratio"],
+        spec["csf_ratio"],
+        spec["gamma"],
+    )
+    return spec
 
 
 def mean_images(volumes: list[Volumes]) -> tuple[np.ndarray, np.ndarray]:
@@ -454,6 +513,7 @@ def train(
     progress: Callable | None = None,
     tune_fwhm: bool = True,
     prior: bool = False,
+    prior_anatomy: bool = False,
 ) -> TrainResult:
     """Train ``model_name`` and write ``out_dir/model.safetensors`` (best validation SSIM).
 
@@ -464,7 +524,13 @@ def train(
     validation SSIM (``tune_smoothing``, the protocol of Zotova et al. 2021).
     ``prior``: the generators predict a residual to the mean training image
     (``mean_images``, stored with the weights; the semi-3D CycleGANs and the diffusion
-    models, whose samples are then residuals to it).
+    models, whose samples are then residuals to it). ``prior_anatomy`` (semi-3D
+    CycleGANs on an input representation with GM/CSF fractions, ``mni-pv``): each
+    participant's prior is the mean PET adjusted to its own anatomy by the
+    partial-volume forward model (``synthesis.pvmodel``; its three numbers fitted on the
+    training controls by leave-one-out, stored in the config as ``pv_prior``), and the
+    untrained generator (its prior alone) is validated as epoch 0: the saved model is
+    never worse on validation than the prior it started from.
     """
     spec = get_spec(model_name)
     if spec.paired and not paired:
@@ -491,6 +557,11 @@ def train(
             "prior_shape": [int(n) for n in train_volumes[0].t1w.shape],
             "prior_input": True,
         }
+    if prior_anatomy:
+        config = {
+            **config,
+            "pv_prior": _fit_pv_prior(model_name, prior, representation, train_volumes),
+        }
     out_dir = Path(out_dir)
     ckpt_dir = out_dir / "checkpoints"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -506,9 +577,17 @@ def train(
     if model.uses_prior:
         prior_t1, prior_pet = mean_images(train_volumes)
         model.set_priors(torch.from_numpy(prior_t1 * 2 - 1), torch.from_numpy(prior_pet * 2 - 1))
+    own_priors = None
+    if config.get("pv_prior"):  # each participant's anatomy-adjusted prior, [0, 1]
+        t1_mean, pet_mean = (p.detach().cpu().numpy() * 0.5 + 0.5 for p in model.prior_volumes())
+        pv_spec = config["pv_prior"]
+        own_priors = [  # in [-1, 1], as the generators see their priors
+            pvmodel.participant_prior(v.masked_channels, pet_mean, t1_mean, pv_spec) * 2 - 1
+            for v in train_volumes
+        ]
     if model.kind == "slices":
         box = inplane_box(train_volumes, model.size_multiple)
-        samples = slice_samples(train_volumes, box, paired)
+        samples = slice_samples(train_volumes, box, paired, own_priors)
     else:
         box = None
         samples = patch_samples(
@@ -565,6 +644,43 @@ def train(
         else:
             prior_samples = tuple(vols)
     card = None
+    if own_priors is not None and start_epoch == 0 and val_volumes:
+        # epoch 0: the untrained residual generator returns its prior, the partial-volume
+        # forward model; an epoch is kept only if it does better on validation
+        t0 = time.time()
+        metrics = validate(model, val_volumes, pet_scale, fwhm_mm, device, box)
+        history.append(
+            {
+                "epoch": 0,
+                **{f"val_{k}": v for k, v in metrics.items()},
+                "seconds": round(time.time() - t0, 2),
+            }
+        )
+        best = {"epoch": 0, "ssim": metrics["ssim"], "metrics": metrics}
+        card = save_generator(
+            model.generator,
+            out_dir / "model.safetensors",
+            _card(
+                model_name,
+                model.config,
+                pet_scale,
+                fwhm_mm,
+                train_volumes,
+                val_volumes,
+                paired,
+                seed,
+                history,
+                best,
+                box,
+                card_extra,
+                representation,
+            ),
+        )
+        LOGGER.info(
+            "epoch 0 (the partial-volume prior alone): val SSIM %.4f PSNR %.2f",
+            metrics["ssim"],
+            metrics["psnr"],
+        )
     for epoch in range(start_epoch, 0 if stopped else total):
         t0 = time.time()
         factor = lr_factor(epoch, n_epochs, n_decay)
@@ -589,7 +705,18 @@ def train(
             t1 = torch.from_numpy(samples.t1w[idx]).to(device) * 2 - 1
             pet = torch.from_numpy(samples.pet[pidx]).to(device) * 2 - 1
             priors = None
-            if prior_samples is not None and model.kind == "slices":
+            if samples.prior_t1w is not None:  # the T1w prior by slice, the PET's own
+                priors = tuple(
+                    (
+                        torch.from_numpy(prior_samples[0][z]).to(device),
+                        torch.from_numpy(own[i]).to(device),
+                    )
+                    for z, own, i in (
+                        (samples.z_t1w[idx], samples.prior_t1w, idx),
+                        (samples.z_pet[pidx], samples.prior_pet, pidx),
+                    )
+                )
+            elif prior_samples is not None and model.kind == "slices":
                 priors = tuple(
                     tuple(torch.from_numpy(p[z]).to(device) for p in prior_samples)
                     for z in (samples.z_t1w[idx], samples.z_pet[pidx])
