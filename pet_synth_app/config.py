@@ -241,7 +241,7 @@ def _inside(child: Path, parent: Path) -> bool:
     return child == parent or parent in child.parents
 
 
-SHIPPED_MODELS = ("cyclegan-mse_phantom", "syndiff-prior_phantom")
+SHIPPED_MODELS = ("cyclegan-mse-pv_phantom", "cyclegan-mse_phantom", "syndiff-prior_phantom")
 """Synthesis models that ship in the package (``data/<name>.safetensors`` + card; trained
 on phantoms, docs/models.md): ``--model-weights`` takes these names as well as paths."""
 

@@ -228,8 +228,8 @@ def get_parser() -> argparse.ArgumentParser:
         type=Path,
         default=_default("model_weights"),
         help="synthesis model (.safetensors with its .json card, from petsynth-train) or "
-        "the name of a shipped one (cyclegan-mse_phantom, syndiff-prior_phantom; "
-        "docs/models.md); default: cyclegan-mse_phantom",
+        "the name of a shipped one (cyclegan-mse-pv_phantom, cyclegan-mse_phantom, "
+        "syndiff-prior_phantom; docs/models.md); default: cyclegan-mse-pv_phantom",
     )
     g_syn.add_argument(
         "--synthesis-fwhm",

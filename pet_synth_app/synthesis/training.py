@@ -861,6 +861,13 @@ def _card(
                     if config.get("prior_input")
                     else ""
                 )
+                + (
+                    "; each participant's prior is that mean adjusted to its own GM/CSF "
+                    "fractions by the partial-volume forward model of config.pv_prior "
+                    "(synthesis/pvmodel.py)"
+                    if config.get("pv_prior")
+                    else ""
+                )
             )
             if config.get("prior_shape")
             else None,

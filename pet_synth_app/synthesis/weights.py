@@ -22,7 +22,7 @@ from .inputs import card_representation, card_space
 from .registry import build_model, get_spec
 
 CARD_FORMAT = "petsynth-model-card/1"
-DEFAULT_WEIGHTS = "cyclegan-mse_phantom.safetensors"
+DEFAULT_WEIGHTS = "cyclegan-mse-pv_phantom.safetensors"
 _REQUIRED = ("format", "model", "config", "input", "sha256")
 
 

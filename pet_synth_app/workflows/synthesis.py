@@ -64,7 +64,14 @@ def init_synthesis_wf(plan: RunPlan, name: str = "synthesis_wf") -> Workflow:
             )
             how += (
                 f" (the generator also received the same slices of {means} of its "
-                "training participants and predicted a residual to the mean PET)"
+                "training participants and predicted a residual to the mean PET"
+                + (
+                    ", adjusted to the participant's own gray-matter and CSF fractions by a "
+                    "partial-volume forward model fitted on the training participants"
+                    if card["config"].get("pv_prior")
+                    else ""
+                )
+                + ")"
             )
     source = {
         "mni": "the template-space T1w",
@@ -72,6 +79,8 @@ def init_synthesis_wf(plan: RunPlan, name: str = "synthesis_wf") -> Workflow:
         "(which keeps the individual anatomy)",
         "mni-jacobian": "the template-space T1w, the log-Jacobian determinant of the "
         "nonlinear warp and the Jacobian-modulated gray-matter map",
+        "mni-pv": "the template-space T1w and the participant's gray-matter and CSF volume "
+        "fractions, blurred to PET resolution in T1w space before the warp to the template",
     }[representation]
     back = (
         "taken to the template space with the nonlinear part of the registration and to "
