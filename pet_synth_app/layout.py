@@ -265,6 +265,7 @@ def find_inputs(deriv: Path, subject: str) -> dict[str, Path | None]:
         "t1w_mask": find(deriv, subject, "mask"),
         "affine": find(deriv, subject, "t1w2affine_xfm"),
         "warp": find(deriv, subject, "affine2std_xfm"),
+        "t1w2std": find(deriv, subject, "t1w2std_xfm"),
         "inverse_warp": find(deriv, subject, "std2affine_xfm"),
         "log_jacobian_std": None,
         "pet_t1w": find(deriv, subject, "pet", "T1w"),

@@ -17,8 +17,9 @@ Rules (docs/usage.md, "Chaining with fMRIPrep"):
   name ours; otherwise the unit stops with one line per problem;
 - transforms are reused only into PetSynth's template (``MNI152NLin2009aSym``), both
   directions, and only when the model input needs no registration stage (input
-  representation ``mni``); fMRIPrep's default ``MNI152NLin2009cAsym`` transforms are
-  refused (one line) and PetSynth registers the reused T1w itself;
+  representations ``mni`` and ``mni-pv``, ``synthesis.inputs.needs_registration_stages``);
+  fMRIPrep's default ``MNI152NLin2009cAsym`` transforms are refused (one line) and
+  PetSynth registers the reused T1w itself;
 - the probability maps are reused as a set of three; anything not found is computed;
 - with the transforms, the template-space T1w, brain mask and GM probseg
   (``space-MNI152NLin2009aSym_desc-preproc_T1w``, ``_desc-brain_mask``,

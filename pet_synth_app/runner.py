@@ -503,14 +503,16 @@ def lookup_reuse(settings: Settings, units: list, plan: RunPlan) -> dict | PetSy
     if not settings.derivatives:
         return {}
     from . import reuse
-    from .synthesis.inputs import card_representation
+    from .synthesis.inputs import card_representation, needs_registration_stages
 
     try:
         layouts = reuse.load_derivatives(settings.derivatives)
     except PetSynthError as exc:
         return exc
     # the reused transforms give T1w <-> MNI only, not the registration stages
-    transforms = not plan.synthesis or card_representation(dict(plan.card)) == "mni"
+    transforms = not plan.synthesis or not needs_registration_stages(
+        card_representation(dict(plan.card))
+    )
     found: dict = {}
     for unit in units:
         try:

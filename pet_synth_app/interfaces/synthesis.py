@@ -24,7 +24,8 @@ class _SynthesizeInputSpec(BaseInterfaceInputSpec):
     t1w = File(exists=True, desc="N4 T1w in T1w space (affine, mni-pv)")
     t1w_mask = File(exists=True, desc="brain mask in T1w space (affine, mni-pv)")
     t1w2affine_xfm = File(exists=True, desc="affine stage T1w -> MNI grid, .mat (affine, mni-pv)")
-    affine2std_warp = File(exists=True, desc="nonlinear part affine space -> MNI (mni-pv)")
+    affine2std_warp = File(exists=True, desc="nonlinear part affine space -> MNI (affine)")
+    t1w2std_xfm = File(exists=True, desc="composite T1w -> MNI transform, .h5 (mni-pv)")
     gm = File(exists=True, desc="GM posterior in T1w space (mni-pv)")
     wm = File(exists=True, desc="WM posterior in T1w space (mni-pv)")
     csf = File(exists=True, desc="CSF posterior in T1w space (mni-pv)")
@@ -67,6 +68,7 @@ class SynthesizePET(SimpleInterface):
             t1w_mask=opt("t1w_mask"),
             affine=opt("t1w2affine_xfm"),
             warp=opt("affine2std_warp"),
+            t1w2std=opt("t1w2std_xfm"),
             gm=opt("gm"),
             wm=opt("wm"),
             csf=opt("csf"),

@@ -77,6 +77,14 @@ REPRESENTATIONS: dict[str, dict] = {
 }
 
 
+def needs_registration_stages(representation: str) -> bool:
+    """Whether the representation needs the registration's stages (the affine and the
+    nonlinear warp apart), not only the composite T1w <-> MNI transforms that
+    sMRIPrep/fMRIPrep write: their transforms can be reused (``--derivatives``) only
+    when it does not."""
+    return check_representation(representation) in ("affine", "mni-jacobian")
+
+
 def check_representation(name: str) -> str:
     """``name`` if it is a known representation, else PetSynthError listing them."""
     if name not in REPRESENTATIONS:
@@ -128,7 +136,9 @@ class InputSources:
     affine stage T1w -> MNI (``.mat``); ``warp``/``inverse_warp``: the nonlinear part
     (affine space -> MNI, MNI -> affine space; displacement field ``.nii.gz`` or ``.h5``);
     ``log_jacobian_std``: log det Jacobian of ``warp`` on the MNI grid (computed from
-    ``warp`` when absent); ``pet_t1w``/``pet_std``: SUVR PET (training targets).
+    ``warp`` when absent); ``t1w2std``: the composite T1w -> MNI transform (``.h5``, the
+    two stages in one; what sMRIPrep/fMRIPrep provide); ``pet_t1w``/``pet_std``: SUVR PET
+    (training targets).
     """
 
     t1w_std: str | Path | nib.Nifti1Image | None = None
@@ -145,6 +155,7 @@ class InputSources:
     gm: str | Path | nib.Nifti1Image | None = None
     wm: str | Path | nib.Nifti1Image | None = None
     csf: str | Path | nib.Nifti1Image | None = None
+    t1w2std: str | Path | None = None
 
     def need(self, *names: str, why: str) -> None:
         missing = [n for n in names if getattr(self, n) is None]
@@ -214,16 +225,20 @@ def pv_fractions_std(
 ) -> tuple[np.ndarray, np.ndarray]:
     """GM and CSF volume fractions of the T1w (``preproc.anat.partial_volume_fractions``),
     blurred by ``fwhm_mm`` in T1w space, then resampled onto the ``reference`` (MNI) grid
-    through ``[warp, affine]`` (T1w -> affine -> MNI, the transforms of the real PET).
+    through the composite T1w -> MNI transform ``t1w2std`` or, without it, ``[warp,
+    affine]`` (the same mapping: T1w -> affine -> MNI, the transforms of the real PET).
     Float32 arrays in [0, 1]."""
     from scipy import ndimage as ndi
 
     from ..analysis.zscore import FWHM_TO_SIGMA
     from ..preproc.anat import apply_transforms, partial_volume_fractions
 
-    sources.need(
-        "t1w", "t1w_mask", "gm", "wm", "csf", "affine", "warp", why="the mni-pv representation"
-    )
+    sources.need("t1w", "t1w_mask", "gm", "wm", "csf", why="the mni-pv representation")
+    if sources.t1w2std is not None:
+        transforms = [str(sources.t1w2std)]
+    else:  # the two stages, applied as the composite would be
+        sources.need("affine", "warp", why="the mni-pv representation (or t1w2std)")
+        transforms = [str(sources.warp), str(sources.affine)]
     t1 = _img(sources.t1w)
     fractions = partial_volume_fractions(
         t1, _img(sources.t1w_mask), (_img(sources.gm), _img(sources.wm), _img(sources.csf))
@@ -232,7 +247,7 @@ def pv_fractions_std(
     sigma = fwhm_mm * FWHM_TO_SIGMA / zooms
     blurred = [ndi.gaussian_filter(_array(fractions[i]), sigma) for i in (0, 2)]
     stack = nib.Nifti1Image(np.stack(blurred, -1), t1.affine)
-    out = _array(apply_transforms(stack, reference, [str(sources.warp), str(sources.affine)]))
+    out = _array(apply_transforms(stack, reference, transforms))
     out = np.clip(out.reshape(reference.shape[:3] + (2,)), 0.0, 1.0)
     return np.ascontiguousarray(out[..., 0]), np.ascontiguousarray(out[..., 1])
 
@@ -329,6 +344,7 @@ __all__ = [
     "input_space",
     "log_jacobian_std",
     "n_channels",
+    "needs_registration_stages",
     "pv_fractions_std",
     "sources_from_derivatives",
     "to_affine_space",

@@ -643,6 +643,26 @@ def train(
             prior_samples = tuple(prior_slices(p, box) for p in vols)
         else:
             prior_samples = tuple(vols)
+
+    def save_best(best: dict) -> dict:
+        """Save the generator as the run's model with its card; return the card."""
+        card = _card(
+            model_name,
+            model.config,
+            pet_scale,
+            fwhm_mm,
+            train_volumes,
+            val_volumes,
+            paired,
+            seed,
+            history,
+            best,
+            box,
+            card_extra,
+            representation,
+        )
+        return save_generator(model.generator, out_dir / "model.safetensors", card)
+
     card = None
     if own_priors is not None and start_epoch == 0 and val_volumes:
         # epoch 0: the untrained residual generator returns its prior, the partial-volume
@@ -657,25 +677,7 @@ def train(
             }
         )
         best = {"epoch": 0, "ssim": metrics["ssim"], "metrics": metrics}
-        card = save_generator(
-            model.generator,
-            out_dir / "model.safetensors",
-            _card(
-                model_name,
-                model.config,
-                pet_scale,
-                fwhm_mm,
-                train_volumes,
-                val_volumes,
-                paired,
-                seed,
-                history,
-                best,
-                box,
-                card_extra,
-                representation,
-            ),
-        )
+        card = save_best(best)
         LOGGER.info(
             "epoch 0 (the partial-volume prior alone): val SSIM %.4f PSNR %.2f",
             metrics["ssim"],
@@ -749,25 +751,7 @@ def train(
         improved = score > best["ssim"]
         if improved:
             best = {"epoch": epoch + 1, "ssim": score, "metrics": metrics}
-            card = save_generator(
-                model.generator,
-                out_dir / "model.safetensors",
-                _card(
-                    model_name,
-                    model.config,
-                    pet_scale,
-                    fwhm_mm,
-                    train_volumes,
-                    val_volumes,
-                    paired,
-                    seed,
-                    history,
-                    best,
-                    box,
-                    card_extra,
-                    representation,
-                ),
-            )
+            card = save_best(best)
         _write_log(out_dir / "training_log.tsv", history)
         stopped = bool(patience) and epoch + 1 - best["epoch"] >= patience
         save_checkpoint(

@@ -24,7 +24,8 @@ SYNTHESIS_INPUTS = [
     "t1w_mask",  # (affine)
     "t1w2affine_xfm",  # affine stage (affine)
     "affine2t1w_xfm",  # its inverse: affine space -> T1w (affine)
-    "affine2std_warp",  # nonlinear part: affine space -> MNI (affine, mni-pv)
+    "affine2std_warp",  # nonlinear part: affine space -> MNI (affine)
+    "t1w2std_xfm",  # composite T1w -> MNI (mni-pv)
     "gm",  # T1w-space tissue posteriors (mni-pv)
     "wm",
     "csf",
@@ -163,7 +164,7 @@ smoothed with a {fwhm:g} mm FWHM Gaussian, and the result was {back}.
             )
         if representation == "mni-pv":
             pv_inputs = [("t1w_preproc", "t1w"), ("t1w_mask", "t1w_mask")]
-            pv_inputs += [(f, f) for f in ("t1w2affine_xfm", "affine2std_warp", "gm", "wm", "csf")]
+            pv_inputs += [(f, f) for f in ("t1w2std_xfm", "gm", "wm", "csf")]
             workflow.connect([(inputnode, synth, pv_inputs)])
     return workflow
 
