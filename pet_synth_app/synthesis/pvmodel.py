@@ -94,6 +94,12 @@ def reference_level(
     return float(np.mean(values)) if values else None
 
 
+def _leave_one_out_means(arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """For each array, the mean of all the others (float32)."""
+    total = np.sum(arrays, 0, dtype=np.float64)
+    return [((total - a) / (len(arrays) - 1)).astype(np.float32) for a in arrays]
+
+
 def fit_pv_params(
     pets: Sequence[np.ndarray],
     pv_gms: Sequence[np.ndarray],
@@ -118,30 +124,29 @@ def fit_pv_params(
     pv_csfs = [np.asarray(c, np.float32)[inside] for c in pv_csfs]
     masks = [np.asarray(m, bool)[inside] for m in masks]
     references = [None if r is None else np.asarray(r, bool)[inside] for r in references]
-    pet_sum = np.sum(pets, 0, dtype=np.float64)
-    levels = [
-        None if r is None else float(p[r].mean()) for p, r in zip(pets, references, strict=True)
+    means = [_leave_one_out_means(a) for a in (pets, pv_gms, pv_csfs)]
+    loo = list(zip(*means, strict=True))  # (mean PET, mean GM, mean CSF) without control i
+    levels = [  # the others' reference level, per left-out control
+        reference_level(
+            [p for j, p in enumerate(pets) if j != i],
+            [r for j, r in enumerate(references) if j != i],
+        )
+        for i in range(n)
     ]
     errors: dict[tuple[float, float, float], float] = {}
-    gm_sum = np.sum(pv_gms, 0, dtype=np.float64)
-    csf_sum = np.sum(pv_csfs, 0, dtype=np.float64)
-    loo = [
-        tuple(((total - own) / (n - 1)).astype(np.float32) for total, own in pairs)
-        for pairs in zip(
-            [(pet_sum, p) for p in pets],
-            [(gm_sum, g) for g in pv_gms],
-            [(csf_sum, c) for c in pv_csfs],
-            strict=True,
-        )
-    ]
     for wm, csf, gamma in itertools.product(grid["wm_ratio"], grid["csf_ratio"], grid["gamma"]):
         params = PVParams(wm, csf, gamma)
         err = 0.0
         for i, (mean_pet, mean_gm, mean_csf) in enumerate(loo):
-            others = [v for j, v in enumerate(levels) if j != i and v is not None]
-            level = float(np.mean(others)) if others else None
             pred = anatomy_adjusted_pet(
-                mean_pet, mean_gm, mean_csf, pv_gms[i], pv_csfs[i], params, references[i], level
+                mean_pet,
+                mean_gm,
+                mean_csf,
+                pv_gms[i],
+                pv_csfs[i],
+                params,
+                references[i],
+                levels[i],
             )
             m = masks[i]
             err += float(np.mean((pred[m] - pets[i][m]) ** 2))
