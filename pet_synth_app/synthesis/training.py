@@ -420,10 +420,12 @@ def tune_smoothing(
     device: str = "cpu",
     candidates: tuple[float, ...] = FWHM_CANDIDATES_MM,
 ) -> dict:
-    """Choose the Gaussian FWHM applied after restacking by mean validation SSIM.
+    """Choose the Gaussian FWHM applied after restacking on the validation volumes.
 
     Predicts each validation volume once with the saved model, smooths it with every
-    candidate FWHM (mm), and writes the best into the card (``input.smoothing_fwhm_mm``,
+    candidate FWHM (mm), and moves from the FWHM used during training to another only if
+    that raises the mean SSIM without lowering the PSNR (:func:`is_better`, candidates in
+    increasing order). Writes the result into the card (``input.smoothing_fwhm_mm``,
     ``validation_metrics`` at that FWHM, the sweep under ``training.smoothing_sweep``).
     Returns the updated card. The weights (and their sha256) are unchanged.
     """
@@ -452,15 +454,20 @@ def tune_smoothing(
         sweep.append(
             {"fwhm_mm": fwhm, **{k: float(np.mean([r[k] for r in rows])) for k in rows[0]}}
         )
-    best = max(sweep, key=lambda r: r["ssim"])
+    trained = card["input"].get("smoothing_fwhm_mm")  # the FWHM validated during training
+    best = next((r for r in sweep if r["fwhm_mm"] == trained), sweep[0])
+    for row in sweep:
+        if is_better(row, {"ssim": best["ssim"], "metrics": best}):
+            best = row
     card["input"]["smoothing_fwhm_mm"] = best["fwhm_mm"]
     card["validation_metrics"] = {k: v for k, v in best.items() if k != "fwhm_mm"}
     card["training"]["smoothing_sweep"] = sweep
     card_path(weights).write_text(json.dumps(card, indent=2) + "\n")
     LOGGER.info(
-        "smoothing tuned on validation SSIM: %.1f mm FWHM (SSIM %.4f)",
+        "smoothing tuned on validation SSIM and PSNR: %.1f mm FWHM (SSIM %.4f, PSNR %.2f)",
         best["fwhm_mm"],
         best["ssim"],
+        best["psnr"],
     )
     return card
 
