@@ -440,6 +440,18 @@ def test_synthesize_pet_end_to_end(tmp_path):
     assert meta["ModelTrainingData"] == "synthetic test data"
     assert meta["SmoothingFWHM"] == 4.0 and meta["Units"] == "SUVR"
     assert meta["Device"] == "cpu"
+    assert meta["InputRepresentation"] == "mni"
+    assert meta["ModelPrior"] == inference.prior_summary(weights.read_card(path))
+
+
+def test_prior_summary_says_what_the_generator_adds_to():
+    from pet_synth_app.synthesis.weights import default_weights, read_card
+
+    assert inference.prior_summary({"config": {}}).startswith("none")
+    mean = inference.prior_summary({"config": {"prior_shape": [1, 8, 8]}})
+    assert mean.startswith("the mean training PET;")
+    shipped = inference.prior_summary(read_card(default_weights()))
+    assert "partial-volume forward model (WM/GM 0.30, CSF/GM 0.25, gamma 1.60)" in shipped
 
 
 def test_synthesize_pet_matches_manual_pipeline(tmp_path):

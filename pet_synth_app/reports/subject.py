@@ -77,6 +77,9 @@ MODEL_KEYS = (
     "ModelWeightsSha256",
     "ModelCard",
     "ModelTrainingData",
+    "InputRepresentation",
+    "ModelPrior",
+    "ModelKeptEpoch",
     "SmoothingFWHM",
     "Device",
 )

@@ -310,6 +310,24 @@ def model_prior(t1w: np.ndarray, generator: nn.Module, config: dict) -> np.ndarr
     return participant_prior(chans, mean_pet, mean_channels, spec)
 
 
+def prior_summary(card: dict) -> str:
+    """One line saying what a model's generator adds its output to (for sidecars and
+    reports): nothing, the mean training PET, or that mean adjusted to the participant's
+    anatomy by the partial-volume forward model (with its fitted numbers)."""
+    config = card.get("config", {})
+    if not config.get("prior_shape"):
+        return "none: the generator predicts the PET itself"
+    spec = config.get("pv_prior")
+    if not spec:
+        return "the mean training PET; the generator predicts a residual to it"
+    return (
+        "the mean training PET adjusted to this participant's GM/CSF fractions by the "
+        f"partial-volume forward model (WM/GM {float(spec['wm_ratio']):.2f}, CSF/GM "
+        f"{float(spec['csf_ratio']):.2f}, gamma {float(spec['gamma']):.2f}); the generator "
+        "predicts a residual to it"
+    )
+
+
 def gaussian_smooth(volume: np.ndarray, fwhm_mm: float, zooms: tuple[float, ...]) -> np.ndarray:
     """3D Gaussian smoothing with an isotropic FWHM in mm (0: unchanged)."""
     if not fwhm_mm:
@@ -511,6 +529,8 @@ def _synthesize(
         "ModelWeightsSha256": card["sha256"],  # verified against the file on load
         "ModelTrainingData": card.get("training", {}).get("data", "unknown"),
         "InputRepresentation": rep,
+        "ModelPrior": prior_summary(card),
+        "ModelKeptEpoch": card.get("training", {}).get("best_epoch"),
         "SmoothingFWHM": fwhm_mm,
         "Units": "SUVR",
         "ReferenceRegion": spec_in.get("pet_reference_region", "gm-mean"),
@@ -521,6 +541,7 @@ def _synthesize(
 
 __all__ = [
     "CONTEXT_SLICES",
+    "prior_summary",
     "channel_patches",
     "channel_slices",
     "DEFAULT_FWHM_MM",
