@@ -110,7 +110,7 @@ def expected_fps(masses: list[float], scans: list[list[float]] | None) -> list[f
     return None if scans is None else [calibrate(m, scans)["expected_fp"] for m in masses]
 
 
-ALPHAS = (0.25, 0.5, 1.0)
+ALPHAS = (0.25, 0.5, 1.0, 1.5, 2.0)
 """Alternative rules printed by --calibrate: significant when expected_fp < alpha."""
 
 

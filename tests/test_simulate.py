@@ -457,3 +457,27 @@ def test_morphometry_deterministic_and_age_driven() -> None:
     runs = [phantom.random_morphometry(np.random.default_rng(0), space, a)[1] for a in ages]
     assert np.all(np.diff([r["ventricle_mm"] for r in runs]) >= 0)
     assert np.all(np.diff([r["thickness_global"] for r in runs]) <= 0)
+
+
+def test_tissue_fractions_are_one_brains_not_population_probabilities() -> None:
+    """The phantom's tissue maps are sharp like one brain's (partial volume only at edges)."""
+    gm = np.array([0.64, 0.2, 0.05, 0.5, 0.0], np.float32)
+    wm = np.array([0.13, 0.7, 0.05, 0.5, 0.0], np.float32)
+    same = phantom.individual_tissue_fractions(gm, wm, 1.0)
+    np.testing.assert_allclose(same[0], gm, atol=1e-5)
+    np.testing.assert_allclose(same[1], wm, atol=1e-5)
+    g, w = phantom.individual_tissue_fractions(gm, wm, 4.0)
+    # the most likely tissue is kept and fills most of the voxel; ties stay mixed
+    assert g[0] > 0.98 and w[1] > 0.99 and g[2] + w[2] < 0.001
+    assert g[3] == pytest.approx(0.5, abs=1e-4) and w[3] == pytest.approx(0.5, abs=1e-4)
+    assert g[4] + w[4] < 1e-6
+    # the 2 mm grid averages the 1 mm volume it covers (tissue volume is kept)
+    vol = np.zeros((8, 8, 8), np.float32)
+    vol[2:6, 3:5, 1:7] = 1.0
+    down = phantom._block_average_2mm(vol, (4, 4, 4))
+    assert down.shape == (4, 4, 4) and down.sum() * 8 == pytest.approx(vol.sum())
+    # the work grid: most GM voxels are (nearly) pure GM, as in one brain at 2 mm
+    space = phantom.load_template_space(2)
+    in_gm = space.gm > 0.5
+    assert (space.gm[in_gm] > 0.9).mean() > 0.3
+    assert np.all(space.gm + space.wm + space.csf <= 1.0 + 1e-5)

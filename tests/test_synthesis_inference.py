@@ -450,8 +450,14 @@ def test_prior_summary_says_what_the_generator_adds_to():
     assert inference.prior_summary({"config": {}}).startswith("none")
     mean = inference.prior_summary({"config": {"prior_shape": [1, 8, 8]}})
     assert mean.startswith("the mean training PET;")
-    shipped = inference.prior_summary(read_card(default_weights()))
-    assert "partial-volume forward model (WM/GM 0.30, CSF/GM 0.25, gamma 1.60)" in shipped
+    card = read_card(default_weights())
+    pv = card["config"]["pv_prior"]
+    shipped = inference.prior_summary(card)
+    assert (
+        f"partial-volume forward model (WM/GM {pv['wm_ratio']:.2f}, "
+        f"CSF/GM {pv['csf_ratio']:.2f}, gamma {pv['gamma']:.2f})"
+    ) in shipped
+    assert "(WM/GM 0.30, CSF/GM 0.30, gamma 1.80)" in shipped  # the shipped fit
 
 
 def test_synthesize_pet_matches_manual_pipeline(tmp_path):

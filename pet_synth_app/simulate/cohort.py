@@ -459,7 +459,7 @@ Simulated with {GENERATOR} {__version__} (seed {config.seed}). Not real data.
   {config.lesion_loss[1]:.0%} uptake loss, {config.lesion_volume_ml[0]}-
   {config.lesion_volume_ml[1]} ml GM-weighted volume).
 
-Ground truth (brain mask, GM/WM/CSF probabilities and lesion masks on the T1w grid, the
+Ground truth (brain mask, GM/WM/CSF volume fractions and lesion masks on the T1w grid, the
 true geometry, and derivatives/truth/lesions.tsv) is under derivatives/truth/.
 """
 
@@ -565,7 +565,7 @@ def write_cohort(
             },
             "volume_ml": {
                 "Description": "GM-weighted volume: sum of lesion profile x GM "
-                "probability over the T1w grid",
+                "fraction over the T1w grid",
                 "Units": "ml",
             },
             "uptake_loss": {"Description": "Peak fractional GM uptake loss (before blur)"},

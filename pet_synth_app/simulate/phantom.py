@@ -16,11 +16,12 @@ Spaces and conventions (all coordinates are RAS world millimetres, as in NIfTI s
   every frame has its own matrix; frame 0 is the reference (``pet_from_t1w``).
 
 Subject anatomy and PET (all on the work grid, before the subject transforms): the
-template tissue maps get the subject's lateral ventricle growth and cortical thinning
-(:func:`random_morphometry`, :func:`morphed_space`; driven by ``age``) and a smooth
-partial-volume GM loss (:func:`random_atrophy`); the T1w and the FDG activity
-(:func:`pet_activity_mni`: GM x regional pattern x age decline x lesions + WM + CSF at
-~15 % of GM + scalp) are both computed from these same tissue fractions, and the PET is
+template tissue maps (the MNI152 probabilities sharpened into one brain's volume
+fractions, :func:`individual_tissue_fractions`) get the subject's lateral ventricle
+growth and cortical thinning (:func:`random_morphometry`, :func:`morphed_space`; driven
+by ``age``) and a smooth partial-volume GM loss (:func:`random_atrophy`); the T1w and the
+FDG activity (:func:`pet_activity_mni`: GM x regional pattern x age decline x lesions +
+WM + CSF at ~15 % of GM + scalp) are both computed from these same tissue fractions, and the PET is
 then blurred with the PSF. What registration to MNI removes (ventricle and sulcal
 geometry) therefore still shows in the PET as partial volume, as in real FDG data.
 
@@ -52,7 +53,7 @@ T1W_ORIENTATIONS = ("LAS", "PSR", "RAS", "LPS")
 """Voxel orders cycled through the cohort (PSR = sagittal slices, like a 3D sagittal MPRAGE)."""
 LESION_PROFILE_THRESHOLD = 0.5
 LESION_GM_THRESHOLD = 0.3
-"""Truth lesion mask = lesion profile >= 0.5 and truth GM probability >= 0.3."""
+"""Truth lesion mask = lesion profile >= 0.5 and truth GM fraction >= 0.3."""
 PET_FOV_TOP_MARGIN_MM = 5.0
 """A field of view that cuts the brain (``pet_fov_cut_mm``) ends this far above the
 brain's top: the scan was centred on the cerebrum and ended in the cerebellum."""
@@ -113,7 +114,9 @@ PET_SCANNERS = (
 class TemplateSpace:
     """Subject-independent maps on the padded MNI work grid (float32 unless stated).
 
-    ``gm``/``wm``/``csf``: tissue probabilities (sum <= 1, CSF only inside the skull);
+    ``gm``/``wm``/``csf``: tissue volume fractions of one brain (sum <= 1, CSF only
+    inside the skull; the MNI152 probabilities sharpened by
+    :func:`individual_tissue_fractions`);
     ``brain``: nilearn brain mask (0/1); ``icv``: soft intracranial mask; ``dist_out``:
     distance (mm) outside the intracranial surface (0 inside); ``uptake_pattern``: relative
     regional FDG uptake of GM (~0.8-1.1); ``cortex``: flat indices of cortical GM voxels
@@ -200,6 +203,41 @@ def _region_pattern(space_affine: np.ndarray, shape: Sequence[int], res: int) ->
     return pattern.astype(np.float32)
 
 
+TISSUE_SHARPNESS = 4.0
+"""Exponent that turns the MNI152 tissue *probabilities* into one brain's tissue *fractions*
+(:func:`individual_tissue_fractions`)."""
+
+
+def individual_tissue_fractions(
+    gm: np.ndarray, wm: np.ndarray, power: float = TISSUE_SHARPNESS
+) -> tuple[np.ndarray, np.ndarray]:
+    """GM and WM volume fractions of one brain from population tissue probabilities (1 mm).
+
+    The MNI152 maps average 152 registered brains: a "pure" cortex voxel there is ~65 % GM,
+    and the GM/WM edge of a T1w built from them is ~40 % wider than a real 1 mm T1w's
+    (docs/benchmarks.md, "Phantom tissue fractions"). One brain's voxels are mostly one
+    tissue, with partial volume only at boundaries. With the third class
+    ``rest = 1 - gm - wm`` (CSF inside the skull): ``f_k = p_k ** power / sum_j p_j **
+    power``, which keeps the most likely tissue of each voxel and narrows every boundary
+    (``power`` 1 = the probabilities). float32, same grid.
+    """
+    rest = np.clip(1.0 - gm - wm, 0.0, 1.0)
+    probs = np.stack([gm, wm, rest]).astype(np.float32) + np.float32(1e-6)
+    probs **= np.float32(power)
+    probs /= probs.sum(0)
+    return probs[0], probs[1]
+
+
+def _block_average_2mm(vol_1mm: np.ndarray, shape_2mm: Sequence[int]) -> np.ndarray:
+    """1 mm map -> the nilearn 2 mm grid (same origin): each 2 mm voxel averages the 1 mm
+    volume it covers (weights 1/4, 1/2, 1/4 per axis)."""
+    out = vol_1mm
+    for axis in range(3):
+        out = ndi.correlate1d(out, [0.25, 0.5, 0.25], axis=axis, mode="constant")
+    out = out[::2, ::2, ::2]
+    return np.ascontiguousarray(out[: shape_2mm[0], : shape_2mm[1], : shape_2mm[2]], np.float32)
+
+
 @lru_cache(maxsize=2)
 def load_template_space(resolution: int = 1) -> TemplateSpace:
     """Build (once per process) the padded MNI work grid at 1 or 2 mm.
@@ -212,9 +250,13 @@ def load_template_space(resolution: int = 1) -> TemplateSpace:
         raise ValueError("template resolution must be 1 or 2 mm")
     res = float(resolution)
     gm_img = datasets.load_mni152_gm_template(resolution=resolution)
-    wm_img = datasets.load_mni152_wm_template(resolution=resolution)
-    wm = np.asarray(wm_img.get_fdata(), np.float32)
-    gm = np.asarray(gm_img.get_fdata(), np.float32)
+    gm, wm = individual_tissue_fractions(
+        np.asarray(datasets.load_mni152_gm_template(resolution=1).get_fdata(), np.float32),
+        np.asarray(datasets.load_mni152_wm_template(resolution=1).get_fdata(), np.float32),
+        TISSUE_SHARPNESS,
+    )
+    if resolution == 2:
+        gm, wm = (_block_average_2mm(v, gm_img.shape) for v in (gm, wm))
     brain = np.asarray(
         datasets.load_mni152_brain_mask(resolution=resolution).get_fdata() > 0.5, np.float32
     )
@@ -761,7 +803,7 @@ class Lesion:
     ``profile(x) = 0.5 (1 - tanh((r(x) - radius_mm) / edge_mm))`` where ``r`` is the
     ellipsoidal distance (MNI mm) from ``center_mni``; GM uptake is multiplied by
     ``1 - uptake_loss * profile``. ``volume_ml`` is the GM-weighted volume
-    (sum of profile x GM probability x voxel volume) on the native T1w grid;
+    (sum of profile x GM fraction x voxel volume) on the native T1w grid;
     ``mask_volume_ml`` the volume of the truth mask (label ``label``).
     """
 

@@ -1,0 +1,70 @@
+"""How sharp are the tissue boundaries of a T1w? Real heads against phantoms.
+
+Usage: python bench/bench_tissue_edges.py DERIV:LABEL [DERIV:LABEL ...]
+
+For each participant preprocessed by ``petsynth participant`` (``DERIV`` its output
+directory), in T1w space: the GM and WM intensities ``mu`` are the medians of the N4 T1w
+inside the brain mask where the GM/WM posterior exceeds ``PV_CORE`` (as the partial-volume
+model does, ``preproc.anat.partial_volume_fractions``); the T1w is smoothed with a 1 mm
+Gaussian (noise); at the voxels whose smoothed intensity is within 10 % of the contrast
+of the GM/WM midpoint, the *edge width* is ``(mu_WM - mu_GM) / |gradient|`` (mm): the
+distance over which the intensity would go from GM to WM at that slope. A T1w built from
+population tissue probabilities has wider edges than one brain's; the phantom's tissue
+sharpness (``simulate.phantom.TISSUE_SHARPNESS``) was chosen so that its edges match the
+real heads' (docs/benchmarks.md, "Phantom tissue fractions").
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from scipy import ndimage as ndi
+
+from pet_synth_app.preproc.anat import PV_CORE
+
+
+def edge_widths(
+    t1: np.ndarray, mask: np.ndarray, gm: np.ndarray, wm: np.ndarray, zooms: tuple
+) -> tuple[np.ndarray, float]:
+    """GM/WM edge widths (mm) at the voxels near the GM/WM intensity midpoint, and the
+    contrast-to-noise ratio ``(mu_WM - mu_GM) / noise`` (noise: 1.4826 x the median
+    absolute deviation of the WM core voxels)."""
+    core_wm = t1[mask & (wm > PV_CORE)]
+    mu_gm = float(np.median(t1[mask & (gm > PV_CORE)]))
+    mu_wm = float(np.median(core_wm))
+    noise = 1.4826 * float(np.median(np.abs(core_wm - mu_wm)))
+    cnr = (mu_wm - mu_gm) / max(noise, 1e-6 * abs(mu_wm))
+    smooth = ndi.gaussian_filter(t1, 1.0 / np.asarray(zooms, float))
+    grad = np.sqrt(sum(g**2 for g in np.gradient(smooth, *zooms)))
+    band = mask & (np.abs(smooth - 0.5 * (mu_gm + mu_wm)) < 0.1 * (mu_wm - mu_gm))
+    return (mu_wm - mu_gm) / np.maximum(grad[band], 1e-6), cnr
+
+
+def main(argv: list[str]) -> int:
+    if not argv:
+        print(__doc__.split("\n\n")[1])
+        return 2
+    print("participant  voxel (mm)  GM/WM CNR  edge width (mm): p25  median  p75  n")
+    for item in argv:
+        deriv, label = item.rsplit(":", 1)
+        anat = Path(deriv) / f"sub-{label}" / "anat" / f"sub-{label}_"
+
+        def load(name: str, anat: Path = anat) -> nib.Nifti1Image:
+            return nib.load(f"{anat}{name}.nii.gz")
+
+        t1 = load("desc-preproc_T1w")
+        zooms = tuple(float(z) for z in t1.header.get_zooms()[:3])
+        mask = np.asanyarray(load("desc-brain_mask").dataobj) > 0
+        gm, wm = (np.asanyarray(load(f"label-{k}_probseg").dataobj) for k in ("GM", "WM"))
+        w, cnr = edge_widths(np.asanyarray(t1.dataobj, np.float32), mask, gm, wm, zooms)
+        p25, p50, p75 = np.percentile(w, [25, 50, 75])
+        cols = f"{cnr:5.1f}      {p25:.2f}  {p50:.2f}  {p75:.2f}  {w.size}"
+        print(f"{label:11s}  {zooms[0]:.2f}        {cols}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
