@@ -24,6 +24,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from pet_synth_app.preproc.anat import PV_CORE
+from pet_synth_app.synthesis.inputs import sources_from_derivatives
 
 
 def edge_widths(
@@ -50,15 +51,11 @@ def main(argv: list[str]) -> int:
     print("participant  voxel (mm)  GM/WM CNR  edge width (mm): p25  median  p75  n")
     for item in argv:
         deriv, label = item.rsplit(":", 1)
-        anat = Path(deriv) / f"sub-{label}" / "anat" / f"sub-{label}_"
-
-        def load(name: str, anat: Path = anat) -> nib.Nifti1Image:
-            return nib.load(f"{anat}{name}.nii.gz")
-
-        t1 = load("desc-preproc_T1w")
+        src = sources_from_derivatives(Path(deriv), label)
+        t1 = nib.load(src.t1w)
         zooms = tuple(float(z) for z in t1.header.get_zooms()[:3])
-        mask = np.asanyarray(load("desc-brain_mask").dataobj) > 0
-        gm, wm = (np.asanyarray(load(f"label-{k}_probseg").dataobj) for k in ("GM", "WM"))
+        mask = np.asanyarray(nib.load(src.t1w_mask).dataobj) > 0
+        gm, wm = (np.asanyarray(nib.load(f).dataobj) for f in (src.gm, src.wm))
         w, cnr = edge_widths(np.asanyarray(t1.dataobj, np.float32), mask, gm, wm, zooms)
         p25, p50, p75 = np.percentile(w, [25, 50, 75])
         cols = f"{cnr:5.1f}      {p25:.2f}  {p50:.2f}  {p75:.2f}  {w.size}"
