@@ -347,5 +347,38 @@ def test_evaluate_cli(tmp_path, mni, capsys):
     assert summary["mean_rank"] == 2 and summary["lobe_accuracy"] == 1
     assert summary["lesion_sensitivity_top3"] == 0.5 and summary["fp_per_control"] == 1
     assert (out / "group" / "evaluation" / "desc-hypometabolism_sensitivity.png").stat().st_size
-    assert "sensitivity within top 3" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "sensitivity within top 3" in printed and "calibrated" not in printed
+    assert summary["significant_sensitivity_top3"] is None  # no calibration: not claimed
+    # calibrated tables: only significant clusters count (the lesion's cluster is rank 2)
+    for s, sig in (("p01", ("false", "true")), ("c01", ("true", "false"))):
+        table = out / f"sub-{s}" / "pet" / f"sub-{s}_trc-FDG_desc-hypometabolism_clusters.tsv"
+        table.write_text(
+            "rank\themisphere\tlobe\tsignificant\n"
+            f"1\tR\tfrontal\t{sig[0]}\n2\tL\ttemporal\t{sig[1]}\n"
+        )
+        table.with_suffix("").with_suffix(".json").write_text(
+            json.dumps({"Calibration": "calibrated on 3 healthy controls (leave-one-out)"})
+        )
+    assert evaluate.main([str(out), "--truth", str(truth)]) == 0
+    summary = json.loads(
+        (out / "group" / "evaluation" / "desc-hypometabolism_summary.json").read_text()
+    )
+    assert summary["significant_sensitivity_top3"] == 1.0
+    assert summary["significant_fp_per_control_held_out"] == 1.0
+    rows = (out / "group" / "evaluation" / "desc-hypometabolism_patients.tsv").read_text()
+    assert "first_hit_significant" in rows.splitlines()[0]
+    assert "patients within top 3 1.00, false-positive clusters per held-out control 1.00" in (
+        capsys.readouterr().out
+    )
+    # the lesion's cluster not significant: not found by the calibrated rule
+    table = out / "sub-p01" / "pet" / "sub-p01_trc-FDG_desc-hypometabolism_clusters.tsv"
+    table.write_text(
+        "rank\themisphere\tlobe\tsignificant\n1\tR\tfrontal\ttrue\n2\tL\ttemporal\tfalse\n"
+    )
+    assert evaluate.main([str(out), "--truth", str(truth)]) == 0
+    summary = json.loads(
+        (out / "group" / "evaluation" / "desc-hypometabolism_summary.json").read_text()
+    )
+    assert summary["significant_sensitivity_top3"] == 0.0 and summary["sensitivity_top3"] == 1
     assert evaluate.main([str(out), "--truth", str(tmp_path / "nope")]) == 2

@@ -90,10 +90,11 @@ def evaluate(out_dir: Path, truth: Path, desc: str = "hypometabolism", max_k: in
         labels = np.rint(np.asanyarray(nib.load(str(dseg)).dataobj)).astype(int)
         rows = _read_tsv(table)
         cluster_lobes = {int(r["rank"]): det.lobe_key(r["hemisphere"], r["lobe"]) for r in rows}
+        calibration = str(_read_json(L.sidecar(table)).get("Calibration", ""))
+        calibrated = calibration.startswith("calibrated")
+        significant = {int(r["rank"]): str(r.get("significant")).lower() == "true" for r in rows}
         if s not in lesions:
             n_clusters = det.count_clusters(labels)
-            calibration = str(_read_json(L.sidecar(table)).get("Calibration", ""))
-            calibrated = calibration.startswith("calibrated")
             controls.append(
                 {
                     "participant_id": f"sub-{s}",
@@ -112,7 +113,15 @@ def evaluate(out_dir: Path, truth: Path, desc: str = "hypometabolism", max_k: in
         truth_labels = _load_labels_on(mask, dseg)
         lesion_lobes = {k: det.lobe_key(v["hemisphere"], v["lobe"]) for k, v in lesions[s].items()}
         res = det.evaluate_patient(labels, truth_labels, lesion_lobes, cluster_lobes)
-        patients.append({"participant_id": f"sub-{s}", **res})
+        first = res["first_hit_rank"]
+        # is the first cluster on a lesion significant against the healthy-control null?
+        # (None: the map is not calibrated)
+        first_significant = (
+            (first is not None and significant.get(first, False)) if calibrated else None
+        )
+        patients.append(
+            {"participant_id": f"sub-{s}", **res, "first_hit_significant": first_significant}
+        )
         for k, v in lesions[s].items():
             lesion_rows.append(
                 {
@@ -146,6 +155,15 @@ def evaluate(out_dir: Path, truth: Path, desc: str = "hypometabolism", max_k: in
         if not c["in_normative_model"] and c.get("n_significant") is not None
     ]
     summary["significant_fp_per_control_held_out"] = float(np.mean(sig)) if sig else None
+    # top-3 sensitivity counting only significant clusters (the calibrated default rule)
+    hits = [
+        p["first_hit_significant"] and p["first_hit_rank"] <= 3
+        for p in patients
+        if p["first_hit_significant"] is not None
+    ]
+    summary["significant_sensitivity_top3"] = (
+        float(np.mean(hits)) if hits and len(hits) == len(patients) else None
+    )
     summary["controls_in_normative_model"] = sum(c["in_normative_model"] for c in controls)
     curve = det.sensitivity_curve([p["first_hit_rank"] for p in patients], max_k)
     lesion_curve = [
@@ -166,6 +184,7 @@ def write_evaluation(
         "n_clusters",
         "n_lesions",
         "first_hit_rank",
+        "first_hit_significant",
         "hit_lesions",
         "lobe_correct",
     ]

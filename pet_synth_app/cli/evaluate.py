@@ -96,6 +96,14 @@ def run_evaluation(opts: argparse.Namespace) -> int:
             "the normative model, so their false-positive count is optimistic; held-out "
             f"controls: {'none' if held is None else f'{held:.2f} clusters each'}"
         )
+    sig_sens = summary["significant_sensitivity_top3"]
+    if sig_sens is not None:
+        sig_fp = summary["significant_fp_per_control_held_out"]
+        print(
+            f"  calibrated (significant clusters only): patients within top 3 {sig_sens:.2f}, "
+            "false-positive clusters per held-out control "
+            f"{'n/a' if sig_fp is None else f'{sig_fp:.2f}'}"
+        )
     print(f"  written to {out}")
     return 0
 
