@@ -100,9 +100,7 @@ def evaluate(out_dir: Path, truth: Path, desc: str = "hypometabolism", max_k: in
                     "participant_id": f"sub-{s}",
                     "n_clusters": n_clusters,
                     # clusters reported as significant by the calibration (None: uncalibrated)
-                    "n_significant": sum(str(r.get("significant")).lower() == "true" for r in rows)
-                    if calibrated
-                    else None,
+                    "n_significant": sum(significant.values()) if calibrated else None,
                     "in_normative_model": f"sub-{s}" in fitted,
                 }
             )

@@ -943,6 +943,16 @@ PV_CORE = 0.9
 median T1w intensity of those voxels is the tissue's intensity in the mixing model."""
 
 
+def pure_tissue_intensity(y: np.ndarray, posterior: np.ndarray, core: float = PV_CORE) -> float:
+    """T1w intensity of one tissue: the median of ``y`` where its ``posterior`` exceeds
+    ``core`` (the posterior-weighted mean when fewer than 10 voxels do). Same-shape arrays,
+    intensity in the T1w's units."""
+    pure = posterior > core
+    if pure.sum() < 10:  # no pure voxels (tiny or odd input): the posterior-weighted mean
+        return float((posterior * y).sum() / max(float(posterior.sum()), 1e-6))
+    return float(np.median(y[pure]))
+
+
 def partial_volume_fractions(
     t1: nib.Nifti1Image,
     mask: nib.Nifti1Image,
@@ -969,15 +979,7 @@ def partial_volume_fractions(
     if any(p.shape != m.shape for p in post) or m.shape != t1.shape[:3]:
         raise ValueError("T1w, mask and posteriors must share a grid")
     y = np.nan_to_num(np.asanyarray(t1.dataobj, dtype=np.float32))[m]
-    mu = []
-    for p in post:
-        pure = p[m] > core
-        if pure.sum() < 10:  # no pure voxels (tiny or odd input): the posterior-weighted mean
-            w = p[m]
-            mu.append(float((w * y).sum() / max(float(w.sum()), 1e-6)))
-        else:
-            mu.append(float(np.median(y[pure])))
-    mu_gm, mu_wm, mu_csf = mu
+    mu_gm, mu_wm, mu_csf = (pure_tissue_intensity(y, p[m], core) for p in post)
     if not mu_csf < mu_gm < mu_wm:
         raise ValueError(
             f"tissue intensities are not CSF < GM < WM (T1w contrast): {mu_csf:.4g}, "

@@ -214,8 +214,9 @@ def individual_tissue_fractions(
     """GM and WM volume fractions of one brain from population tissue probabilities (1 mm).
 
     The MNI152 maps average 152 registered brains: a "pure" cortex voxel there is ~65 % GM,
-    and the GM/WM edge of a T1w built from them is ~40 % wider than a real 1 mm T1w's
-    (docs/benchmarks.md, "Phantom tissue fractions"). One brain's voxels are mostly one
+    and the sharpest quarter of the GM/WM edges of a T1w built from them is wider (3.7 mm)
+    than a real 1 mm T1w's (3.1-3.3 mm; docs/benchmarks.md, "Anatomy-aware synthesis
+    inputs", ``bench/bench_tissue_edges.py``). One brain's voxels are mostly one
     tissue, with partial volume only at boundaries. With the third class
     ``rest = 1 - gm - wm`` (CSF inside the skull): ``f_k = p_k ** power / sum_j p_j **
     power``, which keeps the most likely tissue of each voxel and narrows every boundary
