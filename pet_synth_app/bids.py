@@ -97,6 +97,15 @@ def load_layout(bids_dir: Path, validate: bool = True, ignore: list | None = Non
         raise PetSynthError(f"not a valid BIDS dataset: {exc}", str(bids_dir)) from None
 
 
+def dataset_name(bids_dir: Path) -> str:
+    """The ``Name`` in a BIDS dataset's ``dataset_description.json`` (the folder's name
+    when it has none): what a model card records as ``training.dataset``."""
+    try:
+        return json.loads((Path(bids_dir) / "dataset_description.json").read_text())["Name"]
+    except (OSError, KeyError, TypeError, ValueError):
+        return Path(bids_dir).name
+
+
 def read_participants(bids_dir: Path) -> dict[str, dict[str, str]]:
     """`participants.tsv` rows keyed by label (without `sub-`); {} if absent."""
     path = Path(bids_dir) / "participants.tsv"

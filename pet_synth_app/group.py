@@ -60,6 +60,65 @@ def _sha(pseudo: Path) -> str | None:
         return None
 
 
+def _model_card(settings: Settings, sha: str | None) -> dict | None:
+    """The card of the synthesis model whose weights have sha256 ``sha`` (that of the
+    controls' pseudo-normal PETs): the card of ``--model-weights`` or of a shipped model;
+    None when none of them matches."""
+    from .config import SHIPPED_MODELS, shipped_weights_file
+    from .weightfiles import card_path
+
+    if not sha:
+        return None
+    candidates = [Path(settings.model_weights)] if settings.model_weights else []
+    for weights in candidates + [shipped_weights_file(name) for name in SHIPPED_MODELS]:
+        try:
+            card = json.loads(card_path(weights).read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(card, dict) and card.get("sha256") == sha:
+            return card
+    return None
+
+
+def in_training_message(subjects: list[str]) -> str:
+    """The warning (log and group report) that the controls ``subjects``
+    (``sub-<label>``) trained or validated the synthesis model."""
+    return (
+        f"{', '.join(subjects)} trained or validated the synthesis model (its model card "
+        "lists these labels for a training dataset with this dataset's Name): their "
+        "residuals are in-sample (the model fits them better than new brains), so the "
+        "normative residual SD is too narrow and control-referenced Z maps and their "
+        "cluster calibration over-call (too many false-positive clusters). Fit the group "
+        "level on controls that did not train the model (--participant-label)"
+    )
+
+
+def check_controls_in_training(
+    settings: Settings, subjects: list[str], sha: str | None
+) -> list[str] | None:
+    """The controls ``subjects`` (labels) that trained or validated the synthesis model
+    with weights sha256 ``sha``, as ``sub-<label>`` (``synthesis.weights.
+    controls_in_training`` on the model's card and this dataset's Name; logged as a
+    warning); [] when none, None when no card of that model is found (also logged)."""
+    from .bids import dataset_name
+    from .synthesis.weights import controls_in_training
+
+    card = _model_card(settings, sha)
+    if card is None:
+        LOGGER.warning(
+            "group: cannot tell whether the controls trained the synthesis model: no model "
+            "card with its sha256 (%s) among --model-weights and the shipped models (give "
+            "the group level the participant level's --model-weights)",
+            sha or "not recorded",
+        )
+        return None
+    labels = controls_in_training(card, dataset_name(settings.bids_dir), subjects)
+    overlap = [f"sub-{s}" for s in labels]
+    if overlap:
+        LOGGER.warning("group: %s", in_training_message(overlap))
+    return overlap
+
+
 def run_group_level(settings: Settings) -> int:
     """Fit ``<out>/group/normative`` from the controls and write the quality table."""
     out = Path(settings.output_dir)
@@ -82,6 +141,7 @@ def run_group_level(settings: Settings) -> int:
             "participant level with one --model-weights",
             str(out),
         )
+    in_training = check_controls_in_training(settings, list(found), next(iter(shas.values())))
     t0, c0 = time.time(), time.process_time()
     ref = nib.load(str(next(iter(found.values()))["pet"]))
     maps = _control_maps(found, ref.shape[:3])
@@ -109,6 +169,7 @@ def run_group_level(settings: Settings) -> int:
     meta = {
         "participants": [f"sub-{s}" for s in found],
         "model_sha256": next(iter(shas.values())),
+        "controls_in_model_training": in_training,
         "software": f"petsynth {__version__}",
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "space": TEMPLATE_SPACE,
@@ -425,4 +486,9 @@ def _write_group_citation(settings: Settings, n_real: int, n_syn: int) -> None:
     write_citation(Path(settings.output_dir) / "logs", "group", text)
 
 
-__all__ = ["control_outputs", "run_group_level"]
+__all__ = [
+    "control_outputs",
+    "check_controls_in_training",
+    "in_training_message",
+    "run_group_level",
+]

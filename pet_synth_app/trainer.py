@@ -138,6 +138,7 @@ def train_from_args(opts: argparse.Namespace) -> int:
 
 
 def _train(opts: argparse.Namespace, device: str) -> int:
+    from .bids import dataset_name
     from .layout import find_inputs
     from .synthesis.inputs import InputSources
     from .synthesis.registry import get_spec, model_config
@@ -203,10 +204,10 @@ def _train(opts: argparse.Namespace, device: str) -> int:
     names = [v.name for v in with_pet]
     description = opts.data_description or (
         f"{len(with_pet)} participants (group {'/'.join(opts.group)}) of "
-        f"{_dataset_name(opts.bids_dir)}"
+        f"{dataset_name(opts.bids_dir)}"
     )
     extra = {
-        "training": {"data": description, "dataset": _dataset_name(opts.bids_dir)},
+        "training": {"data": description, "dataset": dataset_name(opts.bids_dir)},
         "input": {"pet_reference_region": references.pop() if references else "gm-mean"},
     }
     if opts.card_note:
@@ -328,13 +329,6 @@ def _reference_region(pet: Path) -> str:
         return json.loads(side.read_text()).get("ReferenceRegion", "gm-mean")
     except (OSError, ValueError):
         return "gm-mean"
-
-
-def _dataset_name(bids_dir: Path) -> str:
-    try:
-        return json.loads((bids_dir / "dataset_description.json").read_text())["Name"]
-    except (OSError, KeyError, ValueError):
-        return bids_dir.name
 
 
 def _write_cv(path: Path, rows: list[dict]) -> None:

@@ -312,6 +312,89 @@ def test_group_level_needs_two_controls(tmp_path, mni):
         run_group_level(Settings(bids_dir=bids, output_dir=out))
 
 
+def test_controls_in_training_counts_only_the_same_dataset():
+    from pet_synth_app.synthesis.weights import controls_in_training
+
+    card = {
+        "training": {
+            "dataset": "PetSynth phantom cohort (seed 7)",
+            "participants": ["c01", "c02", "c03"],
+            "validation_participants": ["c11"],
+        }
+    }
+    labels = ["c01", "sub-c11", "c13", "c03"]
+    got = controls_in_training(card, "PetSynth phantom cohort (seed 7)", labels)
+    assert got == ["c01", "c11", "c03"]  # validation counts too; order of `labels`
+    # the same labels in another dataset are other people
+    assert controls_in_training(card, "PetSynth phantom cohort (seed 1)", labels) == []
+    # a card without training participants or without a training dataset: nothing known
+    assert controls_in_training({"training": {"data": "phantoms"}}, "x", labels) == []
+    no_dataset = {"training": {"participants": ["c01"]}}
+    assert controls_in_training(no_dataset, "PetSynth phantom cohort (seed 7)", labels) == []
+    assert controls_in_training({}, "PetSynth phantom cohort (seed 7)", labels) == []
+
+
+def test_check_controls_in_training_finds_the_card_by_sha(tmp_path, caplog):
+    """The card is that of --model-weights (or a shipped model) with the sha256 of the
+    controls' pseudo-normal PETs; without one the answer is unknown (None), said once."""
+    from conftest import make_bids
+
+    from pet_synth_app.bids import dataset_name
+    from pet_synth_app.group import check_controls_in_training
+
+    bids = make_bids(tmp_path / "bids", subjects=("01", "02"), pet=False)
+    assert dataset_name(bids) == "tiny"  # dataset_description.json Name, as petsynth-train
+    assert dataset_name(tmp_path / "no-description") == "no-description"
+    weights = tmp_path / "model.safetensors"
+    card = {"sha256": "abc", "training": {"dataset": "tiny", "participants": ["02"]}}
+    weights.with_suffix(".json").write_text(json.dumps(card))
+    settings = Settings(bids_dir=bids, output_dir=tmp_path / "out", model_weights=weights)
+    assert check_controls_in_training(settings, ["01", "02"], "abc") == ["sub-02"]
+    with caplog.at_level("WARNING", logger="petsynth"):
+        assert check_controls_in_training(settings, ["01", "02"], "other") is None
+    assert "cannot tell whether the controls trained the synthesis model" in caplog.text
+    assert "(other)" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [("PetSynth phantom cohort (seed 7)", ["sub-c01", "sub-c12"]), ("my controls", [])],
+)
+def test_group_level_records_and_warns_controls_that_trained_the_model(
+    tmp_path, mni, monkeypatch, caplog, name, expected
+):
+    """Controls c01 and c12 trained and validated the shipped default model; they count
+    only in a dataset of the same Name (another dataset's c01 is someone else)."""
+    from conftest import make_bids
+
+    from pet_synth_app import group
+    from pet_synth_app.reports.group_report import write_group_report
+    from pet_synth_app.synthesis.weights import default_weights, read_card
+
+    subjects = ("c01", "c12", "c13")
+    bids = make_bids(tmp_path / "bids", subjects=subjects, pet=False)
+    desc = bids / "dataset_description.json"
+    desc.write_text(json.dumps({**json.loads(desc.read_text()), "Name": name}))
+    out = tmp_path / "out"
+    _fake_out(out, subjects, mni, sha=read_card(default_weights())["sha256"])
+    monkeypatch.setattr(group, "fit_anomaly_detector", lambda *a: 0)  # not under test
+    with caplog.at_level("WARNING", logger="petsynth"):
+        assert group.run_group_level(Settings(bids_dir=bids, output_dir=out)) == 0
+    model = normative.load(out / "group" / "normative")
+    assert model.meta["controls_in_model_training"] == expected
+    warned = [r.getMessage() for r in caplog.records if "trained or validated" in r.message]
+    report = write_group_report(out, groups={}).read_text()
+    if expected:
+        assert len(warned) == 1
+        assert "sub-c01, sub-c12 trained or validated the synthesis model" in warned[0]
+        assert "too narrow" in warned[0] and "--participant-label" in warned[0]
+        assert "<div class='warn'>&#9888; sub-c01, sub-c12 trained or validated" in report
+    else:
+        assert warned == []
+        assert "trained or validated" not in report
+        assert "<dt>Controls that trained the synthesis model</dt><dd>none</dd>" in report
+
+
 def test_evaluate_cli(tmp_path, mni, capsys):
     from pet_synth_app.cli import evaluate
 

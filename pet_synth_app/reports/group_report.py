@@ -176,6 +176,17 @@ def _detection(out: Path, truth_dir: Path | None, figmaker: FigureMaker, figdir:
     return "".join(parts)
 
 
+def _in_training_text(norm: dict) -> str | None:
+    """The normative model's ``controls_in_model_training`` for the About section (None:
+    a model fitted before the key existed)."""
+    if "controls_in_model_training" not in norm:
+        return None
+    labels = norm["controls_in_model_training"]
+    if labels is None:
+        return "unknown (no model card of the synthesis weights was found)"
+    return ", ".join(labels) or "none"
+
+
 def write_group_report(
     output_dir: Path, truth_dir: Path | None = None, groups: dict[str, str] | None = None
 ) -> Path:
@@ -195,11 +206,17 @@ def write_group_report(
     groups = groups if groups is not None else read_groups(out)
     rows = collect(out, groups)
     figmaker = FigureMaker(gdir)
+    norm = read_json(gdir / "normative" / "normative.json")
+    in_training = norm.get("controls_in_model_training")
     body = [
         f"<h1>PetSynth group report</h1><p>{len({r['participant_id'] for r in rows})} "
         f"participant(s) in <code>{esc(str(out))}</code>; PetSynth {__version__}; "
         f"{time.strftime('%Y-%m-%d %H:%M:%S')}.</p>"
     ]
+    if in_training:
+        from ..group import in_training_message
+
+        body.append(warn_box([in_training_message(in_training)]))
 
     # --- QC table
     metric_keys = list(qc.THRESHOLDS)
@@ -318,7 +335,6 @@ def write_group_report(
         LOGGER.warning("group report: detection section failed: %s", exc)
         detection = f"<p class='error'>Detection section failed: {esc(str(exc))}</p>"
     body.append(f"<section id='detection'><h2>Lesion detection</h2>{detection}</section>")
-    norm = read_json(gdir / "normative" / "normative.json")
     about = kv(
         [
             (
@@ -328,6 +344,7 @@ def write_group_report(
                 if norm
                 else "not fitted (run the group level)",
             ),
+            ("Controls that trained the synthesis model", _in_training_text(norm)),
             (
                 "Synthesis quality table",
                 "group/synthesis_quality.tsv"

@@ -9,6 +9,7 @@ refuses weights whose sha256 or tensor names do not match their card.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,28 @@ def smoothing_fwhm(card: Any, override: float | None = None) -> float:
     if override is not None:
         return float(override)
     return float(card["input"].get("smoothing_fwhm_mm", SYNTHESIS_FWHM_MM))
+
+
+def controls_in_training(card: Any, dataset: str, labels: Iterable[str]) -> list[str]:
+    """The ``labels`` (participant labels, with or without ``sub-``; returned without it,
+    in their order) that trained or validated the model of ``card``.
+
+    They are the card's ``training.participants`` and ``training.validation_participants``,
+    and count only when its ``training.dataset`` equals ``dataset`` (the ``Name`` of the
+    BIDS dataset the labels come from, ``bids.dataset_name``): another dataset may reuse
+    the same labels for other people. [] when the card records no training dataset or
+    participants."""
+    training = card.get("training") if isinstance(card, dict) else None
+    if not isinstance(training, dict) or not training.get("dataset"):
+        return []
+    if training["dataset"] != dataset:
+        return []
+    seen = {
+        str(name).removeprefix("sub-")
+        for key in ("participants", "validation_participants")
+        for name in training.get(key) or []
+    }
+    return [s for s in (str(x).removeprefix("sub-") for x in labels) if s in seen]
 
 
 def read_card(weights: str | Path) -> dict:
@@ -159,6 +182,7 @@ __all__ = [
     "CARD_FORMAT",
     "DEFAULT_WEIGHTS",
     "card_path",
+    "controls_in_training",
     "default_weights",
     "library_versions",
     "load_generator",
