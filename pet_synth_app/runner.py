@@ -321,6 +321,10 @@ def _checked(unit):
         return exc
 
 
+CLOSE_GRACE_S = 2.0
+"""Seconds ``ModalityChecks.close`` waits for a terminated worker before it kills it."""
+
+
 class ModalityChecks:
     """:func:`modality_checks` of units, in ``spawn`` worker processes when ``nprocs`` >= 2
     (one, or ``nprocs`` when ``expected`` units number ``MODALITY_POOL_MIN_UNITS`` or
@@ -371,14 +375,22 @@ class ModalityChecks:
 
     def close(self) -> None:
         """Stop the workers; those still busy (the run stopped before it needed the
-        results) are terminated, so that the process does not wait for them at exit."""
+        results) are terminated (killed after ``CLOSE_GRACE_S``), so that the process
+        does not wait for them at exit."""
         if self._pool is None:
             return
+        busy = []
         if not all(f.done() for f in self._futures) or not self._futures:
-            for proc in list((getattr(self._pool, "_processes", None) or {}).values()):
+            busy = list((getattr(self._pool, "_processes", None) or {}).values())
+            for proc in busy:
                 proc.terminate()
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._pool = None
+        for proc in busy:  # SIGTERM can wait on a loaded machine (>10 s seen): then SIGKILL
+            proc.join(CLOSE_GRACE_S)
+            if proc.is_alive():
+                proc.kill()
+                proc.join(CLOSE_GRACE_S)
 
 
 def _modality_checks_all(units: list, nprocs: int) -> list:

@@ -145,16 +145,16 @@ def test_empty_cluster_table_keeps_header(tmp_path, mni):
     assert "peak_x_t1w" in header[0]
 
 
-def _normative(tmp_path, mni, sha="abc"):
+def _normative(tmp_path, mni, sha="abc", folder="normative", **meta):
     rng = np.random.default_rng(1)
     pets = [
         mni["pseudo"] + np.where(mni["mask"], rng.normal(0, 0.03, mni["mask"].shape), 0)
         for _ in range(4)
     ]
     model = normative.fit_from_controls(
-        pets, [mni["pseudo"]] * 4, [mni["mask"]] * 4, mni["affine"], {"model_sha256": sha}
+        pets, [mni["pseudo"]] * 4, [mni["mask"]] * 4, mni["affine"], {"model_sha256": sha, **meta}
     )
-    return normative.save(model, tmp_path / "normative")
+    return normative.save(model, tmp_path / folder)
 
 
 def test_normative_roundtrip_and_control_referenced_z(tmp_path, mni):
@@ -175,7 +175,20 @@ def test_normative_roundtrip_and_control_referenced_z(tmp_path, mni):
     ).run(cwd=str(tmp_path))
     z = np.asanyarray(nib.load(res.outputs.out_file).dataobj)
     assert res.outputs.metadata["ZReference"] == "controls"
+    assert res.outputs.metadata["NormativeControlsInModelTraining"] is None  # not recorded
     assert z[mni["blob"] & (mni["gm"] > 0.5)].mean() < -3
+    insample = _normative(
+        tmp_path, mni, folder="insample", controls_in_model_training=["sub-c01", "sub-c02"]
+    )
+    res = HypometabolismZ(
+        pet=files["pet"],
+        pseudo=files["pseudo"],
+        gm=files["gm"],
+        mask=files["mask"],
+        normative=str(insample),
+        weights_sha256="abc",
+    ).run(cwd=str(tmp_path))
+    assert res.outputs.metadata["NormativeControlsInModelTraining"] == ["sub-c01", "sub-c02"]
     with pytest.raises(PetSynthError, match="fitted with synthesis weights abc"):
         HypometabolismZ(
             pet=files["pet"],

@@ -286,6 +286,23 @@ def test_calibration_is_said_in_the_summary_and_above_each_table(tmp_path):
     assert "<b>1 cluster significant</b> against healthy controls" in text
 
 
+def test_z_map_of_controls_that_trained_the_model_is_warned_about(tmp_path):
+    """A Z map whose normative controls trained the synthesis model
+    (``NormativeControlsInModelTraining``) carries the group level's warning in the
+    report's warnings; an empty list does not."""
+    settings = make_outputs(tmp_path)
+    for subject, in_training in (("07", ["sub-c01", "sub-c02"]), ("08", [])):
+        unit = make_tree(tmp_path, subject)
+        stat = next((unit / "pet").glob("*desc-hypometabolism_stat-z_statmap.json"))
+        meta = json.loads(stat.read_text())
+        stat.write_text(json.dumps({**meta, "NormativeControlsInModelTraining": in_training}))
+        text = write_subject_report(tmp_path, subject, "run1", settings).read_text()
+        warnings = _section(text, "summary").split("<h3>Warnings</h3>")[1].split("<h3>")[0]
+        said = "sub-c01, sub-c02 trained or validated the synthesis model" in warnings
+        assert said == bool(in_training), subject
+        assert ("too narrow" in warnings) == bool(in_training)
+
+
 def test_missing_inputs_give_not_available(tmp_path):
     settings = make_outputs(tmp_path)
     make_tree(tmp_path, "02", ocsvm=False, pseudo=False, n_clusters=0)

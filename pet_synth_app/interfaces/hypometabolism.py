@@ -109,6 +109,8 @@ class HypometabolismZ(SimpleInterface):
                 ZReference="controls",
                 NormativeModel=str(self.inputs.normative),
                 NormativeControls=model.meta.get("n_controls"),
+                # group.check_controls_in_training: in-sample residuals, too narrow an SD
+                NormativeControlsInModelTraining=model.meta.get("controls_in_model_training"),
             )
         else:
             gm = np.where(mask, _data(self.inputs.gm), 0.0)  # d is 0 outside the mask

@@ -724,6 +724,10 @@ class _Report:
                 tsv = files["hypometabolism_tsv"]
                 if stat is None:
                     warnings.append(f"{series}: no hypometabolism Z map was written")
+                elif in_training := sidecar(stat).get("NormativeControlsInModelTraining"):
+                    from ..group import in_training_message
+
+                    warnings.append(f"{series}: Z map: {in_training_message(in_training)}")
                 elif tsv is not None:
                     try:
                         if not read_tsv(tsv):
