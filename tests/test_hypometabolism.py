@@ -165,14 +165,18 @@ def test_normative_roundtrip_and_control_referenced_z(tmp_path, mni):
     pet_mean = model.pet_mean[model.mask].mean()
     assert abs(pet_mean - mni["pseudo"][model.mask].mean()) < 0.01
     files = _inputs(tmp_path, mni)
-    res = HypometabolismZ(
-        pet=files["pet"],
-        pseudo=files["pseudo"],
-        gm=files["gm"],
-        mask=files["mask"],
-        normative=str(folder),
-        weights_sha256="abc",
-    ).run(cwd=str(tmp_path))
+
+    def z_of(normative_folder, sha="abc"):
+        return HypometabolismZ(
+            pet=files["pet"],
+            pseudo=files["pseudo"],
+            gm=files["gm"],
+            mask=files["mask"],
+            normative=str(normative_folder),
+            weights_sha256=sha,
+        ).run(cwd=str(tmp_path))
+
+    res = z_of(folder)
     z = np.asanyarray(nib.load(res.outputs.out_file).dataobj)
     assert res.outputs.metadata["ZReference"] == "controls"
     assert res.outputs.metadata["NormativeControlsInModelTraining"] is None  # not recorded
@@ -180,24 +184,10 @@ def test_normative_roundtrip_and_control_referenced_z(tmp_path, mni):
     insample = _normative(
         tmp_path, mni, folder="insample", controls_in_model_training=["sub-c01", "sub-c02"]
     )
-    res = HypometabolismZ(
-        pet=files["pet"],
-        pseudo=files["pseudo"],
-        gm=files["gm"],
-        mask=files["mask"],
-        normative=str(insample),
-        weights_sha256="abc",
-    ).run(cwd=str(tmp_path))
+    res = z_of(insample)
     assert res.outputs.metadata["NormativeControlsInModelTraining"] == ["sub-c01", "sub-c02"]
     with pytest.raises(PetSynthError, match="fitted with synthesis weights abc"):
-        HypometabolismZ(
-            pet=files["pet"],
-            pseudo=files["pseudo"],
-            gm=files["gm"],
-            mask=files["mask"],
-            normative=str(folder),
-            weights_sha256="xyz",
-        ).run(cwd=str(tmp_path))
+        z_of(folder, "xyz")
 
 
 def test_control_pet_z_needs_no_synthesis(tmp_path, mni):
