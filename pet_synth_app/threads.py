@@ -92,8 +92,9 @@ def worker_pool(n: int | None) -> Iterator[ThreadPoolExecutor | None]:
     fit's small operations 2 of them kept ~1.2 cores busy, and on a busy machine they
     spent up to 5x the CPU time waiting. Independent pieces on single-threaded workers
     keep ``n`` cores busy, and each piece is computed as a single-threaded call computes
-    it, whichever worker runs it (the group fit's results equal those of 1 and of 2
-    intra-op threads bit for bit: tests/test_anomaly.py, docs/benchmarks.md)."""
+    it, whichever worker runs it (the group fit's results equal those of the serial,
+    single-threaded path bit for bit: tests/test_anomaly.py; 2 intra-op threads agree to
+    ~1e-7, bit for bit only on some CPUs: GEMM reduction order)."""
     if n is None:
         yield None
         return

@@ -255,8 +255,9 @@ def test_bfloat16_encoding_is_close_to_float32_and_recorded(tmp_path, monkeypatc
 
 def test_encode_stack_in_worker_threads_gives_the_same_codes() -> None:
     """Subjects encoded by single-threaded workers (``threads.worker_pool``, the group
-    fit) give bit-identical codes to one call on 1 or 2 torch threads, in both encode
-    precisions."""
+    fit) give bit-identical codes to one call on 1 torch thread, in both encode
+    precisions; on 2 intra-op threads the GEMM's reduction order depends on the CPU
+    (AVX-512: differences up to ~1e-7), which the group fit never uses."""
     from pet_synth_app.threads import thread_limits, worker_pool
 
     vols, mask = _cohort(5)
@@ -276,5 +277,5 @@ def test_encode_stack_in_worker_threads_gives_the_same_codes() -> None:
         assert pooled.shape == (5, int(mask.sum()) - 3, S.LATENT_DIM)
         assert np.abs(pooled).max() > 0
         np.testing.assert_array_equal(pooled, one)
-        np.testing.assert_array_equal(pooled, two)
+        np.testing.assert_allclose(pooled, two, rtol=0, atol=1e-5 * np.abs(one).max())
     assert model.training  # mode restored
