@@ -178,6 +178,24 @@ def test_signal_kills_children_and_exits_with_one_line(sig, code):
     assert not stat.exists() or stat.read_text().split(") ")[1].startswith("Z")
 
 
+def test_interrupted_run_ignores_exit_time_unraisable_errors(monkeypatch, capsys):
+    """After the one-line "interrupted" error, exit-time "Exception ignored" tracebacks
+    (a killed pool's wake-up pipe) are not printed; other errors keep the default hook."""
+    from pet_synth_app.cli.common import guarded, quiet_unraisable
+    from pet_synth_app.interrupt import Interrupted
+
+    monkeypatch.setattr(sys, "unraisablehook", sys.__unraisablehook__)
+    assert guarded(None, lambda: 0, "interrupted") == 0
+    assert sys.unraisablehook is sys.__unraisablehook__
+
+    def stopped():
+        raise Interrupted(signal.SIGTERM)
+
+    assert guarded(None, stopped, "interrupted") == 143
+    assert sys.unraisablehook is quiet_unraisable
+    assert capsys.readouterr().err.strip() == "petsynth: error: interrupted"
+
+
 def test_deterministic_option(tmp_path):
     opts = get_parser().parse_args(
         [str(tmp_path / "bids"), str(tmp_path / "out"), "participant", "--deterministic"]
