@@ -202,12 +202,12 @@ def _train(opts: argparse.Namespace, device: str) -> int:
     overrides = {k: v for k, v in overrides.items() if k in spec.defaults}
     config = model_config(opts.model, **overrides)
     names = [v.name for v in with_pet]
+    dataset = dataset_name(opts.bids_dir)
     description = opts.data_description or (
-        f"{len(with_pet)} participants (group {'/'.join(opts.group)}) of "
-        f"{dataset_name(opts.bids_dir)}"
+        f"{len(with_pet)} participants (group {'/'.join(opts.group)}) of {dataset}"
     )
     extra = {
-        "training": {"data": description, "dataset": dataset_name(opts.bids_dir)},
+        "training": {"data": description, "dataset": dataset},
         "input": {"pet_reference_region": references.pop() if references else "gm-mean"},
     }
     if opts.card_note:
