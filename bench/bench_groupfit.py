@@ -85,8 +85,8 @@ def make_control(rng: np.random.Generator, resolution: int) -> dict[str, np.ndar
     anat.update(atrophy)
     thickness, morph = ph.random_morphometry(rng, template, age)
     anat.update(morph)
-    space = ph.atrophied_space(
-        ph.morphed_space(template, thickness, morph["ventricle_mm"]), gm_loss
+    space = ph.morphed_space(
+        template, ph.subject_thickness(thickness, gm_loss), morph["ventricle_mm"]
     )
     uptake = ph.random_uptake(rng)
     uptake.update(ph.age_uptake(age))

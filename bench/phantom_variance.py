@@ -2,7 +2,7 @@
 
 Usage: python bench/phantom_variance.py [--n 10] [--seed 0] [--resolution 2]
 
-Crosses ``n`` phantom anatomies (tissue maps: random GM atrophy, age-driven cortical
+Crosses ``n`` phantom anatomies (tissue maps: regional cortical atrophy, age-driven cortical
 thinning and ventricle growth, as in ``simulate_subject``) with ``n`` metabolic states
 (uptake ratios, pattern gamma and smooth field, regional factors and the age decline of
 that subject), all from ``n`` subjects with ages U(20, 85). Every pair gives a noise-free
@@ -35,12 +35,12 @@ def subject_parts(
     anat = phantom.random_anatomy(rng)
     gm_loss, _ = phantom.random_atrophy(rng, space)
     thickness, morph = phantom.random_morphometry(rng, space, age)
-    if "pv-atrophy" in without:
+    if "atrophy" in without:
         gm_loss = np.zeros_like(gm_loss)
     if "thinning" in without:
         thickness = np.ones_like(thickness)
     vent = 0.0 if "ventricles" in without else morph["ventricle_mm"]
-    tissue = phantom.atrophied_space(phantom.morphed_space(space, thickness, vent), gm_loss)
+    tissue = phantom.morphed_space(space, phantom.subject_thickness(thickness, gm_loss), vent)
     uptake = phantom.random_uptake(rng)
     uptake.update(phantom.age_uptake(age))
     pattern = phantom.random_pattern_field(rng, space, uptake)
@@ -87,7 +87,7 @@ def main() -> None:
         "--without",
         nargs="+",
         default=(),
-        choices=("pv-atrophy", "thinning", "ventricles"),
+        choices=("atrophy", "thinning", "ventricles"),
         help="leave these anatomy components out (same draws otherwise)",
     )
     opts = p.parse_args()

@@ -32,7 +32,13 @@ import numpy as np
 
 from .. import __version__
 from ..layout import truth_filename
-from .phantom import T1W_ORIENTATIONS, TEMPLATE_SPACE, PhantomSubject, simulate_subject
+from .phantom import (
+    PHANTOM_MODEL,
+    T1W_ORIENTATIONS,
+    TEMPLATE_SPACE,
+    PhantomSubject,
+    simulate_subject,
+)
 
 TRUTH_DIR = Path("derivatives") / "truth"
 GENERATOR = "petsynth-simulate"
@@ -433,6 +439,18 @@ def write_subject(out_dir: Path, plan: SubjectPlan, config: CohortConfig) -> Pha
     return subject
 
 
+def cohort_name(config: CohortConfig) -> str:
+    """The dataset ``Name``: what fixes a control's images (seed, voxel size, phantom
+    model, control ages when not the default), so that ``petsynth group`` tells a model's
+    training cohort from another (``synthesis.weights.controls_in_training``); cohorts
+    that differ only in size share their controls and their Name."""
+    ages = "" if config.control_ages == (20, 85) else ", ages {}-{}".format(*config.control_ages)
+    return (
+        f"PetSynth phantom cohort (seed {config.seed}, {config.voxel_size:g} mm{ages}, "
+        f"phantom model {PHANTOM_MODEL})"
+    )
+
+
 def _readme(config: CohortConfig, plans: list[SubjectPlan]) -> str:
     n_pet = sum(p.with_pet for p in plans)
     return f"""PetSynth phantom cohort
@@ -447,9 +465,9 @@ Simulated with {GENERATOR} {__version__} (seed {config.seed}). Not real data.
   (pial boundary moved inward, sulci widen), lateral ventricle enlargement and, after 60,
   a 7 %/decade FDG decline in frontal, cingulate, insular and calcarine cortex.
 - T1w: MNI152NLin2009aSym template anatomy with a synthetic skull and scalp, smooth
-  subject-specific regional GM atrophy (0-45 % of the GM replaced by CSF), a random rigid + scale
-  transform and a smooth warp, bias field and Rician noise, stored in its own native
-  voxel order at {config.voxel_size} mm.
+  subject-specific regional cortical atrophy (0-45 % of the cortical thickness lost), a
+  random rigid + scale transform and a smooth warp, bias field and Rician noise, stored
+  in its own native voxel order at {config.voxel_size} mm.
 - PET: FDG-like uptake (GM with regional metabolic variation, WM, CSF ~15 % of GM, scalp)
   on the subject's own tissue maps (partial volume), PSF blur, noise, rigid misalignment
   to the T1w, Bq/mL. {sum(p.fov_cut for p in plans)} patient(s) have a PET field of view
@@ -485,7 +503,7 @@ def write_cohort(
     _write_json(
         out / "dataset_description.json",
         {
-            "Name": f"PetSynth phantom cohort (seed {config.seed})",
+            "Name": cohort_name(config),
             "BIDSVersion": "1.9.0",
             "DatasetType": "raw",
             "License": "CC0",

@@ -19,7 +19,8 @@ Subject anatomy and PET (all on the work grid, before the subject transforms): t
 template tissue maps (the MNI152 probabilities sharpened into one brain's volume
 fractions, :func:`individual_tissue_fractions`) get the subject's lateral ventricle
 growth and cortical thinning (:func:`random_morphometry`, :func:`morphed_space`; driven
-by ``age``) and a smooth partial-volume GM loss (:func:`random_atrophy`); the T1w and the
+by ``age``) and a smooth regional atrophy that thins the cortex further
+(:func:`random_atrophy`); the T1w and the
 FDG activity (:func:`pet_activity_mni`: GM x regional pattern x age decline x lesions +
 WM + CSF at ~15 % of GM + scalp) are both computed from these same tissue fractions, and the PET is
 then blurred with the PSF. What registration to MNI removes (ventricle and sulcal
@@ -43,6 +44,9 @@ from scipy import ndimage as ndi
 from ..analysis.atlas import label_coordinate, load_atlas, lobe_from_region
 from ..config import TEMPLATE_SPACE
 
+PHANTOM_MODEL = "2026.12.07"
+"""Version of the phantom model: changes whenever a seed gives other images (here:
+regional atrophy became geometric cortical thinning). Part of the cohort's dataset Name."""
 HEAD_MARGIN_MM = 28.0
 """Work grid extends at least this far beyond the template brain mask (CSF + skull + scalp)."""
 WARP_SPACING_MM = 4.0
@@ -584,15 +588,17 @@ def _layer_profile(anat: dict[str, float], values: dict[str, float]) -> tuple[np
 def random_atrophy(
     rng: np.random.Generator, space: TemplateSpace
 ) -> tuple[np.ndarray, dict[str, float]]:
-    """Per-subject fraction of GM tissue lost to CSF (0-0.45), smooth over the work grid.
+    """Per-subject regional cortical atrophy: the fraction (0-0.45) of the cortical
+    thickness lost, smooth over the work grid.
 
     ``loss = global + local x f`` with ``f`` a random smooth field (Legendre degree 4)
     scaled to [0, 1] over the brain, ``global`` ~ U(0, 0.10) and ``local`` ~ U(0.15, 0.35):
     the least affected region loses ``global``, the most affected ``global + local`` (up to
-    45 %) of its GM (regional atrophy). The
-    same loss thins the GM of both the T1w (GM replaced by CSF contrast) and the PET
-    (partial volume: less GM uptake), so the T1w carries subject-specific information
-    about the PET pattern that a GM-mean SUVR does not normalize away.
+    45 %) of its cortical thickness. :func:`simulate_subject` multiplies the thickness
+    factor of :func:`random_morphometry` by ``1 - loss`` and :func:`morphed_space` moves
+    the pial boundary inward accordingly: atrophy is geometric (thinner cortex, wider
+    sulci), as in real brains, so the remaining cortex keeps pure-GM voxels and both the
+    T1w and the PET (partial volume: less GM within the PSF) show it.
     """
     params = {
         "atrophy_global": float(rng.uniform(0.0, 0.10)),
@@ -605,10 +611,15 @@ def random_atrophy(
     return np.clip(loss, 0.0, 0.45).astype(np.float32), params
 
 
-def atrophied_space(space: TemplateSpace, loss: np.ndarray) -> TemplateSpace:
-    """Copy of ``space`` whose GM lost ``loss`` (fraction, work grid) of itself to CSF."""
-    lost = space.gm * loss
-    return replace(space, gm=(space.gm - lost).astype(np.float32), csf=(space.csf + lost))
+THICKNESS_MIN = 0.4
+"""Smallest cortical thickness factor (age, individual and regional atrophy combined)."""
+
+
+def subject_thickness(thickness: np.ndarray, atrophy: np.ndarray) -> np.ndarray:
+    """Cortical thickness factor (relative to the template, work grid) of a subject:
+    the age/individual factor of :func:`random_morphometry` times ``1 - atrophy``
+    (:func:`random_atrophy`), clipped to [``THICKNESS_MIN``, 1]."""
+    return np.clip(thickness * (1.0 - atrophy), THICKNESS_MIN, 1.0).astype(np.float32)
 
 
 AGE_RANGE = (20.0, 85.0)
@@ -1119,12 +1130,12 @@ def simulate_subject(
     if age is None:
         age = float(rng.uniform(*AGE_RANGE))
     anat = random_anatomy(rng)
-    gm_loss, atrophy = random_atrophy(rng, template)
+    thinning, atrophy = random_atrophy(rng, template)
     anat.update(atrophy)
     thickness, morph = random_morphometry(rng, template, age)
     anat.update(morph)
-    space = atrophied_space(morphed_space(template, thickness, morph["ventricle_mm"]), gm_loss)
-    del gm_loss, thickness
+    space = morphed_space(template, subject_thickness(thickness, thinning), morph["ventricle_mm"])
+    del thinning, thickness
     uptake = random_uptake(rng)
     uptake.update(age_uptake(age))
 
