@@ -361,7 +361,7 @@ def test_check_controls_in_training_finds_the_card_by_sha(tmp_path, caplog):
 
 @pytest.mark.parametrize(
     ("name", "expected"),
-    [("PetSynth phantom cohort (seed 7)", ["sub-c01", "sub-c12"]), ("my controls", [])],
+    [("the default model's training cohort", ["sub-c01", "sub-c12"]), ("my controls", [])],
 )
 def test_group_level_records_and_warns_controls_that_trained_the_model(
     tmp_path, mni, monkeypatch, caplog, name, expected
@@ -376,6 +376,9 @@ def test_group_level_records_and_warns_controls_that_trained_the_model(
 
     subjects = ("c01", "c12", "c13")
     bids = make_bids(tmp_path / "bids", subjects=subjects, pet=False)
+    if expected:  # the Name of the cohort the shipped default was trained on
+        name = read_card(default_weights())["training"]["dataset"]
+        assert name.startswith("PetSynth phantom cohort (seed 7")
     desc = bids / "dataset_description.json"
     desc.write_text(json.dumps({**json.loads(desc.read_text()), "Name": name}))
     out = tmp_path / "out"

@@ -457,7 +457,7 @@ def test_prior_summary_says_what_the_generator_adds_to():
         f"partial-volume forward model (WM/GM {pv['wm_ratio']:.2f}, "
         f"CSF/GM {pv['csf_ratio']:.2f}, gamma {pv['gamma']:.2f})"
     ) in shipped
-    assert "(WM/GM 0.30, CSF/GM 0.30, gamma 1.80)" in shipped  # the shipped fit
+    assert "(WM/GM 0.30, CSF/GM 0.30, gamma 1.60)" in shipped  # the shipped fit
 
 
 def test_synthesize_pet_matches_manual_pipeline(tmp_path):
