@@ -245,6 +245,10 @@ def main(argv: list[str] | None = None) -> int:
                 fps = [sum(e < a for e in efp) for efp in efp_control[m]]
                 summ[f"efp{a:g}_sensitivity_top3"] = float(np.mean(hits))
                 summ[f"efp{a:g}_fp_per_control"] = float(np.mean(fps))
+            # per patient: expected_fp of the first cluster that hits a lesion (None: no hit)
+            summ["first_hit_expected_fp"] = [
+                None if first is None else efp[first - 1] for first, efp in efp_patient[m]
+            ]
         results[label] = summ
 
     print(
