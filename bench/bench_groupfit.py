@@ -80,14 +80,7 @@ def make_control(rng: np.random.Generator, resolution: int) -> dict[str, np.ndar
     template = ph.load_template_space(resolution)
     grid = get_template("GM", resolution)
     age = float(rng.uniform(*ph.AGE_RANGE))
-    anat = ph.random_anatomy(rng)
-    gm_loss, atrophy = ph.random_atrophy(rng, template)
-    anat.update(atrophy)
-    thickness, morph = ph.random_morphometry(rng, template, age)
-    anat.update(morph)
-    space = ph.morphed_space(
-        template, ph.subject_thickness(thickness, gm_loss), morph["ventricle_mm"]
-    )
+    space, anat = ph.random_subject_anatomy(rng, template, age)
     uptake = ph.random_uptake(rng)
     uptake.update(ph.age_uptake(age))
     layers = ph.head_layers(rng, space, anat)

@@ -444,7 +444,8 @@ def cohort_name(config: CohortConfig) -> str:
     model, control ages when not the default), so that ``petsynth group`` tells a model's
     training cohort from another (``synthesis.weights.controls_in_training``); cohorts
     that differ only in size share their controls and their Name."""
-    ages = "" if config.control_ages == (20, 85) else ", ages {}-{}".format(*config.control_ages)
+    default = config.control_ages == CohortConfig.control_ages
+    ages = "" if default else ", ages {}-{}".format(*config.control_ages)
     return (
         f"PetSynth phantom cohort (seed {config.seed}, {config.voxel_size:g} mm{ages}, "
         f"phantom model {PHANTOM_MODEL})"

@@ -622,6 +622,22 @@ def subject_thickness(thickness: np.ndarray, atrophy: np.ndarray) -> np.ndarray:
     return np.clip(thickness * (1.0 - atrophy), THICKNESS_MIN, 1.0).astype(np.float32)
 
 
+def random_subject_anatomy(
+    rng: np.random.Generator, template: TemplateSpace, age: float
+) -> tuple[TemplateSpace, dict[str, float]]:
+    """One subject's tissue maps on the work grid and anatomy parameters: T1w contrast and
+    head layers (:func:`random_anatomy`), regional atrophy (:func:`random_atrophy`),
+    age-driven thickness and ventricles (:func:`random_morphometry`), applied by
+    :func:`morphed_space`. Draws in this order from ``rng``."""
+    anat = random_anatomy(rng)
+    thinning, atrophy = random_atrophy(rng, template)
+    anat.update(atrophy)
+    thickness, morph = random_morphometry(rng, template, age)
+    anat.update(morph)
+    thickness = subject_thickness(thickness, thinning)
+    return morphed_space(template, thickness, morph["ventricle_mm"]), anat
+
+
 AGE_RANGE = (20.0, 85.0)
 """Default age distribution of a phantom, uniform (years)."""
 THICKNESS_AT_20 = 0.95
@@ -1129,13 +1145,7 @@ def simulate_subject(
     template = load_template_space(1 if voxel_size < 1.5 else 2)
     if age is None:
         age = float(rng.uniform(*AGE_RANGE))
-    anat = random_anatomy(rng)
-    thinning, atrophy = random_atrophy(rng, template)
-    anat.update(atrophy)
-    thickness, morph = random_morphometry(rng, template, age)
-    anat.update(morph)
-    space = morphed_space(template, subject_thickness(thickness, thinning), morph["ventricle_mm"])
-    del thinning, thickness
+    space, anat = random_subject_anatomy(rng, template, age)
     uptake = random_uptake(rng)
     uptake.update(age_uptake(age))
 
