@@ -20,7 +20,8 @@ and every patient of TRUTH is scored; clusters of the self-standardized score (<
 GM, >= 1500 mm³, ranked by mass) are mapped to the T1w grid and compared with the lesions
 (sensitivity vs clusters per patient, mean rank, lobe accuracy). False positives: clusters
 in the real PET of the ``--held-out`` controls. For reference, the self-referenced Z map
-(real - pseudo-normal PET) is evaluated on the same patients. Prints fit time and peak
+(real - pseudo-normal PET, after the participant workflow's analysis smoothing
+``config.Z_FWHM_MM``) is evaluated on the same patients. Prints fit time and peak
 memory of each detector and the per-patient scoring time.
 """
 
@@ -42,8 +43,12 @@ from bench_detection import clusters_t1w, load_subject, print_table, truth_of  #
 from pet_synth_app import layout as L  # noqa: E402
 from pet_synth_app.analysis import anomaly  # noqa: E402
 from pet_synth_app.analysis import detection as det  # noqa: E402
-from pet_synth_app.analysis.zscore import residual, self_referenced_z  # noqa: E402
-from pet_synth_app.config import OCSVM_GAMMA, OCSVM_NU, SIAMESE_EPOCHS  # noqa: E402
+from pet_synth_app.analysis.zscore import (  # noqa: E402
+    residual,
+    self_referenced_z,
+    smooth_in_mask,
+)
+from pet_synth_app.config import OCSVM_GAMMA, OCSVM_NU, SIAMESE_EPOCHS, Z_FWHM_MM  # noqa: E402
 from pet_synth_app.preproc.templates import get_template  # noqa: E402
 
 
@@ -67,7 +72,7 @@ def evaluate(
         per_patient.append(res)
         ranks += [res["lesion_ranks"].get(k) for k in lesions[s]]
     for c in held_out:
-        fp.append(clusters_t1w(maps[c], data[c])[2])
+        fp.append(len(clusters_t1w(maps[c], data[c])[2]))  # clusters of a healthy scan
     summ = det.summarize(per_patient, fp)
     for k in det.SUMMARY_TOP_K:
         summ[f"lesion_sensitivity_top{k}"] = sum(r is not None and r <= k for r in ranks) / len(
@@ -162,14 +167,15 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
         results[label] = evaluate(maps, data, lesions, p_truth, held)
-    zmaps = {
-        s: self_referenced_z(
-            residual(data[s]["pet"], data[s]["pseudo"], data[s]["mask"]),
-            data[s]["gm"],
-            data[s]["mask"],
+
+    def self_z(d: dict) -> np.ndarray:  # as the participant workflow, analysis smoothing
+        zooms = np.sqrt((d["affine"][:3, :3] ** 2).sum(0))
+        pet, pseudo = (
+            smooth_in_mask(d[k], d["mask"], Z_FWHM_MM, zooms) for k in ("pet", "pseudo")
         )
-        for s in scored
-    }
+        return self_referenced_z(residual(pet, pseudo, d["mask"]), d["gm"], d["mask"])
+
+    zmaps = {s: self_z(data[s]) for s in scored}
     results["self-referenced Z (pseudo-normal)"] = evaluate(zmaps, data, lesions, p_truth, held)
 
     n_les = sum(len(v) for v in lesions.values())

@@ -1,7 +1,7 @@
 """Benchmark lesion detection on a phantom cohort: three ways to get a Z map.
 
 Usage: python bench/bench_detection.py OUT TRUTH --controls c13 c14 ... [--json F]
-       [--png F] [--calibrate]
+       [--png F] [--calibrate] [--z-fwhm MM]
 
 OUT is a PetSynth participant-level output folder (patients and the listed controls,
 with MNI-space SUVR PET, pseudo-normal PET, GM probability, brain mask and the
@@ -15,9 +15,11 @@ MNI->T1w transform); TRUTH the phantom's ``derivatives/truth``. Methods:
 
 Normative models use the listed controls only (these must not be the synthesis model's
 training controls); each control is scored leave-one-out (model fitted on the other
-controls), patients against the model of all listed controls. Clusters: Z < -1.65 in GM,
->= 1500 mm³, ranked by mass (the participant workflow's defaults), mapped to the T1w grid
-with the inverse transform and compared with the truth lesion masks there.
+controls), patients against the model of all listed controls. Every PET and pseudo-PET
+is first smoothed inside its brain mask by ``--z-fwhm`` (default ``config.Z_FWHM_MM``, the
+participant workflow's analysis smoothing). Clusters: Z < -1.65 in GM, >= 1500 mm³,
+ranked by mass (the participant workflow's defaults), mapped to the T1w grid with the
+inverse transform and compared with the truth lesion masks there.
 """
 
 from __future__ import annotations
@@ -42,8 +44,9 @@ from pet_synth_app.analysis.zscore import (
     fit_normative,
     residual,
     self_referenced_z,
+    smooth_in_mask,
 )
-from pet_synth_app.config import GM_THRESHOLD, TEMPLATE_SPACE
+from pet_synth_app.config import GM_THRESHOLD, TEMPLATE_SPACE, Z_FWHM_MM
 from pet_synth_app.preproc.anat import apply_transforms
 
 METHODS = {
@@ -96,6 +99,7 @@ def null_of(data: dict, fit_set: list[str]) -> dict[str, list[list[float]]]:
         [data[c]["mask"] for c in fit_set],
         [data[c]["gm"] for c in fit_set],
         data[fit_set[0]]["affine"],
+        fwhm_mm=0.0,  # the PETs of ``data`` are already smoothed (main)
     )
     return {"b": null["scans"]["hypometabolism"], "c": null["scans"]["controlpet"]}
 
@@ -155,6 +159,13 @@ def main(argv: list[str] | None = None) -> int:
         help="also count only the clusters significant against a leave-one-out null of the "
         "fitted controls (maps b and c; nested: a tested control is never in its null)",
     )
+    p.add_argument(
+        "--z-fwhm",
+        type=float,
+        default=Z_FWHM_MM,
+        help="analysis smoothing (mm FWHM) of every MNI PET and pseudo-PET inside its brain "
+        "mask before the maps (default: the participant workflow's; 0: none)",
+    )
     opts = p.parse_args(argv)
     t0 = time.time()
     lesions = truth_of(opts.truth)
@@ -162,6 +173,9 @@ def main(argv: list[str] | None = None) -> int:
     controls = [c.removeprefix("sub-") for c in opts.controls]
     data = {s: load_subject(opts.out, s) for s in patients + controls}
     zooms = np.sqrt((data[controls[0]]["affine"][:3, :3] ** 2).sum(0))
+    for d in data.values():  # the analysis smoothing, as the participant workflow's
+        for key in ("pet", "pseudo"):
+            d[key] = smooth_in_mask(d[key], d["mask"], opts.z_fwhm, zooms)
     mask = np.mean([data[c]["mask"] for c in controls], 0) >= 0.5
     resid = {s: residual(d["pet"], d["pseudo"], d["mask"]) for s, d in data.items()}
 

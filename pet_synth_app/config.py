@@ -24,6 +24,14 @@ GM_THRESHOLD = 0.5
 Z standardization, figures)."""
 Z_THRESHOLD = -1.65
 """Voxel threshold: Z < -1.65 is one-sided p < 0.05 (Chen et al.)."""
+Z_FWHM_MM = 8.0
+"""Gaussian FWHM (mm) of the analysis smoothing (``analysis.zscore.smooth_in_mask``):
+every participant's and control's PET and pseudo-normal PET are smoothed inside their
+own analysis mask before the residual, the Z maps and the normative model, as voxelwise
+single-subject FDG comparisons with controls do (SPM: typically 8-12 mm). It pools the
+noise of voxels that the ~6 mm PET resolution leaves partly independent, so an extended,
+shallow uptake loss reaches the Z threshold as one cluster. Chosen by lesion detection on
+held-out phantom controls (docs/benchmarks.md, issue 14, "Analysis smoothing"). 0 = none."""
 MIN_CLUSTER_MM3 = 1500.0
 """Minimum cluster extent (mm³), Chen et al.'s K > 1500 (1 mm voxels) made grid-free."""
 MIN_BRAIN_COVERAGE = 0.95
@@ -125,6 +133,7 @@ class Settings:
     min_cluster_mm3: float = MIN_CLUSTER_MM3
     cluster_rank: str = RANK_BY
     histogram_matching: bool = False
+    z_fwhm: float = Z_FWHM_MM  # analysis smoothing (mm) before every Z map
     z_model_variance: bool = False  # Z: add the synthesis SD map's variance (issue 15)
     normative_model: Path | None = None  # None: OUT/group/normative when it exists
     ocsvm_threshold: float = Z_THRESHOLD  # on the self-standardized OC-SVM score
@@ -198,6 +207,8 @@ class Settings:
             raise UsageError("--synthesis-samples must be >= 1")
         if self.z_model_variance and self.synthesis_samples < 2:
             raise UsageError("--z-model-variance needs --synthesis-samples >= 2")
+        if self.z_fwhm < 0:
+            raise UsageError("--z-fwhm must be >= 0 (mm)")
         if self.min_cluster_mm3 < 0:
             raise UsageError("--min-cluster-size must be >= 0 (mm³)")
         if self.normative_model and not any(

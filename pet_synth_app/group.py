@@ -144,7 +144,7 @@ def run_group_level(settings: Settings) -> int:
     in_training = check_controls_in_training(settings, list(found), next(iter(shas.values())))
     t0, c0 = time.time(), time.process_time()
     ref = nib.load(str(next(iter(found.values()))["pet"]))
-    maps = _control_maps(found, ref.shape[:3])
+    maps = _control_maps(found, ref, settings.z_fwhm)
     rows = []
     for i, (subject, (pet, pseudo, mask, view, quality)) in enumerate(
         _read_and_score(out, found, ref.shape[:3], settings.omp_nthreads)
@@ -271,10 +271,12 @@ def coverage_of(out: Path, subject: str, shape: tuple[int, ...]) -> np.ndarray:
 
 
 def _control_maps(
-    found: dict[str, dict[str, Path]], shape: tuple[int, ...]
+    found: dict[str, dict[str, Path]], ref: nib.Nifti1Image, fwhm_mm: float
 ) -> normative.ControlMaps:
-    """Empty ``normative.ControlMaps`` for the controls ``found``: the union and
-    intersection of their MNI brain masks, read one at a time."""
+    """Empty ``normative.ControlMaps`` for the controls ``found`` on the grid of ``ref``:
+    the union and intersection of their MNI brain masks, read one at a time, and the
+    analysis smoothing ``fwhm_mm`` (mm)."""
+    shape = ref.shape[:3]
     union = np.zeros(shape, bool)
     inter = np.ones(shape, bool)
     for files in found.values():
@@ -283,7 +285,9 @@ def _control_maps(
             raise PetSynthError("MNI grids differ between controls", str(files["mask"]))
         union |= mask
         inter &= mask
-    return normative.empty_controls(union, inter, len(found), with_view=True)
+    return normative.empty_controls(
+        union, inter, len(found), True, fwhm_mm, normative.voxel_size(ref.affine)
+    )
 
 
 def _write_cluster_null(

@@ -108,7 +108,12 @@ def resolve_plan(settings: Settings, check: bool = True, device: str | None = No
 
         ref = get_template("T1w", settings.mni_resolution)
         normative.preflight(
-            normative_dir, card["sha256"], settings.histogram_matching, ref.affine, ref.shape[:3]
+            normative_dir,
+            card["sha256"],
+            settings.histogram_matching,
+            ref.affine,
+            ref.shape[:3],
+            settings.z_fwhm,
         )
     return RunPlan(
         weights=weights,

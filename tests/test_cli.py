@@ -182,6 +182,7 @@ def test_settings_toml_roundtrip(tmp_path):
         (["--ocsvm-gamma", "-1"], "--ocsvm-gamma must be a positive number or 'scale'"),
         (["--ocsvm-nu", "0"], "--ocsvm-nu must be in (0, 1]"),
         (["--siamese-epochs", "0"], "--siamese-epochs must be >= 1"),
+        (["--z-fwhm", "-2"], "--z-fwhm must be >= 0 (mm)"),
     ],
 )
 def test_anomaly_options_are_checked(tmp_path, capsys, args, message):

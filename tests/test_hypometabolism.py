@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from pet_synth_app.analysis import normative
-from pet_synth_app.config import TEMPLATE_SPACE, Settings
+from pet_synth_app.analysis.zscore import smooth_in_mask
+from pet_synth_app.config import TEMPLATE_SPACE, Z_FWHM_MM, Settings
 from pet_synth_app.errors import PetSynthError
 from pet_synth_app.interfaces.hypometabolism import (
     ClusterTable,
@@ -201,12 +202,20 @@ def test_control_pet_z_needs_no_synthesis(tmp_path, mni):
     )
     z = np.asanyarray(nib.load(res.outputs.out_file).dataobj)
     inside = model.mask & mni["mask"]
-    expected = (mni["pet"][inside] - model.pet_mean[inside]) / model.pet_sd[inside]
+    zooms = normative.voxel_size(mni["affine"])
+    pet = smooth_in_mask(mni["pet"], mni["mask"], Z_FWHM_MM, zooms)  # analysis smoothing
+    expected = (pet[inside] - model.pet_mean[inside]) / model.pet_sd[inside]
     np.testing.assert_allclose(z[inside], expected, rtol=1e-4, atol=1e-4)
     assert (z[~inside] == 0).all()
     assert z[mni["blob"] & (mni["gm"] > 0.5)].mean() < -3
     assert "no synthesis" in res.outputs.metadata["ZReference"]
     assert res.outputs.metadata["NormativeControls"] == 4
+    assert res.outputs.metadata["SmoothingFWHM"] == Z_FWHM_MM == model.meta["z_fwhm_mm"]
+    other = Z_FWHM_MM + 2
+    with pytest.raises(PetSynthError, match=f"--z-fwhm {Z_FWHM_MM:g} mm, this run uses {other:g}"):
+        ControlPetZ(
+            pet=files["pet"], mask=files["mask"], normative=str(folder), fwhm_mm=other
+        ).run(cwd=str(tmp_path))
 
 
 def test_controlpet_workflow_clusters_the_blob(tmp_path, mni):

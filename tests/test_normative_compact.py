@@ -118,3 +118,33 @@ def test_compact_fit_refuses_a_mask_beyond_its_voxels():
     rows = np.stack([p[masks[0]] for p in pets])
     with pytest.raises(ValueError, match="outside"):
         zscore.fit_normative_voxels(rows, masks[0], np.ones(SHAPE, bool), zooms=(2, 2, 2))
+
+
+def test_analysis_smoothing_reaches_the_z_maps_not_the_detector() -> None:
+    """With the analysis smoothing the control-PET and residual maps are smoothed inside
+    each control's brain and view; ``pet`` (what the OC-SVM detector fits) stays raw."""
+    from pet_synth_app.analysis.zscore import residual, smooth_in_mask
+
+    rng = np.random.default_rng(2)
+    shape, zooms = (16, 18, 14), (2.0, 2.0, 2.0)
+    masks = [np.zeros(shape, bool) for _ in range(3)]
+    for i, m in enumerate(masks):
+        m[2 : 13 + i % 2, 3:15, 2:12] = True
+    pets = [rng.normal(1, 0.1, shape) for _ in masks]
+    pseudos = [rng.normal(1, 0.05, shape) for _ in masks]
+    maps = normative.control_maps(pets, pseudos, masks, fwhm_mm=6.0, zooms=zooms)
+    raw = normative.control_maps(pets, pseudos, masks)
+    assert raw.zpet is None and raw.z_pet is raw.pet and raw.fwhm_mm == 0
+    vox = maps.voxels
+    for i, (p, s, m) in enumerate(zip(pets, pseudos, masks, strict=True)):
+        np.testing.assert_allclose(maps.pet[i], p[vox], rtol=1e-6)  # the detector's: raw
+        smooth_p, smooth_s = (smooth_in_mask(v, m, 6.0, zooms) for v in (p, s))
+        np.testing.assert_allclose(maps.z_pet[i], smooth_p[vox], rtol=1e-5, atol=1e-6)
+        expected = residual(smooth_p[vox], smooth_s[vox], maps.mask)
+        np.testing.assert_allclose(maps.residual[i], expected, rtol=1e-5, atol=1e-6)
+    assert maps.z_pet[:, maps.mask].std() < 0.5 * maps.pet[:, maps.mask].std()
+    affine = np.diag([*zooms, 1.0])
+    model = normative.fit_from_controls(pets, pseudos, masks, affine, {}, fwhm_mm=6.0)
+    assert model.meta["z_fwhm_mm"] == 6.0
+    with pytest.raises(ValueError, match="zooms"):
+        normative.control_maps(pets, pseudos, masks, fwhm_mm=6.0)

@@ -131,6 +131,8 @@ def make_tree(
                 "RankedBy": "mass",
                 "Sources": src,
             }
+            if desc != "ocsvm":  # the Z maps' analysis smoothing
+                meta["SmoothingFWHM"] = 8.0
             _save(
                 petd / f"{pre}_space-T1w_desc-{desc}_stat-{stat}_statmap.nii.gz", zmap, meta=meta
             )
@@ -281,6 +283,7 @@ def test_calibration_is_said_in_the_summary_and_above_each_table(tmp_path):
     assert "uncalibrated: healthy scans show clusters too" in cells["Z"]
     assert "1 (vs healthy controls)" in cells["control-PET Z"]
     assert "<td>n/a</td>" in cells["OC-SVM score"]  # no cluster-table sidecar
+    assert "<td>8 mm</td>" in cells["Z"] and "<td>8 mm</td>" in cells["control-PET Z"]
     hypo = _section(text, "hypometabolism")
     assert "Uncalibrated map:" in hypo and "not findings by themselves" in hypo
     assert "<b>1 cluster significant</b> against healthy controls" in text

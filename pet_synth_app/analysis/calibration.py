@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..config import GM_THRESHOLD, MIN_CLUSTER_MM3, Z_THRESHOLD
+from ..config import GM_THRESHOLD, MIN_CLUSTER_MM3, Z_FWHM_MM, Z_THRESHOLD
 from .clusters import CONNECTIVITY, find_clusters
 
 if TYPE_CHECKING:
@@ -67,14 +67,24 @@ def loo_cluster_null(
     min_volume_mm3: float = MIN_CLUSTER_MM3,
     connectivity: int = CONNECTIVITY,
     coverages: Sequence[np.ndarray] | None = None,
+    fwhm_mm: float = Z_FWHM_MM,
 ) -> dict:
     """Leave-one-out cluster null of the two control-referenced maps (SUVR, MNI), the
     controls given as lists of full volumes (GM probability maps ``gms``):
-    ``loo_cluster_null_maps`` of their ``normative.control_maps``."""
-    from .normative import control_maps
+    ``loo_cluster_null_maps`` of their ``normative.control_maps`` (analysis smoothing
+    ``fwhm_mm``, mm)."""
+    from .normative import control_maps, voxel_size
 
     views = None if coverages is None else list(coverages)
-    maps = control_maps(list(pets), list(pseudos), list(masks), views, histogram_matching)
+    maps = control_maps(
+        list(pets),
+        list(pseudos),
+        list(masks),
+        views,
+        histogram_matching,
+        fwhm_mm,
+        voxel_size(affine),
+    )
     gm = np.stack([(np.asarray(g) > GM_THRESHOLD)[maps.voxels] for g in gms])
     return loo_cluster_null_maps(
         maps,
@@ -152,7 +162,7 @@ def loo_cluster_null_maps(
                 masses.append(sorted((round(c.mass, 4) for c in clusters), reverse=True))
         return masses
 
-    data = {"hypometabolism": maps.residual, "controlpet": maps.pet}
+    data = {"hypometabolism": maps.residual, "controlpet": maps.z_pet}
     if workers >= 2:  # the two maps in two threads (sorts, filters and labels release the GIL)
         from concurrent.futures import ThreadPoolExecutor
 
@@ -177,6 +187,7 @@ def loo_cluster_null_maps(
             "connectivity": connectivity,
             "gm_threshold": GM_THRESHOLD,
             "statistic": "mass",
+            "z_fwhm_mm": maps.fwhm_mm,
         },
         "scans": scans,
     }

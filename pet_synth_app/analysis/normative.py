@@ -16,12 +16,14 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
+from ..config import Z_FWHM_MM
 from ..errors import PetSynthError
 from ..layout import NORMATIVE_FILES, normative_file
 from .compact import to_volume
@@ -56,7 +58,11 @@ class ControlMaps:
     (n, N) float32 real PET (SUVR); ``residual`` (n, N) float32 real - pseudo-normal PET
     (SUVR, ``zscore.residual``) inside the mask and the control's view, 0 elsewhere;
     ``brain`` (n, N) bool brain masks; ``view`` (n, N) bool PET fields of view (None:
-    full). Built by ``empty_controls`` + ``put_control`` one control at a time, or by
+    full). ``fwhm_mm``: the analysis smoothing (``zscore.smooth_in_mask``, voxel size
+    ``zooms`` in mm) of the PET and pseudo-normal PET before the residual; ``zpet`` (n, N)
+    float32 the real PET so smoothed (None when ``fwhm_mm`` is 0: ``pet`` itself), which
+    the control-PET Z uses, while ``pet`` stays unsmoothed for the OC-SVM detector.
+    Built by ``empty_controls`` + ``put_control`` one control at a time, or by
     ``control_maps`` from lists of volumes.
     """
 
@@ -66,17 +72,33 @@ class ControlMaps:
     residual: np.ndarray
     brain: np.ndarray
     view: np.ndarray | None
+    fwhm_mm: float = 0.0
+    zooms: tuple[float, ...] | None = None
+    zpet: np.ndarray | None = None
 
     def grid_mask(self) -> np.ndarray:
         """The normative mask on the grid (bool)."""
         return to_volume(self.mask, self.voxels, bool)
 
+    @property
+    def z_pet(self) -> np.ndarray:
+        """The controls' real PET as the Z maps see it (smoothed by ``fwhm_mm``)."""
+        return self.pet if self.zpet is None else self.zpet
+
 
 def empty_controls(
-    union: np.ndarray, intersection: np.ndarray, n: int, with_view: bool = True
+    union: np.ndarray,
+    intersection: np.ndarray,
+    n: int,
+    with_view: bool = True,
+    fwhm_mm: float = 0.0,
+    zooms: Sequence[float] | None = None,
 ) -> ControlMaps:
     """``ControlMaps`` of ``n`` controls to fill with ``put_control``: ``union`` and
-    ``intersection`` (bool grids) of their brain masks."""
+    ``intersection`` (bool grids) of their brain masks; ``fwhm_mm`` the analysis
+    smoothing (mm; ``zooms``: voxel size in mm, needed when it is > 0)."""
+    if fwhm_mm > 0 and zooms is None:
+        raise ValueError("zooms (voxel size in mm) are needed for the analysis smoothing")
     voxels = np.asarray(union) > 0
     mask = (np.asarray(intersection) > 0)[voxels]
     if not mask.any():
@@ -90,6 +112,9 @@ def empty_controls(
         np.zeros(size, np.float32),
         np.zeros(size, bool),
         view,
+        float(fwhm_mm),
+        None if zooms is None else tuple(float(z) for z in zooms),
+        np.zeros(size, np.float32) if fwhm_mm > 0 else None,
     )
 
 
@@ -103,18 +128,27 @@ def put_control(
     histogram_matching: bool = False,
 ) -> None:
     """Row ``i`` of ``maps``: a control's real and pseudo-normal PET (SUVR), brain mask
-    and field of view (None: full), full volumes on the grid of ``maps.voxels``."""
-    from .zscore import residual
+    and field of view (None: full), full volumes on the grid of ``maps.voxels``. With
+    ``maps.fwhm_mm`` > 0 both PETs are smoothed inside the control's brain mask and view
+    (its analysis mask, as a participant's) before the residual."""
+    from .zscore import residual, smooth_in_mask
 
     vox = maps.voxels
-    maps.brain[i] = (np.asarray(brain) > 0)[vox]
+    brain3d = np.asarray(brain) > 0
+    maps.brain[i] = brain3d[vox]
     own = maps.mask
     if maps.view is not None:
         maps.view[i] = True if view is None else (np.asarray(view) > 0)[vox]
         own = own & maps.view[i]
-    real = np.asarray(pet)[vox]
-    maps.pet[i] = real
-    maps.residual[i] = residual(real, np.asarray(pseudo)[vox], own, histogram_matching)
+    maps.pet[i] = np.asarray(pet)[vox]
+    if maps.zpet is not None:
+        inside = brain3d if view is None else brain3d & (np.asarray(view) > 0)
+        pet = smooth_in_mask(pet, inside, maps.fwhm_mm, maps.zooms)
+        pseudo = smooth_in_mask(pseudo, inside, maps.fwhm_mm, maps.zooms)
+        maps.zpet[i] = pet[vox]
+    maps.residual[i] = residual(
+        np.asarray(pet)[vox], np.asarray(pseudo)[vox], own, histogram_matching
+    )
 
 
 def control_maps(
@@ -123,11 +157,14 @@ def control_maps(
     masks: list[np.ndarray],
     coverages: list[np.ndarray] | None = None,
     histogram_matching: bool = False,
+    fwhm_mm: float = 0.0,
+    zooms: Sequence[float] | None = None,
 ) -> ControlMaps:
-    """``ControlMaps`` of controls given as lists of full volumes (SUVR, MNI)."""
+    """``ControlMaps`` of controls given as lists of full volumes (SUVR, MNI), with the
+    analysis smoothing ``fwhm_mm`` (mm; ``zooms`` the voxel size in mm)."""
     union = np.any([np.asarray(m) > 0 for m in masks], axis=0)
     intersection = np.all([np.asarray(m) > 0 for m in masks], axis=0)
-    maps = empty_controls(union, intersection, len(masks), coverages is not None)
+    maps = empty_controls(union, intersection, len(masks), coverages is not None, fwhm_mm, zooms)
     for i, (p, s, m) in enumerate(zip(pets, pseudos, masks, strict=True)):
         view = None if coverages is None else coverages[i]
         put_control(maps, i, p, s, m, view, histogram_matching)
@@ -142,11 +179,21 @@ def fit_from_controls(
     meta: dict,
     histogram_matching: bool = False,
     coverages: list[np.ndarray] | None = None,
+    fwhm_mm: float = Z_FWHM_MM,
 ) -> NormativeModel:
     """Fit both normative models from controls' real and pseudo-normal PET (SUVR, MNI),
-    given as lists of full volumes: ``fit_from_maps`` of their ``control_maps``."""
-    maps = control_maps(pets, pseudos, masks, coverages, histogram_matching)
+    given as lists of full volumes: ``fit_from_maps`` of their ``control_maps`` with
+    the analysis smoothing ``fwhm_mm`` (mm)."""
+    maps = control_maps(
+        pets, pseudos, masks, coverages, histogram_matching, fwhm_mm, voxel_size(affine)
+    )
     return fit_from_maps(maps, affine, meta, histogram_matching)
+
+
+def voxel_size(affine: np.ndarray) -> tuple[float, float, float]:
+    """Voxel size (mm) along the three axes of a grid's ``affine``."""
+    size = np.sqrt((np.asarray(affine, np.float64)[:3, :3] ** 2).sum(0))
+    return (float(size[0]), float(size[1]), float(size[2]))
 
 
 def fit_from_maps(
@@ -163,17 +210,22 @@ def fit_from_maps(
     """
     from .zscore import fit_normative_voxels, support_columns
 
-    zooms = np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(0))
+    zooms = voxel_size(affine)
     grid_mask = maps.grid_mask()
     r_mean, r_sd = fit_normative_voxels(
         maps.residual, maps.voxels, grid_mask, zooms=zooms, valid=maps.view
     )
     p_mean, p_sd = fit_normative_voxels(
-        maps.pet, maps.voxels, grid_mask, zooms=zooms, valid=maps.view
+        maps.z_pet, maps.voxels, grid_mask, zooms=zooms, valid=maps.view
     )
     support = maps.mask if maps.view is None else maps.mask & support_columns(maps.view)
     mask = to_volume(support, maps.voxels, bool)
-    meta = {**meta, "n_controls": len(maps.pet), "histogram_matching": histogram_matching}
+    meta = {
+        **meta,
+        "n_controls": len(maps.pet),
+        "histogram_matching": histogram_matching,
+        "z_fwhm_mm": maps.fwhm_mm,
+    }
     return NormativeModel(r_mean, r_sd, p_mean, p_sd, mask, np.asarray(affine), meta)
 
 
@@ -243,6 +295,7 @@ def preflight(
     histogram_matching: bool,
     affine: np.ndarray,
     shape: tuple,
+    z_fwhm_mm: float = Z_FWHM_MM,
 ) -> dict:
     """Check a normative model against this run before anything is computed."""
     folder = Path(folder)
@@ -261,7 +314,21 @@ def preflight(
             " --histogram-matching: use the same setting or refit it",
             str(folder),
         )
+    check_smoothing(meta, z_fwhm_mm, folder)
     return meta
+
+
+def check_smoothing(meta: dict, z_fwhm_mm: float, folder: str | Path | None = None) -> None:
+    """Refuse a model fitted with another analysis smoothing (``z_fwhm_mm``, mm) than this
+    run's: its mean and SD would describe differently smoothed maps. Models written
+    before the setting existed were fitted without smoothing."""
+    fitted = float(meta.get("z_fwhm_mm", 0.0))
+    if not np.isclose(fitted, float(z_fwhm_mm)):
+        raise PetSynthError(
+            f"normative model was fitted with --z-fwhm {fitted:g} mm, this run uses "
+            f"{float(z_fwhm_mm):g} mm: use the same setting or refit it (petsynth ... group)",
+            None if folder is None else str(folder),
+        )
 
 
 __all__ = [
@@ -269,6 +336,7 @@ __all__ = [
     "ControlMaps",
     "NormativeModel",
     "check_compatible",
+    "check_smoothing",
     "control_maps",
     "empty_controls",
     "fit_from_controls",
@@ -278,4 +346,5 @@ __all__ = [
     "preflight",
     "put_control",
     "save",
+    "voxel_size",
 ]

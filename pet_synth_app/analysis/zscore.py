@@ -14,6 +14,11 @@ Three ways to get a Z map (Z is dimensionless, negative = hypometabolic):
 3. Baseline without synthesis (classic voxelwise comparison with controls): the same two
    functions on the real PET itself, ``mean, sd = fit_normative([pet_c1, ...], mask, ...)``
    then ``control_pet_z(pet, mean, sd, mask)`` (a named alias of ``control_referenced_z``).
+
+Before all three, each participant's (and control's) PET and pseudo-normal PET are
+smoothed inside its analysis mask, ``smooth_in_mask(pet, mask, fwhm_mm, zooms)``: the
+analysis smoothing, ``config.Z_FWHM_MM`` by default and the same for every map of a
+normative model.
 """
 
 from __future__ import annotations
@@ -214,6 +219,25 @@ def _smooth_in_mask(
     out = np.zeros_like(data)
     out[box][inner] = smooth[inner] / weight[inner]
     return out
+
+
+def smooth_in_mask(
+    volume: Any, mask: Any, fwhm_mm: float, zooms: Sequence[float] | None
+) -> np.ndarray:
+    """``volume`` (SUVR, any 3D grid) smoothed by a Gaussian of ``fwhm_mm`` (mm; ``zooms``:
+    the voxel size in mm) inside ``mask`` by normalized convolution (voxels outside the
+    mask neither contribute nor receive), 0 outside; float64. ``fwhm_mm`` 0: the volume
+    masked, unsmoothed."""
+    data = _as_array(volume)
+    inside = _as_mask(mask, data.shape)
+    if fwhm_mm < 0:
+        raise ValueError(f"smoothing FWHM must be >= 0 mm, got {fwhm_mm}")
+    if fwhm_mm == 0:
+        return np.where(inside, data, 0.0)
+    if zooms is None:
+        raise ValueError("zooms (voxel size in mm) are needed to smooth by fwhm_mm")
+    sigma = fwhm_mm * FWHM_TO_SIGMA / np.abs(np.asarray(zooms, dtype=np.float64)[:3])
+    return _smooth_in_mask(np.where(inside, data, 0.0), inside, sigma)
 
 
 def _mask_weight(mask: np.ndarray, sigma_vox: np.ndarray) -> np.ndarray:
@@ -635,5 +659,6 @@ __all__ = [
     "normative_support",
     "residual",
     "self_referenced_z",
+    "smooth_in_mask",
     "support_columns",
 ]

@@ -105,6 +105,10 @@ def run_evaluation(opts: argparse.Namespace) -> int:
             f"{'n/a' if sig_fp is None else f'{sig_fp:.2f}'}"
         )
     print(f"  written to {out}")
+    print(
+        "  participant reports written before this evaluation do not show it; the next "
+        "group-level run's report (group/report.html) does"
+    )
     return 0
 
 

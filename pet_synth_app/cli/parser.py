@@ -268,6 +268,17 @@ def get_parser() -> argparse.ArgumentParser:
         help="voxel threshold (one-sided, lower tail): Z below it is hypometabolic",
     )
     g_hypo.add_argument(
+        "--z-fwhm",
+        "--z_fwhm",
+        dest="z_fwhm",
+        type=float,
+        default=_default("z_fwhm"),
+        metavar="MM",
+        help="Gaussian FWHM (mm) of the analysis smoothing: the real and pseudo-normal PET "
+        "(participants and controls) are smoothed inside the brain before every Z map; "
+        "the group and participant levels must use the same value (0: none)",
+    )
+    g_hypo.add_argument(
         "--min-cluster-size",
         "--min_cluster_size",
         dest="min_cluster_mm3",

@@ -17,7 +17,7 @@ from nipype.interfaces.base import (
     traits,
 )
 
-from ..config import MIN_CLUSTER_MM3, RANK_BY, RANK_METHODS, Z_THRESHOLD
+from ..config import MIN_CLUSTER_MM3, RANK_BY, RANK_METHODS, Z_FWHM_MM, Z_THRESHOLD
 
 
 def _data(path: str) -> np.ndarray:
@@ -60,6 +60,9 @@ class _ZInputSpec(BaseInterfaceInputSpec):
     )
     weights_sha256 = traits.Str("", usedefault=True, desc="synthesis weights of this run")
     histogram_matching = traits.Bool(False, usedefault=True)
+    fwhm_mm = traits.Float(
+        Z_FWHM_MM, usedefault=True, desc="analysis smoothing of both PETs (mm FWHM)"
+    )
     model_sd = File(
         exists=True, desc="SD map of the pseudo-normal PET samples, SUVR, MNI (optional)"
     )
@@ -80,14 +83,27 @@ class HypometabolismZ(SimpleInterface):
 
     def _run_interface(self, runtime):
         from ..analysis import normative as norm
-        from ..analysis.zscore import control_referenced_z, residual, self_referenced_z
+        from ..analysis.zscore import (
+            control_referenced_z,
+            residual,
+            self_referenced_z,
+            smooth_in_mask,
+        )
 
         ref = nib.load(self.inputs.pet)
         mask = analysis_mask(self.inputs.mask, self.inputs.coverage)
+        fwhm, zooms = self.inputs.fwhm_mm, ref.header.get_zooms()[:3]
         d = residual(
-            _data(self.inputs.pet), _data(self.inputs.pseudo), mask, self.inputs.histogram_matching
+            smooth_in_mask(_data(self.inputs.pet), mask, fwhm, zooms),
+            smooth_in_mask(_data(self.inputs.pseudo), mask, fwhm, zooms),
+            mask,
+            self.inputs.histogram_matching,
         )
-        meta = {"HistogramMatching": self.inputs.histogram_matching, **_cov_meta(self.inputs)}
+        meta = {
+            "HistogramMatching": self.inputs.histogram_matching,
+            "SmoothingFWHM": fwhm,
+            **_cov_meta(self.inputs),
+        }
         model_sd = None
         if isdefined(self.inputs.model_sd):
             model_sd = np.where(mask, _data(self.inputs.model_sd), 0.0)
@@ -102,6 +118,7 @@ class HypometabolismZ(SimpleInterface):
                 ref.shape[:3],
                 self.inputs.weights_sha256,
             )
+            norm.check_smoothing(model.meta, fwhm, self.inputs.normative)
             z = control_referenced_z(
                 d, model.residual_mean, model.residual_sd, mask & model.mask, model_sd
             )
@@ -128,6 +145,7 @@ class _ControlPetZInputSpec(BaseInterfaceInputSpec):
     normative_sha256 = traits.Str(
         "", usedefault=True, desc="sha256 of normative.json: a refit reruns the node"
     )
+    fwhm_mm = traits.Float(Z_FWHM_MM, usedefault=True, desc="analysis smoothing (mm FWHM)")
     coverage, coverage_metadata = _coverage_inputs()
 
 
@@ -144,20 +162,24 @@ class ControlPetZ(SimpleInterface):
 
     def _run_interface(self, runtime):
         from ..analysis import normative as norm
-        from ..analysis.zscore import control_pet_z
+        from ..analysis.zscore import control_pet_z, smooth_in_mask
 
         ref = nib.load(self.inputs.pet)
         mask = analysis_mask(self.inputs.mask, self.inputs.coverage)
+        fwhm = self.inputs.fwhm_mm
         model = norm.load(self.inputs.normative)
         # the control-PET maps do not depend on the synthesis model: no weights check
         norm.check_compatible(
             model.meta, model.affine, model.mask.shape, ref.affine, ref.shape[:3], None
         )
-        z = control_pet_z(_data(self.inputs.pet), model.pet_mean, model.pet_sd, mask & model.mask)
+        norm.check_smoothing(model.meta, fwhm, self.inputs.normative)
+        pet = smooth_in_mask(_data(self.inputs.pet), mask, fwhm, ref.header.get_zooms()[:3])
+        z = control_pet_z(pet, model.pet_mean, model.pet_sd, mask & model.mask)
         self._results["out_file"] = _save(z, ref, os.path.join(runtime.cwd, "z.nii.gz"))
         self._results["metadata"] = {
             "ZReference": "controls' PET (voxelwise mean and SD of the control SUVR PETs; "
             "no synthesis)",
+            "SmoothingFWHM": fwhm,
             "NormativeModel": str(self.inputs.normative),
             "NormativeControls": model.meta.get("n_controls"),
             **_cov_meta(self.inputs),

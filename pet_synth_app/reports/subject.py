@@ -634,6 +634,7 @@ class _Report:
                             label,
                             m.get("Threshold", "n/a"),
                             m.get("Tail", ""),
+                            f"{m['SmoothingFWHM']:g} mm" if "SmoothingFWHM" in m else "n/a",
                             f"{m.get('MinimumClusterVolume', 'n/a')} "
                             f"{m.get('MinimumClusterVolumeUnits', '')}".strip(),
                             m.get("ClusterMask", ""),
@@ -652,6 +653,7 @@ class _Report:
                     "map",
                     "threshold",
                     "tail",
+                    "smoothing (FWHM)",
                     "min. cluster",
                     "cluster mask",
                     "reference",
@@ -839,10 +841,12 @@ def favoured_map(evaluation_dir: Path) -> str:
             continue
     if len(found) < 2:
         return (
-            "No evaluation of both maps exists for this dataset (petsynth-evaluate --desc "
-            "hypometabolism and --desc controlpet with ground truth and controls left out "
-            "of the normative model), so neither map is known to be more reliable here: "
-            "read a cluster as a finding only where both maps agree."
+            "When this report was written, no evaluation of both maps existed for this "
+            "dataset (petsynth-evaluate --desc hypometabolism and --desc controlpet with "
+            "ground truth and controls left out of the normative model), so neither map "
+            "is known to be more reliable here: read a cluster as a finding only where "
+            "both maps agree. An evaluation run after this report is shown in the group "
+            "report (group/report.html) from the next group-level run."
         )
 
     def figures(s: dict) -> tuple[float | None, float | None]:

@@ -204,6 +204,7 @@ def init_single_subject_wf(unit: SubjectInputs, settings: Settings, plan: RunPla
                 histogram_matching=settings.histogram_matching,
                 z_threshold=settings.z_threshold,
                 z_model_variance=settings.z_model_variance,
+                z_fwhm=settings.z_fwhm,
                 **clusters,
                 name=_pet_wf_name(pet.path) + "_hypo",
             )
@@ -217,6 +218,7 @@ def init_single_subject_wf(unit: SubjectInputs, settings: Settings, plan: RunPla
             controlpet_wf = init_controlpet_wf(
                 normative=plan.normative_dir,
                 z_threshold=settings.z_threshold,
+                z_fwhm=settings.z_fwhm,
                 **clusters,
                 name=_pet_wf_name(pet.path) + "_controlpet",
             )

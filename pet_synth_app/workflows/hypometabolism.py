@@ -8,6 +8,7 @@ from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 from niworkflows.engine.workflows import LiterateWorkflow as Workflow
 
+from ..config import Z_FWHM_MM
 from ..interfaces.anat import ApplyTransforms
 from ..interfaces.hypometabolism import ClusterTable, ControlPetZ, FindClusters, HypometabolismZ
 
@@ -45,6 +46,7 @@ def init_hypometabolism_wf(
     min_cluster_mm3: float,
     cluster_rank: str,
     z_model_variance: bool,
+    z_fwhm: float = Z_FWHM_MM,
     name: str = "hypometabolism_wf",
 ) -> Workflow:
     """Z map of the residual real − pseudo PET and its clusters (one PET series).
@@ -52,8 +54,9 @@ def init_hypometabolism_wf(
     Inputs: ``HYPO_INPUTS`` (MNI SUVR PETs, MNI GM probability and brain mask, the
     MNI-to-T1w transform and the T1w grid). Outputs: ``HYPO_OUTPUTS``. ``normative``:
     the control normative model folder (``RunPlan.normative_dir``; None: self-referenced
-    Z); ``weights_sha256``: the synthesis weights it must match. ``z_threshold``,
-    ``min_cluster_mm3`` (mm³), ``cluster_rank``: the cluster rule (``connect_clusters``).
+    Z); ``weights_sha256``: the synthesis weights it must match. ``z_fwhm``: the
+    analysis smoothing (mm FWHM) of both PETs. ``z_threshold``, ``min_cluster_mm3``
+    (mm³), ``cluster_rank``: the cluster rule (``connect_clusters``).
     """
     workflow = Workflow(name=name)
     reference = (
@@ -65,6 +68,10 @@ def init_hypometabolism_wf(
     workflow.__desc__ = f"""
 Hypometabolism was mapped as the residual between the real and the pseudo-normal PET
 (both SUVR in template space{
+        f", each smoothed inside the brain mask by a Gaussian of {z_fwhm:g} mm FWHM"
+        if z_fwhm
+        else ""
+    }{
         ", after histogram matching of the pseudo-normal PET" if histogram_matching else ""
     }), converted to Z scores {reference}{
         ", with the variance of the pseudo-normal PET samples added to the denominator"
@@ -80,7 +87,9 @@ maps were resampled to the native T1w space with the inverse template transform.
     inputnode = pe.Node(niu.IdentityInterface(fields=HYPO_INPUTS), name="inputnode")
     outputnode = pe.Node(niu.IdentityInterface(fields=HYPO_OUTPUTS), name="outputnode")
     zmap = pe.Node(
-        HypometabolismZ(histogram_matching=histogram_matching, weights_sha256=weights_sha256),
+        HypometabolismZ(
+            histogram_matching=histogram_matching, weights_sha256=weights_sha256, fwhm_mm=z_fwhm
+        ),
         name="zmap",
     )
     if normative:
@@ -125,6 +134,7 @@ def init_controlpet_wf(
     z_threshold: float,
     min_cluster_mm3: float,
     cluster_rank: str,
+    z_fwhm: float = Z_FWHM_MM,
     name: str = "controlpet_wf",
 ) -> Workflow:
     """The classic comparison without synthesis (one PET series): Z of the real MNI SUVR
@@ -135,7 +145,9 @@ def init_controlpet_wf(
 
     workflow = Workflow(name=name)
     workflow.__desc__ = f"""
-For comparison without synthesis, the real PET was also converted to Z scores against the
+For comparison without synthesis, the real PET{
+        f" (smoothed with the same {z_fwhm:g} mm Gaussian)" if z_fwhm else ""
+    } was also converted to Z scores against the
 voxelwise mean and SD of the healthy controls' SUVR PETs in template space (the classic
 single-subject comparison with a control group), and clustered with the same rule
 (Z < {z_threshold:g} in gray matter, clusters of at least {min_cluster_mm3:g} mm³).
@@ -143,7 +155,9 @@ single-subject comparison with a control group), and clustered with the same rul
     inputnode = pe.Node(niu.IdentityInterface(fields=STAT_INPUTS), name="inputnode")
     outputnode = pe.Node(niu.IdentityInterface(fields=STAT_OUTPUTS), name="outputnode")
     zmap = pe.Node(
-        ControlPetZ(normative=str(normative), normative_sha256=meta_sha256(normative)),
+        ControlPetZ(
+            normative=str(normative), normative_sha256=meta_sha256(normative), fwhm_mm=z_fwhm
+        ),
         name="zmap",
     )
     connect_clusters(
