@@ -4,6 +4,7 @@ held-out / in-sample false-positive line."""
 from __future__ import annotations
 
 import json
+import re
 
 from pet_synth_app import layout as L
 from pet_synth_app.cli.demo import detection_line
@@ -28,6 +29,7 @@ def test_favoured_map_follows_the_numbers(tmp_path):
     _summary(ev, "controlpet", 1.0, 2.25)
     text = favoured_map(ev)
     assert "100 %" in text and "0.50" in text and "2.25" in text
+    assert re.search(r"petsynth-evaluate, \d{4}-\d\d-\d\d \d\d:\d\d;", text)  # dated
     assert text.endswith("favours the synthesis-based map.")
     _summary(ev, "hypometabolism", 0.75, 0.5)  # fewer FPs but lower sensitivity
     assert favoured_map(ev).endswith("Neither map is better on both counts.")

@@ -68,6 +68,7 @@ THRESHOLD_KEYS = (
     "ZReference",
     "NormativeControls",
     "HistogramMatching",
+    "SmoothingFWHM",
     "NumberOfClusters",
     "BrainCoverage",
 )
@@ -832,11 +833,12 @@ def significance(meta: dict) -> str:
 def favoured_map(evaluation_dir: Path) -> str:
     """A sentence saying which Z map (synthesis-based or control-PET) the evaluation
     summaries in ``evaluation_dir`` favour, with the numbers, or that none exist."""
-    found = {}
+    found, written = {}, []
     for desc in ("hypometabolism", "controlpet"):
         path = L.evaluation_file(evaluation_dir, desc, "summary", ".json")
         try:
             found[desc] = json.loads(path.read_text())
+            written.append(path.stat().st_mtime)
         except (OSError, ValueError):
             continue
     if len(found) < 2:
@@ -854,8 +856,10 @@ def favoured_map(evaluation_dir: Path) -> str:
         return s.get("sensitivity_top3"), fp
 
     (sens_h, fp_h), (sens_c, fp_c) = figures(found["hypometabolism"]), figures(found["controlpet"])
+    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(min(written)))
     text = (
-        f"On this dataset's evaluation, the synthesis-based map found "
+        f"On this dataset's evaluation (petsynth-evaluate, {when}; a later one shows in "
+        f"the group report), the synthesis-based map found "
         f"{_pct(sens_h)} of the patients within its top 3 clusters with "
         f"{_num(fp_h)} false-positive clusters per held-out control; the control-PET map "
         f"{_pct(sens_c)} with {_num(fp_c)}. "
