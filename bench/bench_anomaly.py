@@ -35,6 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -60,8 +61,6 @@ def evaluate(
     maps: dict[str, np.ndarray], data: dict, lesions: dict, truth: Path, held_out: list[str]
 ) -> dict:
     """Detection summary of score/Z maps (MNI) of the patients and held-out controls."""
-    import nibabel as nib
-
     per_patient, ranks, fp = [], [], []
     for s in sorted(lesions):
         mask_path = L.find_truth(truth, s, "lesion_mask")
@@ -169,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         results[label] = evaluate(maps, data, lesions, p_truth, held)
 
     def self_z(d: dict) -> np.ndarray:  # as the participant workflow, analysis smoothing
-        zooms = np.sqrt((d["affine"][:3, :3] ** 2).sum(0))
+        zooms = nib.affines.voxel_sizes(d["affine"])
         pet, pseudo = (
             smooth_in_mask(d[k], d["mask"], Z_FWHM_MM, zooms) for k in ("pet", "pseudo")
         )

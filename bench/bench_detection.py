@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     patients = sorted(lesions)
     controls = [c.removeprefix("sub-") for c in opts.controls]
     data = {s: load_subject(opts.out, s) for s in patients + controls}
-    zooms = np.sqrt((data[controls[0]]["affine"][:3, :3] ** 2).sum(0))
+    zooms = nib.affines.voxel_sizes(data[controls[0]]["affine"])
     for d in data.values():  # the analysis smoothing, as the participant workflow's
         for key in ("pet", "pseudo"):
             d[key] = smooth_in_mask(d[key], d["mask"], opts.z_fwhm, zooms)

@@ -286,7 +286,7 @@ def _control_maps(
         union |= mask
         inter &= mask
     return normative.empty_controls(
-        union, inter, len(found), True, fwhm_mm, normative.voxel_size(ref.affine)
+        union, inter, len(found), True, fwhm_mm, nib.affines.voxel_sizes(ref.affine)
     )
 
 

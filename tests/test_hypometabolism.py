@@ -202,7 +202,7 @@ def test_control_pet_z_needs_no_synthesis(tmp_path, mni):
     )
     z = np.asanyarray(nib.load(res.outputs.out_file).dataobj)
     inside = model.mask & mni["mask"]
-    zooms = normative.voxel_size(mni["affine"])
+    zooms = nib.affines.voxel_sizes(mni["affine"])
     pet = smooth_in_mask(mni["pet"], mni["mask"], Z_FWHM_MM, zooms)  # analysis smoothing
     expected = (pet[inside] - model.pet_mean[inside]) / model.pet_sd[inside]
     np.testing.assert_allclose(z[inside], expected, rtol=1e-4, atol=1e-4)

@@ -33,6 +33,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import nibabel as nib
 import numpy as np
 
 from ..config import GM_THRESHOLD, MIN_CLUSTER_MM3, Z_FWHM_MM, Z_THRESHOLD
@@ -73,7 +74,7 @@ def loo_cluster_null(
     controls given as lists of full volumes (GM probability maps ``gms``):
     ``loo_cluster_null_maps`` of their ``normative.control_maps`` (analysis smoothing
     ``fwhm_mm``, mm)."""
-    from .normative import control_maps, voxel_size
+    from .normative import control_maps
 
     views = None if coverages is None else list(coverages)
     maps = control_maps(
@@ -83,7 +84,7 @@ def loo_cluster_null(
         views,
         histogram_matching,
         fwhm_mm,
-        voxel_size(affine),
+        nib.affines.voxel_sizes(affine),
     )
     gm = np.stack([(np.asarray(g) > GM_THRESHOLD)[maps.voxels] for g in gms])
     return loo_cluster_null_maps(
@@ -129,7 +130,7 @@ def loo_cluster_null_maps(
         raise ValueError(f"a leave-one-out null needs at least 3 controls, got {n}")
     vox = maps.voxels
     grid_mask = maps.grid_mask()
-    zooms = np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(0))
+    zooms = nib.affines.voxel_sizes(affine)
     count = None if maps.view is None else maps.view.sum(axis=0)
 
     def one_map(data: np.ndarray) -> list[list[float]]:

@@ -184,16 +184,9 @@ def fit_from_controls(
     """Fit both normative models from controls' real and pseudo-normal PET (SUVR, MNI),
     given as lists of full volumes: ``fit_from_maps`` of their ``control_maps`` with
     the analysis smoothing ``fwhm_mm`` (mm)."""
-    maps = control_maps(
-        pets, pseudos, masks, coverages, histogram_matching, fwhm_mm, voxel_size(affine)
-    )
+    zooms = nib.affines.voxel_sizes(affine)
+    maps = control_maps(pets, pseudos, masks, coverages, histogram_matching, fwhm_mm, zooms)
     return fit_from_maps(maps, affine, meta, histogram_matching)
-
-
-def voxel_size(affine: np.ndarray) -> tuple[float, float, float]:
-    """Voxel size (mm) along the three axes of a grid's ``affine``."""
-    size = np.sqrt((np.asarray(affine, np.float64)[:3, :3] ** 2).sum(0))
-    return (float(size[0]), float(size[1]), float(size[2]))
 
 
 def fit_from_maps(
@@ -210,7 +203,7 @@ def fit_from_maps(
     """
     from .zscore import fit_normative_voxels, support_columns
 
-    zooms = voxel_size(affine)
+    zooms = nib.affines.voxel_sizes(affine)
     grid_mask = maps.grid_mask()
     r_mean, r_sd = fit_normative_voxels(
         maps.residual, maps.voxels, grid_mask, zooms=zooms, valid=maps.view
@@ -346,5 +339,4 @@ __all__ = [
     "preflight",
     "put_control",
     "save",
-    "voxel_size",
 ]
