@@ -284,9 +284,14 @@ def test_calibration_is_said_in_the_summary_and_above_each_table(tmp_path):
     assert "1 (vs healthy controls)" in cells["control-PET Z"]
     assert "<td>n/a</td>" in cells["OC-SVM score"]  # no cluster-table sidecar
     assert "<td>8 mm</td>" in cells["Z"] and "<td>8 mm</td>" in cells["control-PET Z"]
+    assert "<th>analysis smoothing (FWHM)</th>" in summary
+    # the pseudo-PET's own smoothing (its sidecar's SmoothingFWHM: 3) is named apart
     hypo = _section(text, "hypometabolism")
     assert "Uncalibrated map:" in hypo and "not findings by themselves" in hypo
     assert "<b>1 cluster significant</b> against healthy controls" in text
+    assert "<dt>pseudo-PET smoothing (FWHM)</dt><dd>3 mm</dd>" in text
+    assert "<dt>analysis smoothing (FWHM)</dt><dd>8 mm</dd>" in hypo
+    assert "<dt>SmoothingFWHM</dt>" not in text  # never the bare key for two settings
 
 
 def test_z_map_of_controls_that_trained_the_model_is_warned_about(tmp_path):

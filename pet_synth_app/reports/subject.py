@@ -15,8 +15,10 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .. import __version__
 from .. import layout as L
@@ -84,6 +86,28 @@ MODEL_KEYS = (
     "SmoothingFWHM",
     "Device",
 )
+
+SMOOTHING_LABELS = {
+    "model": "pseudo-PET smoothing (FWHM)",
+    "analysis": "analysis smoothing (FWHM)",
+}
+"""How the report names a sidecar's ``SmoothingFWHM``: the synthesis model's own output
+smoothing (pseudo-normal PET sidecars) or the Z maps' analysis smoothing (``--z-fwhm``;
+statmap sidecars). Both are in mm; the same key must not read as one setting."""
+
+
+def _pairs(meta: dict, keys: Sequence[str], smoothing: str) -> list[tuple[str, Any]]:
+    """(label, value) pairs of sidecar ``keys`` for :func:`kv`; ``SmoothingFWHM`` is
+    labelled by ``SMOOTHING_LABELS[smoothing]`` and shown in mm."""
+    out: list[tuple[str, Any]] = []
+    for k in keys:
+        value = meta.get(k)
+        if k == "SmoothingFWHM":
+            mm = f"{value:g} mm" if isinstance(value, int | float) else value
+            out.append((SMOOTHING_LABELS[smoothing], mm))
+        else:
+            out.append((k, value))
+    return out
 
 
 @dataclass
@@ -291,12 +315,8 @@ class _Report:
                 parts.append(na("no pseudo-normal PET was written (synthesis skipped or failed)"))
                 continue
             meta = sidecar(a["pseudo_mni"])
-            parts.append(
-                kv(
-                    (k, meta.get(k))
-                    for k in ("Model", "ModelWeightsSha256", "SmoothingFWHM", "Device")
-                )
-            )
+            keys = ("Model", "ModelWeightsSha256", "SmoothingFWHM", "Device")
+            parts.append(kv(_pairs(meta, keys, "model")))
             targets = unit.series or [None]
             for series in targets:
                 files = _series_files(unit, series) if series else {"pet_mni": None}
@@ -397,7 +417,7 @@ class _Report:
                 meta = sidecar(stat)
                 threshold = float(meta.get("Threshold", Z_THRESHOLD))
                 parts.append(self._qc_caution(unit, series, what))
-                parts.append(kv([(k, meta.get(k)) for k in THRESHOLD_KEYS]))
+                parts.append(kv(_pairs(meta, THRESHOLD_KEYS, "analysis")))
                 if bg is None:
                     parts.append(na(f"the {space} T1w background is missing"))
                 else:
@@ -606,7 +626,7 @@ class _Report:
             if u.anat["pseudo_mni"] or u.anat["pseudo_t1w"]
         ]
         parts.append(
-            kv((k, metas[0].get(k)) for k in MODEL_KEYS)
+            kv(_pairs(metas[0], MODEL_KEYS, "model"))
             if metas
             else na("no pseudo-normal PET was written (synthesis skipped or failed)")
         )
@@ -654,7 +674,7 @@ class _Report:
                     "map",
                     "threshold",
                     "tail",
-                    "smoothing (FWHM)",
+                    "analysis smoothing (FWHM)",
                     "min. cluster",
                     "cluster mask",
                     "reference",
