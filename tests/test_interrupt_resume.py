@@ -38,7 +38,11 @@ def bids3(tmp_path_factory) -> Path:
 def start(bids: Path, out: Path, work: Path, label: str, log: Path) -> subprocess.Popen:
     """``petsynth BIDS OUT participant`` in its own process group (like a shell job);
     stdout to ``log``, stderr to ``log`` + ``.err``."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "NO_ET": "1"}
+    # a killed process leaves its temporary folders (SIGKILL runs no cleanup): keep them
+    # under the test's own folder, not in the machine's /tmp
+    tmp = work.parent / "tmp"
+    tmp.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "NO_ET": "1", "TMPDIR": str(tmp)}
     cmd = [sys.executable, "-m", "pet_synth_app.cli.run", str(bids), str(out), "participant"]
     cmd += ["-w", str(work), "--participant-label", label, *OPTIONS]
     with open(log, "w") as fo, open(str(log) + ".err", "w") as fe:
