@@ -140,15 +140,14 @@ def put_control(
     if maps.view is not None:
         maps.view[i] = True if view is None else (np.asarray(view) > 0)[vox]
         own = own & maps.view[i]
-    maps.pet[i] = np.asarray(pet)[vox]
+    real = np.asarray(pet)[vox]
+    maps.pet[i] = real
     if maps.zpet is not None:
         inside = brain3d if view is None else brain3d & (np.asarray(view) > 0)
-        pet = smooth_in_mask(pet, inside, maps.fwhm_mm, maps.zooms)
+        real = smooth_in_mask(pet, inside, maps.fwhm_mm, maps.zooms)[vox]
         pseudo = smooth_in_mask(pseudo, inside, maps.fwhm_mm, maps.zooms)
-        maps.zpet[i] = pet[vox]
-    maps.residual[i] = residual(
-        np.asarray(pet)[vox], np.asarray(pseudo)[vox], own, histogram_matching
-    )
+        maps.zpet[i] = real
+    maps.residual[i] = residual(real, np.asarray(pseudo)[vox], own, histogram_matching)
 
 
 def control_maps(

@@ -96,6 +96,11 @@ smoothing (pseudo-normal PET sidecars) or the Z maps' analysis smoothing (``--z-
 statmap sidecars). Both are in mm; the same key must not read as one setting."""
 
 
+def _mm(value: Any) -> Any:
+    """A sidecar's FWHM (mm) as the report shows it: ``"8 mm"``; None and text unchanged."""
+    return f"{value:g} mm" if isinstance(value, int | float) else value
+
+
 def _pairs(meta: dict, keys: Sequence[str], smoothing: str) -> list[tuple[str, Any]]:
     """(label, value) pairs of sidecar ``keys`` for :func:`kv`; ``SmoothingFWHM`` is
     labelled by ``SMOOTHING_LABELS[smoothing]`` and shown in mm."""
@@ -103,8 +108,7 @@ def _pairs(meta: dict, keys: Sequence[str], smoothing: str) -> list[tuple[str, A
     for k in keys:
         value = meta.get(k)
         if k == "SmoothingFWHM":
-            mm = f"{value:g} mm" if isinstance(value, int | float) else value
-            out.append((SMOOTHING_LABELS[smoothing], mm))
+            out.append((SMOOTHING_LABELS[smoothing], _mm(value)))
         else:
             out.append((k, value))
     return out
@@ -655,7 +659,7 @@ class _Report:
                             label,
                             m.get("Threshold", "n/a"),
                             m.get("Tail", ""),
-                            f"{m['SmoothingFWHM']:g} mm" if "SmoothingFWHM" in m else "n/a",
+                            _mm(m.get("SmoothingFWHM", "n/a")),
                             f"{m.get('MinimumClusterVolume', 'n/a')} "
                             f"{m.get('MinimumClusterVolumeUnits', '')}".strip(),
                             m.get("ClusterMask", ""),
